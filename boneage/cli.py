@@ -1,0 +1,186 @@
+"""The ``boneage`` command line: argparse verbs, each a thin call into the package's modules.
+
+Exit codes (all verbs): 0 success; 1 the run finished but some inputs failed or were rejected;
+2 usage error (bad arguments, missing files named on the command line); 3 the verb's feature is
+not available in this version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+EXIT_OK = 0
+EXIT_PARTIAL = 1
+EXIT_USAGE = 2
+EXIT_NOT_AVAILABLE = 3
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _not_landed(feature: str, issue: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        print(
+            f"boneage {args.verb}: {feature} is not available in this version yet ({issue}).",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_AVAILABLE
+
+    return handler
+
+
+# --- synth -------------------------------------------------------------------------------------
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="generate synthetic hand radiographs with exact masks and bone lengths",
+        description=(
+            "Generate synthetic left-hand radiographs with exact per-bone label maps, true bone "
+            "lengths in mm, bone age and sex. Writes DIR/images/, DIR/masks/ and DIR/labels.csv. "
+            "Image i depends only on (seed, i)."
+        ),
+    )
+    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", type=int, default=512, help="long side in pixels (default 512)")
+    p.add_argument("--format", choices=("png", "dicom"), default="png", help="image format")
+    p.add_argument("--age-range", nargs=2, type=float, metavar=("A", "B"), default=None,
+                   help="bone-age range in months (default the full 0-228 range)")
+    p.add_argument("--sex", choices=("M", "F", "both"), default="both")
+    p.set_defaults(handler=_not_landed("synthetic hand generation", "issue: synthetic hands"))
+
+
+# --- segment -----------------------------------------------------------------------------------
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="write a bone label map for each input radiograph",
+        description=(
+            "Segment every hand bone (shafts, epiphyses, carpals) in each input image and write "
+            "one label map per input, same size as the input, as DIR/<stem>.png."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(handler=_not_landed("bone segmentation", "issue: multi-step estimator"))
+
+
+# --- predict -----------------------------------------------------------------------------------
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="estimate bone age for files, folders or a manifest",
+        description=(
+            "Estimate bone age with both methods for every input and write one record per input "
+            "(CSV or JSON Lines by the --out extension), each written as it completes."
+        ),
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
+    p.add_argument("--out", required=True, help="output FILE.csv or FILE.jsonl")
+    p.add_argument("--manifest", help="CSV with columns path[, sex, chronological_age_months]")
+    p.set_defaults(handler=_not_landed("bone-age prediction", "issues: multi-step and end-to-end estimators"))
+
+
+# --- train -------------------------------------------------------------------------------------
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (segmenter, direct CNN, regression)",
+        description="Train one of the project's models; the shipped weights are reproduced this way.",
+    )
+    models = p.add_subparsers(dest="model", metavar="MODEL", required=True)
+    seg = models.add_parser("segmenter", help="bone segmentation network (trained on synthetic hands)")
+    seg.set_defaults(handler=_not_landed("segmenter training", "issue: multi-step estimator"))
+    direct = models.add_parser("direct", help="end-to-end image -> bone-age CNN")
+    direct.set_defaults(handler=_not_landed("end-to-end CNN training", "issue: end-to-end estimator"))
+
+
+# --- compare -----------------------------------------------------------------------------------
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="learning curves and comparison of the two methods",
+        description=(
+            "Train both methods at several training-set sizes and evaluate them on the fixed "
+            "validation split; writes docs/comparison.md and its plots."
+        ),
+    )
+    p.add_argument("--quick", action="store_true", help="a small run that finishes in minutes")
+    p.set_defaults(handler=_not_landed("the method comparison", "issue: comparison"))
+
+
+# --- reference ---------------------------------------------------------------------------------
+def _add_reference(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reference",
+        help="reference tables: show the shipped ones, build a local one",
+        description="Inspect the shipped growth/maturity reference tables or build a local one.",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser("sds", help="SDS of bone age against chronological age (Brush table)")
+    show.add_argument("--bone-age", type=float, required=True, help="bone age in months")
+    show.add_argument("--age", type=float, required=True, help="chronological age in months")
+    show.add_argument("--sex", choices=("M", "F"), required=True)
+    show.set_defaults(handler=_reference_sds)
+    build = actions.add_parser("build", help="build a reference table from measured, age-labelled images")
+    build.add_argument("data", help="folder with labels.csv")
+    build.set_defaults(handler=_not_landed("building reference tables", "issue: multi-step estimator"))
+
+
+def _reference_sds(args: argparse.Namespace) -> int:
+    from boneage.references import bone_age_sds
+
+    try:
+        sds = bone_age_sds(args.bone_age, args.age, args.sex)
+    except ValueError as exc:
+        print(f"boneage reference sds: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{sds:+.2f}")
+    return EXIT_OK
+
+
+# --- app ---------------------------------------------------------------------------------------
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "app",
+        help="start the Streamlit web app",
+        description="Start the clinician-facing Streamlit app (same as `streamlit run app.py`).",
+    )
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(handler=_not_landed("the web app", "issue: Streamlit app"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="boneage",
+        description=(
+            "Pediatric bone-age estimation from hand radiographs, two ways: a multi-step "
+            "pipeline (segment bones, measure them, look the age up in reference tables) and an "
+            "end-to-end CNN."
+        ),
+        epilog="Exit codes: 0 ok, 1 some inputs failed, 2 usage error, 3 feature not available.",
+    )
+    from boneage import __version__
+
+    parser.add_argument("--version", action="version", version=f"boneage {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for add in (_add_synth, _add_segment, _add_predict, _add_train, _add_compare, _add_reference, _add_app):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``boneage`` console script."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
