@@ -1,15 +1,41 @@
-"""Reading radiographs (DICOM, PNG, JPEG, TIFF) into one :class:`Radiograph` type."""
+"""Reading radiographs (DICOM, PNG, JPEG, TIFF) into one :class:`Radiograph` type.
+
+Every reader returns pixels as a 2-D float32 array in [0, 1] with **bone bright**, at the file's
+full resolution, plus the header facts the estimators need (pixel spacing, sex, age). Any input
+that cannot be read raises :class:`ImageReadError` naming the file and the reason; no bare
+library traceback reaches the user.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import io as _io
+import math
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
+
+#: Largest image accepted (pixels). A hand film at 0.1 mm over 43 x 43 cm is ~18.5 Mpx; anything
+#: far beyond is a decompression bomb or not a radiograph.
+MAX_PIXELS = 60_000_000
+#: Plausible detector pixel spacing (mm); values outside are treated as unknown, never trusted.
+SPACING_RANGE_MM = (0.02, 1.0)
+#: Chronological ages outside [0, MAX_AGE_MONTHS] are inconsistent headers and dropped.
+MAX_AGE_MONTHS = 25 * 12
+_DAYS_PER_MONTH = 365.25 / 12
 
 
 class ImageReadError(ValueError):
     """A file could not be read as a radiograph; the message names the file and the reason."""
+
+    def __init__(self, source: str | Path, reason: str) -> None:
+        self.source = str(source)
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
 
 
 @dataclass
@@ -22,8 +48,9 @@ class Radiograph:
         sex: ``"M"``, ``"F"`` or ``None``.
         chronological_age_months: age at the study from the header, or ``None``.
         path: the file it came from (``None`` for arrays).
-        source_format: ``"dicom"``, ``"png"``, ``"jpeg"``, ``"tiff"`` or ``"array"``.
-        metadata: non-identifying header facts (modality, photometric interpretation, ...).
+        source_format: ``"dicom"``, ``"png"``, ``"jpeg"``, ``"tiff"``, ``"bmp"`` or ``"array"``.
+        metadata: non-identifying header facts (modality, photometric interpretation, UIDs needed
+            to reference the source image, how spacing was derived, ...).
     """
 
     pixels: np.ndarray
@@ -32,13 +59,509 @@ class Radiograph:
     chronological_age_months: float | None = None
     path: Path | None = None
     source_format: str = "array"
-    metadata: dict = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the full-resolution image."""
+        return self.pixels.shape  # type: ignore[return-value]
+
+    @classmethod
+    def from_array(
+        cls,
+        pixels: np.ndarray,
+        spacing_mm: tuple[float, float] | float | None = None,
+        sex: str | None = None,
+        chronological_age_months: float | None = None,
+    ) -> Radiograph:
+        """Wrap an in-memory array (bone bright) as a radiograph, scaling it to [0, 1].
+
+        Args:
+            pixels: 2-D array; integer arrays are scaled by their dtype's range, float arrays
+                outside [0, 1] by their own min and max.
+            spacing_mm: pixel spacing, one number for square pixels or ``(row, col)``.
+            sex: ``"M"``, ``"F"`` or ``None``.
+            chronological_age_months: age at the study, or ``None``.
+        """
+        arr = np.asarray(pixels)
+        if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+            arr = _rgb_to_gray(arr)
+        if arr.ndim != 2 or min(arr.shape) < 2:
+            raise ImageReadError("<array>", f"expected a 2-D image, got shape {arr.shape}")
+        if np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
+            info = np.iinfo(arr.dtype)
+            out = (arr.astype(np.float64) - max(info.min, 0)) / float(info.max - max(info.min, 0))
+        else:
+            out = arr.astype(np.float64)
+            lo, hi = float(np.nanmin(out)), float(np.nanmax(out))
+            if lo < 0.0 or hi > 1.0:
+                out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+        spacing = None
+        if spacing_mm is not None:
+            s = (float(spacing_mm), float(spacing_mm)) if np.isscalar(spacing_mm) else tuple(spacing_mm)  # type: ignore[arg-type]
+            spacing = _valid_spacing([float(v) for v in s])
+        return cls(
+            pixels=np.clip(np.nan_to_num(out), 0.0, 1.0).astype(np.float32),
+            spacing_mm=spacing,
+            sex=normalise_sex(sex),
+            chronological_age_months=_valid_age(chronological_age_months),
+        )
 
 
-def load_radiograph(path: str | Path) -> Radiograph:
-    """Read a DICOM, PNG, JPEG or TIFF file into a :class:`Radiograph`.
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+def load_radiograph(source: str | Path | bytes | BinaryIO, name: str | None = None) -> Radiograph:
+    """Read a DICOM, PNG, JPEG, TIFF or BMP radiograph.
+
+    Args:
+        source: a path, or the file's bytes / a binary file object (e.g. a web upload).
+        name: how to name the input in error messages when ``source`` is not a path.
+
+    Returns:
+        The :class:`Radiograph` (pixels in [0, 1], bone bright, full resolution).
 
     Raises:
-        ImageReadError: naming the file and the reason, for any unreadable input.
+        ImageReadError: naming the file and the reason (missing, empty, truncated, not an image,
+            undecodable transfer syntax, too many pixels, unsupported layout).
     """
-    raise NotImplementedError  # filled in by the foundation work in progress
+    path: Path | None = None
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        label = str(source)
+        if not path.exists():
+            raise ImageReadError(label, "file not found")
+        if path.is_dir():
+            raise ImageReadError(label, "is a folder, not an image file")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageReadError(label, f"cannot be read ({exc.strerror or exc})") from None
+    else:
+        label = name or getattr(source, "name", None) or "<upload>"
+        data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else source.read()
+    if len(data) == 0:
+        raise ImageReadError(label, "file is empty (0 bytes)")
+
+    if _looks_like_dicom(data):
+        rad = _read_dicom(data, label)
+    else:
+        try:
+            rad = _read_bitmap(data, label)
+        except ImageReadError as exc:
+            # Not a bitmap: it may still be a DICOM data set without the 128-byte preamble.
+            if not exc.reason.startswith("not a recognised image") or not _parses_as_dicom_image(data):
+                raise
+            rad = _read_dicom(data, label)
+    rad.path = path
+    return rad
+
+
+def _looks_like_dicom(data: bytes) -> bool:
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return True
+    # Preamble-less DICOM (raw data set): starts with a group 0002 or 0008 element tag.
+    return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00") and data[2:4] != b"\x00\x00"
+
+
+def _parses_as_dicom_image(data: bytes) -> bool:
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(_io.BytesIO(data), force=True, stop_before_pixels=True)
+        return "Rows" in ds and "Columns" in ds
+    except Exception:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM
+# --------------------------------------------------------------------------------------------
+def _read_dicom(data: bytes, label: str) -> Radiograph:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(_io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError) as exc:
+        raise ImageReadError(label, f"not a valid DICOM file ({exc})") from None
+    except Exception as exc:  # pydicom raises many types on malformed headers
+        raise ImageReadError(label, f"DICOM header is malformed ({type(exc).__name__}: {exc})") from None
+
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise ImageReadError(label, "DICOM file has no pixel data (not an image object)")
+
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ImageReadError(label, f"DICOM image layout is missing or invalid ({exc})") from None
+    if rows < 2 or cols < 2:
+        raise ImageReadError(label, f"DICOM image is too small ({rows} x {cols})")
+    if rows * cols * max(frames, 1) > MAX_PIXELS:
+        raise ImageReadError(
+            label, f"image has {rows * cols * frames:,} pixels, over the {MAX_PIXELS:,} limit (decompression bomb?)"
+        )
+    if frames > 1:
+        raise ImageReadError(label, f"multi-frame DICOM ({frames} frames) is not supported; export a single frame")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if samples not in (1, 3):
+        raise ImageReadError(label, f"unsupported SamplesPerPixel={samples}")
+
+    tsuid = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array
+    except NotImplementedError as exc:
+        raise ImageReadError(label, f"cannot decode transfer syntax {tsuid or '(unknown)'}: {exc}") from None
+    except Exception as exc:  # truncated / corrupt pixel data surfaces as many exception types
+        raise ImageReadError(label, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
+
+    if photometric == "PALETTE COLOR" and samples == 1:
+        from pydicom.pixels import apply_color_lut
+
+        try:
+            arr = apply_color_lut(arr, ds)
+        except Exception as exc:
+            raise ImageReadError(label, f"palette colour lookup table is invalid ({type(exc).__name__}: {exc})") from None
+        samples, photometric = 3, "RGB"
+    if samples == 3:
+        if photometric not in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT"):
+            raise ImageReadError(label, f"unsupported colour photometric interpretation {photometric}")
+        # pydicom converts YBR to RGB by default; a colour radiograph is a screenshot: use luminance.
+        rgb = np.asarray(arr)
+        gray = _rgb_to_gray(rgb.astype(np.float64))
+        full_scale = 255.0 if rgb.dtype == np.uint8 else float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else 1.0
+        pixels = gray / full_scale
+        window_note = "colour image converted to grayscale"
+    else:
+        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            raise ImageReadError(label, f"unsupported photometric interpretation {photometric} for a grayscale image")
+        if arr.ndim != 2:
+            raise ImageReadError(label, f"unexpected pixel array shape {arr.shape}")
+        try:
+            pixels, window_note = _dicom_grayscale(arr, ds)
+        except ImageReadError:
+            raise
+        except Exception as exc:
+            raise ImageReadError(label, f"invalid rescale / VOI LUT attributes ({type(exc).__name__}: {exc})") from None
+        if photometric == "MONOCHROME1":
+            pixels = 1.0 - pixels
+
+    if not np.all(np.isfinite(pixels)):
+        pixels = np.nan_to_num(pixels, nan=0.0, posinf=1.0, neginf=0.0)
+    spacing, spacing_source = dicom_spacing(ds)
+    sex = normalise_sex(ds.get("PatientSex"))
+    age = dicom_age_months(ds)
+    metadata = {
+        "modality": str(ds.get("Modality", "") or ""),
+        "photometric_interpretation": photometric,
+        "bits_stored": int(ds.get("BitsStored", 0) or 0),
+        "transfer_syntax_uid": tsuid,
+        "sop_class_uid": str(ds.get("SOPClassUID", "") or ""),
+        "sop_instance_uid": str(ds.get("SOPInstanceUID", "") or ""),
+        "study_instance_uid": str(ds.get("StudyInstanceUID", "") or ""),
+        "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or ""),
+        "body_part_examined": str(ds.get("BodyPartExamined", "") or ""),
+        "view_position": str(ds.get("ViewPosition", "") or ""),
+        "laterality": str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or ""),
+        "spacing_source": spacing_source,
+        "grayscale_transform": window_note,
+    }
+    return Radiograph(
+        pixels=np.clip(pixels, 0.0, 1.0).astype(np.float32),
+        spacing_mm=spacing,
+        sex=sex,
+        chronological_age_months=age,
+        source_format="dicom",
+        metadata=metadata,
+    )
+
+
+def _dicom_grayscale(arr: np.ndarray, ds: Any) -> tuple[np.ndarray, str]:
+    """Modality LUT, then VOI LUT or window, scaled to [0, 1] (before MONOCHROME1 inversion)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    bits_stored = int(ds.get("BitsStored", 0) or 0) or int(arr.dtype.itemsize * 8)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    raw = arr.astype(np.float64)
+    if not np.issubdtype(arr.dtype, np.floating):
+        # Respect BitsStored: bits above it may carry overlays or garbage in old files.
+        if signed:
+            lo, hi = -(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1
+        else:
+            lo, hi = 0, 2**bits_stored - 1
+            raw = (arr.astype(np.int64) & (2**bits_stored - 1)).astype(np.float64)
+        raw = np.clip(raw, lo, hi)
+    else:
+        lo, hi = float(raw.min()), float(raw.max())
+
+    # Modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence).
+    if "ModalityLUTSequence" in ds or "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+        if "ModalityLUTSequence" in ds:
+            out_lo, out_hi = float(values.min()), float(values.max())
+        else:
+            a, b = lo * slope + intercept, hi * slope + intercept
+            out_lo, out_hi = min(a, b), max(a, b)
+    else:
+        values, out_lo, out_hi = raw, float(lo), float(hi)
+
+    # VOI: a VOI LUT Sequence takes precedence over a window (PS3.3 C.11.2).
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
+        item = ds.VOILUTSequence[0]
+        lut_bits = int(item.LUTDescriptor[2])
+        out = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64)
+        return np.clip(out / float(2**lut_bits - 1), 0.0, 1.0), "VOI LUT sequence"
+    center, width = _first_window(ds)
+    if center is not None and width is not None and width > 0:
+        func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        return window(values, center, width, func), f"window {func} C={center:g} W={width:g}"
+    # No VOI in the header: like a viewer, stretch the data's own range (the stored range is
+    # often far wider than the data, which would give a near-black image).
+    lo_v, hi_v = float(values.min()), float(values.max())
+    if hi_v <= lo_v:
+        return np.zeros_like(values), "constant image"
+    return (values - lo_v) / (hi_v - lo_v), "data min-max (no VOI in header)"
+
+
+def _first_window(ds: Any) -> tuple[float | None, float | None]:
+    def first(value: Any) -> float | None:
+        if value is None:
+            return None
+        try:
+            v = value[0] if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not isinstance(value, (str, bytes)) else value
+            f = float(v)
+        except (TypeError, ValueError, IndexError):
+            return None
+        return f if math.isfinite(f) else None
+
+    return first(ds.get("WindowCenter")), first(ds.get("WindowWidth"))
+
+
+def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """Apply a DICOM VOI window (PS3.3 C.11.2.1.2), returning values in [0, 1].
+
+    Args:
+        values: output of the modality transform.
+        center: Window Center.
+        width: Window Width (> 0; >= 1 for LINEAR).
+        function: ``LINEAR``, ``LINEAR_EXACT`` or ``SIGMOID``.
+
+    Returns:
+        float64 array in [0, 1].
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (v - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((v - (center - width / 2.0)) / width, 0.0, 1.0)
+    w = max(width - 1.0, 1e-9)
+    return np.clip((v - (center - 0.5)) / w + 0.5, 0.0, 1.0)
+
+
+def dicom_spacing(ds: Any) -> tuple[tuple[float, float] | None, str]:
+    """Pixel spacing (row, col) in mm from a DICOM header, and where it came from.
+
+    PixelSpacing (calibrated at the patient) wins; else ImagerPixelSpacing divided by
+    EstimatedRadiographicMagnificationFactor when present. Zero, negative, non-numeric or
+    implausible values (outside :data:`SPACING_RANGE_MM`) give ``None``.
+
+    Returns:
+        ``(spacing or None, source description)``.
+    """
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        raw = ds.get(keyword)
+        if raw is None:
+            continue
+        try:
+            values = [float(v) for v in raw] if not isinstance(raw, (str, bytes)) else [float(raw)]
+        except (TypeError, ValueError):
+            return None, f"{keyword} is not numeric: ignored"
+        if len(values) == 1:
+            values = values * 2
+        if len(values) != 2:
+            return None, f"{keyword} has {len(values)} values: ignored"
+        source = keyword
+        if keyword == "ImagerPixelSpacing":
+            try:
+                mag = float(ds.get("EstimatedRadiographicMagnificationFactor", 1.0) or 1.0)
+            except (TypeError, ValueError):
+                mag = 1.0
+            if mag > 0 and math.isfinite(mag) and mag != 1.0:
+                values = [v / mag for v in values]
+                source = f"ImagerPixelSpacing / magnification {mag:g}"
+        spacing = _valid_spacing(values)
+        if spacing is None:
+            return None, f"{keyword} {values} outside {SPACING_RANGE_MM} mm: ignored"
+        return spacing, source
+    return None, "no spacing in header"
+
+
+def _valid_spacing(values: list[float]) -> tuple[float, float] | None:
+    lo, hi = SPACING_RANGE_MM
+    if len(values) != 2 or not all(math.isfinite(v) and lo <= v <= hi for v in values):
+        return None
+    return (float(values[0]), float(values[1]))
+
+
+def normalise_sex(value: Any) -> str | None:
+    """Map header or user sex values to ``"M"``, ``"F"`` or ``None`` (unknown, other, blank)."""
+    if value is None:
+        return None
+    text = str(value).strip().upper()
+    if text in ("M", "MALE", "1", "BOY"):
+        return "M"
+    if text in ("F", "FEMALE", "0", "GIRL"):
+        return "F"
+    return None
+
+
+def _parse_da(value: Any) -> dt.date | None:
+    text = str(value or "").strip().replace(".", "")  # old ACR-NEMA style YYYY.MM.DD
+    if not re.fullmatch(r"\d{8}", text):
+        return None
+    try:
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def dicom_age_months(ds: Any) -> float | None:
+    """Chronological age in months at the study, from the DICOM header.
+
+    PatientBirthDate with StudyDate (else AcquisitionDate, else ContentDate); else PatientAge
+    (``nnnD/W/M/Y``). Missing, negative or over-25-year results give ``None``.
+    """
+    birth = _parse_da(ds.get("PatientBirthDate"))
+    if birth is not None:
+        for keyword in ("StudyDate", "AcquisitionDate", "ContentDate"):
+            when = _parse_da(ds.get(keyword))
+            if when is not None:
+                return _valid_age((when - birth).days / _DAYS_PER_MONTH)
+    match = re.fullmatch(r"(\d{3})([DWMY])", str(ds.get("PatientAge", "") or "").strip().upper())
+    if match:
+        n, unit = int(match.group(1)), match.group(2)
+        months = {"D": n / _DAYS_PER_MONTH, "W": n * 7 / _DAYS_PER_MONTH, "M": float(n), "Y": n * 12.0}[unit]
+        return _valid_age(months)
+    return None
+
+
+def _valid_age(months: float | None) -> float | None:
+    if months is None:
+        return None
+    try:
+        m = float(months)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(m) or m < 0 or m > MAX_AGE_MONTHS:
+        return None
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# PNG / JPEG / TIFF / BMP
+# --------------------------------------------------------------------------------------------
+def _read_bitmap(data: bytes, label: str) -> Radiograph:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(_io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageReadError(label, "not a recognised image (expected DICOM, PNG, JPEG, TIFF or BMP)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(label, f"image has too many pixels (over the {MAX_PIXELS:,} limit; decompression bomb?)") from None
+    except Exception as exc:
+        raise ImageReadError(label, f"cannot be opened as an image ({type(exc).__name__}: {exc})") from None
+
+    fmt = (img.format or "").lower()
+    fmt = {"jpeg": "jpeg", "mpo": "jpeg", "png": "png", "tiff": "tiff", "bmp": "bmp"}.get(fmt)
+    if fmt is None:
+        raise ImageReadError(label, f"unsupported image format {img.format!r} (expected DICOM, PNG, JPEG, TIFF or BMP)")
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise ImageReadError(label, f"image has {w * h:,} pixels, over the {MAX_PIXELS:,} limit (decompression bomb?)")
+    if w < 2 or h < 2:
+        raise ImageReadError(label, f"image is too small ({w} x {h})")
+    if getattr(img, "n_frames", 1) > 1:
+        raise ImageReadError(label, f"multi-page/animated {fmt.upper()} ({img.n_frames} frames) is not supported")
+    try:
+        img.load()
+    except Exception as exc:  # truncated streams raise OSError / SyntaxError / ValueError
+        raise ImageReadError(label, f"image data is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+
+    pixels, note = _bitmap_to_unit(img, label)
+    return Radiograph(
+        pixels=pixels,
+        source_format=fmt,
+        metadata={"mode": img.mode, "grayscale_transform": note},
+    )
+
+
+def _bitmap_to_unit(img: Any, label: str) -> tuple[np.ndarray, str]:
+    """Scale a PIL image to float32 [0, 1] by its real bit depth."""
+    mode = img.mode
+    if mode in ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+        if mode in ("P", "PA"):
+            img = img.convert("RGBA")
+            mode = "RGBA"
+        if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            img = img.convert("RGB")
+            mode = "RGB"
+        arr = np.asarray(img)
+        if mode == "1":
+            return arr.astype(np.float32), "1-bit"
+        if arr.ndim == 3:
+            arr = _rgb_to_gray(arr[..., :3].astype(np.float64)) if arr.shape[-1] >= 3 else arr[..., 0]
+            note = "colour converted to grayscale (luminance)"
+        else:
+            note = "8-bit"
+        return (np.asarray(arr, dtype=np.float64) / 255.0).astype(np.float32), note
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img).astype(np.int64)
+        if arr.min() < 0:
+            arr = arr - arr.min()
+        bits = declared_or_inferred_bits(img, int(arr.max()))
+        return (np.clip(arr / float(2**bits - 1), 0, 1)).astype(np.float32), f"{bits}-bit"
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        finite = arr[np.isfinite(arr)]
+        if finite.size == 0:
+            raise ImageReadError(label, "floating-point image has no finite values")
+        lo, hi = float(finite.min()), float(finite.max())
+        if 0.0 <= lo and hi <= 1.0:
+            out = arr
+        else:
+            out = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        return np.clip(np.nan_to_num(out), 0, 1).astype(np.float32), "float scaled by min/max"
+    raise ImageReadError(label, f"unsupported pixel layout (PIL mode {mode})")
+
+
+def declared_or_inferred_bits(img: Any, max_value: int) -> int:
+    """Bit depth of a 16-bit bitmap: the PNG sBIT chunk when present, else the smallest of
+    8/10/12/14/16 bits that holds the largest value (so 12-bit data in a 16-bit PNG is not dark).
+    """
+    sbit = img.info.get("sbit") if hasattr(img, "info") else None
+    if isinstance(sbit, (tuple, list)) and sbit:
+        sbit = sbit[0]
+    if isinstance(sbit, int) and 1 <= sbit <= 16 and max_value < 2**sbit:
+        return sbit
+    for bits in (8, 10, 12, 14, 16):
+        if max_value < 2**bits:
+            return bits
+    return 16
+
+
+def _rgb_to_gray(arr: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(arr, dtype=np.float64)[..., :3]
+    return rgb @ np.array([0.299, 0.587, 0.114])

@@ -1,0 +1,48 @@
+"""The CLI lists every verb with real help, and unfinished verbs say so and fail."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from boneage import cli
+
+VERBS = ("synth", "segment", "predict", "train", "compare", "reference", "app")
+
+
+def test_help_lists_every_verb(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for verb in VERBS:
+        assert verb in out
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_each_verb_has_help(capsys, verb):
+    assert cli.main([verb, "--help"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) > 3
+
+
+def test_usage_error_exits_2(capsys):
+    assert cli.main(["no-such-verb"]) == 2
+    assert cli.main(["reference", "sds", "--bone-age", "x"]) == 2
+
+
+def test_reference_sds_verb(capsys):
+    assert cli.main(["reference", "sds", "--bone-age", "130", "--age", "120", "--sex", "M"]) == 0
+    assert capsys.readouterr().out.strip() == "+1.02"
+    assert cli.main(["reference", "sds", "--bone-age", "130", "--age", "250", "--sex", "M"]) == 2
+    assert "outside the Brush SD table" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "boneage.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("boneage ")
+
+
+def test_unfinished_verb_says_so_and_fails(capsys):
+    # `compare` lands with the comparison issue; until then it must not pretend to work.
+    assert cli.main(["compare", "--quick"]) == cli.EXIT_NOT_AVAILABLE
+    assert "not available in this version" in capsys.readouterr().err
