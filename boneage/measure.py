@@ -1,0 +1,318 @@
+"""Per-bone measurements from a bone label map (``boneage.anatomy`` ids), with plausibility flags.
+
+Lengths are taken along each bone's own long axis (principal axis of its shaft + epiphysis pixels):
+``length = max projection - min projection + 1 px``, times the pixel spacing when the image is
+calibrated. Maturity is read from the split labels: whether an epiphysis is ossified, how wide it
+is against its metaphysis (it widens, then caps), and whether it has fused (no physis gap left
+between epiphysis and shaft). Carpals: which are ossified and their areas. Every measurement of a
+bone that is absent, cut off at the border, fragmented, or of impossible shape is flagged, not
+silently reported as good.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from boneage import anatomy
+
+#: Fewer pixels than this (at the label map's resolution) and a structure counts as absent.
+MIN_PIXELS = 4
+#: Fraction of the epiphysis width in direct contact with the shaft above which it is fused.
+FUSED_CONTACT = 0.5
+#: Reference bone for scale-free ratios (long, always visible, late to fuse).
+SCALE_BONE = "metacarpal_3"
+
+
+@dataclass
+class BoneMeasurement:
+    """Measurements of one bone. Pixel values are in the label map's own pixels.
+
+    Attributes:
+        bone: canonical name.
+        present: any pixels of the bone at all.
+        length_px / length_mm: whole-bone length along its long axis (epiphysis included).
+        width_px / width_mm: mid-shaft width (tubular bones, radius, ulna) or the minor axis
+            (carpals).
+        area_px / area_mm2: pixel area of the whole bone.
+        epiphysis_present: ossified epiphysis seen (``None`` for carpals).
+        epiphysis_width_px: epiphysis extent across the bone axis.
+        metaphysis_width_px: shaft width at the epiphyseal end.
+        epiphysis_ratio: epiphysis width / metaphysis width (grows to ~1, then caps).
+        fusion_contact: fraction of the epiphysis width touching the shaft (0 open physis, 1 fused).
+        fused: ``fusion_contact >= FUSED_CONTACT`` (``None`` when there is no epiphysis).
+        axis_angle_deg: direction of the long axis (image coordinates, 0 = along rows).
+        plausible: False when any flag below makes the numbers untrustworthy.
+        flags: reasons (``absent``, ``touches_border``, ``fragmented``, ``implausible_shape``...).
+    """
+
+    bone: str
+    present: bool = False
+    length_px: float | None = None
+    length_mm: float | None = None
+    width_px: float | None = None
+    width_mm: float | None = None
+    area_px: float = 0.0
+    area_mm2: float | None = None
+    epiphysis_present: bool | None = None
+    epiphysis_width_px: float | None = None
+    metaphysis_width_px: float | None = None
+    epiphysis_ratio: float | None = None
+    fusion_contact: float | None = None
+    fused: bool | None = None
+    axis_angle_deg: float | None = None
+    plausible: bool = False
+    flags: list[str] = field(default_factory=list)
+
+    def scaled(self, factor: float) -> BoneMeasurement:
+        """The same measurement with pixel quantities multiplied by ``factor`` (resampling)."""
+        out = BoneMeasurement(**{**asdict(self), "flags": list(self.flags)})
+        for name in ("length_px", "width_px", "epiphysis_width_px", "metaphysis_width_px"):
+            value = getattr(out, name)
+            if value is not None:
+                setattr(out, name, value * factor)
+        out.area_px = self.area_px * factor * factor
+        return out
+
+
+@dataclass
+class Measurements:
+    """All bones of one hand.
+
+    Attributes:
+        bones: bone name -> :class:`BoneMeasurement`, for every bone of ``anatomy.BONES``.
+        spacing_mm: ``(row, col)`` spacing of the label map, or ``None`` (lengths in px only).
+        shape: label map shape.
+    """
+
+    bones: dict[str, BoneMeasurement]
+    spacing_mm: tuple[float, float] | None
+    shape: tuple[int, int]
+
+    @property
+    def carpal_count(self) -> int:
+        """Number of ossified carpal bones seen (0-8)."""
+        return sum(1 for b in anatomy.CARPALS if self.bones[b].present)
+
+    def features(self) -> dict[str, float]:
+        """Scale-free maturity features (NaN where not measurable), for reference tables and
+        the regression. They need no pixel spacing and survive a uniform rescale of the image.
+
+        Returns:
+            ``{feature name: value}`` with a fixed key set (see :func:`feature_names`).
+        """
+        scale = self.bones[SCALE_BONE]
+        ref_len = scale.length_px if scale.plausible and scale.length_px else None
+        feats: dict[str, float] = {"carpal_count": float(self.carpal_count)}
+        for bone in anatomy.EPIPHYSEAL_BONES:
+            m = self.bones[bone]
+            ok = m.plausible
+            feats[f"{bone}.epiphysis_present"] = _f(m.epiphysis_present) if ok else math.nan
+            feats[f"{bone}.epiphysis_ratio"] = _f(m.epiphysis_ratio) if ok else math.nan
+            feats[f"{bone}.fusion_contact"] = _f(m.fusion_contact) if ok and m.epiphysis_present else math.nan
+            feats[f"{bone}.length_rel"] = m.length_px / ref_len if ok and ref_len and m.length_px else math.nan
+            feats[f"{bone}.aspect"] = m.length_px / m.width_px if ok and m.width_px else math.nan
+        for bone in anatomy.CARPALS:
+            m = self.bones[bone]
+            feats[f"{bone}.area_rel"] = (m.area_px / ref_len**2 if m.present else 0.0) if ref_len else math.nan
+        return feats
+
+    def lengths_mm(self) -> dict[str, float]:
+        """Calibrated whole-bone lengths of plausible bones (empty when uncalibrated)."""
+        return {b: m.length_mm for b, m in self.bones.items() if m.plausible and m.length_mm is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: ``{bone: {length_px, length_mm, ...}}`` plus hand-level facts."""
+        return {
+            "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None,
+            "carpal_count": self.carpal_count,
+            "bones": {b: {k: v for k, v in asdict(m).items() if k != "bone"} for b, m in self.bones.items()},
+        }
+
+
+def feature_names() -> list[str]:
+    """The fixed, ordered key set of :meth:`Measurements.features`."""
+    empty = Measurements({b: BoneMeasurement(b) for b in anatomy.BONES}, None, (1, 1))
+    return list(empty.features().keys())
+
+
+def _f(value: float | bool | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+def measure(label_map: np.ndarray, spacing_mm: tuple[float, float] | float | None = None) -> Measurements:
+    """Measure every bone in a label map.
+
+    Args:
+        label_map: 2-D integer array of ``boneage.anatomy`` label ids (0 background).
+        spacing_mm: ``(row, col)`` pixel spacing of the label map in mm, a single number for
+            square pixels, or ``None`` when the image is not calibrated (lengths in px only).
+
+    Returns:
+        :class:`Measurements` with an entry for every bone (absent ones flagged).
+    """
+    labels = np.asarray(label_map)
+    if labels.ndim != 2:
+        raise ValueError(f"label map must be 2-D, got shape {labels.shape}")
+    if spacing_mm is not None and np.isscalar(spacing_mm):
+        spacing: tuple[float, float] | None = (float(spacing_mm), float(spacing_mm))  # type: ignore[arg-type]
+    else:
+        spacing = tuple(float(v) for v in spacing_mm) if spacing_mm is not None else None  # type: ignore[assignment]
+    max_label = anatomy.NUM_CLASSES - 1
+    boxes = ndimage.find_objects(np.clip(labels, 0, max_label).astype(np.int32), max_label=max_label)
+    bones: dict[str, BoneMeasurement] = {}
+    for bone in anatomy.BONES:
+        ids = anatomy.bone_labels(bone)
+        slices = [boxes[i - 1] for i in ids if boxes[i - 1] is not None]
+        if not slices:
+            bones[bone] = BoneMeasurement(bone, flags=["absent"])
+            continue
+        r0 = max(min(s[0].start for s in slices) - 1, 0)
+        r1 = min(max(s[0].stop for s in slices) + 1, labels.shape[0])
+        c0 = max(min(s[1].start for s in slices) - 1, 0)
+        c1 = min(max(s[1].stop for s in slices) + 1, labels.shape[1])
+        crop = labels[r0:r1, c0:c1]
+        touches = r0 == 0 and (crop[0] > 0).any() and np.isin(crop[0], ids).any() or \
+            r1 == labels.shape[0] and np.isin(crop[-1], ids).any() or \
+            c0 == 0 and np.isin(crop[:, 0], ids).any() or \
+            c1 == labels.shape[1] and np.isin(crop[:, -1], ids).any()
+        if bone in anatomy.CARPALS:
+            m = _measure_carpal(bone, crop == ids[0])
+        else:
+            m = _measure_long_bone(bone, crop == ids[0], crop == ids[1])
+        if touches:
+            m.flags.append("touches_border")
+        m.plausible = m.present and not m.flags
+        _calibrate(m, spacing)
+        bones[bone] = m
+    return Measurements(bones, spacing, labels.shape)  # type: ignore[arg-type]
+
+
+def _calibrate(m: BoneMeasurement, spacing: tuple[float, float] | None) -> None:
+    if spacing is None or not m.present:
+        return
+    if m.axis_angle_deg is not None:
+        # Spacing along the bone's own axis (rows/cols may differ).
+        a = math.radians(m.axis_angle_deg)
+        along = math.hypot(spacing[0] * math.cos(a), spacing[1] * math.sin(a))
+        across = math.hypot(spacing[0] * math.sin(a), spacing[1] * math.cos(a))
+    else:
+        along = across = math.sqrt(spacing[0] * spacing[1])
+    m.length_mm = m.length_px * along if m.length_px is not None else None
+    m.width_mm = m.width_px * across if m.width_px is not None else None
+    m.area_mm2 = m.area_px * spacing[0] * spacing[1]
+
+
+def _principal_axis(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors (major, minor) of a point cloud ``(n, 2)`` in (row, col)."""
+    centred = coords - coords.mean(axis=0)
+    cov = centred.T @ centred / max(len(coords) - 1, 1)
+    evals, evecs = np.linalg.eigh(cov)
+    major = evecs[:, int(np.argmax(evals))]
+    return major, np.array([-major[1], major[0]])
+
+
+def _largest_fraction(mask: np.ndarray) -> float:
+    comps, n = ndimage.label(mask)
+    if n <= 1:
+        return 1.0
+    sizes = np.bincount(comps.ravel())[1:]
+    return float(sizes.max() / sizes.sum())
+
+
+def _measure_carpal(bone: str, mask: np.ndarray) -> BoneMeasurement:
+    m = BoneMeasurement(bone)
+    area = int(mask.sum())
+    if area < MIN_PIXELS:
+        m.flags.append("absent")
+        return m
+    m.present = True
+    m.area_px = float(area)
+    coords = np.argwhere(mask).astype(np.float64)
+    major, minor = _principal_axis(coords)
+    t = coords @ major
+    s = coords @ minor
+    m.length_px = float(t.max() - t.min() + 1)
+    m.width_px = float(s.max() - s.min() + 1)
+    m.axis_angle_deg = math.degrees(math.atan2(major[1], major[0]))
+    if _largest_fraction(mask) < 0.9:
+        m.flags.append("fragmented")
+    if m.length_px / m.width_px > 4:
+        m.flags.append("implausible_shape")
+    return m
+
+
+def _measure_long_bone(bone: str, shaft: np.ndarray, epiphysis: np.ndarray) -> BoneMeasurement:
+    m = BoneMeasurement(bone)
+    n_shaft, n_epi = int(shaft.sum()), int(epiphysis.sum())
+    if n_shaft < MIN_PIXELS:
+        m.flags.append("absent" if n_epi < MIN_PIXELS else "shaft_missing")
+        m.present = n_epi >= MIN_PIXELS
+        return m
+    m.present = True
+    whole = shaft | epiphysis
+    m.area_px = float(whole.sum())
+    shaft_xy = np.argwhere(shaft).astype(np.float64)
+    # The shaft gives the bone's direction reliably (an epiphysis is a wide, short cap).
+    major, minor = _principal_axis(shaft_xy)
+    whole_xy = np.argwhere(whole).astype(np.float64)
+    t_all = whole_xy @ major
+    m.length_px = float(t_all.max() - t_all.min() + 1)
+    m.axis_angle_deg = math.degrees(math.atan2(major[1], major[0]))
+
+    t = shaft_xy @ major
+    s = shaft_xy @ minor
+    t_min, t_max = t.min(), t.max()
+    span = t_max - t_min + 1
+    widths = _slice_widths(t, s)
+    mid = (widths[:, 0] >= t_min + 0.3 * span) & (widths[:, 0] <= t_max - 0.3 * span)
+    m.width_px = float(np.median(widths[mid, 1])) if mid.any() else float(np.median(widths[:, 1]))
+
+    has_epi = n_epi >= MIN_PIXELS
+    m.epiphysis_present = has_epi
+    if has_epi:
+        epi_xy = np.argwhere(epiphysis).astype(np.float64)
+        te = epi_xy @ major
+        se = epi_xy @ minor
+        # Width across the bone axis, robust to a stray pixel.
+        m.epiphysis_width_px = float(np.percentile(se, 99) - np.percentile(se, 1) + 1)
+        toward_end = te.mean() > t.mean()
+        band = 0.15 * span
+        near = widths[:, 0] >= t_max - band if toward_end else widths[:, 0] <= t_min + band
+        m.metaphysis_width_px = float(widths[near, 1].max()) if near.any() else m.width_px
+        m.epiphysis_ratio = m.epiphysis_width_px / m.metaphysis_width_px if m.metaphysis_width_px else None
+        # Fusion: epiphysis pixels 4-adjacent to shaft pixels, as a fraction of its width.
+        touching = epiphysis & ndimage.binary_dilation(shaft, structure=ndimage.generate_binary_structure(2, 1))
+        contact = _extent_across(np.argwhere(touching).astype(np.float64) @ minor) if touching.any() else 0.0
+        m.fusion_contact = float(min(1.0, contact / m.epiphysis_width_px))
+        m.fused = m.fusion_contact >= FUSED_CONTACT
+        if _largest_fraction(epiphysis) < 0.8:
+            m.flags.append("epiphysis_fragmented")
+    if _largest_fraction(shaft) < 0.9:
+        m.flags.append("fragmented")
+    aspect = m.length_px / max(m.width_px, 1.0)
+    if bone in anatomy.TUBULAR_BONES and not (1.0 <= aspect <= 12.0):
+        m.flags.append("implausible_shape")
+    return m
+
+
+def _extent_across(s: np.ndarray) -> float:
+    return float(s.max() - s.min() + 1) if s.size else 0.0
+
+
+def _slice_widths(t: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Width across the axis in 1-px slices along it: array of ``(t centre, width)`` rows."""
+    bins = np.floor(t - t.min()).astype(np.int64)
+    n = int(bins.max()) + 1
+    lo = np.full(n, np.inf)
+    hi = np.full(n, -np.inf)
+    np.minimum.at(lo, bins, s)
+    np.maximum.at(hi, bins, s)
+    valid = np.isfinite(lo)
+    centres = t.min() + np.arange(n) + 0.5
+    return np.stack([centres[valid], (hi - lo + 1)[valid]], axis=1)

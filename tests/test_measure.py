@@ -1,0 +1,98 @@
+"""Measurements on constructed label maps with known geometry."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from skimage.draw import polygon
+
+from boneage import anatomy
+from boneage.measure import feature_names, measure
+
+
+def _rect(labels, centre, length, width, angle_deg, label):
+    """Paint a rotated rectangle; angle 0 = long side along rows (vertical)."""
+    a = math.radians(angle_deg)
+    u = np.array([math.cos(a), math.sin(a)])  # along (row, col)
+    v = np.array([-u[1], u[0]])
+    c = np.asarray(centre, float)
+    corners = [c + su * length / 2 * u + sv * width / 2 * v for su, sv in ((-1, -1), (-1, 1), (1, 1), (1, -1))]
+    rr, cc = polygon([p[0] for p in corners], [p[1] for p in corners], labels.shape)
+    labels[rr, cc] = label
+    return u
+
+
+def _bone(labels, bone, centre, shaft_len, width, angle, epi_len=0.0, epi_width=None, gap=2.0):
+    """A shaft with its epiphysis cap at the +axis end, separated by ``gap`` px (0 = fused)."""
+    u = _rect(labels, centre, shaft_len, width, angle, anatomy.shaft_label(bone))
+    if epi_len:
+        epi_centre = np.asarray(centre, float) + u * (shaft_len / 2 + gap + epi_len / 2)
+        _rect(labels, epi_centre, epi_len, epi_width or width, angle, anatomy.epiphysis_label(bone))
+
+
+@pytest.mark.parametrize("angle", [0, 25, -40, 90])
+def test_length_width_and_ratio_are_rotation_invariant(angle):
+    labels = np.zeros((300, 300), np.uint8)
+    _bone(labels, "metacarpal_3", (150, 150), 100, 16, angle, epi_len=10, epi_width=12, gap=3)
+    m = measure(labels).bones["metacarpal_3"]
+    assert m.present and m.plausible, m.flags
+    assert m.length_px == pytest.approx(100 + 3 + 10, abs=2.5)
+    assert m.width_px == pytest.approx(16, abs=1.5)
+    assert m.epiphysis_present and m.epiphysis_ratio == pytest.approx(12 / 16, abs=0.1)
+    assert m.fusion_contact == 0.0 and m.fused is False
+
+
+def test_fused_epiphysis_is_detected():
+    labels = np.zeros((200, 200), np.uint8)
+    _bone(labels, "radius", (100, 100), 100, 20, 0, epi_len=12, epi_width=20, gap=0)
+    m = measure(labels).bones["radius"]
+    assert m.fused is True and m.fusion_contact > 0.8
+
+
+def test_calibrated_lengths_use_the_spacing_along_the_axis():
+    labels = np.zeros((300, 300), np.uint8)
+    _bone(labels, "proximal_phalanx_2", (150, 150), 80, 12, 0)  # along rows
+    _bone(labels, "proximal_phalanx_3", (150, 60), 80, 12, 90)  # along cols
+    m = measure(labels, spacing_mm=(0.2, 0.5))
+    assert m.bones["proximal_phalanx_2"].length_mm == pytest.approx(80 * 0.2, rel=0.03)
+    assert m.bones["proximal_phalanx_3"].length_mm == pytest.approx(80 * 0.5, rel=0.03)
+    assert measure(labels).bones["proximal_phalanx_2"].length_mm is None
+
+
+def test_absent_border_and_fragmented_bones_are_flagged():
+    labels = np.zeros((200, 200), np.uint8)
+    _bone(labels, "ulna", (40, 100), 100, 14, 0)  # runs off the top edge
+    _bone(labels, "metacarpal_2", (120, 50), 60, 10, 0)
+    labels[118:122, 40:60] = 0  # cut the shaft in two
+    result = measure(labels)
+    assert "touches_border" in result.bones["ulna"].flags and not result.bones["ulna"].plausible
+    assert "fragmented" in result.bones["metacarpal_2"].flags
+    assert result.bones["capitate"].flags == ["absent"] and not result.bones["capitate"].present
+
+
+def test_carpals_and_scale_free_features():
+    labels = np.zeros((300, 300), np.uint8)
+    _bone(labels, "metacarpal_3", (150, 150), 100, 16, 0)
+    _rect(labels, (60, 150), 20, 16, 0, anatomy.shaft_label("capitate"))
+    _rect(labels, (60, 120), 16, 14, 0, anatomy.shaft_label("hamate"))
+    small = measure(labels)
+    big = measure(np.kron(labels, np.ones((2, 2), np.uint8)))
+    assert small.carpal_count == 2
+    f1, f2 = small.features(), big.features()
+    assert list(f1) == feature_names()
+    assert f1["carpal_count"] == 2 and f1["metacarpal_3.length_rel"] == pytest.approx(1.0)
+    # Scale-free: a 2x larger image gives (nearly) the same features.
+    assert f2["capitate.area_rel"] == pytest.approx(f1["capitate.area_rel"], rel=0.08)
+    assert math.isnan(f1["radius.epiphysis_ratio"])
+
+
+def test_to_dict_is_json_ready():
+    import json
+
+    labels = np.zeros((100, 100), np.uint8)
+    _bone(labels, "distal_phalanx_1", (50, 50), 30, 8, 10, epi_len=4, epi_width=7)
+    d = measure(labels, spacing_mm=0.3).to_dict()
+    json.dumps(d)
+    assert set(d["bones"]) == set(anatomy.BONES) and d["bones"]["distal_phalanx_1"]["length_mm"] > 0
