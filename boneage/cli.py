@@ -49,7 +49,24 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--age-range", nargs=2, type=float, metavar=("A", "B"), default=None,
                    help="bone-age range in months (default the full 0-228 range)")
     p.add_argument("--sex", choices=("M", "F", "both"), default="both")
-    p.set_defaults(handler=_not_landed("synthetic hand generation", "issue: synthetic hands"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_synth)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from boneage.synth import write_dataset
+
+    if args.n < 0 or args.size < 64:
+        print("boneage synth: --n must be >= 0 and --size >= 64", file=sys.stderr)
+        return EXIT_USAGE
+    if args.age_range is not None and not 0 <= args.age_range[0] <= args.age_range[1] <= 240:
+        print("boneage synth: --age-range must be 0 <= A <= B <= 240 months", file=sys.stderr)
+        return EXIT_USAGE
+    labels = write_dataset(args.out, args.n, seed=args.seed, size=args.size, fmt=args.format,
+                           age_range=tuple(args.age_range) if args.age_range else None,
+                           sex=args.sex, progress=not args.no_progress)
+    print(labels)
+    return EXIT_OK
 
 
 # --- segment -----------------------------------------------------------------------------------

@@ -1,0 +1,903 @@
+"""Synthetic left-hand radiographs with exact ground truth (``boneage synth``).
+
+A hand is built in millimetres from a documented growth and maturity *model* (constants in
+``data/synth_*.csv``, each with its sources; no published per-bone length table by age exists, so
+the model is assembled from radius/ulna growth data, proportions measured on real hands and
+Greulich-Pyle ossification/fusion events), then rasterised at the target resolution with a simple
+X-ray physics model and film artefacts that imitate the RSNA development films.
+
+Every image comes with its label map (:mod:`boneage.anatomy` ids), bone age, sex, a chronological
+age consistent with the Brush SD, pixel spacing, the length in mm of every ossified bone and the
+state of every ossification centre. Image ``i`` depends only on ``(seed, i)``.
+
+Length convention (``lengths_mm``): the whole ossified bone along its long axis, epiphysis and the
+physeal gap included once the epiphysis has ossified, for the 19 tubular bones and the carpals
+(major axis). The radius and ulna run out of the field of view, so their ``lengths_mm`` value is
+the length *visible in the image* (distal end to the image border); their anatomical lengths are
+in :attr:`SyntheticHand.full_lengths_mm`. Lengths are true (3-D) lengths: slightly flexed fingers
+are foreshortened in projection by ``cos(tilt)``, tilt at most 12 degrees (<= 2.2 %).
+Spacing is given in the plane of the hand (no magnification).
+
+Public API: :func:`generate_hand`, :func:`write_dataset`, :func:`write_examples`,
+:func:`measure_bone_lengths_mm`, :class:`SyntheticHand`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.interpolate import PchipInterpolator
+from scipy.spatial import ConvexHull
+
+from boneage import anatomy
+from boneage.paths import DATA_DIR, EXAMPLES_DIR
+from boneage.synth_render import (
+    Canvas,
+    ShapePx,
+    fill_polygon,
+    marker_patch,
+    paint_shape,
+    paste,
+    smooth,
+    stadium,
+    text_patch,
+    texture,
+)
+
+GROWTH_MODEL_FILE = DATA_DIR / "synth_growth_model.csv"
+MATURITY_MODEL_FILE = DATA_DIR / "synth_maturity_model.csv"
+BONE_MODEL_FILE = DATA_DIR / "synth_bone_model.csv"
+SUBJECT_MODEL_FILE = DATA_DIR / "synth_subject_model.csv"
+
+MAX_BONE_AGE_MONTHS = 228.0
+#: Physical field of view (long side of the film, mm) the generator draws from.
+FOV_RANGE_MM = (180.0, 300.0)
+#: Out-of-plane tilt of flexed fingers is limited so projected lengths stay within ~2 % of true ones.
+MAX_TILT_DEG = 12.0
+
+OSSIFICATION_STATES = ("absent", "appeared", "growing", "capped", "fusing", "fused", "mature")
+
+
+# ------------------------------------------------------------------------------------------------
+# Model tables
+# ------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _growth_curves() -> dict[str, PchipInterpolator]:
+    df = pd.read_csv(GROWTH_MODEL_FILE, comment="#")
+    return {
+        sex: PchipInterpolator(g["bone_age_years"].to_numpy() * 12.0, g["fraction_of_adult_length"].to_numpy())
+        for sex, g in df.groupby("sex")
+    }
+
+
+def growth_fraction(bone_age_months: float, sex: str) -> float:
+    """Fraction of adult bone length reached at a bone age (the growth model, see its CSV).
+
+    Args:
+        bone_age_months: bone age in months (clipped to 0-228).
+        sex: ``"M"`` or ``"F"``.
+
+    Returns:
+        A fraction in (0, 1].
+    """
+    ba = float(np.clip(bone_age_months, 0.0, MAX_BONE_AGE_MONTHS))
+    return float(_growth_curves()[sex](ba))
+
+
+@lru_cache(maxsize=1)
+def _bone_model() -> dict[str, dict[str, float]]:
+    df = pd.read_csv(BONE_MODEL_FILE, comment="#").set_index("bone")
+    missing = set(anatomy.BONES) - set(df.index)
+    if missing:
+        raise ValueError(f"{BONE_MODEL_FILE.name} lacks bones {sorted(missing)}")
+    return {b: {k: float(v) for k, v in row.items()} for b, row in df.iterrows()}
+
+
+@lru_cache(maxsize=1)
+def _maturity_model() -> dict[tuple[str, str], tuple[float, float, float]]:
+    df = pd.read_csv(MATURITY_MODEL_FILE, comment="#")
+    return {
+        (r.sex, r.centre): (float(r.appear_months), float(r.fuse_begin_months), float(r.fuse_complete_months))
+        for r in df.itertuples()
+    }
+
+
+@lru_cache(maxsize=1)
+def _subject_model() -> dict[str, float]:
+    df = pd.read_csv(SUBJECT_MODEL_FILE, comment="#")
+    return dict(zip(df["key"], df["value"].astype(float)))
+
+
+@lru_cache(maxsize=1)
+def _brush_sd_table() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from boneage.references import BRUSH_SD_FILE, read_table
+
+    df = read_table(BRUSH_SD_FILE)
+    out = {}
+    for sex, g in df.groupby("sex"):
+        g = g.sort_values("chronological_age_months")
+        out[sex] = (g["chronological_age_months"].to_numpy(float), g["sd_months"].to_numpy(float))
+    return out
+
+
+def _brush_sd_clamped(age_months: float, sex: str) -> float:
+    ages, sds = _brush_sd_table()[sex]
+    return float(np.interp(age_months, ages, sds))  # held constant beyond the table's ends
+
+
+# ------------------------------------------------------------------------------------------------
+# Output type
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class SyntheticHand:
+    """One synthetic left-hand radiograph with its exact ground truth.
+
+    Attributes:
+        image: float32 ``(rows, cols)`` in [0, 1], bone bright (as displayed; see ``monochrome1``).
+        label_map: uint8 label map, same shape, :mod:`boneage.anatomy` label ids, 0 = background.
+        spacing_mm: pixel spacing in mm (square pixels), in the plane of the hand.
+        bone_age_months: the bone age that drove growth and maturity.
+        sex: ``"M"`` or ``"F"``.
+        chronological_age_months: drawn so that ``(BA - CA) / BrushSD(CA)`` is standard normal.
+        lengths_mm: length of every ossified bone (see the module docstring for the convention);
+            bones not yet ossified (young carpals) are absent from the dict.
+        full_lengths_mm: anatomical lengths of the radius and ulna (whole bone, model).
+        ossification: state of each ossification centre, keyed by structure name
+            (``"radius_epiphysis"``, ``"capitate"`` ...): one of :data:`OSSIFICATION_STATES`.
+        monochrome1: whether the DICOM writer stores this image inverted (MONOCHROME1).
+        index, seed: where it came from.
+        params: rendering parameters (rotation, field of view, ...), for debugging and analysis.
+    """
+
+    image: np.ndarray
+    label_map: np.ndarray
+    spacing_mm: float
+    bone_age_months: float
+    sex: str
+    chronological_age_months: float
+    lengths_mm: dict[str, float]
+    full_lengths_mm: dict[str, float]
+    ossification: dict[str, str]
+    monochrome1: bool
+    index: int
+    seed: int
+    params: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------
+# Geometry in mm
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class _Part:
+    """A bone part in the hand frame (mm; x towards the thumb, y distal)."""
+
+    bone: str
+    label: int
+    start: np.ndarray
+    direction: np.ndarray
+    length: float
+    t_knots: np.ndarray
+    halfwidth_knots: np.ndarray
+    cortex_knots: np.ndarray
+    cap_start: float
+    cap_end: float
+    density: float
+
+
+def _unit(angle_deg: float) -> np.ndarray:
+    """Unit vector of a ray angle measured from +y (distal) towards +x (the thumb)."""
+    a = np.deg2rad(angle_deg)
+    return np.array([np.sin(a), np.cos(a)])
+
+
+_CORTEX_T = np.array([0.0, 0.12, 0.35, 0.65, 0.88, 1.0])
+_CORTEX_F = np.array([0.06, 0.22, 0.40, 0.40, 0.22, 0.06])
+
+
+def _shaft_profile(kind: str, base: float, head: float) -> tuple[np.ndarray, np.ndarray]:
+    """Half-width knots (in units of mid-shaft half-width) from the proximal (t=0) to the distal end."""
+    if kind == "distal_phalanx":
+        t = np.array([0.0, 0.18, 0.42, 0.72, 0.9, 1.0])
+        w = np.array([base, (base + 1) / 2, 0.9, 0.78, head, head * 0.85])
+    elif kind == "forearm":
+        t = np.array([0.0, 0.82, 0.9, 0.96, 1.0])
+        w = np.array([1.0, 1.0, (1 + head) / 2, head * 0.97, head])
+    else:
+        t = np.array([0.0, 0.1, 0.3, 0.55, 0.8, 0.93, 1.0])
+        w = np.array([base, (base + 1) * 0.55, 1.02, 0.95, 1.0, (1 + head) / 2 * 1.05, head])
+    return t, w
+
+
+def _state(m: float, phi: float) -> str:
+    if phi >= 1:
+        return "fused"
+    if phi > 0:
+        return "fusing"
+    if m >= 0.9:
+        return "capped"
+    if m >= 0.4:
+        return "growing"
+    return "appeared"
+
+
+@dataclass
+class _Hand:
+    parts: list[_Part]
+    lengths_mm: dict[str, float]
+    full_lengths_mm: dict[str, float]
+    ossification: dict[str, str]
+    soft_polys: list[tuple[np.ndarray, float]]  # (polygon mm, tissue thickness mm)
+    forearm_bones: tuple[str, ...] = ("radius", "ulna")
+
+
+def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
+    """Sample one subject's hand geometry at bone age ``ba`` (months)."""
+    sm = _subject_model()
+    bm = _bone_model()
+    mm = _maturity_model()
+    frac = growth_fraction(ba, sex)
+    size = float(np.exp(rng.normal(0, sm["size_factor_sd"])))
+    if sex == "F":
+        size *= sm["female_length_factor"]
+    scale = frac * size  # adult-male layout -> this subject
+    mineral = 0.55 + 0.45 * min(ba / 180.0, 1.0)  # young bone is less mineralised (prior)
+    # The radius and ulna are thick; real films show them only a little brighter than metacarpals
+    # (film latitude), so their density is damped.
+    forearm_density = 0.7
+
+    def tempo_appear(age: float) -> float:
+        sd = max(sm["appear_tempo_sd_min_months"], sm["appear_tempo_sd_fraction"] * age)
+        return age + rng.normal(0, sd)
+
+    parts: list[_Part] = []
+    lengths: dict[str, float] = {}
+    full: dict[str, float] = {}
+    states: dict[str, str] = {}
+    soft: list[tuple[np.ndarray, float]] = []
+
+    def noisy_len(bone: str) -> float:
+        return bm[bone]["adult_length_mm"] * scale * float(np.exp(rng.normal(0, sm["bone_length_noise_sd"])))
+
+    def tubular(bone: str, start: np.ndarray, angle: float, tilt_deg: float,
+                a_true: float | None = None) -> tuple[np.ndarray, float, float]:
+        """Add a long bone's shaft (+ epiphysis) from its proximal anatomical end ``start``.
+
+        Returns its distal anatomical end, mid-shaft width and ray angle.
+        """
+        p = bm[bone]
+        kind = anatomy.bone_kind(bone)
+        a_true = noisy_len(bone) if a_true is None else a_true
+        cos_t = float(np.cos(np.deg2rad(tilt_deg)))
+        a_len = a_true * cos_t  # projected
+        width = p["width_ratio"] * a_true * float(np.exp(rng.normal(0, sm["width_noise_sd"])))
+        d = _unit(angle)
+        zone = p["epiphysis_fraction"] * a_len
+        end = anatomy.epiphysis_end(bone)
+        appear, f0, f1 = mm[(sex, bone)]
+        appear = tempo_appear(appear)
+        f_sd = sm["fusion_tempo_sd_months"]
+        f0 = f0 + rng.normal(0, f_sd)
+        f1 = max(f0 + 2.0, f1 + rng.normal(0, f_sd))
+        ossified = ba >= appear
+        m = float(np.clip((ba - appear) / max(f0 - appear, 1.0), 0, 1)) if ossified else 0.0
+        phi = float(np.clip((ba - f0) / (f1 - f0), 0, 1)) if ossified else 0.0
+        epi_name = anatomy.structure(anatomy.epiphysis_label(bone)).name
+        states[epi_name] = _state(m, phi) if ossified else "absent"
+
+        t_k, w_k = _shaft_profile(kind, p["base_ratio"], p["head_ratio"])
+        hw_k = w_k * width / 2
+        meta_w = (p["base_ratio"] if end == "proximal" else p["head_ratio"]) * width
+        shaft_len = a_len - zone
+        cortex = np.interp(t_k, _CORTEX_T, _CORTEX_F) * (0.65 + 0.35 * min(ba / 150.0, 1.0))
+        # The epiphyseal end of the shaft is flat (physis); the other end is a rounded joint surface.
+        flat = 0.12 * width
+        round_end = 0.45 * width * (p["head_ratio"] if end == "proximal" else p["base_ratio"])
+        if kind == "forearm":
+            round_end = 0.0
+        cap_start, cap_end = (flat, round_end) if end == "proximal" else (round_end, flat)
+        if ossified:
+            e_len = zone * (0.35 + 0.55 * m**0.6)
+            gap = (1 - phi) * (0.5 * (zone - e_len) + 0.02 * width * 2)
+            e_len = min(e_len, zone - gap) if zone > gap else zone * 0.5
+            e_width = meta_w * min(0.25 + 0.8 * m**0.6, 1.05)
+            if phi >= 1:
+                e_width = meta_w
+        else:
+            e_len = gap = e_width = 0.0
+
+        if end == "proximal":
+            shaft_start = start + d * zone
+            epi_start = start + d * (zone - gap - e_len)
+            lo = (zone - gap - e_len) if ossified else zone
+            whole_proj = a_len - lo
+        else:
+            shaft_start = start
+            epi_start = start + d * (shaft_len + gap)
+            whole_proj = shaft_len + gap + e_len if ossified else shaft_len
+        density = mineral * (forearm_density if kind == "forearm" else 1.0)
+        parts.append(
+            _Part(bone, anatomy.shaft_label(bone), shaft_start, d, shaft_len, t_k, hw_k,
+                  cortex, cap_start, cap_end, density)
+        )
+        if ossified:
+            # Young centres are ovoid; mature epiphyses are flatter with squarer corners.
+            cap = e_len * (0.5 - 0.3 * m)
+            e_t = np.array([0.0, 1.0])
+            e_hw = np.array([e_width / 2, e_width / 2])
+            if kind == "metacarpal" and end == "distal":
+                cap = e_len * 0.5  # the metacarpal head stays rounded
+            parts.append(
+                _Part(bone, anatomy.epiphysis_label(bone), epi_start, d, e_len, e_t, e_hw,
+                      np.full(2, 0.12), max(cap, 1e-3), max(cap, 1e-3), density * 0.95)
+            )
+        if kind == "forearm":
+            full[bone] = a_true - (0 if ossified else zone)
+        else:
+            lengths[bone] = whole_proj / cos_t
+        return start + d * a_len, width, angle
+
+    # --- forearm: radius and ulna point proximally (down) from their physes -----------------
+    fore_dev = rng.normal(0, 5.0)  # radial/ulnar deviation of the hand against the forearm
+    forearm_ends = {}
+    for bone in anatomy.FOREARM:
+        p = bm[bone]
+        phys = np.array([p["x_mm"], p["y_mm"]]) * scale
+        a_true = noisy_len(bone)
+        # Start far proximally (off the film) so that the shaft ends exactly at the physis.
+        zone = p["epiphysis_fraction"] * a_true
+        start = phys - _unit(fore_dev) * (a_true - zone)
+        forearm_ends[bone] = tubular(bone, start, fore_dev, 0.0, a_true)
+
+    # --- carpals ----------------------------------------------------------------------------
+    carpal_order = ("pisiform", "scaphoid", "lunate", "triquetrum", "trapezium", "trapezoid", "capitate", "hamate")
+    for bone in carpal_order:
+        p = bm[bone]
+        appear, _, _ = mm[(sex, bone)]
+        appear = tempo_appear(appear)
+        centre = np.array([p["x_mm"], p["y_mm"]]) * scale + rng.normal(0, 0.6, 2) * scale
+        if ba < appear:
+            states[bone] = "absent"
+            continue
+        mature_at = max(168.0, appear + 60.0)
+        s = float(np.clip((ba - appear) / (mature_at - appear), 0, 1))
+        size_frac = 0.18 + 0.82 * s**0.75
+        length = p["adult_length_mm"] * scale * size_frac * float(np.exp(rng.normal(0, sm["bone_length_noise_sd"])))
+        aspect = 1 - (1 - p["width_ratio"]) * s**0.5
+        width = length * aspect * float(np.exp(rng.normal(0, 0.04)))
+        angle_from_x = p["angle_deg"] + rng.normal(0, 6)
+        d = np.array([np.cos(np.deg2rad(angle_from_x)), np.sin(np.deg2rad(angle_from_x))])
+        t_k = np.linspace(0, 1, 7)
+        hw_k = width / 2 * np.exp(rng.normal(0, 0.06 * s, 7))
+        parts.append(
+            _Part(bone, anatomy.shaft_label(bone), centre - d * length / 2, d, length, t_k, hw_k,
+                  np.full(7, 0.10 + 0.1 * s), length / 2 * (1 - 0.45 * s), length / 2 * (1 - 0.45 * s),
+                  mineral * 0.95)
+        )
+        lengths[bone] = length
+        states[bone] = "mature" if s >= 1 else ("appeared" if s < 0.3 else "growing")
+
+    # --- digits -----------------------------------------------------------------------------
+    spread = rng.uniform(0.2, 1.6)
+    spread_mean = {1: -6.0, 2: 6.0, 3: 0.0, 4: -5.0, 5: -11.0}
+    finger_points: list[tuple[np.ndarray, np.ndarray, float]] = []
+    palm_pts: list[np.ndarray] = []
+    thumb_pts: list[np.ndarray] = []
+    for dgt in range(1, 6):
+        bones = anatomy.digit_bones(dgt)
+        mc = bones[0]
+        p = bm[mc]
+        start = np.array([p["x_mm"], p["y_mm"]]) * scale + rng.normal(0, 0.5, 2) * scale
+        angle = p["angle_deg"] + fore_dev * 0.3 + rng.normal(0, 3 if dgt > 1 else 7)
+        joint = (1.2 + 2.0 * (1 - frac)) * size
+        for k, bone in enumerate(bones):
+            if k == 1:
+                angle += spread * (spread_mean[dgt] + rng.normal(0, 3))
+            elif k > 1:
+                angle += rng.normal(0, 3)
+            tilt = 0.0 if k == 0 else min(abs(rng.normal(0, 5.0)), MAX_TILT_DEG)
+            p0 = start
+            end, width, angle = tubular(bone, start, angle, tilt)
+            base_w = bm[bone]["base_ratio"] * width
+            if k == 0:
+                n = np.array([-_unit(angle)[1], _unit(angle)[0]])
+                for q in (p0, end):
+                    for sgn in (-1, 1):
+                        (thumb_pts if dgt == 1 else palm_pts).append(q + sgn * n * (base_w / 2 + 5.5 * scale))
+            else:
+                finger_points.append((p0, end, base_w / 2 + 3.8 * scale))
+            start = end + _unit(angle) * joint
+        # Fingertip pad beyond the distal phalanx.
+        last_p0, last_end, r = finger_points[-1]
+        finger_points[-1] = (last_p0, last_end + _unit(angle) * 1.5 * scale, r)
+
+    # --- soft tissue outlines --------------------------------------------------------------
+    rad_w = bm["radius"]["width_ratio"] * bm["radius"]["adult_length_mm"] * scale
+    x_r = bm["radius"]["x_mm"] * scale + rad_w * 1.1 + 4 * scale
+    x_u = bm["ulna"]["x_mm"] * scale - rad_w * 0.8 - 4 * scale
+    wrist = [np.array([x_r, 5 * scale]), np.array([x_u, 5 * scale])]
+    palm = np.array(palm_pts + wrist + [np.array([x_r + 2 * scale, 30 * scale])])
+    hull = palm[ConvexHull(palm).vertices]
+    forearm_dir = _unit(180 + fore_dev)
+    far = 600.0
+    forearm = np.array([
+        [x_r, 10 * scale], [x_u, 10 * scale],
+        [x_u, 10 * scale] + forearm_dir * far + np.array([-10 * scale, 0]),
+        [x_r, 10 * scale] + forearm_dir * far + np.array([12 * scale, 0]),
+    ])
+    # Thenar eminence: the first metacarpal's outline joined to the base of the second.
+    mc2 = bm["metacarpal_2"]
+    mc2_base = np.array([mc2["x_mm"], mc2["y_mm"]]) * scale
+    thumb = np.array(thumb_pts + [mc2_base, mc2_base + _unit(mc2["angle_deg"]) * 18 * scale,
+                                  np.array([x_r - 6 * scale, 30 * scale])])
+    thick_palm = 30.0 * scale
+    soft.append((hull, thick_palm))
+    soft.append((forearm, 45.0 * scale))
+    soft.append((thumb[ConvexHull(thumb).vertices], 22.0 * scale))
+    for p0, p1, r in finger_points:
+        soft.append((np.stack([p0, p1]), -r))  # negative thickness marks a stadium (radius r)
+    return _Hand(parts, lengths, full, states, soft)
+
+
+# ------------------------------------------------------------------------------------------------
+# Image formation
+# ------------------------------------------------------------------------------------------------
+_INITIAL_LETTERS = "ABCDEFGHJKLMNPRSTVWY"
+
+
+def _sample_age_sex(rng: np.random.Generator, age_range: tuple[float, float] | None, sex: str | None) -> tuple[float, str, float]:
+    lo, hi = age_range if age_range is not None else (0.0, MAX_BONE_AGE_MONTHS)
+    s = sex if sex in ("M", "F") else ("M" if rng.random() < 0.5 else "F")
+    ba = float(rng.uniform(lo, hi))
+    z_lim = _subject_model()["chronological_z_limit"]
+    z = float(np.clip(rng.standard_normal(), -z_lim, z_lim))
+    # Solve BA - CA = z * SD(CA): g is increasing in CA (|z dSD/dCA| < 1 in the Brush table).
+    def g(ca_: float) -> float:
+        return ca_ + z * _brush_sd_clamped(ca_, s) - ba
+
+    lo_ca, hi_ca = ba - 80.0, ba + 80.0
+    for _ in range(40):
+        mid = 0.5 * (lo_ca + hi_ca)
+        lo_ca, hi_ca = (mid, hi_ca) if g(mid) < 0 else (lo_ca, mid)
+    ca = max(0.5 * (lo_ca + hi_ca), 0.5)
+    return ba, s, float(ca)
+
+
+def generate_hand(
+    seed: int,
+    index: int,
+    size: int = 512,
+    age_range: tuple[float, float] | None = None,
+    sex: str | None = None,
+    bone_age_months: float | None = None,
+) -> SyntheticHand:
+    """Generate one synthetic left-hand radiograph with its ground truth.
+
+    Args:
+        seed: dataset seed.
+        index: image index; the result depends only on ``(seed, index)`` and the arguments.
+        size: long side of the image in pixels (the image is portrait, width 72-100 % of it).
+        age_range: ``(lo, hi)`` bone age in months to draw from (default 0-228).
+        sex: ``"M"``, ``"F"``, or ``None``/``"both"`` for either.
+        bone_age_months: fix the bone age instead of drawing it (for figures and examples).
+
+    Returns:
+        A :class:`SyntheticHand`.
+    """
+    rng = np.random.default_rng([int(seed), int(index)])
+    ba, sx, ca = _sample_age_sex(rng, age_range, sex)
+    if bone_age_months is not None:
+        ba = float(bone_age_months)
+        ca = ba
+    hand = _build_hand(rng, ba, sx)
+
+    # --- frame: size, aspect, field of view, rotation, placement ------------------------------
+    rows = int(size)
+    aspect = 1.0 if rng.random() < 0.1 else rng.uniform(0.72, 0.86)
+    cols = int(round(rows * aspect))
+    theta = float(np.clip(rng.normal(0, 10), -30, 30))
+    c, s_ = np.cos(np.deg2rad(theta)), np.sin(np.deg2rad(theta))
+    # mm hand frame (y distal) -> upright display frame (x right, y down), then rotation.
+    lin = np.array([[c, s_], [-s_, c]]) @ np.array([[1.0, 0.0], [0.0, -1.0]])
+    pts = []
+    for part in hand.parts:
+        if part.bone in anatomy.FOREARM and part.label == anatomy.shaft_label(part.bone):
+            end = part.start + part.direction * part.length
+            pts += [end, end - part.direction * 25 * growth_fraction(ba, sx)]
+        else:
+            pts += [part.start, part.start + part.direction * part.length]
+    for poly, thick in hand.soft_polys:
+        if thick < 0:
+            pts += list(poly)
+    pts = np.array(pts) @ lin.T
+    lo, hi = pts.min(0), pts.max(0)
+    ext = hi - lo
+    margin = 8.0
+    need = max((ext[1] + 2 * margin) * 1.04, (ext[0] + 2 * margin) / aspect)
+    fov = float(np.clip(ext[1] * rng.uniform(1.1, 1.45), *FOV_RANGE_MM))
+    fov = max(fov, need)
+    spacing = fov / rows
+    fov_w = cols * spacing
+    # Place the hand: random left/right slack, fingertips near the top, forearm out the bottom.
+    x0 = rng.uniform(margin, max(margin, fov_w - ext[0] - margin)) - lo[0]
+    y_slack = fov - ext[1] - 2 * margin
+    y0 = margin + y_slack * rng.uniform(0.0, 0.6) ** 1.5 - lo[1]
+    origin_px = np.array([x0, y0]) / spacing
+    to_px = lin / spacing
+
+    canvas = Canvas.empty(rows, cols)
+    visible: dict[str, list[np.ndarray]] = {}
+    forearm_axes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for part in hand.parts:
+        start = origin_px + to_px @ part.start
+        d = to_px @ part.direction
+        d = d / np.hypot(*d)
+        shape = ShapePx(part.label, start, d, part.length / spacing, part.t_knots,
+                        part.halfwidth_knots / spacing, part.cortex_knots,
+                        part.cap_start / spacing, part.cap_end / spacing, part.density)
+        px = paint_shape(canvas, shape)
+        if part.bone in anatomy.FOREARM and px is not None:
+            visible.setdefault(part.bone, []).append(np.stack(px, 1))
+            forearm_axes[part.bone] = (start, d)
+    lengths = dict(hand.lengths_mm)
+    for bone, chunks in visible.items():
+        # The radius and ulna leave the film: their recorded length is what the image shows.
+        rc = np.concatenate(chunks)
+        start, d = forearm_axes[bone]
+        u = (rc[:, 1] - start[0]) * d[0] + (rc[:, 0] - start[1]) * d[1]
+        lengths[bone] = float((u.max() - u.min() + 1) * spacing)
+
+    # --- soft tissue --------------------------------------------------------------------------
+    tissue = np.zeros((rows, cols), np.float32)
+    for poly, thick in hand.soft_polys:
+        if thick < 0:
+            p = poly @ to_px.T + origin_px
+            fill_polygon(tissue, stadium(p[0], p[1], -thick / spacing), 16.0 * growth_fraction(ba, sx) + 2)
+        else:
+            fill_polygon(tissue, poly @ to_px.T + origin_px, thick)
+    # Blur the outline, then shape its edge like a cylinder's thickness (sqrt): crisp but rounded.
+    sigma = 1.3 / spacing
+    coverage = smooth((tissue > 0).astype(np.float32), sigma)
+    tissue = smooth(tissue, sigma) / np.maximum(coverage, 1e-3) * np.sqrt(np.clip(coverage, 0, 1))
+
+    # --- X-ray physics and film -----------------------------------------------------------------
+    tex = texture(rows, cols, rng)
+    trab_amp = rng.uniform(0.12, 0.3)
+    mu_soft = rng.uniform(0.010, 0.016)
+    mu_cort = rng.uniform(0.06, 0.08)
+    mu_trab = rng.uniform(0.025, 0.035)
+    att = (
+        mu_soft * tissue
+        + mu_cort * canvas.cortical * spacing
+        + mu_trab * canvas.trabecular * spacing * (1 + trab_amp * tex)
+    )
+    signal = 1 - np.exp(-1.2 * att)
+    # Heel effect and uneven exposure: a gentle gradient of the background.
+    gy, gx = np.linspace(-1, 1, rows, dtype=np.float32)[:, None], np.linspace(-1, 1, cols, dtype=np.float32)[None, :]
+    bg = rng.uniform(0.0, 0.12) + rng.normal(0, 0.03) * gy + rng.normal(0, 0.02) * gx
+    ref = rng.uniform(0.7, 0.9)
+    gamma = rng.uniform(0.7, 1.35)
+    img = bg + (1 - bg) * np.clip(signal / ref, 0, 1.2) ** gamma
+    blur = rng.uniform(0.3, 1.0)
+    img = smooth(img.astype(np.float32), blur)
+    noise_sd = rng.uniform(0.004, 0.025)
+    img = img + rng.standard_normal((rows, cols)).astype(np.float32) * noise_sd * (0.5 + img)
+
+    # --- collimation, markers, labels --------------------------------------------------------
+    hand_mask = tissue > 0.5
+    ys, xs = np.nonzero(hand_mask)
+    hbox = (ys.min(), ys.max(), xs.min(), xs.max()) if ys.size else (0, rows - 1, 0, cols - 1)
+    if rng.random() < 0.35:
+        top = int(rng.uniform(0, max(hbox[0] * 0.8, 1)))
+        left = int(rng.uniform(0, max(hbox[2] * 0.8, 1)))
+        right = cols - int(rng.uniform(0, max((cols - 1 - hbox[3]) * 0.8, 1)))
+        outside = np.ones((rows, cols), bool)
+        outside[top:, left:right] = False
+        level = rng.uniform(0.35, 0.85)
+        img = np.where(outside, level + rng.standard_normal((rows, cols)).astype(np.float32) * 0.01, img)
+    if rng.random() < 0.9:
+        initials = "".join(rng.choice(list(_INITIALS_POOL), size=int(rng.integers(2, 4))))
+        h_px = int(rng.uniform(22, 38) / spacing)
+        value, alpha = marker_patch("L", initials, h_px, rng)
+        _place_patch(img, value, alpha, hand_mask, rng)
+    if rng.random() < 0.15:
+        value, alpha = text_patch(str(rng.choice(["L", "PA", "LEFT", "L HAND"])), int(6 / spacing))
+        _place_patch(img, value, alpha, hand_mask, rng)
+    if rng.random() < 0.1:  # a few RSNA films are dim and flat
+        img = 0.04 + img * rng.uniform(0.3, 0.55)
+    img = np.clip(img, 0, 1).astype(np.float32)
+
+    return SyntheticHand(
+        image=img,
+        label_map=canvas.labels,
+        spacing_mm=float(spacing),
+        bone_age_months=float(ba),
+        sex=sx,
+        chronological_age_months=float(ca),
+        lengths_mm=lengths,
+        full_lengths_mm=hand.full_lengths_mm,
+        ossification=hand.ossification,
+        monochrome1=bool(rng.random() < 0.15),
+        index=int(index),
+        seed=int(seed),
+        params={"rotation_deg": theta, "fov_mm": fov, "aspect": aspect, "gamma": gamma},
+    )
+
+
+_INITIALS_POOL = _INITIAL_LETTERS
+
+
+def _place_patch(img: np.ndarray, value: np.ndarray, alpha: np.ndarray, hand_mask: np.ndarray,
+                 rng: np.random.Generator) -> None:
+    """Paste a patch where it covers as little of the hand as possible (a few random tries)."""
+    rows, cols = img.shape
+    h, w = value.shape
+    if h >= rows or w >= cols:
+        return
+    best, best_cover = None, None
+    for _ in range(8):
+        r = int(rng.integers(0, rows - h))
+        c = int(rng.integers(0, cols - w))
+        cover = int(hand_mask[r : r + h, c : c + w].sum())
+        if best_cover is None or cover < best_cover:
+            best, best_cover = (r, c), cover
+        if cover == 0:
+            break
+    if best_cover:  # never hide the hand: no marker rather than a marker over bone
+        return
+    paste(img, value, alpha, best[0], best[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Measuring masks (used by tests and benchmarks; the same definition as the recorded lengths)
+# ------------------------------------------------------------------------------------------------
+def measure_bone_lengths_mm(label_map: np.ndarray, spacing_mm: float) -> dict[str, float]:
+    """Length of each bone in a label map along its principal axis, in mm.
+
+    The union of a bone's labels is projected on its major principal axis; the length is
+    ``(max - min + 1 px) * spacing``.
+
+    Args:
+        label_map: uint8 label map (:mod:`boneage.anatomy` ids).
+        spacing_mm: pixel spacing.
+
+    Returns:
+        ``{bone: length_mm}`` for every bone with at least 3 pixels.
+    """
+    lut = np.zeros(256, np.int16) - 1
+    for i, bone in enumerate(anatomy.BONES):
+        for lab in anatomy.bone_labels(bone):
+            lut[lab] = i
+    ids = lut[label_map]
+    rr, cc = np.nonzero(ids >= 0)
+    bone_ids = ids[rr, cc]
+    order = np.argsort(bone_ids, kind="stable")
+    rr, cc, bone_ids = rr[order], cc[order], bone_ids[order]
+    bounds = np.searchsorted(bone_ids, np.arange(len(anatomy.BONES) + 1))
+    out = {}
+    for i, bone in enumerate(anatomy.BONES):
+        a, b = bounds[i], bounds[i + 1]
+        if b - a < 3:
+            continue
+        pts = np.stack([cc[a:b], rr[a:b]], 1).astype(np.float64)
+        pts -= pts.mean(0)
+        evals, evecs = np.linalg.eigh(pts.T @ pts)
+        axis = evecs[:, -1]
+        proj = pts @ axis
+        out[bone] = float((proj.max() - proj.min() + 1) * spacing_mm)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
+def label_columns() -> list[str]:
+    """Columns of ``labels.csv`` in order."""
+    cols = ["id", "image", "mask", "sex", "bone_age_months", "chronological_age_months", "spacing_mm"]
+    cols += [f"len_mm_{b}" for b in anatomy.BONES]
+    cols += [f"full_len_mm_{b}" for b in anatomy.FOREARM]
+    cols += [f"state_{c}" for c in ossification_centres()]
+    cols += ["rows", "cols", "monochrome1", "rotation_deg", "seed", "index"]
+    return cols
+
+
+def ossification_centres() -> list[str]:
+    """Names of the ossification centres whose state is recorded (epiphyses and carpals)."""
+    return [s.name for s in anatomy.STRUCTURES if s.part in ("epiphysis", "whole")]
+
+
+def _record(hand: SyntheticHand, image_rel: str, mask_rel: str, ident: str) -> dict:
+    row = {
+        "id": ident,
+        "image": image_rel,
+        "mask": mask_rel,
+        "sex": hand.sex,
+        "bone_age_months": round(hand.bone_age_months, 3),
+        "chronological_age_months": round(hand.chronological_age_months, 3),
+        "spacing_mm": round(hand.spacing_mm, 6),
+    }
+    for b in anatomy.BONES:
+        v = hand.lengths_mm.get(b)
+        row[f"len_mm_{b}"] = "" if v is None else round(v, 3)
+    for b in anatomy.FOREARM:
+        v = hand.full_lengths_mm.get(b)
+        row[f"full_len_mm_{b}"] = "" if v is None else round(v, 3)
+    for c in ossification_centres():
+        row[f"state_{c}"] = hand.ossification.get(c, "")
+    row.update(rows=hand.image.shape[0], cols=hand.image.shape[1], monochrome1=int(hand.monochrome1),
+               rotation_deg=round(hand.params.get("rotation_deg", 0.0), 2), seed=hand.seed, index=hand.index)
+    return row
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(path, compress_level=1)
+
+
+def write_dicom(hand: SyntheticHand, path: str | Path) -> None:
+    """Write a synthetic hand as a DX (for presentation) DICOM object.
+
+    12 bits stored in 16; MONOCHROME1 (inverted stored values) when ``hand.monochrome1``.
+    ImagerPixelSpacing and PixelSpacing carry the spacing; PatientBirthDate and StudyDate are set
+    so that their difference is the chronological age (to the day).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    sop_class = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+    entropy = [f"boneage-synth-{hand.seed}-{hand.index}"]
+    sop_uid = generate_uid(entropy_srcs=entropy + ["sop"])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=entropy + ["study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=entropy + ["series"])
+    rng = np.random.default_rng([hand.seed, hand.index, 7])
+    study = _dt.date(2018, 1, 1) + _dt.timedelta(days=int(rng.integers(0, 6 * 365)))
+    birth = study - _dt.timedelta(days=int(round(hand.chronological_age_months * 365.2425 / 12)))
+    ds.StudyDate = study.strftime("%Y%m%d")
+    ds.ContentDate = ds.StudyDate
+    ds.StudyTime = ds.ContentTime = "120000"
+    ds.PatientBirthDate = birth.strftime("%Y%m%d")
+    ds.PatientSex = hand.sex
+    ds.PatientName = f"SYNTHETIC^{hand.seed}^{hand.index}"
+    ds.PatientID = f"SYNTH-{hand.seed}-{hand.index}"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Modality = "DX"
+    ds.Manufacturer = "boneage synth"
+    ds.ConversionType = "SYN"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.BodyPartExamined = "HAND"
+    ds.ViewPosition = "PA"
+    ds.ImageLaterality = "L"
+    ds.Laterality = "L"
+    ds.PatientOrientation = ["R", "F"]
+    ds.BurnedInAnnotation = "YES"
+    ds.ImagerPixelSpacing = [f"{hand.spacing_mm:.6f}", f"{hand.spacing_mm:.6f}"]
+    ds.PixelSpacing = ds.ImagerPixelSpacing
+    ds.PixelIntensityRelationship = "LIN"
+    ds.PixelIntensityRelationshipSign = -1 if hand.monochrome1 else 1
+    ds.RescaleIntercept = 0
+    ds.RescaleSlope = 1
+    ds.RescaleType = "US"
+    ds.WindowCenter = 2048
+    ds.WindowWidth = 4096
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if hand.monochrome1 else "MONOCHROME2"
+    ds.Rows, ds.Columns = hand.image.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    values = np.round(hand.image * 4095).astype(np.uint16)
+    if hand.monochrome1:
+        values = (4095 - values).astype(np.uint16)
+    ds.PixelData = values.tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def write_hand(hand: SyntheticHand, out: Path, ident: str, fmt: str = "png") -> dict:
+    """Write one hand's image and mask under ``out`` and return its ``labels.csv`` row."""
+    if fmt == "png":
+        image_rel = f"images/{ident}.png"
+        _save_png(out / image_rel, np.round(hand.image * 255).astype(np.uint8))
+    elif fmt == "dicom":
+        image_rel = f"images/{ident}.dcm"
+        write_dicom(hand, out / image_rel)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected 'png' or 'dicom'")
+    mask_rel = f"masks/{ident}.png"
+    _save_png(out / mask_rel, hand.label_map)
+    return _record(hand, image_rel, mask_rel, ident)
+
+
+def write_dataset(
+    out: str | Path,
+    n: int,
+    seed: int = 0,
+    size: int = 512,
+    fmt: str = "png",
+    age_range: tuple[float, float] | None = None,
+    sex: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write ``n`` synthetic hands: ``out/images/``, ``out/masks/`` and ``out/labels.csv``.
+
+    Args:
+        out: output folder (created).
+        n: number of images.
+        seed: dataset seed; image ``i`` depends only on ``(seed, i)``.
+        size: long side in pixels.
+        fmt: ``"png"`` (8-bit) or ``"dicom"`` (DX, 12-bit).
+        age_range: bone-age range in months.
+        sex: ``"M"``, ``"F"`` or ``None``/``"both"``.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The path of ``labels.csv``.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    sex = None if sex in (None, "both") else sex
+    width = max(5, len(str(max(n - 1, 0))))
+    labels_path = out / "labels.csv"
+    with open(labels_path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=label_columns())
+        writer.writeheader()
+        for i in tqdm(range(n), disable=not progress, desc="synth", unit="img"):
+            hand = generate_hand(seed, i, size=size, age_range=age_range, sex=sex)
+            writer.writerow(write_hand(hand, out, f"synth_{seed}_{i:0{width}d}", fmt))
+    return labels_path
+
+
+def write_examples(out: str | Path = EXAMPLES_DIR, ages_years: tuple[float, ...] = (4.0, 12.0),
+                   size: int = 512, seed: int = 2024) -> list[Path]:
+    """Write small synthetic example cases for the app: image, mask and a JSON of the truth.
+
+    Files: ``synthetic_hand_<age>y.png``, ``synthetic_hand_<age>y_mask.png``,
+    ``synthetic_hand_<age>y.json``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k, age in enumerate(ages_years):
+        hand = generate_hand(seed, k, size=size, sex="F" if k % 2 else "M", bone_age_months=age * 12)
+        stem = f"synthetic_hand_{age:g}y"
+        _save_png(out / f"{stem}.png", np.round(hand.image * 255).astype(np.uint8))
+        _save_png(out / f"{stem}_mask.png", hand.label_map)
+        truth = {
+            "synthetic": True,
+            "generator": "boneage.synth.generate_hand",
+            "seed": seed, "index": k,
+            "sex": hand.sex,
+            "bone_age_months": hand.bone_age_months,
+            "chronological_age_months": hand.chronological_age_months,
+            "spacing_mm": hand.spacing_mm,
+            "lengths_mm": {b: round(v, 2) for b, v in hand.lengths_mm.items()},
+            "ossification": hand.ossification,
+        }
+        (out / f"{stem}.json").write_text(json.dumps(truth, indent=1) + "\n")
+        written.append(out / f"{stem}.png")
+    return written
