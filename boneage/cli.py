@@ -110,8 +110,38 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     models = p.add_subparsers(dest="model", metavar="MODEL", required=True)
     seg = models.add_parser("segmenter", help="bone segmentation network (trained on synthetic hands)")
     seg.set_defaults(handler=_not_landed("segmenter training", "issue: multi-step estimator"))
-    direct = models.add_parser("direct", help="end-to-end image -> bone-age CNN")
-    direct.set_defaults(handler=_not_landed("end-to-end CNN training", "issue: end-to-end estimator"))
+    direct = models.add_parser(
+        "direct",
+        help="end-to-end image -> bone-age CNN",
+        description=(
+            "Train the end-to-end CNN on rsna-299 + the rsna-dev training split, calibrate its 90% "
+            "interval on a hold-out of the training split and report metrics on the validation split. "
+            "Writes OUT/direct_cnn.pt (fp16) and OUT/metrics.json."
+        ),
+    )
+    _add_train_direct_arguments(direct)
+    direct.set_defaults(handler=_train_direct)
+
+
+def _add_train_direct_arguments(parser: argparse.ArgumentParser) -> None:
+    # Kept here (not imported from boneage.direct) so that parsing never imports torch; the
+    # defaults equal boneage.direct.TrainConfig's (a test checks it).
+    parser.add_argument("--epochs", type=int, default=22, help="epochs (default 22, the shipped weights)")
+    parser.add_argument("--size", type=int, default=224, help="network input side in px (default 224)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
+    parser.add_argument("--out", default="", help="output folder (default data/models/direct)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this long and save")
+    parser.add_argument("--limit", type=int, default=None, help="train on only N films (quick checks)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument("--workers", type=int, default=2, help="image-decoding processes (default 2)")
+    parser.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast (used when the CPU/GPU supports it)")
+
+
+def _train_direct(args: argparse.Namespace) -> int:
+    from boneage.direct import train_command
+
+    return train_command(args)
 
 
 # --- compare -----------------------------------------------------------------------------------

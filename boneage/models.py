@@ -1,0 +1,154 @@
+"""Registry of the project's shipped model weights.
+
+Each entry names a weights file under :data:`boneage.paths.MODELS_DIR`, its model card, its
+metrics file, a version string and a loader (``"module:callable"``, imported lazily so that
+listing models never imports torch). The end-to-end CNN is registered here; the segmenter and
+the growth-table regression register themselves the same way with :func:`register`.
+
+Example:
+    >>> from boneage import models
+    >>> estimator = models.load("direct")          # doctest: +SKIP
+    >>> models.get("direct").card_path.name
+    'MODEL_CARD.md'
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from boneage.paths import MODELS_DIR
+
+
+class ModelNotAvailableError(FileNotFoundError):
+    """A registered model's weights are not present (not trained or not shipped)."""
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """One shipped model.
+
+    Attributes:
+        name: registry key (e.g. ``"direct"``, ``"segmenter"``).
+        kind: what it does (``"regressor"``, ``"segmenter"``, ``"reference-regression"``).
+        folder: its folder under :data:`boneage.paths.MODELS_DIR`.
+        weights_file: weights file name inside ``folder``.
+        version: version string written into every result it produces.
+        loader: ``"module:callable"``; the callable takes the weights path and returns the model.
+        card_file: model card file name inside ``folder``.
+        metrics_file: metrics file name inside ``folder`` (may be absent).
+        description: one line for listings.
+    """
+
+    name: str
+    kind: str
+    folder: Path
+    weights_file: str
+    version: str
+    loader: str
+    card_file: str = "MODEL_CARD.md"
+    metrics_file: str = "metrics.json"
+    description: str = ""
+
+    @property
+    def weights_path(self) -> Path:
+        """Full path of the weights file."""
+        return self.folder / self.weights_file
+
+    @property
+    def card_path(self) -> Path:
+        """Full path of the model card."""
+        return self.folder / self.card_file
+
+    @property
+    def metrics_path(self) -> Path:
+        """Full path of the metrics file."""
+        return self.folder / self.metrics_file
+
+    def is_available(self) -> bool:
+        """Whether the weights file exists."""
+        return self.weights_path.is_file()
+
+    def metrics(self) -> dict:
+        """The metrics json, or an empty dict when there is none."""
+        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
+
+    def resolve_loader(self) -> Callable[[Path], Any]:
+        """Import and return the loader callable (``"pkg.module:Class.method"`` is supported)."""
+        module_name, _, attribute_path = self.loader.partition(":")
+        target: Any = importlib.import_module(module_name)
+        for part in attribute_path.split("."):
+            target = getattr(target, part)
+        return target
+
+
+_REGISTRY: dict[str, RegisteredModel] = {}
+
+
+def register(model: RegisteredModel, replace: bool = False) -> RegisteredModel:
+    """Add a model to the registry.
+
+    Args:
+        model: the entry.
+        replace: allow overwriting an existing name.
+
+    Returns:
+        The entry.
+
+    Raises:
+        ValueError: when the name is taken and ``replace`` is False.
+    """
+    if model.name in _REGISTRY and not replace:
+        raise ValueError(f"a model named {model.name!r} is already registered")
+    _REGISTRY[model.name] = model
+    return model
+
+
+def get(name: str) -> RegisteredModel:
+    """The registry entry called ``name``.
+
+    Raises:
+        KeyError: naming the registered models, when there is no such entry.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"no model named {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def names() -> list[str]:
+    """Names of all registered models."""
+    return sorted(_REGISTRY)
+
+
+def load(name: str, **kwargs: Any) -> Any:
+    """Load a registered model with its loader.
+
+    Args:
+        name: registry key.
+        **kwargs: passed to the loader (e.g. ``device="cuda"``).
+
+    Raises:
+        ModelNotAvailableError: when the weights file is missing.
+    """
+    entry = get(name)
+    if not entry.is_available():
+        raise ModelNotAvailableError(f"weights of model {name!r} not found at {entry.weights_path}")
+    return entry.resolve_loader()(entry.weights_path, **kwargs)
+
+
+register(
+    RegisteredModel(
+        name="direct",
+        kind="regressor",
+        folder=MODELS_DIR / "direct",
+        weights_file="direct_cnn.pt",
+        version="direct-cnn-1",
+        loader="boneage.direct:DirectEstimator.load",
+        description="end-to-end CNN: radiograph (+ sex) -> bone age in months with a calibrated 90% interval",
+    )
+)

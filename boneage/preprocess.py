@@ -1,0 +1,240 @@
+"""The one shared place for turning a radiograph into a model input, and back.
+
+Both methods (the multi-step pipeline and the end-to-end CNN) use these steps:
+
+1. :func:`hand_bounding_box` -- locate the hand as the bounding box of the image *content*: outer
+   rows and columns that are (nearly) uniform -- black or grey film background, white scanner
+   frames, padding -- are trimmed, then a margin is added back. This is deliberately simple and
+   conservative (it never cuts into the hand: a row or column crossing a finger, a marker or the
+   forearm is kept), so it also removes borders that a scanner or a user added.
+2. :func:`normalise_intensity` -- per-image percentile window to [0, 1] (bone bright).
+3. :func:`prepare_model_input` -- crop to the box and resample to a square ``size x size`` array,
+   **ignoring the aspect ratio** (every image is squashed the same way, so a film that lost its
+   aspect ratio -- like the 299 x 299 RSNA mirror -- looks like any other). It returns a
+   :class:`CropTransform` that maps model-input coordinates back to original pixels.
+
+Orientation: images are expected as the usual PA view with the fingers pointing up (the RSNA
+convention). No rotation is undone here; the CNN is trained with +-20 degree rotations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+#: Percentiles of the intensity window used by :func:`normalise_intensity`.
+WINDOW_PERCENTILES = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class CropTransform:
+    """Where a square model input came from in the original image.
+
+    The model input pixel ``(r, c)`` (centre convention) covers original pixel
+    ``(row0 + (r + 0.5) * (row1 - row0) / size - 0.5, col0 + (c + 0.5) * (col1 - col0) / size - 0.5)``.
+
+    Attributes:
+        row0, col0: top-left corner of the crop in original pixels (inclusive).
+        row1, col1: bottom-right corner of the crop in original pixels (exclusive).
+        size: side of the square model input.
+        original_shape: ``(rows, cols)`` of the original image.
+    """
+
+    row0: int
+    col0: int
+    row1: int
+    col1: int
+    size: int
+    original_shape: tuple[int, int]
+
+    @property
+    def row_scale(self) -> float:
+        """Original pixels per model-input pixel along rows."""
+        return (self.row1 - self.row0) / self.size
+
+    @property
+    def col_scale(self) -> float:
+        """Original pixels per model-input pixel along columns."""
+        return (self.col1 - self.col0) / self.size
+
+    def to_original(self, rows: np.ndarray | float, cols: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """Map model-input coordinates to original-image coordinates.
+
+        Args:
+            rows: row coordinates in the model input (pixel centres at integers).
+            cols: column coordinates in the model input.
+
+        Returns:
+            ``(rows, cols)`` in original-image pixels.
+        """
+        rows = np.asarray(rows, dtype=np.float64)
+        cols = np.asarray(cols, dtype=np.float64)
+        return (self.row0 + (rows + 0.5) * self.row_scale - 0.5, self.col0 + (cols + 0.5) * self.col_scale - 0.5)
+
+    def to_model(self, rows: np.ndarray | float, cols: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """Map original-image coordinates to model-input coordinates (inverse of :meth:`to_original`)."""
+        rows = np.asarray(rows, dtype=np.float64)
+        cols = np.asarray(cols, dtype=np.float64)
+        return ((rows - self.row0 + 0.5) / self.row_scale - 0.5, (cols - self.col0 + 0.5) / self.col_scale - 0.5)
+
+    def mask_to_original(self, mask: np.ndarray) -> np.ndarray:
+        """Resample a ``size x size`` label map (nearest neighbour) onto the original image grid.
+
+        Args:
+            mask: integer label map in model-input coordinates.
+
+        Returns:
+            Label map of ``original_shape``; 0 outside the crop.
+        """
+        out = np.zeros(self.original_shape, dtype=mask.dtype)
+        rows = np.arange(self.row0, self.row1)
+        cols = np.arange(self.col0, self.col1)
+        r, c = self.to_model(rows, cols)
+        ri = np.clip(np.rint(r).astype(int), 0, self.size - 1)
+        ci = np.clip(np.rint(c).astype(int), 0, self.size - 1)
+        out[self.row0:self.row1, self.col0:self.col1] = mask[np.ix_(ri, ci)]
+        return out
+
+
+def as_pixels(image: np.ndarray) -> np.ndarray:
+    """Validate and convert a 2-D image to float32 in [0, 1].
+
+    Args:
+        image: 2-D array; uint8/uint16 are scaled by their range, floats are min-max scaled only
+            when they leave [0, 1].
+
+    Returns:
+        float32 array in [0, 1].
+
+    Raises:
+        ValueError: for a non-2-D, empty or non-finite input.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., :3].mean(axis=-1)
+    if arr.ndim != 2 or min(arr.shape) < 8:
+        raise ValueError(f"expected a 2-D image of at least 8 x 8 pixels, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError("image contains NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+        arr = (arr - lo) / max(hi - lo, 1e-12)
+    return arr
+
+
+def _resize(pixels: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Antialiased bilinear resize of a float32 image (PIL, fast on CPU)."""
+    img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((cols, rows), Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.float32)
+
+
+def _downsample_for_analysis(pixels: np.ndarray, long_side: int = 192) -> tuple[np.ndarray, float, float]:
+    rows, cols = pixels.shape
+    scale = long_side / max(rows, cols)
+    if scale >= 1.0:
+        return pixels, 1.0, 1.0
+    small_rows, small_cols = max(8, round(rows * scale)), max(8, round(cols * scale))
+    small = np.asarray(
+        Image.fromarray(pixels.astype(np.float32), mode="F").resize((small_cols, small_rows), Image.Resampling.BOX),
+        dtype=np.float32,
+    )
+    return small, rows / small_rows, cols / small_cols
+
+
+def hand_bounding_box(
+    pixels: np.ndarray,
+    uniform_tolerance: float = 0.025,
+    margin_fraction: float = 0.03,
+) -> tuple[int, int, int, int]:
+    """Bounding box of the image content (the hand), trimming uniform borders.
+
+    An outer row (column) is trimmed while the standard deviation of its intensities, on a
+    smoothed copy of at most 192 px, is below ``uniform_tolerance`` times the image's
+    1st-99th percentile range. Rows crossing any structure are kept, so the box never cuts the hand.
+    A margin of ``margin_fraction`` of each side is added back. When almost nothing would remain
+    (a blank or nearly uniform image), the full frame is returned.
+
+    Args:
+        pixels: 2-D float image in [0, 1].
+        uniform_tolerance: relative standard deviation below which a row/column counts as empty.
+        margin_fraction: margin added on each side, as a fraction of the box side.
+
+    Returns:
+        ``(row0, col0, row1, col1)`` in original pixels, ``row1``/``col1`` exclusive.
+    """
+    rows, cols = pixels.shape
+    small, row_factor, col_factor = _downsample_for_analysis(pixels)
+    lo, hi = np.percentile(small, (1.0, 99.0))
+    span = float(hi - lo)
+    if span < 1e-6:
+        return 0, 0, rows, cols
+    threshold = uniform_tolerance * span
+    row_std = small.std(axis=1)
+    col_std = small.std(axis=0)
+    busy_rows = np.flatnonzero(row_std > threshold)
+    busy_cols = np.flatnonzero(col_std > threshold)
+    if busy_rows.size < 0.2 * small.shape[0] or busy_cols.size < 0.2 * small.shape[1]:
+        return 0, 0, rows, cols
+    r0, r1 = busy_rows[0], busy_rows[-1] + 1
+    c0, c1 = busy_cols[0], busy_cols[-1] + 1
+    r0, r1 = r0 * row_factor, r1 * row_factor
+    c0, c1 = c0 * col_factor, c1 * col_factor
+    margin_r = margin_fraction * (r1 - r0)
+    margin_c = margin_fraction * (c1 - c0)
+    row0 = int(max(0, np.floor(r0 - margin_r)))
+    row1 = int(min(rows, np.ceil(r1 + margin_r)))
+    col0 = int(max(0, np.floor(c0 - margin_c)))
+    col1 = int(min(cols, np.ceil(c1 + margin_c)))
+    if row1 - row0 < 8 or col1 - col0 < 8:
+        return 0, 0, rows, cols
+    return row0, col0, row1, col1
+
+
+def normalise_intensity(pixels: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILES) -> np.ndarray:
+    """Per-image percentile window to [0, 1].
+
+    Args:
+        pixels: float image.
+        percentiles: lower and upper percentile mapped to 0 and 1.
+
+    Returns:
+        float32 image clipped to [0, 1].
+    """
+    lo, hi = np.percentile(pixels, percentiles)
+    if hi - lo < 1e-6:
+        return np.zeros_like(pixels, dtype=np.float32)
+    return np.clip((pixels - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def prepare_model_input(
+    image: np.ndarray,
+    size: int,
+    crop_to_hand: bool = True,
+) -> tuple[np.ndarray, CropTransform]:
+    """Crop to the hand, squash to ``size x size`` (aspect ignored) and normalise intensity.
+
+    Args:
+        image: 2-D radiograph (bone bright), any numeric dtype; see :func:`as_pixels`.
+        size: side of the square output.
+        crop_to_hand: when False, the full frame is used.
+
+    Returns:
+        ``(model_input, transform)``: float32 ``size x size`` array in [0, 1], and the
+        :class:`CropTransform` back to the original pixels.
+    """
+    pixels = as_pixels(image)
+    if crop_to_hand:
+        row0, col0, row1, col1 = hand_bounding_box(pixels)
+    else:
+        row0, col0, row1, col1 = 0, 0, *pixels.shape
+    crop = pixels[row0:row1, col0:col1]
+    resized = _resize(crop, size, size)
+    model_input = normalise_intensity(resized)
+    return model_input, CropTransform(row0, col0, row1, col1, size, (pixels.shape[0], pixels.shape[1]))

@@ -1,0 +1,100 @@
+"""Shared preprocessing: crop box, intensity window, squash to a model input and the way back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from boneage.preprocess import CropTransform, as_pixels, hand_bounding_box, normalise_intensity, prepare_model_input
+
+
+def _synthetic_hand(rows: int = 300, cols: int = 220, seed: int = 0) -> np.ndarray:
+    """A dark film with a bright textured 'hand' block and a forearm reaching the bottom edge."""
+    rng = np.random.default_rng(seed)
+    img = np.full((rows, cols), 0.08, dtype=np.float32)
+    img[60:rows, 70:150] = 0.6 + 0.2 * rng.random((rows - 60, 80))
+    img[30:120, 40:180] = 0.5 + 0.3 * rng.random((90, 140))
+    return img
+
+
+def test_output_shape_range_and_dtype():
+    model_input, transform = prepare_model_input(_synthetic_hand(), 96)
+    assert model_input.shape == (96, 96)
+    assert model_input.dtype == np.float32
+    assert 0.0 <= model_input.min() and model_input.max() <= 1.0
+    assert model_input.max() - model_input.min() > 0.5
+    assert transform.size == 96 and transform.original_shape == (300, 220)
+
+
+def test_box_trims_uniform_padding_and_keeps_the_hand():
+    hand = _synthetic_hand()
+    padded = np.pad(hand, ((80, 80), (100, 100)), constant_values=0.0)
+    row0, col0, row1, col1 = hand_bounding_box(padded)
+    # The content of the padded image (hand block rows 30.., cols 40..180, shifted) is inside the box.
+    assert row0 <= 80 + 30 and col0 <= 100 + 40 and row1 >= 80 + 300 - 2 and col1 >= 100 + 180
+    # Most of the padding is gone.
+    assert row0 > 60 and col0 > 80 and col1 < 100 + 220 + 20
+
+
+def test_uniform_image_falls_back_to_full_frame():
+    assert hand_bounding_box(np.full((50, 40), 0.3, dtype=np.float32)) == (0, 0, 50, 40)
+
+
+def test_crop_independent_of_added_border_of_background_value():
+    hand = _synthetic_hand()
+    background = float(hand[0, 0])
+    plain, _ = prepare_model_input(hand, 64)
+    bordered, _ = prepare_model_input(np.pad(hand, 40, constant_values=background), 64)
+    assert np.abs(plain - bordered).mean() < 0.05
+
+
+def test_transform_round_trip_and_back_to_original_pixels():
+    hand = np.pad(_synthetic_hand(), ((50, 10), (30, 70)), constant_values=0.0)
+    model_input, transform = prepare_model_input(hand, 128)
+    rows, cols = np.array([0.0, 10.5, 127.0]), np.array([3.0, 64.0, 127.0])
+    back_rows, back_cols = transform.to_model(*transform.to_original(rows, cols))
+    np.testing.assert_allclose(back_rows, rows, atol=1e-9)
+    np.testing.assert_allclose(back_cols, cols, atol=1e-9)
+    # A bright point in the model input maps to a bright pixel of the original.
+    r, c = np.unravel_index(np.argmax(model_input), model_input.shape)
+    orow, ocol = transform.to_original(r, c)
+    assert hand[int(round(float(orow))), int(round(float(ocol)))] > 0.4
+
+
+def test_mask_to_original_places_labels_inside_the_crop():
+    transform = CropTransform(row0=10, col0=20, row1=110, col1=70, size=50, original_shape=(120, 90))
+    mask = np.zeros((50, 50), dtype=np.uint8)
+    mask[25:, :] = 3
+    full = transform.mask_to_original(mask)
+    assert full.shape == (120, 90)
+    assert full[:10].max() == 0 and full[:, :20].max() == 0 and full[110:].max() == 0
+    assert full[60:110, 20:70].min() == 3 and full[10:59, 20:70].max() == 0
+
+
+def test_as_pixels_dtypes_and_errors():
+    assert as_pixels(np.full((10, 10), 255, np.uint8)).max() == pytest.approx(1.0)
+    assert as_pixels(np.full((10, 10), 65535, np.uint16)).max() == pytest.approx(1.0)
+    scaled = as_pixels(np.linspace(-5, 5, 100).reshape(10, 10))
+    assert scaled.min() == 0.0 and scaled.max() == 1.0
+    with pytest.raises(ValueError):
+        as_pixels(np.zeros(10))
+    with pytest.raises(ValueError):
+        as_pixels(np.full((10, 10), np.nan))
+
+
+def test_normalise_intensity_window():
+    img = np.linspace(0.2, 0.6, 10_000, dtype=np.float32).reshape(100, 100)
+    out = normalise_intensity(img)
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert normalise_intensity(np.full((5, 5), 0.4)).max() == 0.0
+
+
+def test_real_films_crop_keeps_most_of_the_frame(rsna_dev):
+    from PIL import Image
+
+    files = sorted((rsna_dev / "images").glob("*.jpg"))[:10]
+    for file in files:
+        pixels = np.asarray(Image.open(file).convert("L"))
+        row0, col0, row1, col1 = hand_bounding_box(as_pixels(pixels))
+        # The hand fills most of an RSNA film: the content box never shrinks below half a side.
+        assert (row1 - row0) > 0.5 * pixels.shape[0] and (col1 - col0) > 0.5 * pixels.shape[1], file.name
