@@ -42,11 +42,12 @@ from boneage.synth_render import (
     Canvas,
     ShapePx,
     fill_polygon,
+    rounded_slab,
+    soft_capsule,
     marker_patch,
     paint_shape,
     paste,
     smooth,
-    stadium,
     text_patch,
     texture,
 )
@@ -438,7 +439,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                                   np.array([x_r - 6 * scale, 30 * scale])])
     thick_palm = 30.0 * scale
     soft.append((hull, thick_palm))
-    soft.append((forearm, 45.0 * scale))
+    soft.append((forearm, thick_palm * 1.1))
     soft.append((thumb[ConvexHull(thumb).vertices], 22.0 * scale))
     for p0, p1, r in finger_points:
         soft.append((np.stack([p0, p1]), -r))  # negative thickness marks a stadium (radius r)
@@ -498,9 +499,8 @@ def generate_hand(
     hand = _build_hand(rng, ba, sx)
 
     # --- frame: size, aspect, field of view, rotation, placement ------------------------------
-    rows = int(size)
+    landscape = rng.random() < 0.15  # some films are wider than tall (hand still upright)
     aspect = 1.0 if rng.random() < 0.1 else rng.uniform(0.72, 0.86)
-    cols = int(round(rows * aspect))
     theta = float(np.clip(rng.normal(0, 10), -30, 30))
     c, s_ = np.cos(np.deg2rad(theta)), np.sin(np.deg2rad(theta))
     # mm hand frame (y distal) -> upright display frame (x right, y down), then rotation.
@@ -519,15 +519,22 @@ def generate_hand(
     lo, hi = pts.min(0), pts.max(0)
     ext = hi - lo
     margin = 8.0
-    need = max((ext[1] + 2 * margin) * 1.04, (ext[0] + 2 * margin) / aspect)
-    fov = float(np.clip(ext[1] * rng.uniform(1.1, 1.45), *FOV_RANGE_MM))
-    fov = max(fov, need)
-    spacing = fov / rows
-    fov_w = cols * spacing
+    fov_draw = rng.uniform(1.1, 1.45)
+    for attempt in range(2):
+        rows, cols = (int(round(size * aspect)), int(size)) if landscape else (int(size), int(round(size * aspect)))
+        # The smallest spacing that fits the hand, and the one a technologist's framing gives.
+        need = max((ext[1] + 2 * margin) * 1.04 / rows, (ext[0] + 2 * margin) / cols)
+        fov = float(np.clip(ext[1] * fov_draw * size / rows, *FOV_RANGE_MM))
+        spacing = max(fov / size, need)
+        if spacing * size <= FOV_RANGE_MM[1] or not landscape:
+            break
+        landscape = False
+    fov = spacing * size
+    fov_w, fov_h = cols * spacing, rows * spacing
     # Place the hand: random left/right slack, fingertips near the top, forearm out the bottom.
     x0 = rng.uniform(margin, max(margin, fov_w - ext[0] - margin)) - lo[0]
-    y_slack = fov - ext[1] - 2 * margin
-    y0 = margin + y_slack * rng.uniform(0.0, 0.6) ** 1.5 - lo[1]
+    y_slack = fov_h - ext[1] - 2 * margin
+    y0 = margin + max(y_slack, 0) * rng.uniform(0.0, 0.6) ** 1.5 - lo[1]
     origin_px = np.array([x0, y0]) / spacing
     to_px = lin / spacing
 
@@ -554,24 +561,25 @@ def generate_hand(
         lengths[bone] = float((u.max() - u.min() + 1) * spacing)
 
     # --- soft tissue --------------------------------------------------------------------------
-    tissue = np.zeros((rows, cols), np.float32)
+    # Fingers are cylinders (chord 2 sqrt(r^2 - d^2) around each phalanx); the palm, thenar and
+    # forearm are slabs whose thickness rounds off over ~8 mm from their outline.
+    slab = np.zeros((rows, cols), np.float32)
+    fingers = np.zeros((rows, cols), np.float32)
     for poly, thick in hand.soft_polys:
+        p = poly @ to_px.T + origin_px
         if thick < 0:
-            p = poly @ to_px.T + origin_px
-            fill_polygon(tissue, stadium(p[0], p[1], -thick / spacing), 16.0 * growth_fraction(ba, sx) + 2)
+            soft_capsule(fingers, p[0], p[1], -thick / spacing, spacing)
         else:
-            fill_polygon(tissue, poly @ to_px.T + origin_px, thick)
-    # Blur the outline, then shape its edge like a cylinder's thickness (sqrt): crisp but rounded.
-    sigma = 1.3 / spacing
-    coverage = smooth((tissue > 0).astype(np.float32), sigma)
-    tissue = smooth(tissue, sigma) / np.maximum(coverage, 1e-3) * np.sqrt(np.clip(coverage, 0, 1))
+            fill_polygon(slab, p, thick)
+    slab = rounded_slab(slab, 8.0 / spacing)
+    tissue = smooth(np.maximum(slab, fingers), 0.5 / spacing)
 
     # --- X-ray physics and film -----------------------------------------------------------------
     tex = texture(rows, cols, rng)
-    trab_amp = rng.uniform(0.12, 0.3)
+    trab_amp = rng.uniform(0.08, 0.2)
     mu_soft = rng.uniform(0.010, 0.016)
-    mu_cort = rng.uniform(0.06, 0.08)
-    mu_trab = rng.uniform(0.025, 0.035)
+    mu_cort = rng.uniform(0.075, 0.1)
+    mu_trab = rng.uniform(0.016, 0.026)
     att = (
         mu_soft * tissue
         + mu_cort * canvas.cortical * spacing
@@ -581,7 +589,7 @@ def generate_hand(
     # Heel effect and uneven exposure: a gentle gradient of the background.
     gy, gx = np.linspace(-1, 1, rows, dtype=np.float32)[:, None], np.linspace(-1, 1, cols, dtype=np.float32)[None, :]
     bg = rng.uniform(0.0, 0.12) + rng.normal(0, 0.03) * gy + rng.normal(0, 0.02) * gx
-    ref = rng.uniform(0.7, 0.9)
+    ref = rng.uniform(0.75, 0.95)
     gamma = rng.uniform(0.7, 1.35)
     img = bg + (1 - bg) * np.clip(signal / ref, 0, 1.2) ** gamma
     blur = rng.uniform(0.3, 1.0)
@@ -593,14 +601,32 @@ def generate_hand(
     hand_mask = tissue > 0.5
     ys, xs = np.nonzero(hand_mask)
     hbox = (ys.min(), ys.max(), xs.min(), xs.max()) if ys.size else (0, rows - 1, 0, cols - 1)
-    if rng.random() < 0.35:
-        top = int(rng.uniform(0, max(hbox[0] * 0.8, 1)))
-        left = int(rng.uniform(0, max(hbox[2] * 0.8, 1)))
-        right = cols - int(rng.uniform(0, max((cols - 1 - hbox[3]) * 0.8, 1)))
-        outside = np.ones((rows, cols), bool)
-        outside[top:, left:right] = False
-        level = rng.uniform(0.35, 0.85)
-        img = np.where(outside, level + rng.standard_normal((rows, cols)).astype(np.float32) * 0.01, img)
+    collimation = rng.random()
+    if collimation < 0.5 and ys.size:
+        # A (slightly rotated) rectangle containing the hand: outside it the film is either
+        # unexposed (bright) or, for a cassette/detector outline, dark with a bright rim.
+        ang = np.deg2rad(rng.normal(0, 4) if rng.random() < 0.7 else rng.uniform(-20, 20))
+        ca_, sa_ = np.cos(ang), np.sin(ang)
+        cy, cx = rows / 2 + rng.normal(0, rows * 0.05), cols / 2 + rng.normal(0, cols * 0.05)
+        hu = (xs - cx) * ca_ + (ys - cy) * sa_
+        hv = -(xs - cx) * sa_ + (ys - cy) * ca_
+        u_lo = hu.min() - rng.uniform(0.01, 0.25) * cols
+        u_hi = hu.max() + rng.uniform(0.01, 0.25) * cols
+        v_lo = hv.min() - rng.uniform(0.01, 0.2) * rows
+        v_hi = hv.max() + rng.uniform(0.1, 0.6) * rows  # the forearm runs on below the hand
+        gy_ = np.arange(rows, dtype=np.float32)[:, None] - np.float32(cy)
+        gx_ = np.arange(cols, dtype=np.float32)[None, :] - np.float32(cx)
+        u = gx_ * np.float32(ca_) + gy_ * np.float32(sa_)
+        v = -gx_ * np.float32(sa_) + gy_ * np.float32(ca_)
+        dist = np.maximum.reduce([u_lo - u, u - u_hi, v_lo - v, v - v_hi])  # > 0 outside
+        soft_edge = np.clip(dist / max(0.6 / spacing, 0.5) + 0.5, 0, 1)
+        if collimation < 0.25:
+            level = rng.uniform(0.35, 0.85)
+            img = img * (1 - soft_edge) + soft_edge * level
+        else:
+            img = img * (1 - soft_edge) + soft_edge * rng.uniform(0.0, 0.05)
+            rim = np.exp(-0.5 * (dist / max(0.8 / spacing, 0.7)) ** 2)
+            img = img + rng.uniform(0.1, 0.35) * rim
     if rng.random() < 0.9:
         initials = "".join(rng.choice(list(_INITIALS_POOL), size=int(rng.integers(2, 4))))
         h_px = int(rng.uniform(22, 38) / spacing)
@@ -609,8 +635,8 @@ def generate_hand(
     if rng.random() < 0.15:
         value, alpha = text_patch(str(rng.choice(["L", "PA", "LEFT", "L HAND"])), int(6 / spacing))
         _place_patch(img, value, alpha, hand_mask, rng)
-    if rng.random() < 0.1:  # a few RSNA films are dim and flat
-        img = 0.04 + img * rng.uniform(0.3, 0.55)
+    if rng.random() < 0.15:  # many RSNA films are dim and flat
+        img = rng.uniform(0.0, 0.06) + img * rng.uniform(0.2, 0.5)
     img = np.clip(img, 0, 1).astype(np.float32)
 
     return SyntheticHand(

@@ -137,6 +137,41 @@ def stadium(p0: np.ndarray, p1: np.ndarray, radius: float, n_arc: int = 8) -> np
     return np.concatenate([arc1, arc0])
 
 
+def soft_capsule(tissue: np.ndarray, p0: np.ndarray, p1: np.ndarray, radius_px: float, spacing_mm: float) -> None:
+    """Max-combine the X-ray path (mm) through a cylinder of soft tissue from p0 to p1 (pixels)."""
+    rows, cols = tissue.shape
+    r0 = max(int(np.floor(min(p0[1], p1[1]) - radius_px)), 0)
+    r1 = min(int(np.ceil(max(p0[1], p1[1]) + radius_px)) + 1, rows)
+    c0 = max(int(np.floor(min(p0[0], p1[0]) - radius_px)), 0)
+    c1 = min(int(np.ceil(max(p0[0], p1[0]) + radius_px)) + 1, cols)
+    if r0 >= r1 or c0 >= c1:
+        return
+    d = p1 - p0
+    length2 = float(d @ d) or 1e-9
+    y = np.arange(r0, r1, dtype=np.float32)[:, None] - np.float32(p0[1])
+    x = np.arange(c0, c1, dtype=np.float32)[None, :] - np.float32(p0[0])
+    t = np.clip((x * np.float32(d[0]) + y * np.float32(d[1])) / np.float32(length2), 0, 1)
+    dx = x - t * np.float32(d[0])
+    dy = y - t * np.float32(d[1])
+    chord = 2 * np.sqrt(np.clip(np.float32(radius_px) ** 2 - dx * dx - dy * dy, 0, None)) * np.float32(spacing_mm)
+    np.maximum(tissue[r0:r1, c0:c1], chord, out=tissue[r0:r1, c0:c1])
+
+
+def rounded_slab(thickness: np.ndarray, rounding_px: float) -> np.ndarray:
+    """Round off a flat slab's thickness near its outline (a quarter-ellipse over ``rounding_px``).
+
+    The distance to the outline is computed at half resolution (speed; it is smooth anyway).
+    """
+    inside = thickness > 0
+    if not inside.any():
+        return thickness
+    small = inside[::2, ::2]
+    dist = ndimage.distance_transform_edt(small).astype(np.float32) * 2
+    dist = np.repeat(np.repeat(dist, 2, axis=0), 2, axis=1)[: thickness.shape[0], : thickness.shape[1]]
+    s = 1 - np.clip(dist / np.float32(rounding_px), 0, 1)
+    return thickness * np.sqrt(1 - s * s)
+
+
 @lru_cache(maxsize=4)
 def _texture_bank(tile: int = 512) -> np.ndarray:
     """Periodic band-pass noise tiles standing in for trabecular texture (fixed seed: a constant)."""
@@ -190,8 +225,11 @@ def marker_patch(text_main: str, text_sub: str, height_px: int, rng: np.random.G
     small = _font(int(h * 0.2))
     y = int(h * 0.12)
     for draw, fill in ((dp, 250), (da, 255)):
-        draw.text((w // 2, y), text_main, font=big, fill=fill, anchor="mt")
-        draw.text((w // 2, int(h * 0.58)), text_sub, font=small, fill=fill, anchor="mt")
+        # Lead letters are heavy: a stroke thickens the default font.
+        draw.text((w // 2, y), text_main, font=big, fill=fill, anchor="mt", stroke_width=max(1, h // 28),
+                  stroke_fill=fill)
+        draw.text((w // 2, int(h * 0.58)), text_sub, font=small, fill=fill, anchor="mt",
+                  stroke_width=max(1, h // 60), stroke_fill=fill)
     if rng.random() < 0.4:  # the round "orientation" symbol some holders carry
         cy, r = int(h * 0.84), max(2, int(h * 0.07))
         for draw, fill in ((dp, 250), (da, 255)):
