@@ -94,10 +94,35 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
             "(CSV or JSON Lines by the --out extension), each written as it completes."
         ),
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
-    p.add_argument("--out", required=True, help="output FILE.csv or FILE.jsonl")
-    p.add_argument("--manifest", help="CSV with columns path[, sex, chronological_age_months]")
-    p.set_defaults(handler=_not_landed("bone-age prediction", "issues: multi-step and end-to-end estimators"))
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders (recursive)")
+    p.add_argument("--out", required=True, help="output FILE.csv or FILE.jsonl (JSON adds per-bone detail)")
+    p.add_argument("--manifest", help="CSV with columns path[, sex, chronological_age_months]; overrides headers")
+    p.add_argument("--resume", action="store_true", help="skip inputs already in --out (any status) and append")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (models load once per worker)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(handler=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from boneage.batch import UsageError, discover_inputs, output_kind, run_batch
+
+    try:
+        output_kind(args.out)
+        items = discover_inputs(args.inputs, args.manifest)
+    except UsageError as exc:
+        print(f"boneage predict: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not items:
+        print("boneage predict: no inputs (give files, folders or --manifest)", file=sys.stderr)
+        return EXIT_USAGE
+    counts = run_batch(items, args.out, workers=args.workers, resume=args.resume,
+                       progress=False if args.quiet else None, device=args.device)
+    if not args.quiet:
+        print(f"{sum(counts[k] for k in ('ok', 'error', 'rejected'))} written to {args.out}: {counts['ok']} ok, "
+              f"{counts['error']} error, {counts['rejected']} rejected"
+              + (f"; {counts['skipped']} already done (--resume)" if counts["skipped"] else ""), file=sys.stderr)
+    return EXIT_OK if counts["error"] == 0 and counts["rejected"] == 0 else EXIT_PARTIAL
 
 
 # --- train -------------------------------------------------------------------------------------

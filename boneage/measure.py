@@ -46,6 +46,8 @@ class BoneMeasurement:
         fusion_contact: fraction of the epiphysis width touching the shaft (0 open physis, 1 fused).
         fused: ``fusion_contact >= FUSED_CONTACT`` (``None`` when there is no epiphysis).
         axis_angle_deg: direction of the long axis (image coordinates, 0 = along rows).
+        length_complete: False when the bone runs off the image (radius and ulna usually do):
+            its length is then a lower bound, but its epiphysis is still measured.
         plausible: False when any flag below makes the numbers untrustworthy.
         flags: reasons (``absent``, ``touches_border``, ``fragmented``, ``implausible_shape``...).
     """
@@ -65,6 +67,7 @@ class BoneMeasurement:
     fusion_contact: float | None = None
     fused: bool | None = None
     axis_angle_deg: float | None = None
+    length_complete: bool = True
     plausible: bool = False
     flags: list[str] = field(default_factory=list)
 
@@ -114,16 +117,21 @@ class Measurements:
             feats[f"{bone}.epiphysis_present"] = _f(m.epiphysis_present) if ok else math.nan
             feats[f"{bone}.epiphysis_ratio"] = _f(m.epiphysis_ratio) if ok else math.nan
             feats[f"{bone}.fusion_contact"] = _f(m.fusion_contact) if ok and m.epiphysis_present else math.nan
-            feats[f"{bone}.length_rel"] = m.length_px / ref_len if ok and ref_len and m.length_px else math.nan
-            feats[f"{bone}.aspect"] = m.length_px / m.width_px if ok and m.width_px else math.nan
+            whole = ok and m.length_complete
+            feats[f"{bone}.length_rel"] = m.length_px / ref_len if whole and ref_len and m.length_px else math.nan
+            feats[f"{bone}.aspect"] = m.length_px / m.width_px if whole and m.width_px else math.nan
         for bone in anatomy.CARPALS:
             m = self.bones[bone]
             feats[f"{bone}.area_rel"] = (m.area_px / ref_len**2 if m.present else 0.0) if ref_len else math.nan
         return feats
 
     def lengths_mm(self) -> dict[str, float]:
-        """Calibrated whole-bone lengths of plausible bones (empty when uncalibrated)."""
-        return {b: m.length_mm for b, m in self.bones.items() if m.plausible and m.length_mm is not None}
+        """Calibrated whole-bone lengths of plausible, complete bones (empty when uncalibrated)."""
+        return {
+            b: m.length_mm
+            for b, m in self.bones.items()
+            if m.plausible and m.length_complete and m.length_mm is not None
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: ``{bone: {length_px, length_mm, ...}}`` plus hand-level facts."""
@@ -185,7 +193,11 @@ def measure(label_map: np.ndarray, spacing_mm: tuple[float, float] | float | Non
             m = _measure_carpal(bone, crop == ids[0])
         else:
             m = _measure_long_bone(bone, crop == ids[0], crop == ids[1])
-        if touches:
+        if touches and bone in anatomy.FOREARM:
+            # The radius and ulna always run off a hand film: only their length is incomplete,
+            # their epiphyses (the maturity signs) are still fully seen.
+            m.length_complete = False
+        elif touches:
             m.flags.append("touches_border")
         m.plausible = m.present and not m.flags
         _calibrate(m, spacing)

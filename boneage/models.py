@@ -152,3 +152,15 @@ register(
         description="end-to-end CNN: radiograph (+ sex) -> bone age in months with a calibrated 90% interval",
     )
 )
+
+register(
+    RegisteredModel(
+        name="multistep",
+        kind="reference-regression",
+        folder=MODELS_DIR / "multistep",
+        weights_file="maturity_reference.csv",
+        version="multistep-1",
+        loader="boneage.multistep:MultiStepModel.load",
+        description="maturity reference tables + regression on per-bone measurements -> bone age with a 90% interval",
+    )
+)

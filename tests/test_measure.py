@@ -65,10 +65,14 @@ def test_absent_border_and_fragmented_bones_are_flagged():
     labels = np.zeros((200, 200), np.uint8)
     _bone(labels, "ulna", (40, 100), 100, 14, 0)  # runs off the top edge
     _bone(labels, "metacarpal_2", (120, 50), 60, 10, 0)
+    _bone(labels, "distal_phalanx_2", (190, 150), 30, 8, 0)  # a fingertip cut by the bottom edge
     labels[118:122, 40:60] = 0  # cut the shaft in two
     result = measure(labels)
-    assert "touches_border" in result.bones["ulna"].flags and not result.bones["ulna"].plausible
+    # A forearm bone off the film keeps its maturity signs; only its length is incomplete.
+    assert result.bones["ulna"].plausible and not result.bones["ulna"].length_complete
+    assert math.isnan(result.features()["ulna.length_rel"])
     assert "fragmented" in result.bones["metacarpal_2"].flags
+    assert "touches_border" in result.bones["distal_phalanx_2"].flags and not result.bones["distal_phalanx_2"].plausible
     assert result.bones["capitate"].flags == ["absent"] and not result.bones["capitate"].present
 
 

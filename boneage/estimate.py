@@ -1,0 +1,396 @@
+"""One radiograph in, one :class:`BoneAgeResult` out: both methods, QC, SDS, versions.
+
+:class:`BoneAgeEstimator` loads the shipped models once and is what the CLI, the app and the
+Python API all call; :func:`estimate` is the one-shot convenience. The result type is the only
+one that flows to every front end and report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from boneage import anatomy
+from boneage.io import ImageReadError, Radiograph, load_radiograph, normalise_sex
+from boneage.references import OutOfReferenceRange, bone_age_sds
+
+#: Bone ages (months) the models were trained to cover (RSNA labels: 0-228).
+MODEL_AGE_RANGE = (0.0, 228.0)
+#: Chronological ages beyond which a film is rejected (20 years: beyond the GP atlas).
+MAX_CHRONOLOGICAL_AGE_MONTHS = 240.0
+#: A hand shows 19 tubular bones; fewer plausible ones than this and it is not a usable hand.
+MIN_TUBULAR_BONES_FOR_A_HAND = 10
+#: Two estimates "disagree" when their difference exceeds this multiple of their combined
+#: interval half-widths (intervals are 90%: 1.645 SD each).
+DISAGREEMENT_Z = 1.645
+
+
+@dataclass
+class MethodEstimate:
+    """One method's answer.
+
+    Attributes:
+        method: ``"multistep"`` or ``"direct"``.
+        available: False when the method could not run (model missing, image rejected ...).
+        age_months, lower_90, upper_90: estimate and 90% interval (``None`` when unavailable).
+        sds: bone-age SDS against chronological age (Brush SD), when both are known.
+        note: why it is unavailable, or a caveat (e.g. sex unknown).
+        model_version: weights version.
+    """
+
+    method: str
+    available: bool = False
+    age_months: float | None = None
+    lower_90: float | None = None
+    upper_90: float | None = None
+    sds: float | None = None
+    note: str | None = None
+    model_version: str | None = None
+
+
+@dataclass
+class BoneAgeResult:
+    """Everything known about one radiograph after estimation.
+
+    Attributes:
+        path: the input exactly as given (the user's own key), or a name for uploads.
+        status: ``"ok"``, ``"error"`` (unreadable) or ``"rejected"`` (QC refused it).
+        reason: why it is error/rejected ("" when ok).
+        sex, sex_source: ``"M"``/``"F"``/``None`` and where it came from (``header``,
+            ``user``, ``manifest``, ``unknown``).
+        chronological_age_months, chronological_age_source: likewise.
+        multistep, direct: the two methods' :class:`MethodEstimate`.
+        difference_months: direct minus multi-step, when both are available.
+        agreement: ``"agree"``, ``"disagree"`` or ``"n/a"``.
+        sds_note: why no SDS is given (age or sex unknown, outside the Brush table).
+        bones: the per-bone table (``boneage.multistep.BoneRow`` dicts).
+        carpal_count: ossified carpals seen.
+        qc: notes from quality control (mirrored image, hand check, ...).
+        spacing_mm: pixel spacing used for mm lengths, or ``None``.
+        image_shape: ``(rows, cols)`` of the input at full resolution.
+        versions: model name -> version string.
+        label_map: the segmentation at full resolution (not serialised; for overlays).
+    """
+
+    path: str | None
+    status: str = "ok"
+    reason: str = ""
+    sex: str | None = None
+    sex_source: str = "unknown"
+    chronological_age_months: float | None = None
+    chronological_age_source: str = "unknown"
+    multistep: MethodEstimate = field(default_factory=lambda: MethodEstimate("multistep"))
+    direct: MethodEstimate = field(default_factory=lambda: MethodEstimate("direct"))
+    difference_months: float | None = None
+    agreement: str = "n/a"
+    sds_note: str | None = None
+    bones: list[dict] = field(default_factory=list)
+    carpal_count: int | None = None
+    qc: list[str] = field(default_factory=list)
+    spacing_mm: tuple[float, float] | None = None
+    image_shape: tuple[int, int] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    label_map: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self, include_bones: bool = True) -> dict[str, Any]:
+        """JSON-ready dict (NaN -> None); the label map is left out."""
+        d = {k: v for k, v in asdict(self).items() if k != "label_map"}
+        if not include_bones:
+            d.pop("bones")
+        return _json_ready(d)
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat record for CSV / JSON Lines (one per input)."""
+        row: dict[str, Any] = {
+            "path": self.path,
+            "status": self.status,
+            "reason": self.reason,
+            "sex": self.sex,
+            "sex_source": self.sex_source,
+            "chronological_age_months": self.chronological_age_months,
+            "chronological_age_source": self.chronological_age_source,
+        }
+        for est in (self.multistep, self.direct):
+            row[f"{est.method}_age_months"] = est.age_months
+            row[f"{est.method}_lower_90"] = est.lower_90
+            row[f"{est.method}_upper_90"] = est.upper_90
+            row[f"{est.method}_sds"] = est.sds
+        row["difference_months"] = self.difference_months
+        row["agreement"] = self.agreement
+        row["carpal_count"] = self.carpal_count
+        row["spacing_mm"] = self.spacing_mm[0] if self.spacing_mm else None
+        row["qc"] = "; ".join(self.qc)
+        row["versions"] = ";".join(f"{k}={v}" for k, v in sorted(self.versions.items()))
+        return _json_ready(row)
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+class BoneAgeEstimator:
+    """Loads the models once; estimates any number of radiographs.
+
+    Args:
+        segmenter: callable ``pixels -> label map (same shape)``, or ``None`` (multi-step off).
+        multistep: a :class:`boneage.multistep.MultiStepModel` or ``None``.
+        direct: a :class:`boneage.direct.DirectEstimator` or ``None``.
+        versions: model name -> version string for the results.
+        load_errors: model name -> why it could not be loaded (reported in every result's QC).
+    """
+
+    def __init__(
+        self,
+        segmenter: Callable[[np.ndarray], np.ndarray] | None = None,
+        multistep: Any = None,
+        direct: Any = None,
+        versions: dict[str, str] | None = None,
+        load_errors: dict[str, str] | None = None,
+    ) -> None:
+        self.segmenter = segmenter
+        self.multistep = multistep
+        self.direct = direct
+        self.versions = dict(versions or {})
+        self.load_errors = dict(load_errors or {})
+
+    @classmethod
+    def load(cls, device: str = "cpu") -> BoneAgeEstimator:
+        """Load every shipped model that is present; missing ones are reported, not fatal."""
+        from boneage import models
+
+        loaded: dict[str, Any] = {}
+        versions: dict[str, str] = {}
+        errors: dict[str, str] = {}
+        for name in ("segmenter", "multistep", "direct"):
+            try:
+                entry = models.get(name)
+            except KeyError:
+                errors[name] = "not registered in this version"
+                continue
+            try:
+                kwargs = {"device": device} if name in ("segmenter", "direct") else {}
+                loaded[name] = models.load(name, **kwargs)
+                versions[name] = entry.version
+            except Exception as exc:  # a broken/missing model must not take the other one down
+                errors[name] = f"{type(exc).__name__}: {exc}"
+        seg = loaded.get("segmenter")
+        segment_fn = getattr(seg, "segment", None) if seg is not None else None
+        return cls(segment_fn, loaded.get("multistep"), loaded.get("direct"), versions, errors)
+
+    # ----------------------------------------------------------------------------------------
+    def estimate(
+        self,
+        source: str | Path | bytes | np.ndarray | Radiograph,
+        sex: str | None = None,
+        chronological_age_months: float | None = None,
+        name: str | None = None,
+        sex_source: str = "user",
+        age_source: str = "user",
+    ) -> BoneAgeResult:
+        """Estimate bone age for one radiograph. Never raises for bad input: the result says.
+
+        Args:
+            source: a path, file bytes, a 2-D array (bone bright) or a :class:`Radiograph`.
+            sex: overrides the header's sex when given (``"M"``/``"F"``; anything else = unknown).
+            chronological_age_months: overrides the header's age when given.
+            name: the input's name in the result (defaults to the path as given).
+            sex_source, age_source: how to label an override (``user`` or ``manifest``).
+
+        Returns:
+            :class:`BoneAgeResult` with status ok / error / rejected.
+        """
+        label = name if name is not None else (str(source) if isinstance(source, (str, Path)) else "<array>")
+        result = BoneAgeResult(path=label, versions=dict(self.versions))
+        try:
+            if isinstance(source, Radiograph):
+                rad = source
+            elif isinstance(source, np.ndarray):
+                rad = Radiograph.from_array(source)
+            else:
+                rad = load_radiograph(source, name=label)
+        except ImageReadError as exc:
+            result.status, result.reason = "error", exc.reason
+            return result
+        except Exception as exc:  # never let one input crash a batch
+            result.status, result.reason = "error", f"unexpected error reading the image ({type(exc).__name__}: {exc})"
+            return result
+        try:
+            return self._estimate_radiograph(rad, result, sex, chronological_age_months, sex_source, age_source)
+        except Exception as exc:
+            result.status, result.reason = "error", f"estimation failed ({type(exc).__name__}: {exc})"
+            return result
+
+    def _estimate_radiograph(
+        self,
+        rad: Radiograph,
+        result: BoneAgeResult,
+        sex: str | None,
+        age: float | None,
+        sex_source: str,
+        age_source: str,
+    ) -> BoneAgeResult:
+        result.image_shape = tuple(rad.pixels.shape)  # type: ignore[assignment]
+        result.spacing_mm = rad.spacing_mm
+        # Sex and age: an explicit value overrides the header.
+        given_sex = normalise_sex(sex)
+        if given_sex is not None:
+            result.sex, result.sex_source = given_sex, sex_source
+        elif rad.sex is not None:
+            result.sex, result.sex_source = rad.sex, "header"
+        if age is not None and math.isfinite(float(age)):
+            result.chronological_age_months, result.chronological_age_source = float(age), age_source
+        elif rad.chronological_age_months is not None:
+            result.chronological_age_months, result.chronological_age_source = rad.chronological_age_months, "header"
+        for model_name, why in self.load_errors.items():
+            result.qc.append(f"{model_name} model unavailable ({why})")
+
+        rejection = self._qc_image(rad, result)
+        if rejection:
+            result.status, result.reason = "rejected", rejection
+            return result
+
+        # Multi-step: segment, measure, look up.
+        if self.segmenter is not None and self.multistep is not None:
+            from boneage.measure import measure
+
+            label_map = np.asarray(self.segmenter(rad.pixels))
+            result.label_map = label_map
+            measurements = measure(label_map, rad.spacing_mm)
+            result.carpal_count = measurements.carpal_count
+            rejection = self._qc_segmentation(measurements)
+            if rejection:
+                result.status, result.reason = "rejected", rejection
+                return result
+            ms = self.multistep.estimate(measurements, result.sex)
+            result.multistep = MethodEstimate(
+                "multistep", True, ms.age_months, ms.lower_90, ms.upper_90,
+                model_version=self.versions.get("multistep"),
+                note=None if result.sex else "sex unknown: both sexes' references averaged",
+            )
+            result.bones = [row.to_dict() for row in ms.bones]
+        else:
+            missing = [n for n in ("segmenter", "multistep") if n in self.load_errors or getattr(self, n) is None]
+            result.multistep.note = f"multi-step method unavailable ({', '.join(missing)} model missing)"
+            result.qc.append("hand check not available without the segmenter: non-hand images cannot be rejected")
+
+        if self.direct is not None:
+            d = self.direct.predict(rad.pixels, result.sex)
+            result.direct = MethodEstimate(
+                "direct", True, d.age_months, d.lower_90, d.upper_90, note=d.sex_note,
+                model_version=d.model_version,
+            )
+        else:
+            result.direct.note = "end-to-end model unavailable"
+
+        if not result.multistep.available and not result.direct.available:
+            result.status = "error"
+            result.reason = "no bone-age model is available in this installation: " + "; ".join(
+                f"{k}: {v}" for k, v in self.load_errors.items()
+            )
+            return result
+        self._compare_and_score(result)
+        return result
+
+    # ----------------------------------------------------------------------------------------
+    def _qc_image(self, rad: Radiograph, result: BoneAgeResult) -> str:
+        """Reasons to refuse an image before any model sees it ("" = fine)."""
+        pixels = rad.pixels
+        small = pixels[:: max(1, pixels.shape[0] // 256), :: max(1, pixels.shape[1] // 256)]
+        if float(small.std()) < 0.01 or float(np.percentile(small, 99) - np.percentile(small, 1)) < 0.02:
+            return "blank or uniform image: no anatomy to assess"
+        rows, cols = pixels.shape
+        if min(rows, cols) < 64:
+            return f"image too small ({rows} x {cols} px) to assess bone age"
+        if max(rows, cols) / min(rows, cols) > 4:
+            return f"unusual aspect ratio {rows} x {cols}: not a hand radiograph"
+        body_part = str(rad.metadata.get("body_part_examined", "")).upper()
+        if body_part and body_part not in ("HAND", "WRIST", "EXTREMITY", "UPPER LIMB", "UPPER_LIMB", "ARM"):
+            return f"DICOM BodyPartExamined is {body_part}: not a hand radiograph"
+        ca = result.chronological_age_months
+        if ca is not None and ca > MAX_CHRONOLOGICAL_AGE_MONTHS:
+            return (f"chronological age {ca / 12:.1f} y is outside what the models cover "
+                    f"(bone ages 0-{MODEL_AGE_RANGE[1] / 12:.0f} y)")
+        return ""
+
+    @staticmethod
+    def _qc_segmentation(measurements: Any) -> str:
+        """Refuse images where the segmenter does not find one plausible hand."""
+        plausible = sum(1 for b in anatomy.TUBULAR_BONES if measurements.bones[b].plausible)
+        if plausible < MIN_TUBULAR_BONES_FOR_A_HAND:
+            return (f"not recognised as a hand radiograph: only {plausible} of 19 finger bones found "
+                    f"(need {MIN_TUBULAR_BONES_FOR_A_HAND})")
+        fragmented = sum(1 for b in anatomy.TUBULAR_BONES if "fragmented" in measurements.bones[b].flags)
+        if fragmented >= 8:
+            return f"several hands or a broken segmentation: {fragmented} finger bones appear in pieces"
+        return ""
+
+    @staticmethod
+    def _compare_and_score(result: BoneAgeResult) -> None:
+        ms, d = result.multistep, result.direct
+        if ms.available and d.available:
+            result.difference_months = float(d.age_months - ms.age_months)  # type: ignore[operator]
+            half = [(e.upper_90 - e.lower_90) / 2 / 1.645 for e in (ms, d)]  # type: ignore[operator]
+            sd = math.sqrt(half[0] ** 2 + half[1] ** 2)
+            result.agreement = "disagree" if abs(result.difference_months) > DISAGREEMENT_Z * sd else "agree"
+            if result.agreement == "disagree":
+                result.qc.append(
+                    f"the two methods disagree by {abs(result.difference_months):.0f} months, more than their "
+                    "intervals allow: review the film"
+                )
+        ca, sex = result.chronological_age_months, result.sex
+        if ca is None:
+            result.sds_note = "SDS needs the chronological age"
+            return
+        if sex is None:
+            result.sds_note = "SDS needs the sex (the Brush SD is sex-specific)"
+            return
+        for est in (ms, d):
+            if est.available:
+                try:
+                    est.sds = bone_age_sds(est.age_months, ca, sex)  # type: ignore[arg-type]
+                except OutOfReferenceRange as exc:
+                    result.sds_note = str(exc)
+
+
+_DEFAULT: BoneAgeEstimator | None = None
+
+
+def estimate(
+    source: str | Path | bytes | np.ndarray | Radiograph,
+    sex: str | None = None,
+    chronological_age_months: float | None = None,
+) -> BoneAgeResult:
+    """Estimate bone age of one radiograph with the shipped models (loaded once, then cached).
+
+    Args:
+        source: a file path (DICOM/PNG/JPEG/TIFF), file bytes, an array or a Radiograph.
+        sex: ``"M"``/``"F"`` to override the header; ``None`` keeps the header's (or unknown).
+        chronological_age_months: overrides the header's age (needed only for the SDS).
+
+    Returns:
+        :class:`BoneAgeResult`.
+    """
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = BoneAgeEstimator.load()
+    return _DEFAULT.estimate(source, sex, chronological_age_months)

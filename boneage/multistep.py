@@ -1,0 +1,428 @@
+"""The multi-step method end to end: label map -> measurements -> reference lookup + regression.
+
+This module composes the stages (``segment`` -> ``measure`` -> ``growth``) and owns the shipped
+multi-step bundle in ``data/models/multistep/``:
+
+* ``maturity_reference.csv`` — scale-free maturity reference (epiphysis presence, width ratio,
+  fusion, relative lengths, carpal areas) built from measured development films;
+* ``length_reference_mm.csv`` — a **model** of calibrated bone lengths (mm) by age and sex, built
+  from the synthetic growth model (no published per-bone norms are available);
+* ``regression.joblib`` — gradient-boosting regression on the scale-free features and sex.
+
+The estimate is the regression's age with its conformal 90% interval when the regression is
+present (it validated better, see the model card), else the reference lookup's posterior.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from boneage import anatomy
+from boneage.growth import AgeRegression, ReferenceTable, build_reference, calibrate_tau
+from boneage.measure import Measurements, feature_names, measure
+from boneage.paths import MODELS_DIR
+
+MULTISTEP_DIR = MODELS_DIR / "multistep"
+MATURITY_FILE = "maturity_reference.csv"
+LENGTH_FILE = "length_reference_mm.csv"
+REGRESSION_FILE = "regression.joblib"
+METRICS_FILE = "metrics.json"
+VERSION = "multistep-1"
+
+
+@dataclass
+class BoneRow:
+    """One row of the per-bone table shown to clinicians and written to reports.
+
+    Attributes:
+        bone: canonical name.
+        present, plausible, flags: from the measurement (implausible bones are kept, marked).
+        length_px, length_mm, width_px, epiphysis_ratio, fused: the measured values.
+        feature: the maturity measurement compared with the reference for this bone.
+        value: its value.
+        reference_mean, reference_sd: the reference at the estimated bone age (and sex).
+        z_score: ``(value - mean) / sd``.
+        implied_age_months, implied_lower_90, implied_upper_90: the age this bone's
+            measurements alone imply (reference posterior), with its 90% interval.
+    """
+
+    bone: str
+    present: bool
+    plausible: bool
+    flags: list[str] = field(default_factory=list)
+    length_px: float | None = None
+    length_mm: float | None = None
+    width_px: float | None = None
+    epiphysis_ratio: float | None = None
+    fused: bool | None = None
+    feature: str | None = None
+    value: float | None = None
+    reference_mean: float | None = None
+    reference_sd: float | None = None
+    z_score: float | None = None
+    implied_age_months: float | None = None
+    implied_lower_90: float | None = None
+    implied_upper_90: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: _clean(v) for k, v in asdict(self).items()}
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (np.floating,)):
+        return None if not np.isfinite(v) else float(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+@dataclass
+class MultiStepEstimate:
+    """The multi-step result for one hand.
+
+    Attributes:
+        age_months, lower_90, upper_90: the estimate and its 90% interval.
+        lookup_age_months, lookup_lower_90, lookup_upper_90: the reference-lookup estimate.
+        regression_age_months: the regression's point estimate (``None`` without a regression).
+        bones: the per-bone table.
+        n_features: how many measurements were usable.
+    """
+
+    age_months: float
+    lower_90: float
+    upper_90: float
+    lookup_age_months: float
+    lookup_lower_90: float
+    lookup_upper_90: float
+    regression_age_months: float | None
+    bones: list[BoneRow]
+    n_features: int
+
+
+def _bone_features(bone: str, names: Iterable[str]) -> list[str]:
+    return [n for n in names if n.split(".", 1)[0] == bone]
+
+
+def main_feature(m) -> str:
+    """The maturity measurement shown for a bone: fusion once the epiphysis caps, else its width
+    ratio, else presence; carpals: area relative to the third metacarpal."""
+    if m.bone in anatomy.CARPALS:
+        return f"{m.bone}.area_rel"
+    if m.epiphysis_present and m.epiphysis_ratio is not None and (m.fusion_contact or 0) < 0.2:
+        return f"{m.bone}.epiphysis_ratio"
+    if m.epiphysis_present:
+        return f"{m.bone}.fusion_contact"
+    return f"{m.bone}.epiphysis_present"
+
+
+class MultiStepModel:
+    """Reference tables + regression: measurements -> bone age with a 90% interval.
+
+    Args:
+        maturity: scale-free reference table (required).
+        lengths_mm: calibrated length reference (a model), used when the image has spacing.
+        regression: the gradient-boosting regression (optional).
+        version: version string for results.
+    """
+
+    def __init__(
+        self,
+        maturity: ReferenceTable,
+        lengths_mm: ReferenceTable | None = None,
+        regression: AgeRegression | None = None,
+        version: str = VERSION,
+    ) -> None:
+        self.maturity = maturity
+        self.lengths_mm = lengths_mm
+        self.regression = regression
+        self.version = version
+
+    @classmethod
+    def load(cls, folder: str | Path | None = None) -> MultiStepModel:
+        """Load the shipped bundle (or one written by :meth:`save`).
+
+        Raises:
+            FileNotFoundError: when the maturity reference is missing.
+        """
+        folder = Path(folder) if folder else MULTISTEP_DIR
+        if folder.is_file():
+            folder = folder.parent
+        maturity_path = folder / MATURITY_FILE
+        if not maturity_path.is_file():
+            raise FileNotFoundError(f"multi-step reference not found at {maturity_path}; run `boneage train multistep`")
+        lengths = folder / LENGTH_FILE
+        regression = folder / REGRESSION_FILE
+        return cls(
+            ReferenceTable.load(maturity_path),
+            ReferenceTable.load(lengths) if lengths.is_file() else None,
+            AgeRegression.load(regression) if regression.is_file() else None,
+        )
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the bundle's files into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.maturity.save(folder / MATURITY_FILE)
+        if self.lengths_mm is not None:
+            self.lengths_mm.save(folder / LENGTH_FILE)
+        if self.regression is not None:
+            self.regression.save(folder / REGRESSION_FILE)
+        return folder
+
+    def estimate(self, measurements: Measurements, sex: str | None) -> MultiStepEstimate:
+        """Bone age from one hand's measurements.
+
+        Args:
+            measurements: from :func:`boneage.measure.measure`.
+            sex: ``"M"``, ``"F"`` or ``None`` (unknown: both sexes' references are averaged and
+                the regression sees a missing sex).
+
+        Returns:
+            :class:`MultiStepEstimate`.
+        """
+        feats = measurements.features()
+        lengths = {f"{b}.length_mm": v for b, v in measurements.lengths_mm().items()}
+        lookup_ll = self.maturity.total_log_likelihood(feats, sex) / self.maturity.tau
+        if self.lengths_mm is not None and lengths:
+            lookup_ll = lookup_ll + self.lengths_mm.total_log_likelihood(lengths, sex) / self.lengths_mm.tau
+        from boneage.growth import posterior_summary
+
+        lookup = posterior_summary(self.maturity.ages, lookup_ll)
+        n_features = sum(1 for v in feats.values() if np.isfinite(v)) + len(lengths)
+        reg_age = None
+        if self.regression is not None:
+            frame = pd.DataFrame([feats])
+            age, lo, hi = (float(a[0]) for a in self.regression.predict_interval(frame, np.array([sex])))
+            reg_age = age
+        else:
+            age, lo, hi = lookup
+        bones = self.bone_table(measurements, feats, sex, age)
+        return MultiStepEstimate(age, lo, hi, *lookup, reg_age, bones, n_features)
+
+    def bone_table(self, measurements: Measurements, feats: dict[str, float], sex: str | None, age: float) -> list[BoneRow]:
+        """Per-bone rows: measured values, reference at ``age``, z-score and implied age."""
+        rows = []
+        names = self.maturity.features
+        for bone in anatomy.BONES:
+            m = measurements.bones[bone]
+            row = BoneRow(
+                bone, m.present, m.plausible, list(m.flags), m.length_px, m.length_mm, m.width_px,
+                m.epiphysis_ratio, m.fused,
+            )
+            if m.plausible:
+                feature = main_feature(m)
+                if feature in names:
+                    row.feature, row.value = feature, feats.get(feature)
+                    mean, sd = self.maturity.expected(feature, age, sex)
+                    row.reference_mean, row.reference_sd = mean, sd
+                    row.z_score = self.maturity.z_score(feature, row.value, age, sex)
+                    if self.lengths_mm is not None and m.length_mm is not None and f"{bone}.length_mm" in self.lengths_mm.features:
+                        # Calibrated image: the clinically familiar comparison is the length in mm.
+                        row.feature, row.value = f"{bone}.length_mm", m.length_mm
+                        mean, sd = self.lengths_mm.expected(row.feature, age, sex)
+                        row.reference_mean, row.reference_sd = mean, sd
+                        row.z_score = self.lengths_mm.z_score(row.feature, m.length_mm, age, sex)
+                own = {n: feats[n] for n in _bone_features(bone, names) if np.isfinite(feats.get(n, math.nan))}
+                if own:
+                    ll = sum(self.maturity.log_likelihood(n, v, sex) for n, v in own.items())
+                    from boneage.growth import posterior_summary
+
+                    row.implied_age_months, row.implied_lower_90, row.implied_upper_90 = posterior_summary(self.maturity.ages, ll)
+            rows.append(row)
+        return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the bundle
+# ---------------------------------------------------------------------------------------------
+def measure_label_maps(
+    label_maps: Iterable[tuple[np.ndarray, tuple[float, float] | float | None]],
+    progress: bool = True,
+    total: int | None = None,
+) -> tuple[pd.DataFrame, list[Measurements]]:
+    """Measure many label maps; returns the scale-free feature frame and the measurements."""
+    from tqdm import tqdm
+
+    rows, all_m = [], []
+    for label_map, spacing in tqdm(label_maps, total=total, disable=not progress, desc="measure", unit="img"):
+        m = measure(label_map, spacing)
+        all_m.append(m)
+        rows.append(m.features())
+    return pd.DataFrame(rows, columns=feature_names()), all_m
+
+
+def length_reference_from_synthetic(n: int = 2000, seed: int = 4242, progress: bool = True) -> ReferenceTable:
+    """The calibrated length reference (mm): a MODEL built from the synthetic growth model.
+
+    The synthetic generator's true bone lengths (``SyntheticHand.lengths_mm``) follow the
+    documented growth model in ``data/synth_*.csv`` (radius/ulna data, proportions and priors);
+    this table summarises them by age and sex. It is not a measured population norm.
+    """
+    from tqdm import tqdm
+
+    from boneage.synth import generate_hand
+
+    rows, ages, sexes = [], [], []
+    for i in tqdm(range(n), disable=not progress, desc="synthetic lengths", unit="hand"):
+        hand = generate_hand(seed, i, size=96)
+        rows.append({f"{b}.length_mm": v for b, v in hand.lengths_mm.items() if b in anatomy.BONES})
+        ages.append(hand.bone_age_months)
+        sexes.append(hand.sex)
+    frame = pd.DataFrame(rows)
+    description = (
+        "Calibrated bone-length reference (mm) by bone age and sex -- a MODEL, not measured norms.\n"
+        f"Built from {n} synthetic hands (boneage.synth, seed {seed}) whose lengths follow the project's documented\n"
+        "growth model (data/synth_growth_model.csv, data/synth_bone_model.csv: radius/ulna kidstats data,\n"
+        "Pritchett 1988 growth rates, hand-bone proportions); no published per-bone hand norms were available.\n"
+        "Whole-bone length along the long axis, epiphysis included once ossified. Gaussian smoothing 12 months."
+    )
+    table = build_reference(frame, np.array(ages), np.array(sexes), description=description)
+    return table
+
+
+@dataclass
+class LabelledMeasurements:
+    """Features of measured, age-labelled hands (training input of the multi-step bundle)."""
+
+    features: pd.DataFrame
+    bone_age_months: np.ndarray
+    sex: np.ndarray
+    ids: list[str]
+
+    def subset(self, mask: np.ndarray) -> LabelledMeasurements:
+        idx = np.flatnonzero(mask)
+        return LabelledMeasurements(
+            self.features.iloc[idx].reset_index(drop=True), self.bone_age_months[idx], self.sex[idx],
+            [self.ids[i] for i in idx],
+        )
+
+    def save(self, path: str | Path) -> Path:
+        df = self.features.copy()
+        df.insert(0, "id", self.ids)
+        df.insert(1, "bone_age_months", self.bone_age_months)
+        df.insert(2, "sex", self.sex)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(path, index=False)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LabelledMeasurements:
+        df = pd.read_csv(path)
+        return cls(
+            df[feature_names()].astype(float), df["bone_age_months"].to_numpy(float),
+            df["sex"].to_numpy(object), [str(i) for i in df["id"]],
+        )
+
+
+def fit_bundle(
+    train: LabelledMeasurements,
+    *,
+    description: str,
+    calibration_fraction: float = 0.2,
+    seed: int = 0,
+    lengths_mm: ReferenceTable | None = None,
+    regression: bool = True,
+    max_iter: int = 400,
+) -> MultiStepModel:
+    """Build the maturity reference, calibrate its coverage, fit the regression.
+
+    The reference is built on ``1 - calibration_fraction`` of the hands and its tempering
+    calibrated on the rest (hands it was not built from); it is then rebuilt on all of them with
+    that tempering. The regression's interval comes from its own cross-validation.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(train.bone_age_months)
+    calib = rng.random(n) < calibration_fraction
+    part = train.subset(~calib)
+    held = train.subset(calib)
+    table = build_reference(part.features, part.bone_age_months, part.sex, description=description)
+    tau = calibrate_tau(table, held.features, held.bone_age_months, held.sex)
+    table = build_reference(train.features, train.bone_age_months, train.sex, description=description)
+    table.tau = tau
+    reg = AgeRegression.fit(train.features, train.bone_age_months, train.sex, seed=seed, max_iter=max_iter) if regression else None
+    return MultiStepModel(table, lengths_mm, reg)
+
+
+def evaluate(model: MultiStepModel, data: LabelledMeasurements) -> dict:
+    """MAE (overall, by sex, by age band), 90% coverage, for the final, lookup and regression ages."""
+    final, lookup, lo_all, hi_all = [], [], [], []
+    for i in range(len(data.bone_age_months)):
+        row = data.features.iloc[[i]]
+        feats = row.iloc[0].to_dict()
+        s = data.sex[i]
+        look = model.maturity.estimate(feats, s)
+        lookup.append(look[0])
+        if model.regression is not None:
+            a, lo, hi = (float(x[0]) for x in model.regression.predict_interval(row, np.array([s])))
+        else:
+            a, lo, hi = look
+        final.append(a)
+        lo_all.append(lo)
+        hi_all.append(hi)
+    y = data.bone_age_months
+    final, lookup = np.array(final), np.array(lookup)
+    lo_all, hi_all = np.array(lo_all), np.array(hi_all)
+    return {
+        "final": summarise_errors(y, data.sex, final, lo_all, hi_all),
+        "lookup_mae_months": float(np.mean(np.abs(lookup - y))),
+    }
+
+
+def summarise_errors(y: np.ndarray, sex: np.ndarray, pred: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> dict:
+    """MAE with n overall, by sex and by age band (< 6 y, 6-12 y, > 12 y), and coverage."""
+    groups = {
+        "all": np.ones(len(y), bool),
+        "female": sex == "F",
+        "male": sex == "M",
+        "under_6y": y < 72,
+        "6_to_12y": (y >= 72) & (y <= 144),
+        "over_12y": y > 144,
+    }
+    out = {}
+    for name, mask in groups.items():
+        if not mask.any():
+            out[name] = {"n": 0}
+            continue
+        err = np.abs(pred[mask] - y[mask])
+        g = {"n": int(mask.sum()), "mae_months": float(err.mean())}
+        if lo is not None and hi is not None:
+            g["coverage_90"] = float(np.mean((lo[mask] <= y[mask]) & (y[mask] <= hi[mask])))
+        out[name] = g
+    return out
+
+
+def measure_images(
+    paths: list[Path],
+    segment_fn: Callable[[np.ndarray], np.ndarray],
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Segment and measure image files (no spacing: RSNA films carry none)."""
+    from boneage.io import load_radiograph
+
+    def gen():
+        for p in paths:
+            rad = load_radiograph(p)
+            yield segment_fn(rad.pixels), rad.spacing_mm
+
+    frame, _ = measure_label_maps(gen(), progress=progress, total=len(paths))
+    return frame
+
+
+def write_metrics(folder: Path, metrics: dict) -> Path:
+    path = folder / METRICS_FILE
+    path.write_text(json.dumps(metrics, indent=2, default=float))
+    return path
+
+
+def now() -> float:
+    return time.perf_counter()

@@ -1,0 +1,107 @@
+"""Batch prediction: discovery, manifest, one record per input, resume, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from boneage import batch, cli
+from boneage.batch import InputItem, RecordWriter, discover_inputs, done_paths, run_batch
+from boneage.estimate import BoneAgeEstimator
+from test_estimate import FakeDirect
+
+
+@pytest.fixture()
+def folder(tmp_path, dicom_factory):
+    root = tmp_path / "studies"
+    (root / "a" / "b").mkdir(parents=True)
+    hand = np.random.default_rng(0).integers(0, 255, (128, 96), dtype=np.uint8)
+    Image.fromarray(hand).save(root / "a" / "hand.png")
+    dcm = dicom_factory(np.random.default_rng(1).integers(0, 4095, (128, 96)), PatientSex="F")
+    (root / "a" / "b" / "IM0001").write_bytes(dcm.read_bytes())  # no extension
+    (root / "a" / "notes.txt").write_text("not an image")
+    (root / "a" / "empty.dcm").write_bytes(b"")
+    (root / ".DS_Store").write_bytes(b"junk")
+    return root
+
+
+@pytest.fixture()
+def direct_only(monkeypatch):
+    est = BoneAgeEstimator(None, None, FakeDirect(100.0), versions={"direct": "fake"})
+    monkeypatch.setattr(BoneAgeEstimator, "load", classmethod(lambda cls, device="cpu": est))
+    return est
+
+
+def test_discovery_is_recursive_sorted_and_skips_hidden(folder):
+    items = discover_inputs([str(folder), "missing.png"])
+    names = [i.path.split("/")[-1] for i in items]
+    assert names == ["empty.dcm", "hand.png", "notes.txt", "IM0001", "missing.png"]
+
+
+def test_manifest_overrides_and_usage_errors(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("path,sex,chronological_age_months\nx.png,F,100\ny.png,,\n")
+    assert discover_inputs([], str(m)) == [InputItem("x.png", "F", 100.0), InputItem("y.png", None, None)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file\nx.png\n")
+    with pytest.raises(batch.UsageError, match="no 'path' column"):
+        discover_inputs([], str(bad))
+    with pytest.raises(batch.UsageError, match="not found"):
+        discover_inputs([], str(tmp_path / "nope.csv"))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_one_record_per_input_every_bad_one_explained(folder, direct_only, tmp_path, suffix):
+    out = tmp_path / f"out{suffix}"
+    counts = run_batch(discover_inputs([str(folder), str(tmp_path / "missing.png")]), out, progress=False)
+    if suffix == ".csv":
+        rows = list(csv.DictReader(out.open()))
+    else:
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 5 and counts["ok"] == 2 and counts["error"] == 3
+    by_name = {r["path"].split("/")[-1]: r for r in rows}
+    assert by_name["hand.png"]["status"] == "ok" and float(by_name["hand.png"]["direct_age_months"]) == 100.0
+    assert by_name["IM0001"]["sex"] == "F" and by_name["IM0001"]["sex_source"] == "header"
+    assert "empty" in by_name["empty.dcm"]["reason"]
+    assert "not a recognised image" in by_name["notes.txt"]["reason"]
+    assert by_name["missing.png"]["reason"] == "file not found"
+    assert all(r["reason"] for r in rows if r["status"] != "ok")
+
+
+def test_resume_skips_done_inputs_whatever_their_status(folder, direct_only, tmp_path):
+    items = discover_inputs([str(folder)])
+    out = tmp_path / "out.csv"
+    run_batch(items[:2], out, progress=False)
+    counts = run_batch(items, out, resume=True, progress=False)
+    assert counts["skipped"] == 2 and sum(counts[k] for k in ("ok", "error", "rejected")) == 2
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"] for r in rows] == [i.path for i in items]  # one header, no duplicates
+
+
+def test_interrupted_jsonl_line_is_redone(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"path": "a.png", "status": "ok"}) + "\n" + '{"path": "b.png", "sta')
+    assert done_paths(out) == {"a.png"}
+    with RecordWriter(out, append=True) as w:
+        w.write({"path": "b.png", "status": "ok"})
+    assert [json.loads(x)["path"] for x in out.read_text().splitlines()] == ["a.png", "b.png"]
+
+
+def test_cli_exit_codes(folder, direct_only, tmp_path, capsys):
+    good = str(folder / "a" / "hand.png")
+    assert cli.main(["predict", good, "--out", str(tmp_path / "o.csv"), "--quiet"]) == cli.EXIT_OK
+    assert cli.main(["predict", str(folder), "--out", str(tmp_path / "o2.jsonl")]) == cli.EXIT_PARTIAL
+    assert "2 ok, 2 error" in capsys.readouterr().err
+    assert cli.main(["predict", good, "--out", str(tmp_path / "o.txt")]) == cli.EXIT_USAGE
+    assert cli.main(["predict", "--out", str(tmp_path / "o.csv")]) == cli.EXIT_USAGE
+
+
+def test_jsonl_has_a_bones_object(folder, direct_only, tmp_path):
+    out = tmp_path / "o.jsonl"
+    run_batch([InputItem(str(folder / "a" / "hand.png"))], out, progress=False)
+    rec = json.loads(out.read_text())
+    assert rec["bones"] == {} and isinstance(rec["qc"], list)  # direct-only: no per-bone table

@@ -1,0 +1,165 @@
+"""BoneAgeEstimator end to end on synthetic hands, with test doubles for the networks.
+
+The segmenter double returns the hand's true label map (an oracle), so these tests check the
+plumbing -- QC, measurement, reference lookup, regression, SDS, agreement, the result type --
+not the networks (their own tests and model cards cover those).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from boneage.estimate import BoneAgeEstimator, BoneAgeResult
+from boneage.io import Radiograph
+from boneage.multistep import LabelledMeasurements, MultiStepModel, evaluate, fit_bundle, measure_label_maps
+from boneage.synth import generate_hand
+
+SIZE = 256
+
+
+@dataclass
+class FakeDirect:
+    """Stands in for the CNN: returns a fixed age (or one from a callable)."""
+
+    age: float = 120.0
+
+    def predict(self, pixels, sex=None):
+        from boneage.direct import DirectPrediction
+
+        return DirectPrediction(self.age, self.age - 15, self.age + 15, sex, None if sex else "sex unknown", "fake-direct")
+
+
+class Oracle:
+    """Segmenter double: knows the true label map of each synthetic image it was given."""
+
+    def __init__(self):
+        self.truth = {}
+
+    def add(self, hand):
+        self.truth[hand.image.tobytes()[:4096]] = hand.label_map
+        return hand
+
+    def __call__(self, pixels):
+        key = np.ascontiguousarray(pixels, dtype=np.float32).tobytes()[:4096]
+        return self.truth.get(key, np.zeros(pixels.shape, np.uint8))
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    hands = [generate_hand(11, i, size=SIZE) for i in range(160)]
+    feats, _ = measure_label_maps(((h.label_map, h.spacing_mm) for h in hands), progress=False)
+    data = LabelledMeasurements(
+        feats, np.array([h.bone_age_months for h in hands]), np.array([h.sex for h in hands]), [str(i) for i in range(160)]
+    )
+    return fit_bundle(data, description="test bundle from synthetic hands", regression=True, max_iter=80)
+
+
+@pytest.fixture()
+def estimator(bundle):
+    oracle = Oracle()
+    est = BoneAgeEstimator(oracle, bundle, FakeDirect(), versions={"multistep": "t", "direct": "t"})
+    est.oracle = oracle
+    return est
+
+
+def test_estimate_on_a_synthetic_hand(estimator):
+    hand = estimator.oracle.add(generate_hand(99, 3, size=SIZE, age_range=(100, 140)))
+    rad = Radiograph.from_array(hand.image, spacing_mm=hand.spacing_mm)
+    result = estimator.estimate(rad, sex=hand.sex, chronological_age_months=hand.chronological_age_months)
+    assert result.status == "ok", result.reason
+    assert result.multistep.available and result.direct.available
+    ms = result.multistep
+    assert ms.lower_90 <= ms.age_months <= ms.upper_90
+    assert abs(ms.age_months - hand.bone_age_months) < 40
+    assert result.difference_months == pytest.approx(120.0 - ms.age_months)
+    assert result.agreement in ("agree", "disagree")
+    assert result.multistep.sds is not None and result.direct.sds is not None
+    assert len(result.bones) == 29 and result.carpal_count >= 1
+    row = next(b for b in result.bones if b["bone"] == "metacarpal_3")
+    assert row["present"] and row["length_px"] > 0 and row["length_mm"] > 0  # synthetic: calibrated
+    json.dumps(result.to_dict())  # JSON-ready
+
+
+def test_multistep_beats_the_mean_on_held_out_synthetic_hands(bundle):
+    hands = [generate_hand(77, i, size=SIZE) for i in range(60)]
+    feats, _ = measure_label_maps(((h.label_map, h.spacing_mm) for h in hands), progress=False)
+    ages = np.array([h.bone_age_months for h in hands])
+    data = LabelledMeasurements(feats, ages, np.array([h.sex for h in hands]), [str(i) for i in range(60)])
+    metrics = evaluate(bundle, data)
+    baseline = np.mean(np.abs(ages - ages.mean()))
+    assert metrics["final"]["all"]["mae_months"] < 0.5 * baseline
+
+
+def test_non_hand_is_rejected_by_segmentation_qc(estimator):
+    rng = np.random.default_rng(0)
+    noise = rng.random((SIZE, SIZE)).astype(np.float32)  # oracle knows nothing: empty label map
+    result = estimator.estimate(noise)
+    assert result.status == "rejected" and "not recognised as a hand" in result.reason
+    assert not result.multistep.available and not result.direct.available
+
+
+@pytest.mark.parametrize(
+    "image, reason",
+    [(np.zeros((300, 300), np.float32), "blank"), (np.random.default_rng(1).random((40, 40)), "too small")],
+)
+def test_blank_and_tiny_images_are_rejected(estimator, image, reason):
+    result = estimator.estimate(image)
+    assert result.status == "rejected" and reason in result.reason
+
+
+def test_adult_chronological_age_is_rejected(estimator):
+    hand = estimator.oracle.add(generate_hand(99, 5, size=SIZE))
+    result = estimator.estimate(hand.image, chronological_age_months=300)
+    assert result.status == "rejected" and "outside what the models cover" in result.reason
+
+
+def test_unreadable_input_is_an_error_not_a_crash(estimator, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    result = estimator.estimate(str(bad))
+    assert result.status == "error" and "not a recognised image" in result.reason and result.path == str(bad)
+
+
+def test_unknown_sex_is_said_and_sds_needs_it(estimator):
+    hand = estimator.oracle.add(generate_hand(99, 7, size=SIZE, age_range=(60, 150)))
+    result = estimator.estimate(hand.image, chronological_age_months=100)
+    assert result.status == "ok" and result.sex is None and result.sex_source == "unknown"
+    assert "sex unknown" in (result.multistep.note or "") and "sex unknown" in (result.direct.note or "")
+    assert result.multistep.sds is None and "sex" in result.sds_note
+
+
+def test_disagreement_is_flagged(bundle):
+    oracle = Oracle()
+    hand = oracle.add(generate_hand(99, 9, size=SIZE, age_range=(20, 40)))
+    est = BoneAgeEstimator(oracle, bundle, FakeDirect(age=220.0))
+    result = est.estimate(hand.image, sex=hand.sex)
+    assert result.agreement == "disagree" and any("disagree" in q for q in result.qc)
+
+
+def test_missing_models_are_reported_not_fatal():
+    est = BoneAgeEstimator(None, None, FakeDirect(), load_errors={"segmenter": "weights missing"})
+    result = est.estimate(generate_hand(1, 1, size=SIZE).image, sex="F")
+    assert result.status == "ok" and result.direct.available and not result.multistep.available
+    assert "multi-step method unavailable" in result.multistep.note
+    assert any("segmenter model unavailable" in q for q in result.qc)
+    none = BoneAgeEstimator(None, None, None, load_errors={"direct": "weights missing"})
+    assert none.estimate(generate_hand(1, 1, size=SIZE).image).status == "error"
+
+
+def test_bundle_round_trip(bundle, tmp_path):
+    loaded = MultiStepModel.load(bundle.save(tmp_path / "ms"))
+    hand = generate_hand(5, 5, size=SIZE)
+    from boneage.measure import measure
+
+    m = measure(hand.label_map, hand.spacing_mm)
+    assert loaded.estimate(m, hand.sex).age_months == pytest.approx(bundle.estimate(m, hand.sex).age_months, abs=0.5)
+
+
+def test_result_row_is_flat():
+    row = BoneAgeResult(path="x.dcm", status="error", reason="file not found").to_row()
+    assert row["path"] == "x.dcm" and row["multistep_age_months"] is None
+    assert all(not isinstance(v, (dict, list)) for v in row.values())
