@@ -366,9 +366,10 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         if ba < appear:
             states[bone] = "absent"
             continue
-        mature_at = max(168.0, appear + 60.0)
+        # Carpal centres grow fast once they appear and fill their cartilage anlage by ~12 y.
+        mature_at = max(144.0, appear + 48.0)
         s = float(np.clip((ba - appear) / (mature_at - appear), 0, 1))
-        size_frac = 0.18 + 0.82 * s**0.75
+        size_frac = 0.18 + 0.82 * s**0.5
         length = p["adult_length_mm"] * scale * size_frac * float(np.exp(rng.normal(0, sm["bone_length_noise_sd"])))
         aspect = 1 - (1 - p["width_ratio"]) * s**0.5
         width = length * aspect * float(np.exp(rng.normal(0, 0.04)))
@@ -385,8 +386,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         states[bone] = "mature" if s >= 1 else ("appeared" if s < 0.3 else "growing")
 
     # --- digits -----------------------------------------------------------------------------
-    spread = rng.uniform(0.2, 1.6)
-    spread_mean = {1: -6.0, 2: 6.0, 3: 0.0, 4: -5.0, 5: -11.0}
+    spread = rng.uniform(0.2, 1.4)
+    spread_mean = {1: -6.0, 2: 5.0, 3: 0.0, 4: -4.0, 5: -9.0}
     finger_points: list[tuple[np.ndarray, np.ndarray, float]] = []
     palm_pts: list[np.ndarray] = []
     thumb_pts: list[np.ndarray] = []
@@ -395,13 +396,13 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         mc = bones[0]
         p = bm[mc]
         start = np.array([p["x_mm"], p["y_mm"]]) * scale + rng.normal(0, 0.5, 2) * scale
-        angle = p["angle_deg"] + fore_dev * 0.3 + rng.normal(0, 3 if dgt > 1 else 7)
+        angle = p["angle_deg"] + fore_dev * 0.3 + rng.normal(0, 1.5 if dgt > 1 else 7)
         joint = (1.2 + 2.0 * (1 - frac)) * size
         for k, bone in enumerate(bones):
             if k == 1:
-                angle += spread * (spread_mean[dgt] + rng.normal(0, 3))
+                angle += spread * (spread_mean[dgt] + rng.normal(0, 2))
             elif k > 1:
-                angle += rng.normal(0, 3)
+                angle += rng.normal(0, 1.5)
             tilt = 0.0 if k == 0 else min(abs(rng.normal(0, 5.0)), MAX_TILT_DEG)
             p0 = start
             end, width, angle = tubular(bone, start, angle, tilt)
@@ -410,9 +411,14 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                 n = np.array([-_unit(angle)[1], _unit(angle)[0]])
                 for q in (p0, end):
                     for sgn in (-1, 1):
-                        (thumb_pts if dgt == 1 else palm_pts).append(q + sgn * n * (base_w / 2 + 5.5 * scale))
+                        (thumb_pts if dgt == 1 else palm_pts).append(q + sgn * n * (base_w / 2 + 6.5 * scale))
             else:
-                finger_points.append((p0, end, base_w / 2 + 3.8 * scale))
+                finger_points.append((p0, end, base_w / 2 + 4.8 * scale))
+                if k == 1 and dgt > 1:
+                    # The palm's skin reaches a third of the way up the proximal phalanges (web).
+                    n = np.array([-_unit(angle)[1], _unit(angle)[0]])
+                    q = p0 + (end - p0) * 0.3
+                    palm_pts.extend([q + n * (base_w / 2 + 4.8 * scale), q - n * (base_w / 2 + 4.8 * scale)])
             start = end + _unit(angle) * joint
         # Fingertip pad beyond the distal phalanx.
         last_p0, last_end, r = finger_points[-1]
@@ -420,8 +426,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
 
     # --- soft tissue outlines --------------------------------------------------------------
     rad_w = bm["radius"]["width_ratio"] * bm["radius"]["adult_length_mm"] * scale
-    x_r = bm["radius"]["x_mm"] * scale + rad_w * 1.1 + 4 * scale
-    x_u = bm["ulna"]["x_mm"] * scale - rad_w * 0.8 - 4 * scale
+    x_r = bm["radius"]["x_mm"] * scale + rad_w * 0.95 + 3 * scale
+    x_u = bm["ulna"]["x_mm"] * scale - rad_w * 0.7 - 3 * scale
     wrist = [np.array([x_r, 5 * scale]), np.array([x_u, 5 * scale])]
     palm = np.array(palm_pts + wrist + [np.array([x_r + 2 * scale, 30 * scale])])
     hull = palm[ConvexHull(palm).vertices]
