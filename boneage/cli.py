@@ -135,6 +135,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     models = p.add_subparsers(dest="model", metavar="MODEL", required=True)
     seg = models.add_parser("segmenter", help="bone segmentation network (trained on synthetic hands)")
     seg.set_defaults(handler=_not_landed("segmenter training", "issue: multi-step estimator"))
+    multistep = models.add_parser(
+        "multistep",
+        help="multi-step reference tables + regression (needs the segmenter)",
+        description=(
+            "Segment and measure the RSNA development films with the shipped segmenter, build the "
+            "maturity reference, fit the regression, build the mm length model from synthetic hands, "
+            "evaluate on the fixed validation split; writes data/models/multistep/."
+        ),
+    )
+    multistep.add_argument("--out", default=None, help="output folder (default data/models/multistep)")
+    multistep.add_argument("--seed", type=int, default=0)
+    multistep.add_argument("--synthetic-lengths", type=int, default=2000, help="synthetic hands for the mm length model")
+    multistep.add_argument("--device", default="cpu")
+    multistep.add_argument("--limit", type=int, default=None, help="use only the first N training films (quick runs)")
+    multistep.set_defaults(handler=_train_multistep)
     direct = models.add_parser(
         "direct",
         help="end-to-end image -> bone-age CNN",
@@ -196,9 +211,44 @@ def _add_reference(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--age", type=float, required=True, help="chronological age in months")
     show.add_argument("--sex", choices=("M", "F"), required=True)
     show.set_defaults(handler=_reference_sds)
-    build = actions.add_parser("build", help="build a reference table from measured, age-labelled images")
+    build = actions.add_parser(
+        "build",
+        help="build a maturity reference table from measured, age-labelled images",
+        description=(
+            "Build a local maturity reference (per-measurement mean and SD by age and sex, smoothed "
+            "across age) from DATA/labels.csv (columns image or path, bone_age_months, sex; a mask "
+            "column of label maps is measured directly, otherwise images are segmented)."
+        ),
+    )
     build.add_argument("data", help="folder with labels.csv")
-    build.set_defaults(handler=_not_landed("building reference tables", "issue: multi-step estimator"))
+    build.add_argument("--out", help="output CSV (default DATA/maturity_reference.csv)")
+    build.add_argument("--bandwidth", type=float, default=12.0, help="smoothing across age, months (default 12)")
+    build.set_defaults(handler=_reference_build)
+
+
+def _train_multistep(args: argparse.Namespace) -> int:
+    import json
+
+    from boneage.multistep import MULTISTEP_DIR, train_multistep, write_model_card
+
+    out = args.out or MULTISTEP_DIR
+    metrics = train_multistep(out, seed=args.seed, synthetic_lengths=args.synthetic_lengths,
+                              device=args.device, limit=args.limit)
+    write_model_card(out)
+    print(json.dumps(metrics["validation"], indent=2))
+    return EXIT_OK
+
+
+def _reference_build(args: argparse.Namespace) -> int:
+    from boneage.multistep import build_reference_command
+
+    try:
+        path = build_reference_command(args.data, args.out, bandwidth_months=args.bandwidth)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"boneage reference build: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"reference written to {path}")
+    return EXIT_OK
 
 
 def _reference_sds(args: argparse.Namespace) -> int:

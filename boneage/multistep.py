@@ -426,3 +426,196 @@ def write_metrics(folder: Path, metrics: dict) -> Path:
 
 def now() -> float:
     return time.perf_counter()
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands: `boneage reference build` and `boneage train multistep`
+# ---------------------------------------------------------------------------------------------
+def load_segmenter_fn(device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
+    """The shipped segmenter as a ``pixels -> label map`` callable."""
+    from boneage import models
+
+    return models.load("segmenter", device=device).segment
+
+
+def labelled_folder(folder: str | Path, segment_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+                    progress: bool = True) -> LabelledMeasurements:
+    """Measure every hand listed in ``folder/labels.csv``.
+
+    The CSV needs ``bone_age_months``, ``sex`` and an image column (``image`` or ``path``,
+    relative to the folder); when a ``mask`` column names label maps (e.g. a ``boneage synth``
+    folder) they are measured directly, else each image is segmented with ``segment_fn``.
+    Spacing comes from the image header, or a ``spacing_mm`` column.
+    """
+    from PIL import Image
+
+    from boneage.io import load_radiograph, normalise_sex
+
+    folder = Path(folder)
+    labels_path = folder / "labels.csv"
+    if not labels_path.is_file():
+        raise FileNotFoundError(f"{labels_path} not found: a reference needs labels.csv with bone_age_months and sex")
+    df = pd.read_csv(labels_path)
+    image_col = "image" if "image" in df.columns else "path" if "path" in df.columns else None
+    missing = [c for c in ("bone_age_months", "sex") if c not in df.columns]
+    if image_col is None or missing:
+        raise ValueError(f"{labels_path} needs columns image (or path), bone_age_months, sex; missing {missing or ['image']}")
+    use_masks = "mask" in df.columns
+    if not use_masks and segment_fn is None:
+        segment_fn = load_segmenter_fn()
+
+    def gen():
+        for row in df.itertuples(index=False):
+            spacing = getattr(row, "spacing_mm", None)
+            spacing = float(spacing) if spacing is not None and np.isfinite(spacing) else None
+            if use_masks:
+                yield np.asarray(Image.open(folder / row.mask)), spacing
+            else:
+                rad = load_radiograph(folder / getattr(row, image_col))
+                yield segment_fn(rad.pixels), rad.spacing_mm or spacing
+
+    feats, _ = measure_label_maps(gen(), progress=progress, total=len(df))
+    sexes = np.array([normalise_sex(s) for s in df["sex"]], dtype=object)
+    ids = [str(v) for v in (df["id"] if "id" in df.columns else df[image_col])]
+    return LabelledMeasurements(feats, df["bone_age_months"].to_numpy(float), sexes, ids)
+
+
+def build_reference_command(folder: str | Path, out: str | Path | None = None, description: str | None = None,
+                            bandwidth_months: float = 12.0) -> Path:
+    """``boneage reference build``: a local maturity reference from measured, labelled hands."""
+    data = labelled_folder(folder)
+    keep = np.isin(data.sex, ["M", "F"]) & np.isfinite(data.bone_age_months)
+    data = data.subset(keep)
+    text = description or (
+        f"Local maturity reference built with `boneage reference build {folder}` from {len(data.ids)} measured hands\n"
+        f"({int((data.sex == 'F').sum())} F, {int((data.sex == 'M').sum())} M; bone ages "
+        f"{data.bone_age_months.min():.0f}-{data.bone_age_months.max():.0f} months). Gaussian smoothing {bandwidth_months:g} months."
+    )
+    table = build_reference(data.features, data.bone_age_months, data.sex, bandwidth_months=bandwidth_months, description=text)
+    out = Path(out) if out else Path(folder) / "maturity_reference.csv"
+    return table.save(out)
+
+
+def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_lengths: int = 2000,
+                    device: str = "cpu", progress: bool = True, limit: int | None = None) -> dict:
+    """``boneage train multistep``: the shipped bundle from the RSNA development films.
+
+    Segments and measures the ``rsna-dev`` training split with the shipped segmenter, builds the
+    scale-free maturity reference (coverage calibrated on a part it was not built from), fits the
+    regression (CV interval), builds the mm length model from synthetic hands, and evaluates on
+    the fixed validation split. Features are cached outside the repo (derived from research-only
+    images).
+    """
+    from boneage import datasets
+    from boneage.paths import cache_dir
+
+    t0 = now()
+    out = Path(out)
+    dev = datasets.rsna_dev()
+    if limit:
+        dev = pd.concat([dev[dev.split == "train"].head(limit), dev[dev.split == "val"].head(max(limit // 4, 8))])
+    segment_fn = load_segmenter_fn(device)
+    from boneage import models
+
+    seg_version = models.get("segmenter").version
+    cache = cache_dir() / f"multistep_features_{seg_version}_{len(dev)}.csv"
+    if cache.is_file():
+        feats = pd.read_csv(cache)[feature_names()]
+    else:
+        feats = measure_images([Path(p) for p in dev["path"]], segment_fn, progress=progress)
+        feats.to_csv(cache, index=False)
+    t_measure = now() - t0
+    data = LabelledMeasurements(feats, dev["bone_age_months"].to_numpy(float), dev["sex"].to_numpy(object), [str(i) for i in dev["id"]])
+    is_val = (dev["split"] == "val").to_numpy()
+    train, val = data.subset(~is_val), data.subset(is_val)
+    description = (
+        f"Scale-free maturity reference built by `boneage train multistep` (seed {seed}) from {len(train.ids)} RSNA\n"
+        "development films (training split; research-only data: Halabi et al., Radiology 2019;290:498-503),\n"
+        f"segmented with {seg_version} and measured with boneage.measure. Gaussian smoothing 12 months."
+    )
+    lengths = length_reference_from_synthetic(synthetic_lengths, progress=progress) if synthetic_lengths else None
+    model = fit_bundle(train, description=description, seed=seed, lengths_mm=lengths)
+    model.save(out)
+    metrics = {
+        "model_version": VERSION,
+        "segmenter_version": seg_version,
+        "n_train": len(train.ids),
+        "n_val": len(val.ids),
+        "seed": seed,
+        "tau": model.maturity.tau,
+        "regression_cv_mae_months": model.regression.cv_mae if model.regression else None,
+        "regression_half_width_90": model.regression.half_width_90 if model.regression else None,
+        "validation": evaluate(model, val),
+        "fraction_tubular_bones_plausible_val": float(np.mean([
+            np.isfinite(val.features[f"{b}.epiphysis_present"]).mean() for b in anatomy.TUBULAR_BONES
+        ])),
+        "minutes_measure": t_measure / 60,
+        "minutes_total": (now() - t0) / 60,
+        "command": f"boneage train multistep --seed {seed}" + (f" --limit {limit}" if limit else ""),
+    }
+    write_metrics(out, metrics)
+    return metrics
+
+
+_GROUPS = (("all", "all"), ("female", "female"), ("male", "male"), ("under_6y", "< 6 y"),
+           ("6_to_12y", "6-12 y"), ("over_12y", "> 12 y"))
+
+
+def write_model_card(folder: str | Path = MULTISTEP_DIR) -> Path:
+    """Write ``MODEL_CARD.md`` of the multi-step bundle from its ``metrics.json``."""
+    folder = Path(folder)
+    m = json.loads((folder / METRICS_FILE).read_text())
+    v = m["validation"]["final"]
+    rows = "\n".join(
+        f"| {label} | {v[key]['n']} | {v[key].get('mae_months', float('nan')):.1f} | "
+        f"{100 * v[key].get('coverage_90', float('nan')):.0f}% |"
+        for key, label in _GROUPS if v.get(key, {}).get("n")
+    )
+    text = f"""# Model card: multi-step bone-age estimator (`{m['model_version']}`)
+
+**Research and education use only; not a medical device.** The maturity reference and the
+regression were built from RSNA Pediatric Bone Age Challenge films (research and education use
+only, no commercial use; Halabi SS et al., *Radiology* 2019;290:498-503).
+
+## What it is
+Segmentation (`{m['segmenter_version']}`, see `data/models/segmenter/MODEL_CARD.md`) -> per-bone
+measurements (`boneage.measure`: epiphysis presence, epiphysis/metaphysis width ratio, fusion
+contact, relative lengths and aspect, carpal areas; all scale-free, no pixel spacing needed) ->
+- `{MATURITY_FILE}`: maturity reference (mean and SD by age and sex, Gaussian-smoothed over 12
+  months), lookup = tempered likelihood over age (tau = {m['tau']:.1f}, calibrated for 90% coverage on
+  training films the table was not built from);
+- `{REGRESSION_FILE}`: gradient-boosting regression (scikit-learn `HistGradientBoostingRegressor`,
+  absolute loss) on the same features and sex; 90% interval = +-{m['regression_half_width_90'] or float('nan'):.1f} months
+  (split-conformal from 5-fold CV residuals; CV MAE {m['regression_cv_mae_months'] or float('nan'):.1f} months);
+- `{LENGTH_FILE}`: calibrated length reference in mm -- **a model**, built from the synthetic
+  growth model (no published per-bone hand norms were available); used only for images with
+  trustworthy pixel spacing.
+The reported age is the regression's; the lookup gives the per-bone implied ages and z-scores.
+
+## Data
+{m['n_train']} films of the `rsna-dev` training split; evaluated on the project's fixed validation
+split ({m['n_val']} films), which played no part in any choice.
+
+## Reproduce
+```
+{m['command']}
+```
+Seed {m['seed']}. Segmenting + measuring took {m['minutes_measure']:.0f} min, the whole command {m['minutes_total']:.0f} min on a 2-core CPU.
+
+## Validation (fixed `rsna-dev` validation split)
+| group | n | MAE (months) | 90% interval coverage |
+|---|---|---|---|
+{rows}
+
+Reference lookup alone: MAE {m['validation']['lookup_mae_months']:.1f} months. Fraction of tubular-bone
+measurements usable (plausible) on validation films: {100 * m['fraction_tubular_bones_plausible_val']:.0f}%.
+
+## Limits
+- Depends entirely on the segmenter's quality on real films; implausible bones are left out, not
+  guessed, so films with poor segmentation have wider errors.
+- Validated on RSNA films only (one challenge's hospitals and readers), not an external test set.
+- The mm length reference is a model built from synthetic hands, not population norms.
+"""
+    path = folder / "MODEL_CARD.md"
+    path.write_text(text)
+    return path

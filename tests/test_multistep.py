@@ -1,0 +1,55 @@
+"""The multi-step commands: `boneage reference build` and the bundle's per-bone table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from boneage import cli
+from boneage.growth import ReferenceTable
+from boneage.multistep import length_reference_from_synthetic, main_feature
+from boneage.synth import write_dataset
+
+
+@pytest.fixture(scope="module")
+def synth_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    write_dataset(out, n=60, seed=21, size=256, progress=False)
+    return out
+
+
+def test_reference_build_from_a_labelled_folder(synth_folder, capsys):
+    out = synth_folder / "ref.csv"
+    assert cli.main(["reference", "build", str(synth_folder), "--out", str(out)]) == cli.EXIT_OK
+    table = ReferenceTable.load(out)
+    assert "60 measured hands" in table.description
+    assert "metacarpal_3.epiphysis_present" in table.binary
+    # Maturity rises with age: the radius epiphysis is absent in infancy, present later.
+    assert table.expected("radius.epiphysis_present", 6, "F")[0] < table.expected("radius.epiphysis_present", 150, "F")[0]
+
+
+def test_reference_build_usage_errors(tmp_path, capsys):
+    assert cli.main(["reference", "build", str(tmp_path)]) == cli.EXIT_USAGE
+    assert "labels.csv not found" in capsys.readouterr().err
+    (tmp_path / "labels.csv").write_text("image,age\na.png,3\n")
+    assert cli.main(["reference", "build", str(tmp_path)]) == cli.EXIT_USAGE
+    assert "needs columns" in capsys.readouterr().err
+
+
+def test_length_model_grows_with_age():
+    table = length_reference_from_synthetic(n=150, progress=False)
+    assert "MODEL" in table.description
+    young = table.expected("metacarpal_3.length_mm", 24, "M")[0]
+    old = table.expected("metacarpal_3.length_mm", 200, "M")[0]
+    assert 20 < young < old < 90
+
+
+def test_main_feature_follows_maturity():
+    from boneage.measure import BoneMeasurement
+
+    assert main_feature(BoneMeasurement("capitate")) == "capitate.area_rel"
+    open_physis = BoneMeasurement("radius", epiphysis_present=True, epiphysis_ratio=0.8, fusion_contact=0.0)
+    fusing = BoneMeasurement("radius", epiphysis_present=True, epiphysis_ratio=1.0, fusion_contact=0.7)
+    assert main_feature(open_physis) == "radius.epiphysis_ratio"
+    assert main_feature(fusing) == "radius.fusion_contact"
+    assert main_feature(BoneMeasurement("radius", epiphysis_present=False)) == "radius.epiphysis_present"
