@@ -190,6 +190,7 @@ class _Part:
     cap_start: float
     cap_end: float
     density: float
+    labelled: bool = True  # False: visible in the image but not in the label map (sesamoids)
 
 
 def _unit(angle_deg: float) -> np.ndarray:
@@ -338,6 +339,20 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                 _Part(bone, anatomy.epiphysis_label(bone), epi_start, d, e_len, e_t, e_hw,
                       np.full(2, 0.12), max(cap, 1e-3), max(cap, 1e-3), density * 0.95)
             )
+            if kind == "forearm" and m > 0.3:
+                # Styloid processes grow out of the maturing epiphyses (radial: the wedge's tall
+                # side; ulnar: a spike on the ulnar side). Same label as the epiphysis.
+                grow = min(1.0, (m - 0.3) / 0.5)
+                side = 1.0 if bone == "radius" else -1.0
+                radial = np.array([d[1], -d[0]])
+                sty_w = e_width * (0.4 if bone == "radius" else 0.3)
+                sty_len = e_len * (0.6 + (0.5 if bone == "radius" else 0.9) * grow)
+                sty_start = epi_start + d * e_len * 0.25 + radial * side * (e_width / 2 - sty_w / 2)
+                parts.append(
+                    _Part(bone, anatomy.epiphysis_label(bone), sty_start, d, sty_len, np.array([0.0, 0.5, 1.0]),
+                          np.array([sty_w / 2, sty_w * 0.4, sty_w * 0.22]), np.full(3, 0.15), 0.0,
+                          sty_w * 0.25, density * 0.95)
+                )
         if kind == "forearm":
             full[bone] = a_true - (0 if ossified else zone)
         else:
@@ -357,7 +372,9 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         forearm_ends[bone] = tubular(bone, start, fore_dev, 0.0, a_true)
 
     # --- carpals ----------------------------------------------------------------------------
-    carpal_order = ("pisiform", "scaphoid", "lunate", "triquetrum", "trapezium", "trapezoid", "capitate", "hamate")
+    # Painting order = occlusion order in the label map; the small pisiform (palmar, projecting on
+    # the triquetrum) goes last so that it is never hidden completely.
+    carpal_order = ("scaphoid", "lunate", "triquetrum", "trapezium", "trapezoid", "capitate", "hamate", "pisiform")
     for bone in carpal_order:
         p = bm[bone]
         appear, _, _ = mm[(sex, bone)]
@@ -387,6 +404,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
 
     # --- digits -----------------------------------------------------------------------------
     spread = rng.uniform(0.2, 1.4)
+    sesamoid_age = tempo_appear(mm[(sex, "thumb_sesamoid")][0])
     spread_mean = {1: -6.0, 2: 5.0, 3: 0.0, 4: -4.0, 5: -9.0}
     finger_points: list[tuple[np.ndarray, np.ndarray, float]] = []
     palm_pts: list[np.ndarray] = []
@@ -406,6 +424,17 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             tilt = 0.0 if k == 0 else min(abs(rng.normal(0, 5.0)), MAX_TILT_DEG)
             p0 = start
             end, width, angle = tubular(bone, start, angle, tilt)
+            if dgt == 1 and k == 0 and ba > sesamoid_age:
+                # Thumb sesamoids at the first metacarpal head: visible, not labelled.
+                dd = _unit(angle)
+                nn = np.array([dd[1], -dd[0]])
+                size_s = 4.5 * scale * min(1.0, 0.4 + (ba - sesamoid_age) / 36)
+                for off in (-0.3, 0.25)[: 1 + int(rng.random() < 0.7)]:
+                    centre_s = end - dd * 0.12 * bm[bone]["adult_length_mm"] * scale + nn * off * width * 1.7
+                    parts.append(
+                        _Part("sesamoid", 0, centre_s - dd * size_s / 2, dd, size_s, np.array([0.0, 1.0]),
+                              np.full(2, size_s * 0.42), np.full(2, 0.2), size_s / 2, size_s / 2, mineral, False)
+                    )
             base_w = bm[bone]["base_ratio"] * width
             if k == 0:
                 n = np.array([-_unit(angle)[1], _unit(angle)[0]])
@@ -525,7 +554,7 @@ def generate_hand(
     lo, hi = pts.min(0), pts.max(0)
     ext = hi - lo
     margin = 8.0
-    fov_draw = rng.uniform(1.1, 1.45)
+    fov_draw = rng.uniform(1.0, 1.5)
     for attempt in range(2):
         rows, cols = (int(round(size * aspect)), int(size)) if landscape else (int(size), int(round(size * aspect)))
         # The smallest spacing that fits the hand, and the one a technologist's framing gives.
@@ -540,7 +569,7 @@ def generate_hand(
     # Place the hand: random left/right slack, fingertips near the top, forearm out the bottom.
     x0 = rng.uniform(margin, max(margin, fov_w - ext[0] - margin)) - lo[0]
     y_slack = fov_h - ext[1] - 2 * margin
-    y0 = margin + max(y_slack, 0) * rng.uniform(0.0, 0.6) ** 1.5 - lo[1]
+    y0 = margin + max(y_slack, 0) * rng.uniform(0.05, 0.8) - lo[1]
     origin_px = np.array([x0, y0]) / spacing
     to_px = lin / spacing
 
@@ -554,7 +583,7 @@ def generate_hand(
         shape = ShapePx(part.label, start, d, part.length / spacing, part.t_knots,
                         part.halfwidth_knots / spacing, part.cortex_knots,
                         part.cap_start / spacing, part.cap_end / spacing, part.density)
-        px = paint_shape(canvas, shape)
+        px = paint_shape(canvas, shape, paint_label=part.labelled)
         if part.bone in anatomy.FOREARM and px is not None:
             visible.setdefault(part.bone, []).append(np.stack(px, 1))
             forearm_axes[part.bone] = (start, d)
@@ -815,9 +844,17 @@ def write_dicom(hand: SyntheticHand, path: str | Path) -> None:
     ds.InstanceNumber = 1
     ds.Modality = "DX"
     ds.Manufacturer = "boneage synth"
-    ds.ConversionType = "SYN"
+    ds.ReferencedPerformedProcedureStepSequence = []
+    ds.AcquisitionContextSequence = []
+    region = Dataset()  # DX Anatomy Imaged: hand (SNOMED CT)
+    region.CodeValue = "85562004"
+    region.CodingSchemeDesignator = "SCT"
+    region.CodeMeaning = "Hand"
+    ds.AnatomicRegionSequence = [region]
+    ds.DetectorType = "SCINTILLATOR"
+    ds.LossyImageCompression = "00"
     ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.ImageType = ["DERIVED", "PRIMARY", ""]
     ds.BodyPartExamined = "HAND"
     ds.ViewPosition = "PA"
     ds.ImageLaterality = "L"
@@ -825,9 +862,13 @@ def write_dicom(hand: SyntheticHand, path: str | Path) -> None:
     ds.PatientOrientation = ["R", "F"]
     ds.BurnedInAnnotation = "YES"
     ds.ImagerPixelSpacing = [f"{hand.spacing_mm:.6f}", f"{hand.spacing_mm:.6f}"]
+    # Synthetic spacing is exact in the plane of the hand: the image is "calibrated" by construction.
     ds.PixelSpacing = ds.ImagerPixelSpacing
+    ds.PixelSpacingCalibrationType = "GEOMETRY"
+    ds.PixelSpacingCalibrationDescription = "synthetic: exact spacing in the plane of the hand"
     ds.PixelIntensityRelationship = "LIN"
-    ds.PixelIntensityRelationshipSign = -1 if hand.monochrome1 else 1
+    # -1: higher stored values mean less X-ray intensity (bone bright, MONOCHROME2 storage).
+    ds.PixelIntensityRelationshipSign = 1 if hand.monochrome1 else -1
     ds.RescaleIntercept = 0
     ds.RescaleSlope = 1
     ds.RescaleType = "US"
@@ -835,6 +876,7 @@ def write_dicom(hand: SyntheticHand, path: str | Path) -> None:
     ds.WindowWidth = 4096
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME1" if hand.monochrome1 else "MONOCHROME2"
+    ds.PresentationLUTShape = "INVERSE" if hand.monochrome1 else "IDENTITY"
     ds.Rows, ds.Columns = hand.image.shape
     ds.BitsAllocated = 16
     ds.BitsStored = 12
