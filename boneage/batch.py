@@ -198,24 +198,37 @@ def _drop_partial_last_line(path: Path) -> None:
 _WORKER_ESTIMATOR: BoneAgeEstimator | None = None
 
 
-def _worker_init(device: str) -> None:
-    global _WORKER_ESTIMATOR
+_WORKER_EXPORTS: tuple[str | None, str | None] = (None, None)
+
+
+def _worker_init(device: str, exports: tuple[str | None, str | None]) -> None:
+    global _WORKER_ESTIMATOR, _WORKER_EXPORTS
     import torch
 
     torch.set_num_threads(1)  # one thread per worker: workers are the parallelism
     _WORKER_ESTIMATOR = BoneAgeEstimator.load(device=device)
+    _WORKER_EXPORTS = exports
 
 
 def _worker_run(item: InputItem) -> BoneAgeResult:
     assert _WORKER_ESTIMATOR is not None
-    return _run_one(_WORKER_ESTIMATOR, item)
+    return _run_one(_WORKER_ESTIMATOR, item, _WORKER_EXPORTS)
 
 
-def _run_one(estimator: BoneAgeEstimator, item: InputItem) -> BoneAgeResult:
+def _run_one(estimator: BoneAgeEstimator, item: InputItem,
+             exports: tuple[str | None, str | None] = (None, None)) -> BoneAgeResult:
     result = estimator.estimate(
         item.path, sex=item.sex, chronological_age_months=item.chronological_age_months,
         name=item.path, sex_source="manifest", age_source="manifest",
     )
+    if result.ok and (exports[0] or exports[1]):
+        from boneage.dicom_export import export_for
+
+        try:
+            for path in export_for(result, *exports):
+                result.qc.append(f"wrote {path}")
+        except Exception as exc:  # an export failure must not lose the estimate
+            result.qc.append(f"DICOM export failed ({type(exc).__name__}: {exc})")
     result.label_map = None  # not needed in the output; keeps inter-process traffic small
     return result
 
@@ -229,6 +242,8 @@ def run_batch(
     resume: bool = False,
     progress: bool | None = None,
     device: str = "cpu",
+    sr_dir: str | Path | None = None,
+    sc_dir: str | Path | None = None,
     on_result=None,
 ) -> Counter:
     """Estimate every input and write one record per input as it completes.
@@ -241,7 +256,9 @@ def run_batch(
         resume: skip inputs already recorded in ``out`` (whatever their status) and append.
         progress: show a progress bar (default: only when stderr is a terminal).
         device: ``cpu`` or ``cuda``.
-        on_result: optional callback ``(BoneAgeResult) -> None`` (e.g. DICOM SR export).
+        sr_dir: write a DICOM Comprehensive SR for every ok DICOM input here.
+        sc_dir: write a Secondary Capture of the result page for every ok DICOM input here.
+        on_result: optional callback ``(BoneAgeResult) -> None``.
 
     Returns:
         Counter of statuses written in this run (plus ``"skipped"`` for resumed inputs).
@@ -259,7 +276,8 @@ def run_batch(
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(todo), disable=not show, unit="img", desc="boneage predict", file=sys.stderr)
     with RecordWriter(out, append=resume) as writer:
-        for result in _results(todo, estimator, workers, device):
+        exports = (str(sr_dir) if sr_dir else None, str(sc_dir) if sc_dir else None)
+        for result in _results(todo, estimator, workers, device, exports):
             writer.write(record(result, kind))
             counts[result.status] += 1
             if on_result is not None:
@@ -270,14 +288,15 @@ def run_batch(
     return counts
 
 
-def _results(todo: list[InputItem], estimator: BoneAgeEstimator | None, workers: int, device: str) -> Iterator[BoneAgeResult]:
+def _results(todo: list[InputItem], estimator: BoneAgeEstimator | None, workers: int, device: str,
+             exports: tuple[str | None, str | None]) -> Iterator[BoneAgeResult]:
     if workers <= 1 or len(todo) <= 1:
         est = estimator or BoneAgeEstimator.load(device=device)
         for item in todo:
-            yield _run_one(est, item)
+            yield _run_one(est, item, exports)
         return
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # torch and fork do not mix safely
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(device,)) as pool:
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(device, exports)) as pool:
         yield from pool.imap_unordered(_worker_run, todo, chunksize=1)

@@ -81,7 +81,14 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(handler=_not_landed("bone segmentation", "issue: multi-step estimator"))
+    p.add_argument("--weights", default=None, help="segmenter weights (default the shipped ones)")
+    p.set_defaults(handler=_segment)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from boneage.segment import segment_command
+
+    return segment_command(args)
 
 
 # --- predict -----------------------------------------------------------------------------------
@@ -101,6 +108,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (models load once per worker)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--sr-dir", help="write a DICOM Comprehensive SR (TID 1500) per ok DICOM input here")
+    p.add_argument("--sc-dir", help="write a DICOM Secondary Capture of the result page per ok DICOM input here")
     p.set_defaults(handler=_predict)
 
 
@@ -117,7 +126,8 @@ def _predict(args: argparse.Namespace) -> int:
         print("boneage predict: no inputs (give files, folders or --manifest)", file=sys.stderr)
         return EXIT_USAGE
     counts = run_batch(items, args.out, workers=args.workers, resume=args.resume,
-                       progress=False if args.quiet else None, device=args.device)
+                       progress=False if args.quiet else None, device=args.device,
+                       sr_dir=args.sr_dir, sc_dir=args.sc_dir)
     if not args.quiet:
         print(f"{sum(counts[k] for k in ('ok', 'error', 'rejected'))} written to {args.out}: {counts['ok']} ok, "
               f"{counts['error']} error, {counts['rejected']} rejected"
@@ -134,7 +144,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     models = p.add_subparsers(dest="model", metavar="MODEL", required=True)
     seg = models.add_parser("segmenter", help="bone segmentation network (trained on synthetic hands)")
-    seg.set_defaults(handler=_not_landed("segmenter training", "issue: multi-step estimator"))
+    from boneage.segment import add_train_arguments  # light import (no torch)
+
+    add_train_arguments(seg)
+    seg.set_defaults(handler=_train_segmenter)
     multistep = models.add_parser(
         "multistep",
         help="multi-step reference tables + regression (needs the segmenter)",
@@ -161,6 +174,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     _add_train_direct_arguments(direct)
     direct.set_defaults(handler=_train_direct)
+
+
+def _train_segmenter(args: argparse.Namespace) -> int:
+    from boneage.segment import train_command
+
+    return train_command(args)
 
 
 def _add_train_direct_arguments(parser: argparse.ArgumentParser) -> None:

@@ -105,3 +105,35 @@ def test_jsonl_has_a_bones_object(folder, direct_only, tmp_path):
     run_batch([InputItem(str(folder / "a" / "hand.png"))], out, progress=False)
     rec = json.loads(out.read_text())
     assert rec["bones"] == {} and isinstance(rec["qc"], list)  # direct-only: no per-bone table
+
+
+def test_sr_and_sc_for_ok_dicom_inputs(tmp_path, direct_only, dicom_factory):
+    import highdicom as hd
+    import pydicom
+
+    from boneage.synth import generate_hand
+
+    hand = generate_hand(3, 3, size=256)
+    dcm = dicom_factory((hand.image * 4095).astype(int), PatientSex="F", PatientBirthDate="20100101",
+                        StudyDate="20200601", BodyPartExamined="HAND")
+    png = tmp_path / "hand.png"
+    Image.fromarray((hand.image * 255).astype(np.uint8)).save(png)
+    out = tmp_path / "o.jsonl"
+    counts = run_batch([InputItem(str(dcm)), InputItem(str(png))], out, progress=False,
+                       sr_dir=tmp_path / "sr", sc_dir=tmp_path / "sc")
+    assert counts["ok"] == 2
+    srs = list((tmp_path / "sr").iterdir())
+    scs = list((tmp_path / "sc").iterdir())
+    assert len(srs) == 1 and len(scs) == 1  # only the DICOM input gets DICOM outputs
+    sr = hd.sr.srread(srs[0])
+    ds = pydicom.dcmread(srs[0])
+    src = pydicom.dcmread(dcm)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33" and ds.StudyInstanceUID == src.StudyInstanceUID
+    text = str(ds)
+    assert "37362-1" in text and "100" in text  # LOINC bone age and the fake CNN's value
+    assert src.SOPInstanceUID in text  # references the source image
+    assert isinstance(sr, hd.sr.ComprehensiveSR)
+    sc = pydicom.dcmread(scs[0])
+    assert sc.PhotometricInterpretation == "RGB" and sc.StudyInstanceUID == src.StudyInstanceUID
+    rec = json.loads(out.read_text().splitlines()[0])
+    assert any("sr.dcm" in q for q in rec["qc"])

@@ -1,0 +1,205 @@
+"""DICOM outputs for PACS: a Comprehensive SR measurement report (TID 1500) and a Secondary
+Capture image of the annotated result page, both in the source image's study."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from boneage import __version__
+from boneage.estimate import BoneAgeResult, MethodEstimate
+
+#: LOINC code the issue and RSNA use for bone age.
+BONE_AGE_LOINC = ("37362-1", "LN", "XR Bone age")
+#: Private scheme for the interval limits (no standard code exists for them).
+PRIVATE_SCHEME = "99BONEAGE"
+
+
+class ExportError(ValueError):
+    """An SR or SC cannot be made for this input (not DICOM, not ok...)."""
+
+
+def _source_dataset(result: BoneAgeResult):
+    import pydicom
+
+    if not result.ok:
+        raise ExportError(f"{result.path}: no DICOM export for a result with status {result.status}")
+    path = Path(str(result.path))
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:
+        raise ExportError(f"{result.path}: not a readable DICOM source ({type(exc).__name__})") from None
+    for keyword in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        if not str(ds.get(keyword, "") or ""):
+            raise ExportError(f"{result.path}: source has no {keyword}; an SR could not reference it")
+    # Type 2 patient/study attributes must exist (empty is allowed) in the derived objects.
+    for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                    "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName"):
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
+def structured_report(result: BoneAgeResult):
+    """A DICOM Comprehensive SR (TID 1500 Measurement Report) with both methods' bone ages.
+
+    Each method is one measurement group: bone age (LOINC 37362-1, months) and its 90% limits,
+    the algorithm identification (name, version) and a reference to the source image.
+
+    Args:
+        result: an ``ok`` result whose ``path`` is a DICOM file.
+
+    Returns:
+        ``highdicom.sr.ComprehensiveSR`` (a pydicom Dataset; ``.save_as(path)``).
+
+    Raises:
+        ExportError: when the input is not an ok DICOM result.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    src = _source_dataset(result)
+    bone_age = hd.sr.CodedConcept(*BONE_AGE_LOINC)
+    months = hd.sr.CodedConcept("mo", "UCUM", "month")
+    groups = []
+    for est in (result.multistep, result.direct):
+        if not est.available:
+            continue
+        algorithm = hd.sr.AlgorithmIdentification(
+            name=f"boneage {'multi-step' if est.method == 'multistep' else 'end-to-end CNN'}",
+            version=est.model_version or __version__,
+        )
+        measurements = [
+            hd.sr.Measurement(name=bone_age, value=float(est.age_months), unit=months, algorithm_id=algorithm),
+            hd.sr.Measurement(name=hd.sr.CodedConcept("BA-L90", PRIVATE_SCHEME, "Bone age, lower limit of 90% interval"),
+                              value=float(est.lower_90), unit=months, algorithm_id=algorithm),
+            hd.sr.Measurement(name=hd.sr.CodedConcept("BA-U90", PRIVATE_SCHEME, "Bone age, upper limit of 90% interval"),
+                              value=float(est.upper_90), unit=months, algorithm_id=algorithm),
+        ]
+        if est.sds is not None:
+            measurements.append(hd.sr.Measurement(
+                name=hd.sr.CodedConcept("BA-SDS", PRIVATE_SCHEME, "Bone age SDS vs chronological age (Brush SD)"),
+                value=float(est.sds), unit=hd.sr.CodedConcept("{SD}", "UCUM", "standard deviation"),
+                algorithm_id=algorithm,
+            ))
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"bone age {est.method}"),
+            algorithm_id=algorithm,
+            measurements=measurements,
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src)],
+        ))
+    if not groups:
+        raise ExportError(f"{result.path}: no estimate to report")
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name="boneage", manufacturer_name="boneage project", model_name=__version__,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=bone_age,
+        imaging_measurements=groups,
+    )
+    return hd.sr.ComprehensiveSR(
+        evidence=[src], content=report[0], series_instance_uid=generate_uid(), series_number=9001,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="boneage project",
+        is_complete=True, is_final=False, is_verified=False,
+        series_description="Bone age (boneage, research use)",
+    )
+
+
+def result_page(result: BoneAgeResult, pixels: np.ndarray) -> np.ndarray:
+    """The annotated result page as an RGB image (overlay, both estimates, SDS, disclaimer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from boneage.report import DISCLAIMER, estimate_text, overlay_rgb
+
+    fig = plt.figure(figsize=(10, 7.5), dpi=100)
+    ax = fig.add_axes([0.0, 0.0, 0.55, 1.0])
+    ax.imshow(overlay_rgb(pixels, result.label_map, 0.4))
+    ax.axis("off")
+    lines = [
+        "BONE AGE (research software)",
+        "",
+        f"Multi-step: {estimate_text(result.multistep)}",
+        f"End-to-end: {estimate_text(result.direct)}",
+        f"Agreement: {result.agreement}",
+        "",
+        f"Sex: {result.sex or 'unknown'} ({result.sex_source})",
+    ]
+    for est, name in ((result.multistep, "Multi-step"), (result.direct, "End-to-end")):
+        if est.sds is not None:
+            lines.append(f"SDS {name}: {est.sds:+.2f} (Brush SD)")
+    if result.sds_note:
+        lines.append(result.sds_note)
+    lines += [""] + [f"QC: {q}" for q in result.qc[:4]]
+    fig.text(0.57, 0.95, "\n".join(lines), va="top", fontsize=11, family="monospace", wrap=True)
+    fig.text(0.57, 0.04, DISCLAIMER, fontsize=8, wrap=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", facecolor="white")
+    plt.close(fig)
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def secondary_capture(result: BoneAgeResult, pixels: np.ndarray):
+    """A Secondary Capture (RGB) of the result page, in the source image's study.
+
+    Args:
+        result: an ok DICOM result.
+        pixels: the radiograph pixels (for the page's overlay).
+
+    Returns:
+        ``highdicom.sc.SCImage``.
+    """
+    import highdicom as hd
+    from pydicom.uid import generate_uid
+
+    src = _source_dataset(result)
+    page = result_page(result, pixels)
+    return hd.sc.SCImage(
+        pixel_array=page, photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
+        study_instance_uid=src.StudyInstanceUID, series_instance_uid=generate_uid(), series_number=9002,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="boneage project",
+        patient_id=src.get("PatientID") or None, patient_name=src.get("PatientName") or None,
+        patient_birth_date=src.get("PatientBirthDate") or None, patient_sex=src.get("PatientSex") or None,
+        accession_number=src.get("AccessionNumber") or None, study_id=src.get("StudyID") or None,
+        study_date=src.get("StudyDate") or None, study_time=src.get("StudyTime") or None,
+        referring_physician_name=src.get("ReferringPhysicianName") or None,
+        patient_orientation=("L", "F"), series_description="Bone age result page (boneage, research use)",
+    )
+
+
+def export_for(result: BoneAgeResult, sr_dir: str | Path | None, sc_dir: str | Path | None) -> list[Path]:
+    """Write the SR and/or SC of one ok DICOM result; returns the files written (none for
+    non-DICOM or not-ok results)."""
+    from boneage.io import load_radiograph
+
+    written: list[Path] = []
+    if not result.ok or (sr_dir is None and sc_dir is None):
+        return written
+    try:
+        src = _source_dataset(result)
+    except ExportError:
+        return written
+    stem = Path(str(result.path)).name
+    if sr_dir is not None:
+        Path(sr_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(sr_dir) / f"{stem}.sr.dcm"
+        structured_report(result).save_as(path, enforce_file_format=True)
+        written.append(path)
+    if sc_dir is not None:
+        Path(sc_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(sc_dir) / f"{stem}.sc.dcm"
+        secondary_capture(result, load_radiograph(result.path).pixels).save_as(path, enforce_file_format=True)
+        written.append(path)
+    del src
+    return written
