@@ -143,16 +143,24 @@ def load_radiograph(source: str | Path | bytes | BinaryIO, name: str | None = No
     if len(data) == 0:
         raise ImageReadError(label, "file is empty (0 bytes)")
 
-    if _looks_like_dicom(data):
-        rad = _read_dicom(data, label)
-    else:
-        try:
-            rad = _read_bitmap(data, label)
-        except ImageReadError as exc:
-            # Not a bitmap: it may still be a DICOM data set without the 128-byte preamble.
-            if not exc.reason.startswith("not a recognised image") or not _parses_as_dicom_image(data):
-                raise
+    try:
+        if _looks_like_dicom(data):
             rad = _read_dicom(data, label)
+        else:
+            try:
+                rad = _read_bitmap(data, label)
+            except ImageReadError as exc:
+                # Not a bitmap: it may still be a DICOM data set without the 128-byte preamble.
+                if not exc.reason.startswith("not a recognised image") or not _parses_as_dicom_image(data):
+                    raise
+                rad = _read_dicom(data, label)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(label, "image too large to decode in memory") from None
+    except Exception as exc:
+        # pydicom parses elements lazily: a corrupt element can raise anything on first access.
+        raise ImageReadError(label, f"file is corrupt or malformed ({type(exc).__name__}: {exc})") from None
     rad.path = path
     return rad
 
