@@ -404,6 +404,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
 
     # --- digits -----------------------------------------------------------------------------
     spread = rng.uniform(0.2, 1.4)
+    # Soft tissue around the bones is relatively thicker in small children (chubby fingers).
+    chubby = scale**0.6 * float(np.exp(rng.normal(0, 0.12)))
     sesamoid_age = tempo_appear(mm[(sex, "thumb_sesamoid")][0])
     spread_mean = {1: -6.0, 2: 5.0, 3: 0.0, 4: -4.0, 5: -9.0}
     finger_points: list[tuple[np.ndarray, np.ndarray, float]] = []
@@ -440,14 +442,14 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                 n = np.array([-_unit(angle)[1], _unit(angle)[0]])
                 for q in (p0, end):
                     for sgn in (-1, 1):
-                        (thumb_pts if dgt == 1 else palm_pts).append(q + sgn * n * (base_w / 2 + 6.5 * scale))
+                        (thumb_pts if dgt == 1 else palm_pts).append(q + sgn * n * (base_w / 2 + 6.5 * chubby))
             else:
-                finger_points.append((p0, end, base_w / 2 + 4.8 * scale))
+                finger_points.append((p0, end, base_w / 2 + 4.8 * chubby))
                 if k == 1 and dgt > 1:
                     # The palm's skin reaches a third of the way up the proximal phalanges (web).
                     n = np.array([-_unit(angle)[1], _unit(angle)[0]])
                     q = p0 + (end - p0) * 0.3
-                    palm_pts.extend([q + n * (base_w / 2 + 4.8 * scale), q - n * (base_w / 2 + 4.8 * scale)])
+                    palm_pts.extend([q + n * (base_w / 2 + 4.8 * chubby), q - n * (base_w / 2 + 4.8 * chubby)])
             start = end + _unit(angle) * joint
         # Fingertip pad beyond the distal phalanx.
         last_p0, last_end, r = finger_points[-1]
