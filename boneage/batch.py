@@ -118,9 +118,9 @@ def output_kind(path: str | Path) -> str:
     raise UsageError(f"output {path} must end in .csv or .jsonl")
 
 
-def record(result: BoneAgeResult, kind: str) -> dict[str, Any]:
+def record(result: BoneAgeResult, kind: str, keep_identifiers: bool = False) -> dict[str, Any]:
     """The output record of one result (JSON adds the per-bone object)."""
-    row = result.to_row()
+    row = result.to_row(keep_identifiers=keep_identifiers)
     if kind == "jsonl":
         row["bones"] = {b["bone"]: {k: v for k, v in b.items() if k != "bone"} for b in result.bones}
         row["qc"] = list(result.qc)
@@ -244,6 +244,7 @@ def run_batch(
     device: str = "cpu",
     sr_dir: str | Path | None = None,
     sc_dir: str | Path | None = None,
+    keep_identifiers: bool = False,
     on_result=None,
 ) -> Counter:
     """Estimate every input and write one record per input as it completes.
@@ -258,6 +259,7 @@ def run_batch(
         device: ``cpu`` or ``cuda``.
         sr_dir: write a DICOM Comprehensive SR for every ok DICOM input here.
         sc_dir: write a Secondary Capture of the result page for every ok DICOM input here.
+        keep_identifiers: copy patient/study identifiers from DICOM headers into the records.
         on_result: optional callback ``(BoneAgeResult) -> None``.
 
     Returns:
@@ -278,7 +280,7 @@ def run_batch(
     with RecordWriter(out, append=resume) as writer:
         exports = (str(sr_dir) if sr_dir else None, str(sc_dir) if sc_dir else None)
         for result in _results(todo, estimator, workers, device, exports):
-            writer.write(record(result, kind))
+            writer.write(record(result, kind, keep_identifiers))
             counts[result.status] += 1
             if on_result is not None:
                 on_result(result)

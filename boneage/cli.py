@@ -108,6 +108,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (models load once per worker)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--keep-identifiers", action="store_true",
+                   help="copy PatientID, PatientName, AccessionNumber and UIDs into the records (off by default)")
     p.add_argument("--sr-dir", help="write a DICOM Comprehensive SR (TID 1500) per ok DICOM input here")
     p.add_argument("--sc-dir", help="write a DICOM Secondary Capture of the result page per ok DICOM input here")
     p.set_defaults(handler=_predict)
@@ -127,7 +129,7 @@ def _predict(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     counts = run_batch(items, args.out, workers=args.workers, resume=args.resume,
                        progress=False if args.quiet else None, device=args.device,
-                       sr_dir=args.sr_dir, sc_dir=args.sc_dir)
+                       sr_dir=args.sr_dir, sc_dir=args.sc_dir, keep_identifiers=args.keep_identifiers)
     if not args.quiet:
         print(f"{sum(counts[k] for k in ('ok', 'error', 'rejected'))} written to {args.out}: {counts['ok']} ok, "
               f"{counts['error']} error, {counts['rejected']} rejected"

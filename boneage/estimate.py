@@ -74,6 +74,7 @@ class BoneAgeResult:
         image_shape: ``(rows, cols)`` of the input at full resolution.
         versions: model name -> version string.
         label_map: the segmentation at full resolution (not serialised; for overlays).
+        identifiers: patient/study identifiers from the header; serialised only on request.
     """
 
     path: str | None
@@ -95,20 +96,24 @@ class BoneAgeResult:
     image_shape: tuple[int, int] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     label_map: np.ndarray | None = field(default=None, repr=False)
+    identifiers: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
-    def to_dict(self, include_bones: bool = True) -> dict[str, Any]:
-        """JSON-ready dict (NaN -> None); the label map is left out."""
-        d = {k: v for k, v in asdict(self).items() if k != "label_map"}
+    def to_dict(self, include_bones: bool = True, keep_identifiers: bool = False) -> dict[str, Any]:
+        """JSON-ready dict (NaN -> None); the label map is left out, and so are patient
+        identifiers unless ``keep_identifiers``."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("label_map", "identifiers")}
+        if keep_identifiers:
+            d["identifiers"] = dict(self.identifiers)
         if not include_bones:
             d.pop("bones")
         return _json_ready(d)
 
-    def to_row(self) -> dict[str, Any]:
-        """A flat record for CSV / JSON Lines (one per input)."""
+    def to_row(self, keep_identifiers: bool = False) -> dict[str, Any]:
+        """A flat record for CSV / JSON Lines (one per input); identifiers only on request."""
         row: dict[str, Any] = {
             "path": self.path,
             "status": self.status,
@@ -129,6 +134,9 @@ class BoneAgeResult:
         row["spacing_mm"] = self.spacing_mm[0] if self.spacing_mm else None
         row["qc"] = "; ".join(self.qc)
         row["versions"] = ";".join(f"{k}={v}" for k, v in sorted(self.versions.items()))
+        if keep_identifiers:
+            for key in ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID", "SOPInstanceUID"):
+                row[key] = self.identifiers.get(key)
         return _json_ready(row)
 
 
@@ -250,6 +258,7 @@ class BoneAgeEstimator:
         age_source: str,
     ) -> BoneAgeResult:
         result.image_shape = tuple(rad.pixels.shape)  # type: ignore[assignment]
+        result.identifiers = dict(rad.identifiers)
         result.spacing_mm = rad.spacing_mm
         # Sex and age: an explicit value overrides the header.
         given_sex = normalise_sex(sex)

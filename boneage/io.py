@@ -51,6 +51,8 @@ class Radiograph:
         source_format: ``"dicom"``, ``"png"``, ``"jpeg"``, ``"tiff"``, ``"bmp"`` or ``"array"``.
         metadata: non-identifying header facts (modality, photometric interpretation, UIDs needed
             to reference the source image, how spacing was derived, ...).
+        identifiers: patient and study identifiers from the header (PatientID, PatientName,
+            AccessionNumber, ...), kept apart so that no output copies them unless asked to.
     """
 
     pixels: np.ndarray
@@ -60,6 +62,7 @@ class Radiograph:
     path: Path | None = None
     source_format: str = "array"
     metadata: dict[str, Any] = field(default_factory=dict)
+    identifiers: dict[str, str] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -282,6 +285,10 @@ def _read_dicom(data: bytes, label: str) -> Radiograph:
         "spacing_source": spacing_source,
         "grayscale_transform": window_note,
     }
+    identifiers = {
+        k: str(ds.get(k, "") or "")
+        for k in ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID", "SOPInstanceUID")
+    }
     return Radiograph(
         pixels=np.clip(pixels, 0.0, 1.0).astype(np.float32),
         spacing_mm=spacing,
@@ -289,6 +296,7 @@ def _read_dicom(data: bytes, label: str) -> Radiograph:
         chronological_age_months=age,
         source_format="dicom",
         metadata=metadata,
+        identifiers={k: v for k, v in identifiers.items() if v},
     )
 
 

@@ -137,3 +137,13 @@ def test_sr_and_sc_for_ok_dicom_inputs(tmp_path, direct_only, dicom_factory):
     assert sc.PhotometricInterpretation == "RGB" and sc.StudyInstanceUID == src.StudyInstanceUID
     rec = json.loads(out.read_text().splitlines()[0])
     assert any("sr.dcm" in q for q in rec["qc"])
+
+
+def test_identifiers_only_with_keep_identifiers(tmp_path, direct_only, dicom_factory):
+    dcm = dicom_factory(np.random.default_rng(2).integers(0, 4095, (128, 96)), PatientSex="M")
+    plain, kept = tmp_path / "plain.jsonl", tmp_path / "kept.csv"
+    run_batch([InputItem(str(dcm))], plain, progress=False)
+    run_batch([InputItem(str(dcm))], kept, progress=False, keep_identifiers=True)
+    assert "TEST123" not in plain.read_text() and "Test^Hand" not in plain.read_text()
+    row = next(csv.DictReader(kept.open()))
+    assert row["PatientID"] == "TEST123" and row["PatientName"] == "Test^Hand"
