@@ -73,24 +73,24 @@ def test_mutated_dicom_bytes_never_crash_the_reader(data):
 )
 def test_inconsistent_headers_never_crash_the_reader(rows, cols, bits, photometric, samples, frames, spacing, window, slope, ts):
     ds = pydicom.dcmread(io.BytesIO(VALID))
-    ds.Rows, ds.Columns = max(rows, 0) % 65536, max(cols, 0) % 65536
-    ds.BitsStored = bits % 65536
-    ds.PhotometricInterpretation = photometric
-    ds.SamplesPerPixel = samples
-    if frames >= 0:
-        ds.NumberOfFrames = frames
-    if spacing is not None:
-        ds.PixelSpacing = [str(v)[:16] for v in spacing]
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = (str(v)[:16] for v in window)
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = str(slope)[:16], "0"
-    ds.file_meta.TransferSyntaxUID = ts
     buf = io.BytesIO()
-    try:
+    try:  # building the malformed file may itself be refused by pydicom: nothing to read then
+        ds.Rows, ds.Columns = max(rows, 0) % 65536, max(cols, 0) % 65536
+        ds.BitsStored = bits % 65536
+        ds.PhotometricInterpretation = photometric
+        ds.SamplesPerPixel = samples
+        if frames >= 0:
+            ds.NumberOfFrames = frames
+        if spacing is not None:
+            ds.PixelSpacing = [str(v)[:16] for v in spacing]
+        if window is not None:
+            ds.WindowCenter, ds.WindowWidth = (str(v)[:16] for v in window)
+        if slope is not None:
+            ds.RescaleSlope, ds.RescaleIntercept = str(slope)[:16], "0"
+        ds.file_meta.TransferSyntaxUID = ts
         ds.save_as(buf, enforce_file_format=False)
     except Exception:
-        return  # pydicom refuses to write it: nothing to read
+        return
     _check(buf.getvalue())
 
 
