@@ -614,7 +614,7 @@ def generate_hand(
     # --- X-ray physics and film -----------------------------------------------------------------
     tex = texture(rows, cols, rng)
     trab_amp = rng.uniform(0.08, 0.2)
-    mu_soft = rng.uniform(0.010, 0.016)
+    mu_soft = rng.uniform(0.0055, 0.01)
     mu_cort = rng.uniform(0.075, 0.1)
     mu_trab = rng.uniform(0.016, 0.026)
     att = (
@@ -625,10 +625,18 @@ def generate_hand(
     signal = 1 - np.exp(-1.2 * att)
     # Heel effect and uneven exposure: a gentle gradient of the background.
     gy, gx = np.linspace(-1, 1, rows, dtype=np.float32)[:, None], np.linspace(-1, 1, cols, dtype=np.float32)[None, :]
-    bg = rng.uniform(0.0, 0.12) + rng.normal(0, 0.03) * gy + rng.normal(0, 0.02) * gx
-    ref = rng.uniform(0.75, 0.95)
+    bg_level = rng.uniform(0.0, 0.1) if rng.random() < 0.75 else rng.uniform(0.1, 0.3)
+    bg = bg_level + rng.normal(0, 0.03) * gy + rng.normal(0, 0.02) * gx
+    # Exposure/window relative to the brightest bone, as a technologist or auto-window would set it.
+    bone_signal = signal[::3, ::3][canvas.cortical[::3, ::3] > 0]
+    hi = float(np.percentile(bone_signal, 98)) if bone_signal.size else 0.6
+    ref = hi * rng.uniform(0.95, 1.35)
     gamma = rng.uniform(0.7, 1.35)
-    img = bg + (1 - bg) * np.clip(signal / ref, 0, 1.2) ** gamma
+    # Film-like shoulder: bright bone compresses smoothly instead of clipping, so the medulla
+    # stays visibly darker than the cortex even on over-exposed films.
+    x = signal / np.float32(ref)
+    x = np.where(x < 0.8, x, 0.8 + 0.2 * np.tanh((x - 0.8) / 0.2))
+    img = bg + (1 - bg) * np.clip(x, 0, 1) ** gamma
     blur = rng.uniform(0.3, 1.0)
     img = smooth(img.astype(np.float32), blur)
     noise_sd = rng.uniform(0.004, 0.025)
@@ -673,7 +681,7 @@ def generate_hand(
         value, alpha = text_patch(str(rng.choice(["L", "PA", "LEFT", "L HAND"])), int(6 / spacing))
         _place_patch(img, value, alpha, hand_mask, rng)
     if rng.random() < 0.15:  # many RSNA films are dim and flat
-        img = rng.uniform(0.0, 0.06) + img * rng.uniform(0.2, 0.5)
+        img = rng.uniform(0.0, 0.06) + img * rng.uniform(0.35, 0.6)
     img = np.clip(img, 0, 1).astype(np.float32)
 
     return SyntheticHand(
