@@ -463,7 +463,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     palm = np.array(palm_pts + wrist + [np.array([x_r + 2 * scale, 30 * scale])])
     hull = palm[ConvexHull(palm).vertices]
     forearm_dir = _unit(180 + fore_dev)
-    far = 600.0
+    far = 1.3 * FOV_RANGE_MM[1]  # beyond any film; longer polygons only cost rasterising time
     forearm = np.array([
         [x_r, 10 * scale], [x_u, 10 * scale],
         [x_u, 10 * scale] + forearm_dir * far + np.array([-10 * scale, 0]),
@@ -640,7 +640,7 @@ def generate_hand(
     blur = rng.uniform(0.3, 1.0)
     img = smooth(img.astype(np.float32), blur)
     noise_sd = rng.uniform(0.004, 0.025)
-    img = img + rng.standard_normal((rows, cols)).astype(np.float32) * noise_sd * (0.5 + img)
+    img = img + rng.standard_normal((rows, cols), dtype=np.float32) * noise_sd * (0.5 + img)
 
     # --- collimation, markers, labels --------------------------------------------------------
     hand_mask = tissue > 0.5

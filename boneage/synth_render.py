@@ -14,7 +14,6 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
-from skimage.draw import polygon as draw_polygon
 
 
 @dataclass
@@ -118,10 +117,17 @@ def paint_shape(canvas: Canvas, shape: ShapePx, paint_label: bool = True) -> tup
 
 
 def fill_polygon(mask: np.ndarray, points_xy: np.ndarray, value: float) -> None:
-    """Set ``mask`` to ``max(mask, value)`` inside a polygon given as (x, y) pixel points."""
-    rr, cc = draw_polygon(points_xy[:, 1], points_xy[:, 0], shape=mask.shape)
-    if rr.size:
-        mask[rr, cc] = np.maximum(mask[rr, cc], value)
+    """Set ``mask`` to ``max(mask, value)`` inside a polygon given as (x, y) pixel points.
+
+    PIL's scan-line fill is used (much faster than a point-in-polygon test on large polygons).
+    """
+    rows, cols = mask.shape
+    canvas = Image.new("L", (cols, rows), 0)
+    # Keep coordinates in a sane range: a polygon reaching far off the film is clipped by PIL anyway.
+    pts = np.clip(points_xy, -4 * max(rows, cols), 5 * max(rows, cols))
+    ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in pts], fill=1)
+    inside = np.asarray(canvas, dtype=bool)
+    np.maximum(mask, np.float32(value) * inside, out=mask)
 
 
 def stadium(p0: np.ndarray, p1: np.ndarray, radius: float, n_arc: int = 8) -> np.ndarray:
@@ -158,15 +164,18 @@ def soft_capsule(tissue: np.ndarray, p0: np.ndarray, p1: np.ndarray, radius_px: 
 
 
 def rounded_slab(thickness: np.ndarray, rounding_px: float) -> np.ndarray:
-    """Round off a flat slab's thickness near its outline (a quarter-ellipse over ``rounding_px``).
+    """Round off a flat slab's thickness near its outline (a quarter-ellipse over ~``rounding_px``).
 
+    The depth below the outline is approximated by a blurred copy of the slab's mask (cheaper than a
+    distance transform, and as smooth): coverage 0.5 on the outline, 1 deep inside.
     """
-    inside = thickness > 0
+    inside = (thickness > 0).astype(np.float32)
     if not inside.any():
         return thickness
-    dist = ndimage.distance_transform_edt(inside).astype(np.float32)
-    s = 1 - np.clip(dist / np.float32(rounding_px), 0, 1)
-    return thickness * np.sqrt(1 - s * s)
+    coverage = smooth(inside, rounding_px / 2)
+    depth = np.clip(2 * coverage - 1, 0, 1)
+    level = smooth(thickness, rounding_px / 2) / np.maximum(coverage, 1e-3)
+    return (level * np.sqrt(1 - (1 - depth) ** 2)).astype(np.float32)
 
 
 @lru_cache(maxsize=4)
