@@ -49,6 +49,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--age-range", nargs=2, type=float, metavar=("A", "B"), default=None,
                    help="bone-age range in months (default the full 0-228 range)")
     p.add_argument("--sex", choices=("M", "F", "both"), default="both")
+    p.add_argument("--workers", type=int, default=1, help="processes to use (same output for any number)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_synth)
 
@@ -64,7 +65,7 @@ def _synth(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     labels = write_dataset(args.out, args.n, seed=args.seed, size=args.size, fmt=args.format,
                            age_range=tuple(args.age_range) if args.age_range else None,
-                           sex=args.sex, progress=not args.no_progress)
+                           sex=args.sex, progress=not args.no_progress, workers=max(1, args.workers))
     print(labels)
     return EXIT_OK
 

@@ -331,10 +331,17 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         if ossified:
             # Young centres are ovoid; mature epiphyses are flatter with squarer corners.
             cap = e_len * (0.5 - 0.3 * m)
+            # A maturing epiphysis is a dome: broad on the physis side (where it caps the
+            # metaphysis), narrower towards the joint.
             e_t = np.array([0.0, 1.0])
-            e_hw = np.array([e_width / 2, e_width / 2])
+            narrow = 1 - 0.3 * m
+            if end == "proximal":  # the physis side is the distal end of the part
+                e_hw = np.array([e_width / 2 * narrow, e_width / 2])
+            else:
+                e_hw = np.array([e_width / 2, e_width / 2 * narrow])
             if kind == "metacarpal" and end == "distal":
                 cap = e_len * 0.5  # the metacarpal head stays rounded
+                e_hw = np.array([e_width / 2, e_width / 2])
             parts.append(
                 _Part(bone, anatomy.epiphysis_label(bone), epi_start, d, e_len, e_t, e_hw,
                       np.full(2, 0.12), max(cap, 1e-3), max(cap, 1e-3), density * 0.95)
@@ -914,6 +921,12 @@ def write_hand(hand: SyntheticHand, out: Path, ident: str, fmt: str = "png") -> 
     return _record(hand, image_rel, mask_rel, ident)
 
 
+def _write_one(job: tuple) -> dict:
+    seed, i, size, age_range, sex, out, ident, fmt = job
+    hand = generate_hand(seed, i, size=size, age_range=age_range, sex=sex)
+    return write_hand(hand, out, ident, fmt)
+
+
 def write_dataset(
     out: str | Path,
     n: int,
@@ -923,6 +936,7 @@ def write_dataset(
     age_range: tuple[float, float] | None = None,
     sex: str | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Write ``n`` synthetic hands: ``out/images/``, ``out/masks/`` and ``out/labels.csv``.
 
@@ -935,24 +949,38 @@ def write_dataset(
         age_range: bone-age range in months.
         sex: ``"M"``, ``"F"`` or ``None``/``"both"``.
         progress: show a tqdm progress bar.
+        workers: processes to use (the output is identical for any number).
 
     Returns:
         The path of ``labels.csv``.
     """
     from tqdm import tqdm
 
+    if fmt not in ("png", "dicom"):
+        raise ValueError(f"unknown format {fmt!r}; expected 'png' or 'dicom'")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     sex = None if sex in (None, "both") else sex
     width = max(5, len(str(max(n - 1, 0))))
+    jobs = [(seed, i, size, age_range, sex, out, f"synth_{seed}_{i:0{width}d}", fmt) for i in range(n)]
     labels_path = out / "labels.csv"
     with open(labels_path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=label_columns())
         writer.writeheader()
-        for i in tqdm(range(n), disable=not progress, desc="synth", unit="img"):
-            hand = generate_hand(seed, i, size=size, age_range=age_range, sex=sex)
-            writer.writerow(write_hand(hand, out, f"synth_{seed}_{i:0{width}d}", fmt))
+        bar = tqdm(total=n, disable=not progress, desc="synth", unit="img")
+        if workers > 1 and n > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(workers) as pool:
+                for row in pool.imap(_write_one, jobs, chunksize=8):  # imap keeps the order
+                    writer.writerow(row)
+                    bar.update()
+        else:
+            for job in jobs:
+                writer.writerow(_write_one(job))
+                bar.update()
+        bar.close()
     return labels_path
 
 

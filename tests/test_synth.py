@@ -182,6 +182,28 @@ def test_labels_csv_columns_and_files(tmp_path) -> None:
     assert main(["synth", "--n", "1", "--out", str(out), "--age-range", "100", "50"]) == 2
 
 
+def test_cli_dicom_and_workers(tmp_path) -> None:
+    from boneage.cli import main
+
+    out = tmp_path / "dcm"
+    assert main(["synth", "--n", "3", "--seed", "4", "--out", str(out), "--format", "dicom", "--sex", "F",
+                 "--age-range", "60", "120", "--workers", "2", "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(out / "labels.csv")))
+    assert [r["index"] for r in rows] == ["0", "1", "2"]
+    for row in rows:
+        assert row["image"].endswith(".dcm") and row["sex"] == "F"
+        assert 60 <= float(row["bone_age_months"]) <= 120
+        hand = generate_hand(4, int(row["index"]), size=512, age_range=(60, 120), sex="F")
+        assert np.array_equal(np.asarray(Image.open(out / row["mask"])), hand.label_map)
+        try:
+            from boneage import load_radiograph
+
+            rad = load_radiograph(out / row["image"])
+        except NotImplementedError:  # pragma: no cover
+            continue
+        assert rad.sex == "F" and rad.spacing_mm[0] == pytest.approx(float(row["spacing_mm"]), rel=1e-5)
+
+
 # --- DICOM ---------------------------------------------------------------------------------------
 def _find(seed: int, monochrome1: bool):
     for i in range(200):
