@@ -1,0 +1,181 @@
+"""Tests of the bone segmentation network (boneage.segment) and its CLI verbs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from boneage import anatomy, segment
+from boneage.cli import main as cli_main
+from boneage.paths import rsna_dev_dir
+from boneage.preprocess import prepare_model_input
+from boneage.synth import generate_hand
+
+torch = pytest.importorskip("torch")
+
+SHIPPED = segment.SEGMENTER_DIR / segment.WEIGHTS_FILE
+needs_weights = pytest.mark.skipif(not SHIPPED.is_file(), reason="segmenter weights not trained/shipped yet")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> segment.Segmenter:
+    return segment.Segmenter.load()
+
+
+def test_network_outputs_every_class() -> None:
+    net = segment.build_network(segment.NetworkConfig(size=64, channels=(4, 8, 16, 32, 64)))
+    out = net(torch.zeros(1, 1, 64, 64))
+    assert out.shape == (1, anatomy.NUM_CLASSES, 64, 64)
+
+
+def test_label_map_to_model_inverts_mask_to_original() -> None:
+    hand = generate_hand(1000, 0, size=256)
+    _, transform = prepare_model_input(hand.image, 128)
+    small = segment.label_map_to_model(hand.label_map, transform)
+    assert small.shape == (128, 128)
+    back = transform.mask_to_original(small)
+    assert back.shape == hand.label_map.shape
+    # Round trip through a coarser grid keeps most bone pixels.
+    bone = hand.label_map > 0
+    assert segment.dice(back > 0, bone) > 0.8
+
+
+def test_augmentation_keeps_image_and_labels_aligned() -> None:
+    rng = np.random.default_rng(0)
+    hand = generate_hand(1000, 1, size=256)
+    for _ in range(4):
+        x, y = segment.augment_hand(rng, hand.image, hand.label_map, 96)
+        assert x.shape == y.shape == (96, 96)
+        assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+        assert set(np.unique(y)) <= set(range(anatomy.NUM_CLASSES))
+        if (y > 0).any() and (y == 0).any():
+            # Labelled bone is bright (alignment sanity check; film frames can be brighter still).
+            assert x[y > 0].mean() > np.percentile(x, 25)
+
+
+def test_tiny_training_decreases_loss() -> None:
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    pairs = [segment.augment_hand(rng, generate_hand(1000, i, size=192).image,
+                                  generate_hand(1000, i, size=192).label_map, 64) for i in range(2)]
+    x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
+    y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None].astype(np.int64))
+    net = segment.build_network(segment.NetworkConfig(size=64, channels=(8, 16, 32, 64, 128)))
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = loss_fn(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_train_writes_loadable_fp16_weights(tmp_path: Path) -> None:
+    config = segment.TrainConfig(out=str(tmp_path), steps=2, size=64, crop=64, batch_size=2, workers=0,
+                                 channels=(4, 8, 16, 32, 64), real_intensity=False, progress=False)
+    path = segment.train(config)
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    assert all(v.dtype == torch.float16 for v in blob["state_dict"].values() if v.is_floating_point())
+    model = segment.Segmenter.load(path)
+    image = generate_hand(7, 0, size=160).image
+    assert model.segment(image).shape == image.shape
+    assert json.loads((tmp_path / "train_log.json").read_text())["meta"]["steps_done"] >= 1
+
+
+def test_train_refuses_the_evaluation_seed(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        segment.train(segment.TrainConfig(out=str(tmp_path), seed=segment.EVAL_SEED, steps=1))
+
+
+def test_hand_orientation_detects_mirroring() -> None:
+    labels = generate_hand(7, 3, size=256).label_map
+    mirrored, angle = segment.hand_orientation(labels)
+    assert mirrored is False and abs(angle) < 45
+    assert segment.hand_orientation(labels[:, ::-1].copy())[0] is True
+    assert segment.hand_orientation(np.zeros((32, 32), np.uint8)) == (None, None)
+
+
+def test_clean_label_map_removes_stray_fragments() -> None:
+    labels = generate_hand(7, 4, size=256).label_map.copy()
+    label = anatomy.shaft_label("metacarpal_3")
+    labels[2:4, 2:4] = label  # a stray 4-pixel fragment far from the bone
+    cleaned = segment.clean_label_map(labels)
+    assert (cleaned[2:4, 2:4] == 0).all()
+    assert (cleaned == label).sum() == (labels == label).sum() - 4
+
+
+def test_keypoint_lengths_parse(tmp_path: Path) -> None:
+    csv = tmp_path / "kp.csv"
+    csv.write_text("id,keypoint,x,y,visible\n1,forefinger1,0,0,2\n1,forefinger2,0,30,2\n1,forefinger3,0,50,2\n"
+                   "1707,forefinger1,0,0,0\n")
+    lengths = segment.keypoint_lengths(csv)
+    assert lengths == {1: {"proximal_phalanx_2": 30.0, "middle_phalanx_2": 20.0}}
+
+
+@needs_weights
+def test_shipped_weights_segment_an_unseen_synthetic_hand(shipped: segment.Segmenter) -> None:
+    metrics = segment.evaluate_synthetic(shipped, n=2, seed=segment.EVAL_SEED)
+    # The real number (40 hands) is in the model card; this is a modest floor.
+    assert metrics["tubular_dice_mean"] > 0.7
+    hand = generate_hand(segment.EVAL_SEED, 0)
+    assert shipped.segment(hand.image).shape == hand.image.shape
+
+
+@needs_weights
+def test_shipped_weights_are_registered_and_small() -> None:
+    from boneage import models
+
+    entry = models.get("segmenter")
+    assert entry.weights_path == SHIPPED
+    assert SHIPPED.stat().st_size < 15e6
+    assert (segment.SEGMENTER_DIR / "MODEL_CARD.md").is_file()
+
+
+@needs_weights
+def test_segment_cli_writes_one_label_map_per_input(tmp_path: Path) -> None:
+    images = tmp_path / "in"
+    images.mkdir()
+    shapes = {}
+    for i, size in enumerate((300, 420)):
+        hand = generate_hand(segment.EVAL_SEED, 10 + i, size=size)
+        Image.fromarray((hand.image * 255).astype(np.uint8)).save(images / f"hand{i}.png")
+        shapes[f"hand{i}"] = hand.image.shape
+    out = tmp_path / "out"
+    assert cli_main(["segment", str(images), "--out", str(out)]) == 0
+    for stem, shape in shapes.items():
+        written = np.asarray(Image.open(out / f"{stem}.png"))
+        assert written.shape == shape
+        assert written.max() < anatomy.NUM_CLASSES and written.max() > 0
+
+
+def test_segment_cli_missing_input_is_usage_error(tmp_path: Path) -> None:
+    assert cli_main(["segment", str(tmp_path / "nope.png"), "--out", str(tmp_path)]) == 2
+
+
+@needs_weights
+@pytest.mark.skipif(not (rsna_dev_dir() / "hand_keypoints.csv").is_file(),
+                    reason="real rsna-dev keypoints not available (../shared/data/rsna-dev absent)")
+def test_real_keypoint_phalanx_lengths(shipped: segment.Segmenter, tmp_path: Path) -> None:
+    # Three annotated films (full check: python -m boneage.segment eval); a loose floor here.
+    folder = tmp_path / "rsna"
+    (folder / "images").mkdir(parents=True)
+    source = rsna_dev_dir()
+    lines = (source / "hand_keypoints.csv").read_text().splitlines()
+    keep_ids = sorted({ln.split(",")[0] for ln in lines[1:]} - {"1707", "1879", "1880"})[:3]
+    (folder / "hand_keypoints.csv").write_text("\n".join([lines[0]] + [ln for ln in lines[1:]
+                                                                        if ln.split(",")[0] in keep_ids]))
+    for image_id in keep_ids:
+        (folder / "images" / f"{image_id}.jpg").symlink_to(source / "images" / f"{image_id}.jpg")
+    metrics = segment.evaluate_keypoints(shipped, folder)
+    assert metrics["n_images"] == 3
+    assert metrics["measured_fraction"] > 0.5
+    assert metrics["rel_error_median"] < 0.25
