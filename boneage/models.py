@@ -164,3 +164,15 @@ register(
         description="maturity reference tables + regression on per-bone measurements -> bone age with a 90% interval",
     )
 )
+
+register(
+    RegisteredModel(
+        name="segmenter",
+        kind="segmenter",
+        folder=MODELS_DIR / "segmenter",
+        weights_file="segmenter.pt",
+        version="segmenter-1",
+        loader="boneage.segment:Segmenter.load",
+        description="MONAI UNet: radiograph -> label map of every bone (shafts, epiphyses, carpals)",
+    )
+)
