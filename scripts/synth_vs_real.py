@@ -27,6 +27,13 @@ def _overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def grid_hand(seed: int, k: int, age_years: float, size: int = 384):
+    """The k-th hand of the grid: bone age ``age_years``, boys and girls alternating."""
+    from boneage.synth import generate_hand
+
+    return generate_hand(seed, k, size=size, bone_age_months=age_years * 12, sex="F" if k % 2 else "M")
+
+
 def docs_grid(out: Path, seed: int = 0, size: int = 384) -> Path:
     """Synthetic hands at 1, 3, ..., 17 years with their masks (two rows per age group)."""
     import matplotlib
@@ -39,7 +46,7 @@ def docs_grid(out: Path, seed: int = 0, size: int = 384) -> Path:
     ages = list(range(1, 18, 2))
     fig, axes = plt.subplots(2, len(ages), figsize=(2.1 * len(ages), 5.8))
     for k, age in enumerate(ages):
-        hand = generate_hand(seed, k, size=size, bone_age_months=age * 12, sex="F" if k % 2 else "M")
+        hand = grid_hand(seed, k, age, size)
         axes[0, k].imshow(hand.image, cmap="gray", vmin=0, vmax=1)
         axes[0, k].set_title(f"{age} y {hand.sex}\n{hand.spacing_mm:.2f} mm/px", fontsize=8)
         axes[1, k].imshow(_overlay(hand.image, hand.label_map))
@@ -60,20 +67,22 @@ def side_by_side(out: Path, seed: int, ages: list[float], size: int = 384) -> Pa
     from PIL import Image
 
     from boneage.datasets import rsna_dev
-    from boneage.synth import generate_hand
 
     labels = rsna_dev()
-    ba_col = "boneage_months" if "boneage_months" in labels.columns else "bone_age_months"
     fig, axes = plt.subplots(3, len(ages), figsize=(2.2 * len(ages), 9))
     for k, age in enumerate(ages):
-        row = labels.iloc[int(np.argmin(np.abs(labels[ba_col].to_numpy() - age * 12)))]
+        # The same hand as in docs/synthetic.png, beside the dev film of the same sex and
+        # nearest bone age.
+        hand = grid_hand(seed, k, age, size)
+        same_sex = labels[labels["sex"] == hand.sex]
+        pool = same_sex if len(same_sex) else labels
+        row = pool.iloc[int(np.argmin(np.abs(pool["bone_age_months"].to_numpy() - age * 12)))]
         real = Image.open(row["path"]).convert("L")
         real.thumbnail((size, size))
-        hand = generate_hand(seed, k, size=size, bone_age_months=float(row[ba_col]))
         axes[0, k].imshow(np.asarray(real), cmap="gray")
-        axes[0, k].set_title(f"real {row[ba_col]:.0f} mo", fontsize=8)
+        axes[0, k].set_title(f"real {row['bone_age_months']:.0f} mo {row['sex']}", fontsize=8)
         axes[1, k].imshow(hand.image, cmap="gray", vmin=0, vmax=1)
-        axes[1, k].set_title(f"synthetic {hand.bone_age_months:.0f} mo", fontsize=8)
+        axes[1, k].set_title(f"synthetic {hand.bone_age_months:.0f} mo {hand.sex}", fontsize=8)
         axes[2, k].imshow(_overlay(hand.image, hand.label_map))
         for ax in axes[:, k]:
             ax.set_axis_off()
