@@ -612,9 +612,11 @@ def train(config: TrainConfig) -> Path:
     torch.set_num_threads(config.threads)
     net_config = NetworkConfig(size=config.size, channels=tuple(config.channels))
     network = build_network(net_config)
+    init_meta: dict = {}
     if config.init:
         start = Segmenter.load(config.init)
         network.load_state_dict(start.network.state_dict())
+        init_meta = start.meta  # the card reports every stage
     network.train()
     real_q = real_intensity_quantiles(size=config.size) if config.real_intensity else None
     loader = _make_loader(config, real_q)
@@ -650,18 +652,20 @@ def train(config: TrainConfig) -> Path:
         if step % 10 == 0:
             log.append({"step": step, "loss": running, "lr": lr, "minutes": elapsed / 60})
         if time.monotonic() - last_save > config.save_every_minutes * 60:
-            _save_training(network, net_config, out_path, config, step, started, log)
+            _save_training(network, net_config, out_path, config, step, started, log, init_meta)
             last_save = time.monotonic()
     bar.close()
-    _save_training(network, net_config, out_path, config, step, started, log)
+    _save_training(network, net_config, out_path, config, step, started, log, init_meta)
     return out_path
 
 
 def _save_training(network: Any, net_config: NetworkConfig, out_path: Path, config: TrainConfig, step: int,
-                   started: float, log: list[dict[str, float]]) -> None:
+                   started: float, log: list[dict[str, float]], init_meta: dict | None = None) -> None:
     network.eval()
     meta = {"train_config": asdict(config), "steps_done": step, "wall_minutes": (time.monotonic() - started) / 60,
             "final_loss": log[-1]["loss"] if log else None}
+    if init_meta:
+        meta["init_meta"] = init_meta
     save_weights(network, net_config, out_path, meta)
     (out_path.parent / "train_log.json").write_text(json.dumps({"meta": meta, "log": log}, indent=1))
     network.train()
@@ -958,6 +962,151 @@ def evaluate_keypoints(segmenter: Segmenter, folder: str | Path | None = None) -
 
 
 # ------------------------------------------------------------------------------------------------
+# Model card
+# ------------------------------------------------------------------------------------------------
+def _stages(meta: dict) -> list[dict]:
+    """Training stages from the weights' metadata, first stage first."""
+    stages = []
+    while meta:
+        stages.append(meta)
+        meta = meta.get("init_meta") or {}
+    return stages[::-1]
+
+
+def _train_command_line(config: dict) -> str:
+    defaults = asdict(TrainConfig())
+    parts = ["boneage train segmenter"]
+    for key in ("out", "steps", "max_minutes", "size", "crop", "batch_size", "lr", "seed", "workers", "init",
+                "pseudo_labels", "pseudo_fraction"):
+        value = config.get(key)
+        if key == "pseudo_fraction" and not config.get("pseudo_labels"):
+            continue
+        if value is not None and value != defaults.get(key):
+            parts.append(f"--{key.replace('_', '-')} {value}")
+    if not config.get("real_intensity", True):
+        parts.append("--no-real-intensity")
+    return " ".join(parts)
+
+
+def model_card(metrics: dict[str, Any]) -> str:
+    """Markdown model card from an ``eval`` metrics dict (see :func:`main`).
+
+    Args:
+        metrics: ``{"synthetic": ..., "real_keypoints": ..., "weights_meta": ..., "pseudo": ...}``.
+
+    Returns:
+        The card text.
+    """
+    syn = metrics.get("synthetic", {})
+    real = metrics.get("real_keypoints") or {}
+    stages = _stages(metrics.get("weights_meta", {}))
+    pseudo = metrics.get("pseudo") or {}
+    uses_real = any(st.get("train_config", {}).get("pseudo_labels") or st.get("train_config", {}).get("real_intensity")
+                    for st in stages)
+    lines = [
+        "# Bone segmentation network (`segmenter`)",
+        "",
+        f"Version `{VERSION}`; weights `segmenter.pt` (fp16 state dict + config); code `boneage/segment.py`.",
+        "",
+        "## What it does",
+        "",
+        "Labels every structure of `boneage.anatomy` (51 classes incl. background: radius/ulna and the 19 tubular",
+        "bones each split into shaft and epiphysis, 8 carpals) in a hand radiograph. `boneage segment INPUT... --out DIR`",
+        "writes one label map per input (`DIR/<stem>.png`, same size as the input, pixel value = label id).",
+        "The image is cropped to the hand and squashed to a 384 x 384 input by `boneage.preprocess.prepare_model_input`;",
+        "the prediction is cleaned (per bone, fragments < 25 % of its largest component are dropped) and mapped back.",
+        "Right hands / mirrored films: the network is trained with mirroring, so it labels them with the same anatomical",
+        "ids (digit 1 = thumb); `Segmenter.segment_with_info` reports `mirrored=True` (the CLI prints it).",
+        "",
+        "## Architecture",
+        "",
+        "MONAI `UNet(spatial_dims=2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=1, norm=batch)`,",
+        "1 input channel, 51 outputs, ~0.88 M parameters, ~1.8 MB in fp16 (fp16 storage, fp32 compute on CPU).",
+        "",
+        "## Training data",
+        "",
+        "* Synthetic left hands from `boneage.synth.generate_hand` (seed 1000, drawn on the fly, every sample a new hand;",
+        "  seed 7 is never trained on and is used for evaluation), with augmentation: mirroring (p 0.3), quarter turns",
+        "  (p 0.1), rotation +-25 deg (p 0.5), zoom out by padding / zoom in by cropping, gamma, contrast, blur, noise,",
+        "  random 256 x 256 crops of the 384 x 384 input.",
+    ]
+    if uses_real:
+        lines += [
+            "* **Real films (research use only).** Grey-level histograms (65 quantiles per film) of 240 rsna-dev",
+            "  **train-split** films are used to histogram-match synthetic inputs (p 0.5).",
+        ]
+    if pseudo:
+        lines += [
+            f"* Self-training: the stage-1 model pseudo-labelled {pseudo.get('candidates')} rsna-dev train-split films",
+            "  (the 41 keypoint-annotated films excluded); the "
+            f"{pseudo.get('kept')} that passed the anatomical-plausibility filter (all 19 tubular bones measured",
+            "  without flags by `boneage.measure`, radius and ulna present, every tubular bone's length relative to",
+            "  metacarpal 3 inside the synthetic range +-15 %, not mirrored) were mixed into stage-2 training",
+            f"  ({stages[-1].get('train_config', {}).get('pseudo_fraction', 0):.0%} of samples). Pseudo-labels live",
+            "  only in the local cache, never in the repository.",
+        ]
+    if uses_real:
+        lines += [
+            "",
+            "RSNA Pediatric Bone Age Challenge data: Halabi SS, Prevedello LM, Kalpathy-Cramer J, et al. The RSNA",
+            "Pediatric Bone Age Machine Learning Challenge. Radiology 2019;290:498-503. Research and education use only,",
+            "no commercial use: these weights inherit that restriction.",
+        ]
+    lines += ["", "## Reproduce", "", "Hardware: 2-core CPU (AMD EPYC, AVX512-BF16; bf16 autocast), no GPU, shared with",
+              "another training job for most of the run.", "", "```"]
+    for i, st in enumerate(stages, 1):
+        if i == len(stages) and pseudo:
+            previous = stages[i - 2].get("train_config", {}).get("out", "STAGE1") if i > 1 else "STAGE1"
+            lines.append(f"python -m boneage.segment pseudo --weights {previous}/segmenter.pt "
+                         f"--limit {pseudo.get('candidates')}")
+        cfg = dict(st.get("train_config", {}))
+        lines.append(_train_command_line(cfg) + f"   # stage {i}: {st.get('steps_done')} steps, "
+                     f"{st.get('wall_minutes', 0):.0f} min")
+    lines += [
+        "python -m boneage.segment eval --n 40 --card   # metrics.json + this card",
+        "python benchmarks/bench_segment.py",
+        "```",
+        "",
+        "The learning-rate schedule (cosine) runs over the larger of steps done / `--steps` and elapsed / `--max-minutes`,",
+        "so a time-limited run still anneals; to reproduce on another machine pass `--steps <steps done>` without",
+        "`--max-minutes`.",
+        "",
+        f"## Metrics (synthetic: {syn.get('n_images')} hands of seed {syn.get('seed')}, never trained on)",
+        "",
+        "| metric | value | bar |",
+        "|---|---|---|",
+        f"| mean Dice, 19 tubular bones (whole bone) | {syn.get('tubular_dice_mean', float('nan')):.3f} | >= 0.90 |",
+        f"| median bone-length error (tubular, mm) | {syn.get('length_error_mm_median', float('nan')):.2f} | <= 1.0 |",
+        f"| p95 bone-length error (mm) | {syn.get('length_error_mm_p95', float('nan')):.2f} | |",
+        f"| tubular bones measured (plausible) | {syn.get('tubular_measured_fraction', float('nan')):.1%} | |",
+    ]
+    if real:
+        lines += [
+            f"| real: median relative error, proximal+middle phalanges 2-5 vs keypoints ({real.get('n_images')} films) "
+            f"| {real.get('rel_error_median', float('nan')):.1%} | <= 10 % |",
+            f"| real: bones measured | {real.get('bones_measured')}/{real.get('bones_expected')} = "
+            f"{real.get('measured_fraction', float('nan')):.1%} | >= 95 % |",
+            f"| real: read + segment + measure, s/image (median, 2 threads) "
+            f"| {real.get('seconds_per_image_read_segment_measure', float('nan')):.2f} | <= 1 s |",
+        ]
+    lines += ["", "Dice by bone group (whole bone):", ""]
+    lines += [f"* {g}: {v:.3f}" for g, v in syn.get("dice_by_group", {}).items()]
+    parts = syn.get("tubular_dice_by_part", {})
+    if parts:
+        lines += [f"* tubular shafts: {parts.get('shaft', float('nan')):.3f}, epiphyses: "
+                  f"{parts.get('epiphysis', float('nan')):.3f} (label-level Dice)"]
+    if real:
+        lines += ["", "Real keypoint check, median relative error by bone: " + ", ".join(
+            f"{b} {v:.1%}" for b, v in real.get("rel_error_median_by_bone", {}).items()),
+            "", "By rsna-dev split (model choices used only the train split): " + ", ".join(
+            f"{k} {v:.1%}" for k, v in real.get("rel_error_median_by_split", {}).items())
+            + f"; signed median error {real.get('signed_rel_error_median', float('nan')):+.1%} (joint-to-joint "
+            "distances include half of each joint space, so bone lengths are expected slightly shorter)."]
+    lines += ["", "## Limitations", ""] + [f"* {x}" for x in metrics.get("limitations", [])]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
 # Command line (``python -m boneage.segment``; ``boneage train segmenter`` / ``boneage segment``)
 # ------------------------------------------------------------------------------------------------
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1027,6 +1176,10 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--n", type=int, default=40, help="synthetic hands")
     ev.add_argument("--out", default=None, help="write metrics json here")
     ev.add_argument("--skip-real", action="store_true")
+    ev.add_argument("--card", action="store_true",
+                    help="write metrics.json and MODEL_CARD.md beside the weights")
+    ev.add_argument("--pseudo-stats", default=None, help="json from the pseudo step, for the card")
+    ev.add_argument("--limitations", default=None, help="text file, one limitation per line, for the card")
     ps = sub.add_parser("pseudo", help="pseudo-label plausible rsna-dev train-split films (cache only)")
     ps.add_argument("--weights", default=None)
     ps.add_argument("--out", default=str(cache_dir() / "segment_pseudo_labels.npz"))
@@ -1035,7 +1188,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         return train_command(args)
     if args.command == "pseudo":
-        print(make_pseudo_labels(Segmenter.load(args.weights), args.out, limit=args.limit))
+        stats = make_pseudo_labels(Segmenter.load(args.weights), args.out, limit=args.limit)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(stats))
+        print(stats)
         print(args.out)
         return 0
     segmenter = Segmenter.load(args.weights)
@@ -1048,8 +1203,16 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(metrics["real_keypoints"], indent=1))
         except FileNotFoundError as exc:
             print(f"real keypoint check skipped: {exc}", file=sys.stderr)
+    if args.pseudo_stats:
+        metrics["pseudo"] = json.loads(Path(args.pseudo_stats).read_text())
+    if args.limitations:
+        metrics["limitations"] = [ln.strip() for ln in Path(args.limitations).read_text().splitlines() if ln.strip()]
     if args.out:
         Path(args.out).write_text(json.dumps(metrics, indent=1, default=str))
+    if args.card:
+        folder = Path(args.weights).parent if args.weights else SEGMENTER_DIR
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+        (folder / "MODEL_CARD.md").write_text(model_card(metrics))
     return 0
 
 
