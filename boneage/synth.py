@@ -235,7 +235,7 @@ class _Hand:
     lengths_mm: dict[str, float]
     full_lengths_mm: dict[str, float]
     ossification: dict[str, str]
-    soft_polys: list[tuple[np.ndarray, float]]  # (polygon mm, tissue thickness mm)
+    soft_polys: list[tuple[np.ndarray, float]]  # (polygon mm, thickness mm) or (segment, -radius)
     forearm_bones: tuple[str, ...] = ("radius", "ulna")
 
 
@@ -368,7 +368,6 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
 
     # --- forearm: radius and ulna point proximally (down) from their physes -----------------
     fore_dev = rng.normal(0, 5.0)  # radial/ulnar deviation of the hand against the forearm
-    forearm_ends = {}
     for bone in anatomy.FOREARM:
         p = bm[bone]
         phys = np.array([p["x_mm"], p["y_mm"]]) * scale
@@ -376,7 +375,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         # Start far proximally (off the film) so that the shaft ends exactly at the physis.
         zone = p["epiphysis_fraction"] * a_true
         start = phys - _unit(fore_dev) * (a_true - zone)
-        forearm_ends[bone] = tubular(bone, start, fore_dev, 0.0, a_true)
+        tubular(bone, start, fore_dev, 0.0, a_true)
 
     # --- carpals ----------------------------------------------------------------------------
     # Painting order = occlusion order in the label map; the small pisiform (palmar, projecting on
@@ -486,13 +485,14 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     soft.append((forearm, thick_palm * 1.1))
     soft.append((thumb[ConvexHull(thumb).vertices], 22.0 * scale))
     for p0, p1, r in finger_points:
-        soft.append((np.stack([p0, p1]), -r))  # negative thickness marks a stadium (radius r)
+        soft.append((np.stack([p0, p1]), -r))  # negative thickness: a finger cylinder of radius r
     return _Hand(parts, lengths, full, states, soft)
 
 
 # ------------------------------------------------------------------------------------------------
 # Image formation
 # ------------------------------------------------------------------------------------------------
+#: Letters drawn for the technologist's initials on lead markers.
 _INITIAL_LETTERS = "ABCDEFGHJKLMNPRSTVWY"
 
 
@@ -680,7 +680,7 @@ def generate_hand(
             rim = np.exp(-0.5 * (dist / max(0.8 / spacing, 0.7)) ** 2)
             img = img + rng.uniform(0.1, 0.35) * rim
     if rng.random() < 0.9:
-        initials = "".join(rng.choice(list(_INITIALS_POOL), size=int(rng.integers(2, 4))))
+        initials = "".join(rng.choice(list(_INITIAL_LETTERS), size=int(rng.integers(2, 4))))
         h_px = int(rng.uniform(22, 38) / spacing)
         value, alpha = marker_patch("L", initials, h_px, rng)
         _place_patch(img, value, alpha, hand_mask, rng)
@@ -708,7 +708,6 @@ def generate_hand(
     )
 
 
-_INITIALS_POOL = _INITIAL_LETTERS
 
 
 def _place_patch(img: np.ndarray, value: np.ndarray, alpha: np.ndarray, hand_mask: np.ndarray,

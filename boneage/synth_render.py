@@ -130,19 +130,6 @@ def fill_polygon(mask: np.ndarray, points_xy: np.ndarray, value: float) -> None:
     np.maximum(mask, np.float32(value) * inside, out=mask)
 
 
-def stadium(p0: np.ndarray, p1: np.ndarray, radius: float, n_arc: int = 8) -> np.ndarray:
-    """Polygon of a capsule (two semicircles joined by straight sides) from p0 to p1."""
-    d = p1 - p0
-    length = float(np.hypot(*d))
-    d = d / length if length > 0 else np.array([0.0, 1.0])
-    base = np.arctan2(d[1], d[0])
-    a1 = base + np.linspace(-np.pi / 2, np.pi / 2, n_arc)
-    a0 = base + np.linspace(np.pi / 2, 3 * np.pi / 2, n_arc)
-    arc1 = p1 + radius * np.stack([np.cos(a1), np.sin(a1)], 1)
-    arc0 = p0 + radius * np.stack([np.cos(a0), np.sin(a0)], 1)
-    return np.concatenate([arc1, arc0])
-
-
 def soft_capsule(tissue: np.ndarray, p0: np.ndarray, p1: np.ndarray, radius_px: float, spacing_mm: float) -> None:
     """Max-combine the X-ray path (mm) through a cylinder of soft tissue from p0 to p1 (pixels)."""
     rows, cols = tissue.shape
