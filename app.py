@@ -19,7 +19,7 @@ from boneage import report
 
 st.set_page_config(page_title="boneage", page_icon="🦴", layout="wide")
 
-SEX_OPTIONS = {"Unknown": None, "Female": "F", "Male": "M"}
+SEX_OPTIONS = {"Unknown": "unknown", "Female": "F", "Male": "M"}  # "unknown" overrides the header
 
 
 @st.cache_resource(show_spinner="Loading models (once)...")

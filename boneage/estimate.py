@@ -219,7 +219,8 @@ class BoneAgeEstimator:
 
         Args:
             source: a path, file bytes, a 2-D array (bone bright) or a :class:`Radiograph`.
-            sex: overrides the header's sex when given (``"M"``/``"F"``; anything else = unknown).
+            sex: overrides the header's sex when given: ``"M"``/``"F"``, or ``"unknown"`` to
+                ignore the header's; ``None`` keeps the header's.
             chronological_age_months: overrides the header's age when given.
             name: the input's name in the result (defaults to the path as given).
             sex_source, age_source: how to label an override (``user`` or ``manifest``).
@@ -260,10 +261,10 @@ class BoneAgeEstimator:
         result.image_shape = tuple(rad.pixels.shape)  # type: ignore[assignment]
         result.identifiers = dict(rad.identifiers)
         result.spacing_mm = rad.spacing_mm
-        # Sex and age: an explicit value overrides the header.
-        given_sex = normalise_sex(sex)
-        if given_sex is not None:
-            result.sex, result.sex_source = given_sex, sex_source
+        # Sex and age: an explicit value overrides the header; an explicit "unknown" does too.
+        if sex is not None and str(sex).strip() != "":
+            result.sex = normalise_sex(sex)
+            result.sex_source = sex_source if result.sex else f"unknown ({sex_source})"
         elif rad.sex is not None:
             result.sex, result.sex_source = rad.sex, "header"
         if age is not None and math.isfinite(float(age)):

@@ -163,3 +163,12 @@ def test_result_row_is_flat():
     row = BoneAgeResult(path="x.dcm", status="error", reason="file not found").to_row()
     assert row["path"] == "x.dcm" and row["multistep_age_months"] is None
     assert all(not isinstance(v, (dict, list)) for v in row.values())
+
+
+def test_explicit_unknown_sex_overrides_the_header(estimator, dicom_factory):
+    hand = estimator.oracle.add(generate_hand(99, 11, size=SIZE, age_range=(60, 150)))
+    path = dicom_factory((hand.image * 4095).astype(int), PatientSex="M", BodyPartExamined="HAND")
+    assert estimator.estimate(str(path)).sex == "M"  # header
+    result = estimator.estimate(str(path), sex="unknown")
+    assert result.sex is None and result.sex_source == "unknown (user)"
+    assert estimator.estimate(str(path), sex="F").sex_source == "user"
