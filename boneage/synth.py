@@ -583,6 +583,8 @@ def generate_hand(
     to_px = lin / spacing
 
     canvas = Canvas.empty(rows, cols)
+    trab_amp = rng.uniform(0.12, 0.28)
+    texture_px = 0.3 / spacing  # one texture pixel ~ 0.3 mm: struts of ~1 mm
     visible: dict[str, list[np.ndarray]] = {}
     forearm_axes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for part in hand.parts:
@@ -591,7 +593,9 @@ def generate_hand(
         d = d / np.hypot(*d)
         shape = ShapePx(part.label, start, d, part.length / spacing, part.t_knots,
                         part.halfwidth_knots / spacing, part.cortex_knots,
-                        part.cap_start / spacing, part.cap_end / spacing, part.density)
+                        part.cap_start / spacing, part.cap_end / spacing, part.density,
+                        texture_amp=trab_amp, texture_offset=tuple(int(x) for x in rng.integers(1 << 12, 1 << 16, 2)),
+                        texture_px=texture_px)
         px = paint_shape(canvas, shape, paint_label=part.labelled)
         if part.bone in anatomy.FOREARM and px is not None:
             visible.setdefault(part.bone, []).append(np.stack(px, 1))
@@ -620,14 +624,14 @@ def generate_hand(
 
     # --- X-ray physics and film -----------------------------------------------------------------
     tex = texture(rows, cols, rng)
-    trab_amp = rng.uniform(0.08, 0.2)
+    grain_amp = rng.uniform(0.03, 0.08)  # fine isotropic grain on top of the oriented struts
     mu_soft = rng.uniform(0.0055, 0.01)
     mu_cort = rng.uniform(0.075, 0.1)
     mu_trab = rng.uniform(0.016, 0.026)
     att = (
         mu_soft * tissue
         + mu_cort * canvas.cortical * spacing
-        + mu_trab * canvas.trabecular * spacing * (1 + trab_amp * tex)
+        + mu_trab * canvas.trabecular * spacing * (1 + grain_amp * tex)
     )
     signal = 1 - np.exp(-1.2 * att)
     # Heel effect and uneven exposure: a gentle gradient of the background.

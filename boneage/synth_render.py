@@ -36,6 +36,9 @@ class ShapePx:
     cap_start: float
     cap_end: float
     density: float = 1.0
+    texture_amp: float = 0.0  # trabecular texture, oriented along the bone axis
+    texture_offset: tuple[int, int] = (0, 0)
+    texture_px: float = 1.0  # image pixels per texture pixel (keeps the texture's size in mm)
 
 
 @dataclass
@@ -104,6 +107,13 @@ def paint_shape(canvas: Canvas, shape: ShapePx, paint_label: bool = True) -> tup
     inner_r = hw * (1 - np.interp(t, shape.t_knots, shape.cortex_knots).astype(np.float32))
     inner = 2 * np.sqrt(np.clip(inner_r * inner_r - v2, 0, None))
     canvas.cortical[r0:r1, c0:c1] += (outer - inner) * np.float32(shape.density)
+    if shape.texture_amp > 0:
+        # Sample the oriented texture in the bone's own (u, v) frame: struts run along the axis.
+        bank = _oriented_texture()
+        tile = bank.shape[0]
+        ti = (u / np.float32(shape.texture_px)).astype(np.int32) + shape.texture_offset[0]
+        tj = (v / np.float32(shape.texture_px)).astype(np.int32) + shape.texture_offset[1]
+        inner = inner * (1 + np.float32(shape.texture_amp) * bank[ti % tile, tj % tile])
     canvas.trabecular[r0:r1, c0:c1] += inner * np.float32(shape.density)
     inside = v2 < hw * hw
     rr, cc = np.nonzero(inside)
@@ -163,6 +173,20 @@ def rounded_slab(thickness: np.ndarray, rounding_px: float) -> np.ndarray:
     depth = np.clip(2 * coverage - 1, 0, 1)
     level = smooth(thickness, rounding_px / 2) / np.maximum(coverage, 1e-3)
     return (level * np.sqrt(1 - (1 - depth) ** 2)).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _oriented_texture(tile: int = 256) -> np.ndarray:
+    """Periodic noise elongated along axis 0 (a bone's long axis): trabecular struts (constant)."""
+    rng = np.random.default_rng(20240612)
+    fu = np.fft.fftfreq(tile)[:, None]
+    fv = np.fft.rfftfreq(tile)[None, :]
+    # Band-pass, anisotropic: long correlation along the bone, short across it.
+    broad = np.exp(-0.5 * ((fu / 0.06) ** 2 + (fv / 0.22) ** 2))
+    narrow = np.exp(-0.5 * ((fu / 0.02) ** 2 + (fv / 0.07) ** 2))
+    noise = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((tile, tile))) * (broad - narrow), s=(tile, tile))
+    noise = np.tanh(1.5 * noise / noise.std())
+    return ((noise - noise.mean()) / noise.std()).astype(np.float32)
 
 
 @lru_cache(maxsize=4)
