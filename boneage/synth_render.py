@@ -118,7 +118,13 @@ def paint_shape(canvas: Canvas, shape: ShapePx, paint_label: bool = True) -> tup
     inside = v2 < hw * hw
     rr, cc = np.nonzero(inside)
     if rr.size == 0:
-        return None
+        # A part thinner than a pixel still exists: label the pixel nearest its centre, so that
+        # "ossified" and "has a label" always agree.
+        centre = shape.start + d * shape.length / 2
+        r, c = int(round(centre[1])), int(round(centre[0]))
+        if not (0 <= r < rows and 0 <= c < cols):
+            return None
+        rr, cc = np.array([r - r0]), np.array([c - c0])
     rr += r0
     cc += c0
     if paint_label:

@@ -266,3 +266,17 @@ def test_write_examples(tmp_path) -> None:
 
     truth = json.loads((tmp_path / "synthetic_hand_5y.json").read_text())
     assert truth["bone_age_months"] == 60 and truth["synthetic"] is True
+
+
+def test_ossification_states_match_the_label_map() -> None:
+    for i in range(10):
+        hand = generate_hand(17, i, size=384)
+        present = set(np.unique(hand.label_map).tolist())
+        for bone in anatomy.EPIPHYSEAL_BONES:
+            label = anatomy.epiphysis_label(bone)
+            state = hand.ossification[anatomy.structure(label).name]
+            assert (state != "absent") == (label in present), (i, bone, state)
+        for carpal in anatomy.CARPALS:
+            state = hand.ossification[carpal]
+            assert (state != "absent") == (anatomy.shaft_label(carpal) in present), (i, carpal, state)
+            assert (state != "absent") == (carpal in hand.lengths_mm)
