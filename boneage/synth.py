@@ -371,6 +371,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     for bone in anatomy.FOREARM:
         p = bm[bone]
         phys = np.array([p["x_mm"], p["y_mm"]]) * scale
+        if bone == "ulna":  # ulnar variance: the ulna ends a little short of or beyond the radius
+            phys = phys + np.array([0.0, rng.normal(0, 1.5) * scale])
         a_true = noisy_len(bone)
         # Start far proximally (off the film) so that the shaft ends exactly at the physis.
         zone = p["epiphysis_fraction"] * a_true
