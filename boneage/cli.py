@@ -198,6 +198,8 @@ def _add_train_direct_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--workers", type=int, default=2, help="image-decoding processes (default 2)")
     parser.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast (used when the CPU/GPU supports it)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default all cores; 1 is faster when the CPU is shared)")
 
 
 def _train_direct(args: argparse.Namespace) -> int:
@@ -216,8 +218,32 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
             "validation split; writes docs/comparison.md and its plots."
         ),
     )
-    p.add_argument("--quick", action="store_true", help="a small run that finishes in minutes")
-    p.set_defaults(handler=_not_landed("the method comparison", "issue: comparison"))
+    p.add_argument("--quick", action="store_true", help="a small smoke run (minutes): tiny sizes and budgets")
+    p.add_argument("--sizes", type=int, nargs="+", help="real training-set sizes (0 = all); default 50 ... all")
+    p.add_argument("--synthetic-sizes", type=int, nargs="*", help="synthetic cohort sizes; empty to skip")
+    p.add_argument("--repeats", type=int, help="draws per small size (default 3)")
+    p.add_argument("--max-measured", type=int, help="segment and measure at most this many pool films")
+    p.add_argument("--no-real", action="store_true", help="skip the real films (synthetic world only)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda for the CNN runs")
+    p.add_argument("--out", help="report folder (default docs/)")
+    p.set_defaults(handler=_compare)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from boneage.compare import CompareConfig, run_compare
+    from boneage.paths import DOCS_DIR
+
+    out = args.out or str(DOCS_DIR)
+    config = CompareConfig.quick_config(out) if args.quick else CompareConfig(out_dir=out)
+    for name in ("sizes", "synthetic_sizes", "repeats", "max_measured"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(config, name, tuple(value) if isinstance(value, list) else value)
+    config.device = args.device
+    command = "boneage " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("boneage") else "boneage compare"
+    path = run_compare(config, command=command, real=not args.no_real)
+    print(f"report written to {path}")
+    return EXIT_OK
 
 
 # --- reference ---------------------------------------------------------------------------------
@@ -293,7 +319,23 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
         description="Start the clinician-facing Streamlit app (same as `streamlit run app.py`).",
     )
     p.add_argument("--port", type=int, default=8501)
-    p.set_defaults(handler=_not_landed("the web app", "issue: Streamlit app"))
+    p.add_argument("--address", default="localhost", help="bind address (default localhost: this machine only)")
+    p.set_defaults(handler=_app)
+
+
+def _app(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    from boneage.paths import REPO_DIR
+
+    app = REPO_DIR / "app.py"
+    streamlit = shutil.which("streamlit", path=os.path.dirname(sys.executable)) or shutil.which("streamlit")
+    if not app.is_file() or streamlit is None:
+        print(f"boneage app: needs {app} and the streamlit command (pip install -e .)", file=sys.stderr)
+        return EXIT_NOT_AVAILABLE
+    os.execv(streamlit, [streamlit, "run", str(app), "--server.port", str(args.port), "--server.address", args.address])
+    return EXIT_OK  # not reached
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -340,7 +340,9 @@ class AgeRegression:
         from sklearn.ensemble import HistGradientBoostingRegressor
         from sklearn.model_selection import KFold
 
-        names = list(features.columns)
+        # A feature never measured in this training set carries no information (and breaks
+        # scikit-learn's binning): leave it out; it is ignored at prediction time too.
+        names = [c for c in features.columns if np.isfinite(features[c].to_numpy(dtype=float)).any()]
         x = cls._design(features, np.asarray(sex), names)
         y = np.asarray(bone_age_months, dtype=float)
 
@@ -350,13 +352,20 @@ class AgeRegression:
                 min_samples_leaf=20, l2_regularization=1.0, random_state=seed,
             )
 
+        def fit_rows(rows: np.ndarray):
+            xt = x[rows].copy()
+            # A column never seen in these rows would break the binning; as a constant it is
+            # simply never split on.
+            xt[:, ~np.isfinite(xt).any(axis=0)] = 0.0
+            return make().fit(xt, y[rows])
+
         oof = np.zeros_like(y)
         for train, test in KFold(folds, shuffle=True, random_state=seed).split(x):
-            oof[test] = make().fit(x[train], y[train]).predict(x[test])
+            oof[test] = fit_rows(train).predict(x[test])
         residual = np.abs(oof - y)
         n = len(y)
         q = min(1.0, math.ceil((n + 1) * 0.90) / n)
-        model = make().fit(x, y)
+        model = fit_rows(np.arange(len(y)))
         return cls(model, names, float(np.quantile(residual, q)), float(residual.mean()))
 
     def predict(self, features: pd.DataFrame, sex: np.ndarray) -> np.ndarray:

@@ -42,7 +42,9 @@ def test_console_script_is_installed():
     assert result.returncode == 0 and result.stdout.startswith("boneage ")
 
 
-def test_unfinished_verb_says_so_and_fails(capsys):
-    # `compare` lands with the comparison issue; until then it must not pretend to work.
-    assert cli.main(["compare", "--quick"]) == cli.EXIT_NOT_AVAILABLE
+def test_unfinished_feature_handler_says_so_and_fails(capsys):
+    import argparse
+
+    handler = cli._not_landed("a future feature", "issue: later")
+    assert handler(argparse.Namespace(verb="demo")) == cli.EXIT_NOT_AVAILABLE
     assert "not available in this version" in capsys.readouterr().err
