@@ -19,7 +19,7 @@ are foreshortened in projection by ``cos(tilt)``, tilt at most 12 degrees (<= 2.
 Spacing is given in the plane of the hand (no magnification).
 
 Public API: :func:`generate_hand`, :func:`write_dataset`, :func:`write_examples`,
-:func:`measure_bone_lengths_mm`, :class:`SyntheticHand`.
+:class:`SyntheticHand`.
 """
 
 from __future__ import annotations
@@ -740,43 +740,6 @@ def _place_patch(img: np.ndarray, value: np.ndarray, alpha: np.ndarray, hand_mas
 # ------------------------------------------------------------------------------------------------
 # Measuring masks (used by tests and benchmarks; the same definition as the recorded lengths)
 # ------------------------------------------------------------------------------------------------
-def measure_bone_lengths_mm(label_map: np.ndarray, spacing_mm: float) -> dict[str, float]:
-    """Length of each bone in a label map along its principal axis, in mm.
-
-    The union of a bone's labels is projected on its major principal axis; the length is
-    ``(max - min + 1 px) * spacing``.
-
-    Args:
-        label_map: uint8 label map (:mod:`boneage.anatomy` ids).
-        spacing_mm: pixel spacing.
-
-    Returns:
-        ``{bone: length_mm}`` for every bone with at least 3 pixels.
-    """
-    lut = np.zeros(256, np.int16) - 1
-    for i, bone in enumerate(anatomy.BONES):
-        for lab in anatomy.bone_labels(bone):
-            lut[lab] = i
-    ids = lut[label_map]
-    rr, cc = np.nonzero(ids >= 0)
-    bone_ids = ids[rr, cc]
-    order = np.argsort(bone_ids, kind="stable")
-    rr, cc, bone_ids = rr[order], cc[order], bone_ids[order]
-    bounds = np.searchsorted(bone_ids, np.arange(len(anatomy.BONES) + 1))
-    out = {}
-    for i, bone in enumerate(anatomy.BONES):
-        a, b = bounds[i], bounds[i + 1]
-        if b - a < 3:
-            continue
-        pts = np.stack([cc[a:b], rr[a:b]], 1).astype(np.float64)
-        pts -= pts.mean(0)
-        evals, evecs = np.linalg.eigh(pts.T @ pts)
-        axis = evecs[:, -1]
-        proj = pts @ axis
-        out[bone] = float((proj.max() - proj.min() + 1) * spacing_mm)
-    return out
-
-
 # ------------------------------------------------------------------------------------------------
 # Writing
 # ------------------------------------------------------------------------------------------------

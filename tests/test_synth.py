@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from boneage import anatomy
+from boneage.measure import measure
 from boneage.synth import (
     FOV_RANGE_MM,
     OSSIFICATION_STATES,
@@ -21,25 +22,6 @@ from boneage.synth import (
     write_dicom,
     write_examples,
 )
-
-
-def _principal_axis_length_px(rows: np.ndarray, cols: np.ndarray) -> float:
-    """Extent of a pixel set along its major principal axis, + 1 px (independent of the module)."""
-    pts = np.stack([cols, rows], 1).astype(float)
-    pts -= pts.mean(0)
-    cov = pts.T @ pts / len(pts)
-    evals, evecs = np.linalg.eigh(cov)
-    proj = pts @ evecs[:, np.argmax(evals)]
-    return float(proj.max() - proj.min() + 1)
-
-
-def _mask_lengths_mm(label_map: np.ndarray, spacing: float) -> dict[str, float]:
-    out = {}
-    for bone in anatomy.BONES:
-        rr, cc = np.nonzero(np.isin(label_map, anatomy.bone_labels(bone)))
-        if rr.size >= 3:
-            out[bone] = _principal_axis_length_px(rr, cc) * spacing
-    return out
 
 
 # --- geometry and labels -------------------------------------------------------------------------
@@ -249,10 +231,11 @@ def test_mask_lengths_match_recorded_lengths() -> None:
     errors = []
     for i in range(20):
         hand = generate_hand(101, i, size=512)
-        measured = _mask_lengths_mm(hand.label_map, hand.spacing_mm)
+        # The project's one measurement code (boneage.measure) is the ruler.
+        bones = measure(hand.label_map, hand.spacing_mm).bones
         for bone, true_mm in hand.lengths_mm.items():
-            assert bone in measured, bone
-            errors.append(abs(measured[bone] - true_mm) / true_mm)
+            assert bones[bone].length_mm is not None, bone
+            errors.append(abs(bones[bone].length_mm - true_mm) / true_mm)
     errors = np.array(errors)
     assert len(errors) > 20 * 25
     assert np.median(errors) <= 0.03, np.median(errors)
