@@ -11,6 +11,7 @@ import hashlib
 import streamlit as st
 
 from boneage import __version__
+from boneage.dicom_export import ExportError, structured_report_bytes
 from boneage.estimate import BoneAgeEstimator, BoneAgeResult
 from boneage.examples import example_names, load_example
 from boneage.io import ImageReadError, Radiograph, load_radiograph
@@ -38,26 +39,27 @@ def run_estimate(rad: Radiograph, name: str, sex: str | None, age: float | None)
     return estimator().estimate(rad, sex=sex, chronological_age_months=age, name=name)
 
 
-def sidebar() -> tuple[list[tuple[str, Radiograph | Exception]], bool, float]:
+def sidebar() -> tuple[list[tuple[str, Radiograph | Exception, bytes | None]], bool, float]:
     st.sidebar.title("boneage")
     st.sidebar.caption(f"version {__version__} · research software, not a medical device")
     uploads = st.sidebar.file_uploader(
         "Radiographs (DICOM, PNG, JPEG)", accept_multiple_files=True,
         type=None, help="Left-hand PA radiographs. DICOM files without an extension are fine.",
     )
-    cases: list[tuple[str, Radiograph | Exception]] = []
+    cases: list[tuple[str, Radiograph | Exception, bytes | None]] = []
     for up in uploads or []:
+        data = up.getvalue()
         try:
-            cases.append((up.name, read_upload(up.getvalue(), up.name)))
+            cases.append((up.name, read_upload(data, up.name), data))
         except ImageReadError as exc:
-            cases.append((up.name, exc))
+            cases.append((up.name, exc, None))
     st.sidebar.markdown("**or open an example case** (synthetic hand)")
     for name in example_names():
         if st.sidebar.button(name.replace("_", " "), key=f"example-{name}"):
             st.session_state["example"] = name
     if not cases and st.session_state.get("example"):
         name = st.session_state["example"]
-        cases.append((name, load_example(name)))
+        cases.append((name, load_example(name), None))
     st.sidebar.divider()
     show_overlay = st.sidebar.toggle("Bone overlay", value=True)
     opacity = st.sidebar.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05)
@@ -80,7 +82,8 @@ def patient_inputs(name: str, rad: Radiograph) -> tuple[str | None, float | None
     return SEX_OPTIONS[sex_label], age
 
 
-def show_result(result: BoneAgeResult, rad: Radiograph, show_overlay: bool, opacity: float) -> None:
+def show_result(result: BoneAgeResult, rad: Radiograph, show_overlay: bool, opacity: float,
+                source_bytes: bytes | None = None) -> None:
     if result.status != "ok":
         (st.error if result.status == "error" else st.warning)(f"**{result.status.upper()}** — {result.reason}")
         for note in result.qc:
@@ -123,11 +126,18 @@ def show_result(result: BoneAgeResult, rad: Radiograph, show_overlay: bool, opac
         st.dataframe(rows, hide_index=True, use_container_width=True)
     else:
         st.caption("No per-bone table: the multi-step method did not run.")
-    d1, d2 = st.columns(2)
+    d1, d2, d3 = st.columns(3)
     d1.download_button("Printable report (HTML)", report.html_report(result, rad.pixels),
                        file_name=f"{result.path}.report.html", mime="text/html")
     d2.download_button("Result (JSON)", report.result_json(result), file_name=f"{result.path}.json",
                        mime="application/json")
+    if source_bytes is not None and rad.source_format == "dicom":
+        try:
+            sr = structured_report_bytes(result, source_bytes)
+        except ExportError as exc:
+            d3.caption(f"No DICOM SR: {exc}")
+        else:
+            d3.download_button("DICOM SR", sr, file_name=f"{result.path}.sr.dcm", mime="application/dicom")
 
 
 def main() -> None:
@@ -137,9 +147,9 @@ def main() -> None:
         if not cases:
             st.title("Bone age from a hand radiograph")
             st.write("Upload one or more radiographs in the sidebar, or open an example case.")
-        names = [n for n, _ in cases]
+        names = [n for n, _, _ in cases]
         chosen = st.radio("Case", names, horizontal=True) if len(cases) > 1 else (names[0] if names else None)
-        for name, rad in cases:
+        for name, rad, data in cases:
             if name != chosen:
                 continue
             st.header(name)
@@ -147,7 +157,7 @@ def main() -> None:
                 st.error(f"**ERROR** — {rad}")
                 continue
             sex, age = patient_inputs(name, rad)
-            show_result(run_estimate(rad, name, sex, age), rad, show_overlay, opacity)
+            show_result(run_estimate(rad, name, sex, age), rad, show_overlay, opacity, data)
     with tab_compare:
         comparison = DOCS_DIR / "comparison.md"
         if comparison.is_file():

@@ -21,14 +21,14 @@ class ExportError(ValueError):
     """An SR or SC cannot be made for this input (not DICOM, not ok...)."""
 
 
-def _source_dataset(result: BoneAgeResult):
+def _source_dataset(result: BoneAgeResult, source: str | Path | bytes | None = None):
     import pydicom
 
     if not result.ok:
         raise ExportError(f"{result.path}: no DICOM export for a result with status {result.status}")
-    path = Path(str(result.path))
+    src = source if source is not None else Path(str(result.path))
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src, stop_before_pixels=True)
     except Exception as exc:
         raise ExportError(f"{result.path}: not a readable DICOM source ({type(exc).__name__})") from None
     for keyword in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"):
@@ -42,14 +42,15 @@ def _source_dataset(result: BoneAgeResult):
     return ds
 
 
-def structured_report(result: BoneAgeResult):
+def structured_report(result: BoneAgeResult, source: str | Path | bytes | None = None):
     """A DICOM Comprehensive SR (TID 1500 Measurement Report) with both methods' bone ages.
 
     Each method is one measurement group: bone age (LOINC 37362-1, months) and its 90% limits,
     the algorithm identification (name, version) and a reference to the source image.
 
     Args:
-        result: an ``ok`` result whose ``path`` is a DICOM file.
+        result: an ``ok`` result of a DICOM input.
+        source: the source DICOM (path or bytes); default ``result.path``.
 
     Returns:
         ``highdicom.sr.ComprehensiveSR`` (a pydicom Dataset; ``.save_as(path)``).
@@ -61,7 +62,7 @@ def structured_report(result: BoneAgeResult):
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
-    src = _source_dataset(result)
+    src = _source_dataset(result, source)
     bone_age = hd.sr.CodedConcept(*BONE_AGE_LOINC)
     months = hd.sr.CodedConcept("mo", "UCUM", "month")
     groups = []
@@ -176,6 +177,13 @@ def secondary_capture(result: BoneAgeResult, pixels: np.ndarray):
         referring_physician_name=src.get("ReferringPhysicianName") or None,
         patient_orientation=("L", "F"), series_description="Bone age result page (boneage, research use)",
     )
+
+
+def structured_report_bytes(result: BoneAgeResult, source: str | Path | bytes | None = None) -> bytes:
+    """The SR as file bytes (for downloads)."""
+    buf = io.BytesIO()
+    structured_report(result, source).save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def export_for(result: BoneAgeResult, sr_dir: str | Path | None, sc_dir: str | Path | None) -> list[Path]:

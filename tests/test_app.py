@@ -108,6 +108,7 @@ def test_dicom_header_fills_sex_and_age_and_they_are_editable(fake_app, tmp_path
     assert not at.exception
     assert at.selectbox[0].value == "Female"
     assert at.number_input[0].value == pytest.approx(78, abs=1)
+    assert any(b.label == "DICOM SR" for b in at.get("download_button"))
     at.selectbox[0].set_value("Unknown").run()
     assert not at.exception
     assert any("SDS needs the sex" in c.value for c in at.caption), [c.value for c in at.caption] + [w.value for w in at.warning]
