@@ -292,6 +292,7 @@ class TrainConfig:
     limit: int | None = None
     workers: int = 2
     bf16: bool = True
+    threads: int | None = None
     widths: tuple[int, ...] = (32, 64, 128, 256)
 
 
@@ -350,7 +351,7 @@ def train_on_arrays(
 
     device = resolve_device(config.device)
     if device.type == "cpu":
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+        torch.set_num_threads(config.threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     use_bf16 = config.bf16 and (device.type == "cuda" or _cpu_has_bf16())
@@ -570,7 +571,7 @@ def train(config: TrainConfig, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(config.threads or os.cpu_count() or 1)
     wall_start = time.time()
 
     dev = rsna_dev()
@@ -787,7 +788,7 @@ Seed {t['config']['seed']}; {t['epochs_completed']} epochs (batch {t['config']['
 Hardware: {t['hardware']} (device `{t['device']}`), torch {t['torch']}. Training time
 {t['training_minutes']:.0f} min, whole command {t['total_wall_minutes']:.0f} min (first run also decodes the images
 into a uint8 cache under `~/.cache/boneage`, outside the repository). On a GPU use `--device cuda`
-(the numbers will differ slightly from these CPU-trained weights).
+(the numbers will differ slightly from these CPU-trained weights).{(chr(10) + t['note']) if t.get('note') else ''}
 
 ## Validation metrics (fixed `rsna-dev` validation split, sex given)
 {_metrics_table(m['validation'])}
@@ -866,6 +867,8 @@ def _config_to_argv(config: TrainConfig) -> list[str]:
         argv += ["--out", config.out]
     if config.max_minutes is not None:
         argv += ["--max-minutes", str(config.max_minutes)]
+    if config.threads:
+        argv += ["--threads", str(config.threads)]
     if config.limit:
         argv += ["--limit", str(config.limit)]
     return argv
@@ -985,13 +988,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--workers", type=int, default=defaults.workers, help="decoding processes")
     parser.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Build a :class:`TrainConfig` from parsed ``train direct`` arguments."""
     return TrainConfig(epochs=args.epochs, input_size=args.size, seed=args.seed, device=args.device, out=args.out,
                        max_minutes=args.max_minutes, limit=args.limit, batch_size=args.batch_size,
-                       workers=args.workers, bf16=not args.no_bf16)
+                       workers=args.workers, bf16=not args.no_bf16, threads=args.threads)
 
 
 def train_command(args: argparse.Namespace) -> int:
