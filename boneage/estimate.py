@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -160,7 +160,8 @@ class BoneAgeEstimator:
     """Loads the models once; estimates any number of radiographs.
 
     Args:
-        segmenter: callable ``pixels -> label map (same shape)``, or ``None`` (multi-step off).
+        segmenter: a :class:`boneage.segment.Segmenter` (or any callable ``pixels -> label map``
+            of the same shape), or ``None`` (multi-step off).
         multistep: a :class:`boneage.multistep.MultiStepModel` or ``None``.
         direct: a :class:`boneage.direct.DirectEstimator` or ``None``.
         versions: model name -> version string for the results.
@@ -169,7 +170,7 @@ class BoneAgeEstimator:
 
     def __init__(
         self,
-        segmenter: Callable[[np.ndarray], np.ndarray] | None = None,
+        segmenter: Any = None,
         multistep: Any = None,
         direct: Any = None,
         versions: dict[str, str] | None = None,
@@ -201,9 +202,30 @@ class BoneAgeEstimator:
                 versions[name] = entry.version
             except Exception as exc:  # a broken/missing model must not take the other one down
                 errors[name] = f"{type(exc).__name__}: {exc}"
-        seg = loaded.get("segmenter")
-        segment_fn = getattr(seg, "segment", None) if seg is not None else None
-        return cls(segment_fn, loaded.get("multistep"), loaded.get("direct"), versions, errors)
+        return cls(loaded.get("segmenter"), loaded.get("multistep"), loaded.get("direct"), versions, errors)
+
+    def segment(self, pixels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Label map of an image and orientation notes (a mirrored or rotated hand is said).
+
+        Args:
+            pixels: 2-D image, bone bright.
+
+        Returns:
+            ``(label_map, notes)``.
+        """
+        if self.segmenter is None:
+            raise RuntimeError("no segmenter loaded")
+        with_info = getattr(self.segmenter, "segment_with_info", None)
+        if with_info is None:
+            return np.asarray(self.segmenter(pixels)), []
+        info = with_info(pixels)
+        notes = []
+        if info.mirrored:
+            notes.append("hand seen mirrored (a right hand, or a flipped left-hand film): bones were "
+                         "measured as a mirrored left hand")
+        if info.finger_angle_deg is not None and abs(info.finger_angle_deg) > 45:
+            notes.append(f"film rotated: fingers point {info.finger_angle_deg:+.0f} degrees from up")
+        return np.asarray(info.label_map), notes
 
     # ----------------------------------------------------------------------------------------
     def estimate(
@@ -283,7 +305,8 @@ class BoneAgeEstimator:
         if self.segmenter is not None and self.multistep is not None:
             from boneage.measure import measure
 
-            label_map = np.asarray(self.segmenter(rad.pixels))
+            label_map, notes = self.segment(rad.pixels)
+            result.qc.extend(notes)
             result.label_map = label_map
             measurements = measure(label_map, rad.spacing_mm)
             result.carpal_count = measurements.carpal_count

@@ -67,7 +67,7 @@ def estimator(bundle):
 
 
 def test_estimate_on_a_synthetic_hand(estimator):
-    hand = estimator.oracle.add(generate_hand(99, 3, size=SIZE, age_range=(100, 140)))
+    hand = estimator.oracle.add(generate_hand(99, 3, size=512, age_range=(100, 140)))  # spacing < 1 mm
     rad = Radiograph.from_array(hand.image, spacing_mm=hand.spacing_mm)
     result = estimator.estimate(rad, sex=hand.sex, chronological_age_months=hand.chronological_age_months)
     assert result.status == "ok", result.reason
@@ -172,3 +172,17 @@ def test_explicit_unknown_sex_overrides_the_header(estimator, dicom_factory):
     result = estimator.estimate(str(path), sex="unknown")
     assert result.sex is None and result.sex_source == "unknown (user)"
     assert estimator.estimate(str(path), sex="F").sex_source == "user"
+
+
+def test_mirrored_hand_is_said(bundle):
+    from boneage.segment import SegmentationResult
+
+    hand = generate_hand(99, 13, size=SIZE, age_range=(80, 150))
+
+    class MirrorSeg:
+        def segment_with_info(self, pixels):
+            return SegmentationResult(hand.label_map, True, 170.0, 0.01)
+
+    result = BoneAgeEstimator(MirrorSeg(), bundle, FakeDirect()).estimate(hand.image, sex="F")
+    assert result.status == "ok"
+    assert any("mirrored" in q for q in result.qc) and any("rotated" in q for q in result.qc)
