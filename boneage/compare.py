@@ -163,14 +163,18 @@ def real_world(config: CompareConfig, progress: bool = True) -> World:
     from boneage.preprocess import prepare_model_input  # noqa: F401  (documentation: same preprocessing)
 
     dev = datasets.rsna_dev()
-    pool = datasets.all_training_images().sample(frac=1.0, random_state=config.seed).reset_index(drop=True)
+    # True-aspect development films first, then the 299 x 299 films (their lost aspect ratio
+    # distorts shape measurements), each shuffled: a cap on measured films keeps the true-aspect ones.
+    train_dev = dev[dev.split == "train"].sample(frac=1.0, random_state=config.seed)
+    squashed = datasets.rsna_299().sample(frac=1.0, random_state=config.seed)
+    pool = pd.concat([train_dev, squashed], ignore_index=True)
     val = dev[dev.split == "val"].reset_index(drop=True)
     if config.max_measured is not None and len(pool) > config.max_measured:
         config.notes.append(
-            f"Only {config.max_measured} of {len(pool)} pool films were segmented and measured (CPU time); "
-            "real sizes above that were not run."
+            f"Only the first {config.max_measured} of {len(pool)} pool films (rsna-dev training films first) were "
+            "segmented and measured (CPU time); real sizes above that were not run."
         )
-        pool = pool.head(config.max_measured)
+        pool = pool.head(config.max_measured).reset_index(drop=True)
     segment_fn = None
 
     def features(table: pd.DataFrame, tag: str) -> pd.DataFrame:
