@@ -200,6 +200,8 @@ def _add_train_direct_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast (used when the CPU/GPU supports it)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default all cores; 1 is faster when the CPU is shared)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    parser.add_argument("--init", default=None, help="start from these weights (a second training stage)")
 
 
 def _train_direct(args: argparse.Namespace) -> int:

@@ -293,6 +293,7 @@ class TrainConfig:
     workers: int = 2
     bf16: bool = True
     threads: int | None = None
+    init: str | None = None
     widths: tuple[int, ...] = (32, 64, 128, 256)
 
 
@@ -358,11 +359,21 @@ def train_on_arrays(
 
     target_mean = float(np.mean(ages_months))
     target_sd = float(np.std(ages_months)) or 1.0
+    init_state = None
+    if config.init:
+        # Continue from earlier weights (a second, shorter schedule): keep their standardisation.
+        checkpoint = torch.load(config.init, map_location="cpu", weights_only=True)
+        init_state = {k: v.float() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()}
+        target_mean, target_sd = float(checkpoint["target_mean"]), float(checkpoint["target_sd"])
+        log(f"initialised from {config.init}")
     targets = torch.as_tensor((ages_months - target_mean) / target_sd, dtype=torch.float32)
     codes = torch.as_tensor(sex_codes, dtype=torch.float32)
     image_tensor = torch.from_numpy(np.ascontiguousarray(images))
 
-    model = BoneAgeNet(widths=tuple(config.widths)).to(device).to(memory_format=torch.channels_last)
+    model = BoneAgeNet(widths=tuple(config.widths))
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     n = len(images)
     steps_per_epoch = max(1, n // config.batch_size)
@@ -685,6 +696,17 @@ def train(config: TrainConfig, log=print) -> dict:
         "history": result.history,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
     }
+    if config.init:
+        previous_metrics = Path(config.init).parent / METRICS_FILE
+        if previous_metrics.is_file():
+            previous = json.loads(previous_metrics.read_text())
+            metrics["training"]["previous_stage"] = {
+                key: previous["training"].get(key)
+                for key in ("command", "epochs_completed", "training_minutes", "total_wall_minutes", "hardware", "history",
+                            "stopped_early_by_max_minutes", "note")
+            }
+            metrics["training"]["previous_stage"]["validation_mae_months"] = previous["validation"]["overall"]["mae_months"]
+            metrics["training"]["previous_stage"]["holdout_mae_months"] = previous["calibration"]["holdout_mae_months_plain"]
     metrics["weights_file"] = WEIGHTS_FILE
     metrics["weights_bytes"] = weights_path.stat().st_size
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -735,7 +757,15 @@ def write_model_card(folder: str | Path | None = None) -> Path:
     speed = m.get("inference", {})
     params = sum(p.numel() for p in BoneAgeNet(widths=tuple(t["config"]["widths"])).parameters())
     robustness_rows = "\n".join(f"| {k.replace('_', ' ')} | {v:.1f} |" for k, v in rob.items())
-    history = t["history"]
+    previous = t.get("previous_stage")
+    history = [dict(h, stage=1) for h in previous["history"]] + [dict(h, stage=2) for h in t["history"]] if previous else t["history"]
+    commands = (previous["command"] + "\n" if previous else "") + t["command"]
+    stage_note = (
+        f"Two stages: the first command trains from scratch ({previous['epochs_completed']} epochs, "
+        f"{previous['training_minutes']:.0f} min; its own validation MAE {previous['validation_mae_months']:.1f}, hold-out MAE "
+        f"{previous['holdout_mae_months']:.1f}), the second continues from its weights with a new, shorter one-cycle schedule. "
+        if previous else ""
+    )
     speed_line = (f"{speed['seconds_per_image']:.3f} s per image on {speed['hardware']} ({speed['note']})"
                   if speed else "see `benchmarks/bench_direct.py`")
     text = f"""# Model card: end-to-end bone-age CNN (`{m['model_version']}`)
@@ -781,12 +811,12 @@ lost its aspect ratio looks like any other), percentile window (0.5-99.5%) to [0
 
 ## Reproduce
 ```
-{t['command']}
+{commands}
 ```
-Seed {t['config']['seed']}; {t['epochs_completed']} epochs (batch {t['config']['batch_size']}, AdamW lr {t['config']['learning_rate']}, weight decay
+{stage_note}Seed {t['config']['seed']}; {'last stage ' if previous else ''}{t['epochs_completed']} epochs (batch {t['config']['batch_size']}, AdamW lr {t['config']['learning_rate']}, weight decay
 {t['config']['weight_decay']}, one-cycle schedule){', stopped by --max-minutes' if t['stopped_early_by_max_minutes'] else ''}; bf16 autocast: {t['bf16_autocast']}.
 Hardware: {t['hardware']} (device `{t['device']}`), torch {t['torch']}. Training time
-{t['training_minutes']:.0f} min, whole command {t['total_wall_minutes']:.0f} min (first run also decodes the images
+{t['training_minutes'] + (previous['training_minutes'] if previous else 0):.0f} min, whole command{'s' if previous else ''} {t['total_wall_minutes'] + (previous['total_wall_minutes'] if previous else 0):.0f} min (first run also decodes the images
 into a uint8 cache under `~/.cache/boneage`, outside the repository). On a GPU use `--device cuda`
 (the numbers will differ slightly from these CPU-trained weights).{(chr(10) + t['note']) if t.get('note') else ''}
 
@@ -818,10 +848,10 @@ Borders are 1/6 of each side on every edge (black = 0, grey = 128); the marker i
 rectangle (1/8 x 1/10 of the film) near the left edge; "downscaled" is 40% of the original
 resolution; "squashed 299" resizes the film to 299 x 299 like the `rsna-299` set.
 
-### Learning curve (training MAE with augmentation; hold-out MAE, not used for any choice)
+### Learning curve (training MAE under augmentation; MAE on the calibration hold-out of the training split)
 | epoch | train MAE | hold-out MAE | minutes |
 |---|---|---|---|
-""" + "\n".join(f"| {h['epoch']} | {h['train_mae_months']:.1f} | {h.get('monitor_mae_months', float('nan')):.1f} | {h['minutes']:.0f} |" for h in history) + f"""
+""" + "\n".join(f"| {str(h['stage']) + '.' if 'stage' in h else ''}{h['epoch']} | {h['train_mae_months']:.1f} | {h.get('monitor_mae_months', float('nan')):.1f} | {h['minutes']:.0f} |" for h in history) + f"""
 
 ## Speed
 {speed_line}.
@@ -869,6 +899,10 @@ def _config_to_argv(config: TrainConfig) -> list[str]:
         argv += ["--max-minutes", str(config.max_minutes)]
     if config.threads:
         argv += ["--threads", str(config.threads)]
+    if config.learning_rate != TrainConfig.learning_rate:
+        argv += ["--lr", str(config.learning_rate)]
+    if config.init:
+        argv += ["--init", config.init]
     if config.limit:
         argv += ["--limit", str(config.limit)]
     return argv
@@ -989,13 +1023,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=defaults.workers, help="decoding processes")
     parser.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
+    parser.add_argument("--init", default=None, help="start from these weights (a second training stage)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Build a :class:`TrainConfig` from parsed ``train direct`` arguments."""
     return TrainConfig(epochs=args.epochs, input_size=args.size, seed=args.seed, device=args.device, out=args.out,
                        max_minutes=args.max_minutes, limit=args.limit, batch_size=args.batch_size,
-                       workers=args.workers, bf16=not args.no_bf16, threads=args.threads)
+                       workers=args.workers, bf16=not args.no_bf16, threads=args.threads,
+                       learning_rate=args.lr, init=args.init)
 
 
 def train_command(args: argparse.Namespace) -> int:
