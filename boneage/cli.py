@@ -228,6 +228,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-real", action="store_true", help="skip the real films (synthetic world only)")
     p.add_argument("--device", default="cpu", help="cpu or cuda for the CNN runs")
     p.add_argument("--out", help="report folder (default docs/)")
+    p.add_argument("--merge", help="comparison_results.json of an earlier run to include (worlds it has are not redone)")
+    p.add_argument("--direct-budget", type=int, help="CNN training samples per run (default 60000)")
+    p.add_argument("--direct-size", type=int, help="CNN input side for the comparison runs (default 128)")
     p.set_defaults(handler=_compare)
 
 
@@ -242,8 +245,12 @@ def _compare(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(config, name, tuple(value) if isinstance(value, list) else value)
     config.device = args.device
+    if args.direct_budget:
+        config.direct_sample_budget = args.direct_budget
+    if args.direct_size:
+        config.direct_input_size = args.direct_size
     command = "boneage " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("boneage") else "boneage compare"
-    path = run_compare(config, command=command, real=not args.no_real)
+    path = run_compare(config, command=command, real=not args.no_real, merge=args.merge)
     print(f"report written to {path}")
     return EXIT_OK
 

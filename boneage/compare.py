@@ -366,7 +366,32 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def write_report(results: list[RunResult], worlds: dict[str, World], config: CompareConfig, command: str,
+@dataclass
+class WorldSummary:
+    """What the report needs of a world (also restored from a saved results file)."""
+
+    name: str
+    val_ages: np.ndarray
+    val_sex: np.ndarray
+    pool_size: int
+
+    @classmethod
+    def of(cls, world: World) -> WorldSummary:
+        return cls(world.name, world.val_ages, world.val_sex, len(world.pool_ages))
+
+
+def load_results(path: str | Path) -> tuple[list[RunResult], dict[str, WorldSummary], list[str], float]:
+    """Results saved by :func:`write_report` (to merge a run of one world into a report of both)."""
+    blob = json.loads(Path(path).read_text())
+    results = [RunResult(**r) for r in blob["results"]]
+    worlds = {
+        name: WorldSummary(name, np.array(w["val_ages"], float), np.array(w["val_sex"], object), int(w["pool_size"]))
+        for name, w in blob["worlds"].items()
+    }
+    return results, worlds, list(blob.get("config", {}).get("notes", [])), float(blob.get("minutes", 0.0))
+
+
+def write_report(results: list[RunResult], worlds: dict[str, WorldSummary], config: CompareConfig, command: str,
                  minutes: float) -> Path:
     """Write ``comparison.md`` and its plots into ``config.out_dir``."""
     out = Path(config.out_dir)
@@ -391,7 +416,7 @@ def write_report(results: list[RunResult], worlds: dict[str, World], config: Com
         sections.append(f"""## {name.capitalize()} world
 
 Validation: {len(world.val_ages)} {'films of the fixed rsna-dev validation split' if name == 'real' else 'synthetic hands from a separate seed'};
-training pool: {len(world.pool_ages)} {'films (rsna-dev training split + rsna-299)' if name == 'real' else 'synthetic hands'}.
+training pool: {world.pool_size} {'films (rsna-dev training split first, then rsna-299)' if name == 'real' else 'synthetic hands'}.
 {'Multi-step here measures the TRUE label maps (perfect segmentation): an upper bound for that method.' if name == 'synthetic' else 'Multi-step measures the shipped segmenter output.'}
 
 MAE in months, mean over draws, with the 95% bootstrap CI (validation cases resampled) of the first draw:
@@ -429,9 +454,13 @@ regression on the subset's measurements. "average" is the mean of the two estima
 """
     path = out / "comparison.md"
     path.write_text(text)
-    (out / "comparison_results.json").write_text(json.dumps(
-        {"config": {k: v for k, v in asdict(config).items()}, "results": [
-            {k: v for k, v in asdict(r).items() if k != "predictions"} for r in results]}, indent=1, default=str))
+    (out / "comparison_results.json").write_text(json.dumps({
+        "config": {k: v for k, v in asdict(config).items()},
+        "minutes": minutes,
+        "worlds": {n: {"val_ages": w.val_ages.tolist(), "val_sex": [str(x) for x in w.val_sex], "pool_size": w.pool_size}
+                   for n, w in worlds.items()},
+        "results": [asdict(r) for r in results],
+    }, default=str))
     return path
 
 
@@ -462,21 +491,39 @@ def _hardware(device: str) -> str:
 
 
 def run_compare(config: CompareConfig, command: str = "boneage compare", real: bool = True,
-                log: Callable[[str], None] = print, progress: bool = True) -> Path:
-    """Run the whole comparison and write the report; returns the report path."""
+                log: Callable[[str], None] = print, progress: bool = True, merge: str | Path | None = None) -> Path:
+    """Run the comparison and write the report; returns the report path.
+
+    Args:
+        config: sizes, budgets, output folder.
+        command: the command line quoted in the report.
+        real: run the real world (needs ``../shared`` and the shipped segmenter).
+        log: progress lines.
+        progress: progress bars.
+        merge: a ``comparison_results.json`` of an earlier run whose worlds this run does not
+            redo (e.g. the synthetic world run separately); its results join this report.
+    """
     t0 = time.perf_counter()
-    worlds: dict[str, World] = {}
+    worlds: dict[str, WorldSummary] = {}
     results: list[RunResult] = []
-    if config.synthetic_sizes:
+    earlier_minutes = 0.0
+    if merge:
+        old_results, old_worlds, old_notes, earlier_minutes = load_results(merge)
+        results += old_results
+        worlds.update(old_worlds)
+        config.notes += [n for n in old_notes if n not in config.notes]
+        config.notes.append(f"the {', '.join(old_worlds)} world(s) come from an earlier run merged in ({earlier_minutes:.0f} min)")
+    if config.synthetic_sizes and "synthetic" not in worlds:
         pool = max(config.synthetic_sizes)
-        worlds["synthetic"] = synthetic_world(pool, 120 if config.quick else 600, config.seed,
-                                              config.direct_input_size, progress)
-        results += run_world(worlds["synthetic"], config.synthetic_sizes, config, log)
-    if real and config.sizes:
+        world = synthetic_world(pool, 120 if config.quick else 600, config.seed, config.direct_input_size, progress)
+        results += run_world(world, config.synthetic_sizes, config, log)
+        worlds["synthetic"] = WorldSummary.of(world)
+    if real and config.sizes and "real" not in worlds:
         try:
-            worlds["real"] = real_world(config, progress)
+            world = real_world(config, progress)
         except (FileNotFoundError, KeyError) as exc:
             config.notes.append(f"real world not run: {exc}")
         else:
-            results += run_world(worlds["real"], config.sizes, config, log)
-    return write_report(results, worlds, config, command, (time.perf_counter() - t0) / 60)
+            results += run_world(world, config.sizes, config, log)
+            worlds["real"] = WorldSummary.of(world)
+    return write_report(results, worlds, config, command, earlier_minutes + (time.perf_counter() - t0) / 60)

@@ -36,3 +36,7 @@ def test_quick_synthetic_comparison_writes_the_report(tmp_path):
     assert (tmp_path / "comparison_learning_curves.png").stat().st_size > 10_000
     assert (tmp_path / "comparison_bland_altman_synthetic.png").is_file()
     assert "commit `" in text
+    # A later run can merge these results instead of redoing the world.
+    again = run_compare(CompareConfig.quick_config(tmp_path / "merged"), real=False, log=lambda m: None,
+                        progress=False, merge=tmp_path / "comparison_results.json")
+    assert "Synthetic world" in again.read_text() and "merged in" in again.read_text()
