@@ -158,9 +158,7 @@ def real_world(config: CompareConfig, progress: bool = True) -> World:
     """
     from boneage import datasets
     from boneage.direct import cached_images
-    from boneage.multistep import load_segmenter_fn, measure_images
-    from boneage.paths import cache_dir
-    from boneage.preprocess import prepare_model_input  # noqa: F401  (documentation: same preprocessing)
+    from boneage.multistep import film_features
 
     dev = datasets.rsna_dev()
     # True-aspect development films first, then the 299 x 299 films (their lost aspect ratio
@@ -175,26 +173,18 @@ def real_world(config: CompareConfig, progress: bool = True) -> World:
             "segmented and measured (CPU time); real sizes above that were not run."
         )
         pool = pool.head(config.max_measured).reset_index(drop=True)
-    segment_fn = None
+    from boneage import models
 
-    def features(table: pd.DataFrame, tag: str) -> pd.DataFrame:
-        nonlocal segment_fn
-        from boneage import models
+    version = models.get("segmenter").version
 
-        version = models.get("segmenter").version
-        path = cache_dir() / f"compare_features_{version}_{tag}_{len(table)}_{config.seed}.csv"
-        if path.is_file():
-            return pd.read_csv(path)
-        segment_fn = segment_fn or load_segmenter_fn(config.device)
-        frame = measure_images([Path(p) for p in table["path"]], segment_fn, progress=progress)
-        frame.to_csv(path, index=False)
-        return frame
+    def features(table: pd.DataFrame) -> pd.DataFrame:
+        return film_features(table, version, progress=progress)
 
     pool_images = _resize_stack(cached_images(pool), config.direct_input_size)
     val_images = _resize_stack(cached_images(val), config.direct_input_size)
     return World(
-        "real", features(pool, "pool"), pool_images, pool["bone_age_months"].to_numpy(float),
-        pool["sex"].to_numpy(object), features(val, "val"), val_images, val["bone_age_months"].to_numpy(float),
+        "real", features(pool), pool_images, pool["bone_age_months"].to_numpy(float),
+        pool["sex"].to_numpy(object), features(val), val_images, val["bone_age_months"].to_numpy(float),
         val["sex"].to_numpy(object),
     )
 

@@ -418,6 +418,44 @@ def measure_images(
     return frame
 
 
+def film_features(table: pd.DataFrame, segmenter_version: str, segment_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+                  progress: bool = True) -> pd.DataFrame:
+    """Scale-free features of labelled films, segmented once per segmenter version.
+
+    Features are cached per film (``source``, ``id``) in the cache dir (outside the repository:
+    they derive from research-only images); only films not yet measured are segmented.
+
+    Args:
+        table: rows with ``id``, ``source`` and ``path``.
+        segmenter_version: the segmenter's version string (the cache key).
+        segment_fn: ``pixels -> label map``; loaded from the registry when needed and not given.
+        progress: show a progress bar.
+
+    Returns:
+        Features in ``table``'s row order.
+    """
+    from boneage.paths import cache_dir
+
+    path = cache_dir() / f"film_features_{segmenter_version}.csv"
+    cached = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["source", "id", *feature_names()])
+    key = lambda src, i: f"{src}:{i}"  # noqa: E731
+    known = {key(s, i) for s, i in zip(cached["source"], cached["id"])}
+    todo = table[[key(s, i) not in known for s, i in zip(table["source"], table["id"])]]
+    if len(todo):
+        segment_fn = segment_fn or load_segmenter_fn()
+        new = measure_images([Path(p) for p in todo["path"]], segment_fn, progress=progress)
+        new.insert(0, "id", todo["id"].to_numpy())
+        new.insert(0, "source", todo["source"].to_numpy())
+        cached = pd.concat([cached, new], ignore_index=True)
+        tmp = path.with_suffix(".tmp.csv")
+        cached.to_csv(tmp, index=False)
+        tmp.replace(path)
+    cached["_key"] = [key(s, i) for s, i in zip(cached["source"], cached["id"])]
+    lookup = cached.drop_duplicates("_key", keep="last").set_index("_key")
+    rows = [key(s, i) for s, i in zip(table["source"], table["id"])]
+    return lookup.loc[rows, feature_names()].astype(float).reset_index(drop=True)
+
+
 def write_metrics(folder: Path, metrics: dict) -> Path:
     path = folder / METRICS_FILE
     path.write_text(json.dumps(metrics, indent=2, default=float))
@@ -507,23 +545,16 @@ def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_le
     images).
     """
     from boneage import datasets
-    from boneage.paths import cache_dir
 
     t0 = now()
     out = Path(out)
     dev = datasets.rsna_dev()
     if limit:
         dev = pd.concat([dev[dev.split == "train"].head(limit), dev[dev.split == "val"].head(max(limit // 4, 8))])
-    segment_fn = load_segmenter_fn(device)
     from boneage import models
 
     seg_version = models.get("segmenter").version
-    cache = cache_dir() / f"multistep_features_{seg_version}_{len(dev)}.csv"
-    if cache.is_file():
-        feats = pd.read_csv(cache)[feature_names()]
-    else:
-        feats = measure_images([Path(p) for p in dev["path"]], segment_fn, progress=progress)
-        feats.to_csv(cache, index=False)
+    feats = film_features(dev, seg_version, load_segmenter_fn(device), progress=progress)
     t_measure = now() - t0
     data = LabelledMeasurements(feats, dev["bone_age_months"].to_numpy(float), dev["sex"].to_numpy(object), [str(i) for i in dev["id"]])
     is_val = (dev["split"] == "val").to_numpy()

@@ -53,3 +53,31 @@ def test_main_feature_follows_maturity():
     assert main_feature(open_physis) == "radius.epiphysis_ratio"
     assert main_feature(fusing) == "radius.fusion_contact"
     assert main_feature(BoneMeasurement("radius", epiphysis_present=False)) == "radius.epiphysis_present"
+
+
+def test_film_features_segment_each_film_once(rsna_dev, tmp_path, monkeypatch):
+    from boneage import datasets
+    from boneage.measure import feature_names
+    from boneage.multistep import film_features
+    from boneage.synth import generate_hand
+
+    monkeypatch.setenv("BONEAGE_CACHE", str(tmp_path))
+    hand = generate_hand(5, 5, size=256)
+    calls = []
+
+    def fake_segment(pixels):
+        calls.append(pixels.shape)
+        out = np.zeros(pixels.shape, np.uint8)
+        h, w = min(pixels.shape[0], hand.label_map.shape[0]), min(pixels.shape[1], hand.label_map.shape[1])
+        out[:h, :w] = hand.label_map[:h, :w]
+        return out
+
+    table = datasets.rsna_dev(rsna_dev).head(4)
+    first = film_features(table.iloc[:3], "test-seg", fake_segment, progress=False)
+    both = film_features(table, "test-seg", fake_segment, progress=False)
+    assert len(calls) == 4  # three, then only the new one
+    assert list(both.columns) == feature_names() and len(both) == 4
+    np.testing.assert_allclose(both.iloc[:3].to_numpy(), first.to_numpy(), equal_nan=True)
+    again = film_features(table.iloc[::-1], "test-seg", fake_segment, progress=False)  # order follows the table
+    np.testing.assert_allclose(again.iloc[::-1].to_numpy(), both.to_numpy(), equal_nan=True)
+    assert len(calls) == 4
