@@ -1103,7 +1103,7 @@ def model_card(metrics: dict[str, Any]) -> str:
         lines.append(_train_command_line(cfg) + f"   # stage {i}: {st.get('steps_done')} steps, "
                      f"{st.get('wall_minutes', 0):.0f} min")
     lines += [
-        "python -m boneage.segment eval --n 40 --card   # metrics.json + this card",
+        "python -m boneage.segment eval --n 20 --card   # metrics.json + this card",
         "python benchmarks/bench_segment.py",
         "```",
         "",
