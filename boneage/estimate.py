@@ -24,6 +24,8 @@ MODEL_AGE_RANGE = (0.0, 228.0)
 MAX_CHRONOLOGICAL_AGE_MONTHS = 240.0
 #: A hand shows 19 tubular bones; fewer plausible ones than this and it is not a usable hand.
 MIN_TUBULAR_BONES_FOR_A_HAND = 10
+#: Fewer finger bones than this found at all, and the film is not a hand.
+MIN_TUBULAR_BONES_PRESENT = 5
 #: Two estimates "disagree" when their difference exceeds this multiple of their combined
 #: interval half-widths (intervals are 90%: 1.645 SD each).
 DISAGREEMENT_Z = 1.645
@@ -310,17 +312,22 @@ class BoneAgeEstimator:
             result.label_map = label_map
             measurements = measure(label_map, rad.spacing_mm)
             result.carpal_count = measurements.carpal_count
-            rejection = self._qc_segmentation(measurements)
+            rejection, unreliable = self._qc_segmentation(measurements)
             if rejection:
                 result.status, result.reason = "rejected", rejection
                 return result
             ms = self.multistep.estimate(measurements, result.sex)
-            result.multistep = MethodEstimate(
-                "multistep", True, ms.age_months, ms.lower_90, ms.upper_90,
-                model_version=self.versions.get("multistep"),
-                note=None if result.sex else "sex unknown: both sexes' references averaged",
-            )
             result.bones = [row.to_dict() for row in ms.bones]
+            if unreliable:
+                # A poor segmentation withholds the multi-step number, not the whole film.
+                result.multistep.note = f"multi-step withheld: {unreliable}"
+                result.qc.append(result.multistep.note)
+            else:
+                result.multistep = MethodEstimate(
+                    "multistep", True, ms.age_months, ms.lower_90, ms.upper_90,
+                    model_version=self.versions.get("multistep"),
+                    note=None if result.sex else "sex unknown: both sexes' references averaged",
+                )
         else:
             missing = [n for n in ("segmenter", "multistep") if n in self.load_errors or getattr(self, n) is None]
             result.multistep.note = f"multi-step method unavailable ({', '.join(missing)} model missing)"
@@ -366,16 +373,18 @@ class BoneAgeEstimator:
         return ""
 
     @staticmethod
-    def _qc_segmentation(measurements: Any) -> str:
-        """Refuse images where the segmenter does not find one plausible hand."""
+    def _qc_segmentation(measurements: Any) -> tuple[str, str]:
+        """``(rejection, unreliable)``: reject films where (almost) no finger bone is found; call
+        the multi-step estimate unreliable when too few bones measure plausibly."""
+        present = sum(1 for b in anatomy.TUBULAR_BONES if measurements.bones[b].present)
+        if present < MIN_TUBULAR_BONES_PRESENT:
+            return (f"not recognised as a hand radiograph: only {present} of 19 finger bones found", "")
         plausible = sum(1 for b in anatomy.TUBULAR_BONES if measurements.bones[b].plausible)
-        if plausible < MIN_TUBULAR_BONES_FOR_A_HAND:
-            return (f"not recognised as a hand radiograph: only {plausible} of 19 finger bones found "
-                    f"(need {MIN_TUBULAR_BONES_FOR_A_HAND})")
         fragmented = sum(1 for b in anatomy.TUBULAR_BONES if "fragmented" in measurements.bones[b].flags)
-        if fragmented >= 8:
-            return f"several hands or a broken segmentation: {fragmented} finger bones appear in pieces"
-        return ""
+        if plausible < MIN_TUBULAR_BONES_FOR_A_HAND:
+            return "", (f"only {plausible} of 19 finger bones segmented plausibly (need "
+                        f"{MIN_TUBULAR_BONES_FOR_A_HAND}; {fragmented} in pieces)")
+        return "", ""
 
     @staticmethod
     def _compare_and_score(result: BoneAgeResult) -> None:
