@@ -444,14 +444,14 @@ def film_features(table: pd.DataFrame, segmenter_version: str, segment_fn: Calla
     if len(todo):
         segment_fn = segment_fn or load_segmenter_fn()
         new = measure_images([Path(p) for p in todo["path"]], segment_fn, progress=progress)
-        new.insert(0, "id", todo["id"].to_numpy())
-        new.insert(0, "source", todo["source"].to_numpy())
-        cached = pd.concat([cached, new], ignore_index=True)
+        ids = pd.DataFrame({"source": todo["source"].to_numpy(), "id": todo["id"].to_numpy()})
+        cached = pd.concat([cached, pd.concat([ids, new], axis=1)], ignore_index=True)
         tmp = path.with_suffix(".tmp.csv")
         cached.to_csv(tmp, index=False)
         tmp.replace(path)
-    cached["_key"] = [key(s, i) for s, i in zip(cached["source"], cached["id"])]
-    lookup = cached.drop_duplicates("_key", keep="last").set_index("_key")
+    keys = pd.Index([key(s, i) for s, i in zip(cached["source"], cached["id"])])
+    lookup = cached.set_axis(keys)[feature_names()]
+    lookup = lookup[~lookup.index.duplicated(keep="last")]
     rows = [key(s, i) for s, i in zip(table["source"], table["id"])]
     return lookup.loc[rows, feature_names()].astype(float).reset_index(drop=True)
 
