@@ -90,11 +90,13 @@ class Measurements:
         bones: bone name -> :class:`BoneMeasurement`, for every bone of ``anatomy.BONES``.
         spacing_mm: ``(row, col)`` spacing of the label map, or ``None`` (lengths in px only).
         shape: label map shape.
+        finger_rays: digits whose bones lie in a hand's layout (see :func:`finger_rays`).
     """
 
     bones: dict[str, BoneMeasurement]
     spacing_mm: tuple[float, float] | None
     shape: tuple[int, int]
+    finger_rays: int = 0
 
     @property
     def carpal_count(self) -> int:
@@ -138,6 +140,7 @@ class Measurements:
         return {
             "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None,
             "carpal_count": self.carpal_count,
+            "finger_rays": self.finger_rays,
             "bones": {b: {k: v for k, v in asdict(m).items() if k != "bone"} for b, m in self.bones.items()},
         }
 
@@ -202,7 +205,86 @@ def measure(label_map: np.ndarray, spacing_mm: tuple[float, float] | float | Non
         m.plausible = m.present and not m.flags
         _calibrate(m, spacing)
         bones[bone] = m
-    return Measurements(bones, spacing, labels.shape)  # type: ignore[arg-type]
+    return Measurements(bones, spacing, labels.shape, finger_rays(labels))  # type: ignore[arg-type]
+
+
+#: A digit counts as laid out like a finger when its bones' centres stray at most this fraction of
+#: the ray's length from the line through its first and last bone ...
+RAY_STRAIGHTNESS = 0.25
+#: ... each elongated bone points along the ray (|cos| of the angle at least this) ...
+RAY_ALIGNMENT = 0.8
+#: ... and neighbouring bones meet end to end: their centres lie between these multiples of their
+#: mean length apart (the upper bound grows by one bone length for each bone missing between them).
+RAY_SPACING = (0.6, 1.6)
+
+
+def finger_rays(label_map: np.ndarray) -> int:
+    """Count the digits whose bones are arranged as on a hand: a hand-likeness check.
+
+    A digit counts when at least three of its tubular bones (metacarpal, phalanges) are present,
+    their centres follow each other in anatomical order along one roughly straight ray, each
+    elongated bone points along that ray, and neighbours meet end to end. A segmentation network
+    run on a chest or a tibia labels scattered blobs as finger bones; they rarely line up like
+    this, so it separates a hand from a non-hand film without relying on how well each bone is
+    measured.
+
+    Args:
+        label_map: 2-D ``boneage.anatomy`` label ids.
+
+    Returns:
+        Number of digits (0-5) laid out as a finger.
+    """
+    labels = np.asarray(label_map)
+    # Layout needs no fine detail: moments on a grid of at most ~512 px keep this cheap on full-size films.
+    step = max(1, max(labels.shape) // 512)
+    labels = np.clip(labels[::step, ::step], 0, anatomy.NUM_CLASSES - 1).astype(np.int64)
+    if not labels.any():
+        return 0
+    # Per-label pixel moments in one pass each (bincount), then summed over a bone's labels.
+    flat = labels.ravel()
+    rr, cc = np.indices(labels.shape, dtype=np.float64)
+    rr, cc = rr.ravel(), cc.ravel()
+    moments = np.stack([
+        np.bincount(flat, weights=w, minlength=anatomy.NUM_CLASSES)
+        for w in (np.ones_like(rr), rr, cc, rr * rr, cc * cc, rr * cc)
+    ])
+    rays = 0
+    for d in range(1, 6):
+        bones = []  # (position in the digit, centre, unit long axis, length, elongated)
+        for position, bone in enumerate(anatomy.digit_bones(d)):
+            n, sr, sc, srr, scc, src = moments[:, anatomy.bone_labels(bone)].sum(axis=1)
+            if n < MIN_PIXELS:
+                continue
+            centre = np.array([sr / n, sc / n])
+            cov = np.array([[srr / n, src / n], [src / n, scc / n]]) - np.outer(centre, centre)
+            evals, evecs = np.linalg.eigh(cov)
+            length = math.sqrt(12 * max(evals[1], 0.0))
+            bones.append((position, centre, evecs[:, 1], length, evals[1] > 4 * max(evals[0], 1e-9)))
+        if len(bones) >= 3 and _laid_out_as_a_finger(bones):
+            rays += 1
+    return rays
+
+
+def _laid_out_as_a_finger(bones: list[tuple[int, np.ndarray, np.ndarray, float, bool]]) -> bool:
+    pts = np.stack([b[1] for b in bones])
+    axis = pts[-1] - pts[0]
+    span = float(np.hypot(*axis))
+    if span == 0:
+        return False
+    axis /= span
+    along = (pts - pts[0]) @ axis
+    across = np.abs((pts - pts[0]) @ np.array([-axis[1], axis[0]]))
+    if not (np.all(np.diff(along) > 0) and across.max() <= RAY_STRAIGHTNESS * span):
+        return False
+    if any(elongated and abs(float(direction @ axis)) < RAY_ALIGNMENT for _, _, direction, _, elongated in bones):
+        return False
+    lo, hi = RAY_SPACING
+    for (p0, c0, _, l0, _), (p1, c1, _, l1, _) in zip(bones, bones[1:]):
+        mean_length = (l0 + l1) / 2
+        gap = float(np.hypot(*(c1 - c0)))
+        if not lo * mean_length <= gap <= (hi + (p1 - p0 - 1)) * mean_length:
+            return False
+    return True
 
 
 def _calibrate(m: BoneMeasurement, spacing: tuple[float, float] | None) -> None:

@@ -102,6 +102,24 @@ def test_non_hand_is_rejected_by_segmentation_qc(estimator):
     assert not result.multistep.available and not result.direct.available
 
 
+def test_scattered_finger_bones_are_not_a_hand(estimator):
+    """Many "finger bones" found, but in no finger's order (what a segmenter does on a tibia)."""
+    hand = generate_hand(99, 5, size=SIZE)
+    rng = np.random.default_rng(1)
+    scattered = np.zeros_like(hand.label_map)
+    for value in [v for v in np.unique(hand.label_map) if v]:
+        # Every structure moved to a random place: the same bones, no hand layout.
+        rr, cc = np.nonzero(hand.label_map == value)
+        rows, cols = scattered.shape
+        dr, dc = rng.integers(0, (rows - 40, cols - 40)) - (rr.min(), cc.min())
+        keep = (rr + dr < rows) & (cc + dc < cols) & (rr + dr >= 0) & (cc + dc >= 0)
+        scattered[rr[keep] + dr, cc[keep] + dc] = value
+    estimator.oracle.add(hand)
+    estimator.oracle.truth[hand.image.tobytes()[:4096]] = scattered
+    result = estimator.estimate(hand.image)
+    assert result.status == "rejected" and "laid out as a finger" in result.reason
+
+
 @pytest.mark.parametrize(
     "image, reason",
     [(np.zeros((300, 300), np.float32), "blank"), (np.random.default_rng(1).random((40, 40)), "too small")],

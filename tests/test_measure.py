@@ -100,3 +100,28 @@ def test_to_dict_is_json_ready():
     d = measure(labels, spacing_mm=0.3).to_dict()
     json.dumps(d)
     assert set(d["bones"]) == set(anatomy.BONES) and d["bones"]["distal_phalanx_1"]["length_mm"] > 0
+
+
+def test_finger_rays_count_digits_laid_out_in_order():
+    from boneage.measure import finger_rays
+    from boneage.synth import generate_hand
+
+    hand = generate_hand(7, 0, size=384)
+    assert finger_rays(hand.label_map) >= 4  # a true hand: (almost) every digit in order
+
+    # The same bones of one digit, shuffled out of anatomical order along the ray: not a finger.
+    labels = np.zeros((200, 200), np.uint8)
+    for bone, row in zip(anatomy.digit_bones(3), (40, 160, 80, 120)):
+        _bone(labels, bone, (row, 100), 30, 8, 0)
+    assert finger_rays(labels) == 0
+    # In order (metacarpal at the bottom, distal phalanx on top), they are one finger.
+    labels[:] = 0
+    for bone, row in zip(anatomy.digit_bones(3), (160, 120, 80, 40)):
+        _bone(labels, bone, (row, 100), 30, 8, 0)
+    assert finger_rays(labels) == 1 and measure(labels).finger_rays == 1
+    # Scattered sideways (a zig-zag): not a finger.
+    labels[:] = 0
+    for bone, (row, col) in zip(anatomy.digit_bones(3), ((160, 40), (120, 160), (80, 40), (40, 160))):
+        _bone(labels, bone, (row, col), 30, 8, 0)
+    assert finger_rays(labels) == 0
+    assert finger_rays(np.zeros((10, 10), np.uint8)) == 0
