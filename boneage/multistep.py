@@ -418,6 +418,10 @@ def measure_images(
     return frame
 
 
+#: Films measured between two saves of the feature cache.
+FEATURE_CHUNK = 500
+
+
 def film_features(table: pd.DataFrame, segmenter_version: str, segment_fn: Callable[[np.ndarray], np.ndarray] | None = None,
                   progress: bool = True) -> pd.DataFrame:
     """Scale-free features of labelled films, segmented once per segmenter version.
@@ -443,12 +447,17 @@ def film_features(table: pd.DataFrame, segmenter_version: str, segment_fn: Calla
     todo = table[[key(s, i) not in known for s, i in zip(table["source"], table["id"])]]
     if len(todo):
         segment_fn = segment_fn or load_segmenter_fn()
-        new = measure_images([Path(p) for p in todo["path"]], segment_fn, progress=progress)
-        ids = pd.DataFrame({"source": todo["source"].to_numpy(), "id": todo["id"].to_numpy()})
-        cached = pd.concat([cached, pd.concat([ids, new], axis=1)], ignore_index=True)
-        tmp = path.with_suffix(".tmp.csv")
-        cached.to_csv(tmp, index=False)
-        tmp.replace(path)
+        # Saved chunk by chunk: an interrupted run (thousands of films) keeps what it measured.
+        for start in range(0, len(todo), FEATURE_CHUNK):
+            chunk = todo.iloc[start:start + FEATURE_CHUNK]
+            if progress and len(todo) > FEATURE_CHUNK:
+                print(f"films {start + 1}-{start + len(chunk)} of {len(todo)} to measure")
+            new = measure_images([Path(p) for p in chunk["path"]], segment_fn, progress=progress)
+            ids = pd.DataFrame({"source": chunk["source"].to_numpy(), "id": chunk["id"].to_numpy()})
+            cached = pd.concat([cached, pd.concat([ids, new], axis=1)], ignore_index=True)
+            tmp = path.with_suffix(".tmp.csv")
+            cached.to_csv(tmp, index=False)
+            tmp.replace(path)
     keys = pd.Index([key(s, i) for s, i in zip(cached["source"], cached["id"])])
     lookup = cached.set_axis(keys)[feature_names()]
     lookup = lookup[~lookup.index.duplicated(keep="last")]

@@ -81,3 +81,24 @@ def test_film_features_segment_each_film_once(rsna_dev, tmp_path, monkeypatch):
     again = film_features(table.iloc[::-1], "test-seg", fake_segment, progress=False)  # order follows the table
     np.testing.assert_allclose(again.iloc[::-1].to_numpy(), both.to_numpy(), equal_nan=True)
     assert len(calls) == 4
+
+
+def test_film_features_keep_finished_chunks_when_interrupted(rsna_dev, tmp_path, monkeypatch):
+    from boneage import datasets, multistep
+
+    monkeypatch.setenv("BONEAGE_CACHE", str(tmp_path))
+    monkeypatch.setattr(multistep, "FEATURE_CHUNK", 2)
+    calls = []
+
+    def failing_on_the_third(pixels):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user stops a long run
+        return np.zeros(pixels.shape, np.uint8)
+
+    table = datasets.rsna_dev(rsna_dev).head(4)
+    with pytest.raises(KeyboardInterrupt):
+        multistep.film_features(table, "test-seg", failing_on_the_third, progress=False)
+    calls.clear()
+    multistep.film_features(table, "test-seg", lambda p: (calls.append(1), np.zeros(p.shape, np.uint8))[1], progress=False)
+    assert len(calls) == 2  # the first chunk of two films was kept
