@@ -165,6 +165,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     multistep.add_argument("--synthetic-lengths", type=int, default=2000, help="synthetic hands for the mm length model")
     multistep.add_argument("--device", default="cpu")
     multistep.add_argument("--limit", type=int, default=None, help="use only the first N training films (quick runs)")
+    multistep.add_argument("--workers", type=int, default=1, help="segmenting processes (default 1)")
     multistep.set_defaults(handler=_train_multistep)
     direct = models.add_parser(
         "direct",
@@ -227,6 +228,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-measured", type=int, help="segment and measure at most this many pool films")
     p.add_argument("--no-real", action="store_true", help="skip the real films (synthetic world only)")
     p.add_argument("--device", default="cpu", help="cpu or cuda for the CNN runs")
+    p.add_argument("--workers", type=int, default=1, help="processes segmenting the real films (default 1)")
     p.add_argument("--out", help="report folder (default docs/)")
     p.add_argument("--merge", help="comparison_results.json of an earlier run to include (worlds it has are not redone)")
     p.add_argument("--direct-budget", type=int, help="CNN training samples per run (default 60000)")
@@ -245,6 +247,7 @@ def _compare(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(config, name, tuple(value) if isinstance(value, list) else value)
     config.device = args.device
+    config.workers = args.workers
     if args.direct_budget:
         config.direct_sample_budget = args.direct_budget
     if args.direct_size:
@@ -290,7 +293,7 @@ def _train_multistep(args: argparse.Namespace) -> int:
 
     out = args.out or MULTISTEP_DIR
     metrics = train_multistep(out, seed=args.seed, synthetic_lengths=args.synthetic_lengths,
-                              device=args.device, limit=args.limit)
+                              device=args.device, limit=args.limit, workers=args.workers)
     write_model_card(out)
     print(json.dumps(metrics["validation"], indent=2))
     return EXIT_OK

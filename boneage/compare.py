@@ -50,6 +50,7 @@ class CompareConfig:
         max_measured: cap on real films that are segmented and measured (segmentation is the slow
             part on a CPU); sizes above it use only the films measured... see ``notes``.
         seed: base seed.
+        workers: processes segmenting and measuring the real films.
         device: ``cpu`` or ``cuda`` for the CNN runs.
         quick: a small smoke version.
         out_dir: where the report and plots go.
@@ -65,6 +66,7 @@ class CompareConfig:
     direct_input_size: int = 128
     max_measured: int | None = None
     seed: int = 0
+    workers: int = 1
     device: str = "cpu"
     quick: bool = False
     out_dir: str = str(DOCS_DIR)
@@ -178,7 +180,7 @@ def real_world(config: CompareConfig, progress: bool = True) -> World:
     version = models.get("segmenter").version
 
     def features(table: pd.DataFrame) -> pd.DataFrame:
-        return film_features(table, version, progress=progress)
+        return film_features(table, version, progress=progress, workers=config.workers)
 
     pool_images = _resize_stack(cached_images(pool), config.direct_input_size)
     val_images = _resize_stack(cached_images(val), config.direct_input_size)

@@ -403,19 +403,83 @@ def summarise_errors(y: np.ndarray, sex: np.ndarray, pred: np.ndarray, lo: np.nd
 
 def measure_images(
     paths: list[Path],
-    segment_fn: Callable[[np.ndarray], np.ndarray],
+    segment_fn: Callable[[np.ndarray], np.ndarray] | None,
     progress: bool = True,
+    workers: int = 1,
 ) -> pd.DataFrame:
-    """Segment and measure image files (no spacing: RSNA films carry none)."""
+    """Segment and measure image files (no spacing: RSNA films carry none).
+
+    Args:
+        paths: image files.
+        segment_fn: ``pixels -> label map``; used when ``workers == 1``.
+        progress: show a progress bar.
+        workers: processes, each loading the shipped segmenter once with one torch thread
+            (reading, cleaning and measuring are single-threaded, so processes use the cores better
+            than torch threads alone).
+
+    Returns:
+        Scale-free features, one row per path in order.
+    """
+    with _Measurer(segment_fn, workers) as measurer:
+        return measurer(paths, progress)
+
+
+class _Measurer:
+    """Segments and measures image files, in this process or in a pool created once."""
+
+    def __init__(self, segment_fn: Callable[[np.ndarray], np.ndarray] | None, workers: int) -> None:
+        self.segment_fn, self.workers, self.pool = segment_fn, workers, None
+
+    def __enter__(self) -> _Measurer:
+        if self.workers > 1:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")  # torch and fork do not mix safely
+            self.pool = ctx.Pool(self.workers, initializer=_feature_worker_init)
+        elif self.segment_fn is None:
+            self.segment_fn = load_segmenter_fn()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def __call__(self, paths: list[Path], progress: bool) -> pd.DataFrame:
+        from tqdm import tqdm
+
+        from boneage.io import load_radiograph
+
+        if self.pool is not None:
+            rows = list(tqdm(self.pool.imap(_feature_worker, [str(p) for p in paths], chunksize=4), total=len(paths),
+                             disable=not progress, desc="segment + measure", unit="img"))
+            return pd.DataFrame(rows, columns=feature_names())
+
+        def gen():
+            for p in paths:
+                rad = load_radiograph(p)
+                yield self.segment_fn(rad.pixels), rad.spacing_mm  # type: ignore[misc]
+
+        frame, _ = measure_label_maps(gen(), progress=progress, total=len(paths))
+        return frame
+
+
+_WORKER_SEGMENT: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+def _feature_worker_init() -> None:
+    import torch
+
+    global _WORKER_SEGMENT
+    torch.set_num_threads(1)  # one thread per worker: workers are the parallelism
+    _WORKER_SEGMENT = load_segmenter_fn()
+
+
+def _feature_worker(path: str) -> dict[str, float]:
     from boneage.io import load_radiograph
 
-    def gen():
-        for p in paths:
-            rad = load_radiograph(p)
-            yield segment_fn(rad.pixels), rad.spacing_mm
-
-    frame, _ = measure_label_maps(gen(), progress=progress, total=len(paths))
-    return frame
+    rad = load_radiograph(path)
+    return measure(_WORKER_SEGMENT(rad.pixels), rad.spacing_mm).features()  # type: ignore[misc]
 
 
 #: Films measured between two saves of the feature cache.
@@ -423,7 +487,7 @@ FEATURE_CHUNK = 500
 
 
 def film_features(table: pd.DataFrame, segmenter_version: str, segment_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-                  progress: bool = True) -> pd.DataFrame:
+                  progress: bool = True, workers: int = 1) -> pd.DataFrame:
     """Scale-free features of labelled films, segmented once per segmenter version.
 
     Features are cached per film (``source``, ``id``) in the cache dir (outside the repository:
@@ -434,6 +498,7 @@ def film_features(table: pd.DataFrame, segmenter_version: str, segment_fn: Calla
         segmenter_version: the segmenter's version string (the cache key).
         segment_fn: ``pixels -> label map``; loaded from the registry when needed and not given.
         progress: show a progress bar.
+        workers: segmenting processes (the shipped segmenter; ``segment_fn`` is then unused).
 
     Returns:
         Features in ``table``'s row order.
@@ -446,18 +511,18 @@ def film_features(table: pd.DataFrame, segmenter_version: str, segment_fn: Calla
     known = {key(s, i) for s, i in zip(cached["source"], cached["id"])}
     todo = table[[key(s, i) not in known for s, i in zip(table["source"], table["id"])]]
     if len(todo):
-        segment_fn = segment_fn or load_segmenter_fn()
         # Saved chunk by chunk: an interrupted run (thousands of films) keeps what it measured.
-        for start in range(0, len(todo), FEATURE_CHUNK):
-            chunk = todo.iloc[start:start + FEATURE_CHUNK]
-            if progress and len(todo) > FEATURE_CHUNK:
-                print(f"films {start + 1}-{start + len(chunk)} of {len(todo)} to measure")
-            new = measure_images([Path(p) for p in chunk["path"]], segment_fn, progress=progress)
-            ids = pd.DataFrame({"source": chunk["source"].to_numpy(), "id": chunk["id"].to_numpy()})
-            cached = pd.concat([cached, pd.concat([ids, new], axis=1)], ignore_index=True)
-            tmp = path.with_suffix(".tmp.csv")
-            cached.to_csv(tmp, index=False)
-            tmp.replace(path)
+        with _Measurer(segment_fn, workers) as measurer:
+            for start in range(0, len(todo), FEATURE_CHUNK):
+                chunk = todo.iloc[start:start + FEATURE_CHUNK]
+                if progress and len(todo) > FEATURE_CHUNK:
+                    print(f"films {start + 1}-{start + len(chunk)} of {len(todo)} to measure")
+                new = measurer([Path(p) for p in chunk["path"]], progress)
+                ids = pd.DataFrame({"source": chunk["source"].to_numpy(), "id": chunk["id"].to_numpy()})
+                cached = pd.concat([cached, pd.concat([ids, new], axis=1)], ignore_index=True)
+                tmp = path.with_suffix(".tmp.csv")
+                cached.to_csv(tmp, index=False)
+                tmp.replace(path)
     keys = pd.Index([key(s, i) for s, i in zip(cached["source"], cached["id"])])
     lookup = cached.set_axis(keys)[feature_names()]
     lookup = lookup[~lookup.index.duplicated(keep="last")]
@@ -544,7 +609,7 @@ def build_reference_command(folder: str | Path, out: str | Path | None = None, d
 
 
 def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_lengths: int = 2000,
-                    device: str = "cpu", progress: bool = True, limit: int | None = None) -> dict:
+                    device: str = "cpu", progress: bool = True, limit: int | None = None, workers: int = 1) -> dict:
     """``boneage train multistep``: the shipped bundle from the RSNA development films.
 
     Segments and measures the ``rsna-dev`` training split with the shipped segmenter, builds the
@@ -563,7 +628,8 @@ def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_le
     from boneage import models
 
     seg_version = models.get("segmenter").version
-    feats = film_features(dev, seg_version, load_segmenter_fn(device), progress=progress)
+    feats = film_features(dev, seg_version, None if workers > 1 else load_segmenter_fn(device), progress=progress,
+                          workers=workers)
     t_measure = now() - t0
     data = LabelledMeasurements(feats, dev["bone_age_months"].to_numpy(float), dev["sex"].to_numpy(object), [str(i) for i in dev["id"]])
     is_val = (dev["split"] == "val").to_numpy()
@@ -591,7 +657,8 @@ def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_le
         ])),
         "minutes_measure": t_measure / 60,
         "minutes_total": (now() - t0) / 60,
-        "command": f"boneage train multistep --seed {seed}" + (f" --limit {limit}" if limit else ""),
+        "command": f"boneage train multistep --seed {seed} --synthetic-lengths {synthetic_lengths}"
+                   + (f" --limit {limit}" if limit else "") + (f" --workers {workers}" if workers > 1 else ""),
     }
     write_metrics(out, metrics)
     return metrics

@@ -102,3 +102,21 @@ def test_film_features_keep_finished_chunks_when_interrupted(rsna_dev, tmp_path,
     calls.clear()
     multistep.film_features(table, "test-seg", lambda p: (calls.append(1), np.zeros(p.shape, np.uint8))[1], progress=False)
     assert len(calls) == 2  # the first chunk of two films was kept
+
+
+def test_film_features_with_worker_processes(rsna_dev, tmp_path, monkeypatch):
+    """Two spawned workers (shipped segmenter, one thread each) measure like one process does."""
+    from boneage import datasets
+    from boneage.measure import feature_names
+    from boneage.multistep import film_features, load_segmenter_fn
+
+    monkeypatch.setenv("BONEAGE_CACHE", str(tmp_path))
+    table = datasets.rsna_dev(rsna_dev).head(3)
+    pooled = film_features(table, "pooled", progress=False, workers=2)
+    single = film_features(table, "single", load_segmenter_fn(), progress=False)
+    assert list(pooled.columns) == feature_names() and len(pooled) == 3
+    a, b = pooled.to_numpy(float), single.to_numpy(float)
+    both = np.isfinite(a) & np.isfinite(b)
+    # Thread count may flip a few boundary pixels; the features must still agree almost everywhere.
+    assert np.mean(np.isfinite(a) == np.isfinite(b)) > 0.95
+    assert np.mean(np.isclose(a[both], b[both], rtol=0.02, atol=1e-6)) > 0.95
