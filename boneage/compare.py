@@ -492,8 +492,9 @@ def run_compare(config: CompareConfig, command: str = "boneage compare", real: b
         real: run the real world (needs ``../shared`` and the shipped segmenter).
         log: progress lines.
         progress: progress bars.
-        merge: a ``comparison_results.json`` of an earlier run whose worlds this run does not
-            redo (e.g. the synthetic world run separately); its results join this report.
+        merge: a ``comparison_results.json`` of an earlier run; its results join this report and
+            the (world, training-set size) pairs it has are not redone, so a run can add a world or
+            larger sizes to an earlier one.
     """
     t0 = time.perf_counter()
     worlds: dict[str, WorldSummary] = {}
@@ -504,18 +505,24 @@ def run_compare(config: CompareConfig, command: str = "boneage compare", real: b
         results += old_results
         worlds.update(old_worlds)
         config.notes += [n for n in old_notes if n not in config.notes]
-        config.notes.append(f"the {', '.join(old_worlds)} world(s) come from an earlier run merged in ({earlier_minutes:.0f} min)")
-    if config.synthetic_sizes and "synthetic" not in worlds:
+        merged = ", ".join(f"{w} n={', '.join(str(n) for n in sorted({r.size for r in old_results if r.world == w}))}"
+                           for w in old_worlds)
+        config.notes.append(f"results for {merged} come from an earlier run merged in ({earlier_minutes:.0f} min)")
+    done = {(r.world, r.size) for r in results}
+    # Only (world, size) pairs not merged in are run: a later run can extend an earlier one.
+    synthetic_todo = tuple(n for n in config.synthetic_sizes if ("synthetic", n) not in done)
+    if synthetic_todo:
         pool = max(config.synthetic_sizes)
         world = synthetic_world(pool, 120 if config.quick else 600, config.seed, config.direct_input_size, progress)
-        results += run_world(world, config.synthetic_sizes, config, log)
+        results += run_world(world, synthetic_todo, config, log)
         worlds["synthetic"] = WorldSummary.of(world)
-    if real and config.sizes and "real" not in worlds:
+    real_todo = tuple(n for n in config.sizes if ("real", n) not in done)
+    if real and real_todo:
         try:
             world = real_world(config, progress)
         except (FileNotFoundError, KeyError) as exc:
             config.notes.append(f"real world not run: {exc}")
         else:
-            results += run_world(world, config.sizes, config, log)
+            results += run_world(world, real_todo, config, log)
             worlds["real"] = WorldSummary.of(world)
     return write_report(results, worlds, config, command, earlier_minutes + (time.perf_counter() - t0) / 60)

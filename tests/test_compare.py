@@ -36,7 +36,12 @@ def test_quick_synthetic_comparison_writes_the_report(tmp_path):
     assert (tmp_path / "comparison_learning_curves.png").stat().st_size > 10_000
     assert (tmp_path / "comparison_bland_altman_synthetic.png").is_file()
     assert "commit `" in text
-    # A later run can merge these results instead of redoing the world.
-    again = run_compare(CompareConfig.quick_config(tmp_path / "merged"), real=False, log=lambda m: None,
-                        progress=False, merge=tmp_path / "comparison_results.json")
+    # A later run merges these results and runs only the sizes they lack.
+    later = CompareConfig.quick_config(tmp_path / "merged")
+    later.synthetic_sizes, later.repeats = (40, 80, 120), 1
+    later.direct_sample_budget, later.direct_min_epochs, later.direct_max_epochs = 160, 1, 2
+    lines: list[str] = []
+    again = run_compare(later, real=False, log=lines.append, progress=False, merge=tmp_path / "comparison_results.json")
     assert "Synthetic world" in again.read_text() and "merged in" in again.read_text()
+    assert len(lines) == 1 and "n=120" in lines[0]  # 40 and 80 came from the first run
+    assert "| 120 |" in again.read_text() and "| 40 |" in again.read_text()
