@@ -26,6 +26,9 @@ from PIL import Image
 
 #: Percentiles of the intensity window used by :func:`normalise_intensity`.
 WINDOW_PERCENTILES = (0.5, 99.5)
+#: A window whose top ignores the brightest 2 % of the crop: a lead marker or burnt-in label can
+#: fill more than 0.5 % of it, and a 99.5 % top then leaves the bones dim (used by the segmenter).
+MARKER_ROBUST_WINDOW = (0.5, 98.0)
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,7 @@ def prepare_model_input(
     image: np.ndarray,
     size: int,
     crop_to_hand: bool = True,
+    window: tuple[float, float] = WINDOW_PERCENTILES,
 ) -> tuple[np.ndarray, CropTransform]:
     """Crop to the hand, squash to ``size x size`` (aspect ignored) and normalise intensity.
 
@@ -224,6 +228,7 @@ def prepare_model_input(
         image: 2-D radiograph (bone bright), any numeric dtype; see :func:`as_pixels`.
         size: side of the square output.
         crop_to_hand: when False, the full frame is used.
+        window: lower and upper percentiles of the intensity window (see :func:`normalise_intensity`).
 
     Returns:
         ``(model_input, transform)``: float32 ``size x size`` array in [0, 1], and the
@@ -236,5 +241,5 @@ def prepare_model_input(
         row0, col0, row1, col1 = 0, 0, *pixels.shape
     crop = pixels[row0:row1, col0:col1]
     resized = _resize(crop, size, size)
-    model_input = normalise_intensity(resized)
+    model_input = normalise_intensity(resized, window)
     return model_input, CropTransform(row0, col0, row1, col1, size, (pixels.shape[0], pixels.shape[1]))

@@ -42,12 +42,12 @@ from PIL import Image
 
 from boneage import anatomy
 from boneage.paths import MODELS_DIR, cache_dir
-from boneage.preprocess import CropTransform, prepare_model_input
+from boneage.preprocess import MARKER_ROBUST_WINDOW, CropTransform, prepare_model_input
 
 #: Folder of the shipped segmenter (weights, model card, metrics).
 SEGMENTER_DIR = MODELS_DIR / "segmenter"
 WEIGHTS_FILE = "segmenter.pt"
-VERSION = "segmenter-1"
+VERSION = "segmenter-1.1"
 #: Synthetic seed the shipped weights were trained on; :data:`EVAL_SEED` is never trained on.
 TRAIN_SEED = 1000
 EVAL_SEED = 7
@@ -72,12 +72,15 @@ class NetworkConfig:
         channels: UNet channels per level.
         num_res_units: residual units per UNet block.
         norm: MONAI norm name.
+        window: intensity-window percentiles of the model input (weights saved before this was
+            stored get the marker-robust default; they were trained with (0.5, 99.5), see the card).
     """
 
     size: int = 384
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     num_res_units: int = 1
     norm: str = "batch"
+    window: tuple[float, float] = MARKER_ROBUST_WINDOW
 
 
 def build_network(config: NetworkConfig | None = None) -> Any:
@@ -182,7 +185,8 @@ class Segmenter:
         blob = torch.load(path, map_location="cpu", weights_only=False)
         cfg = blob["network"]
         config = NetworkConfig(size=int(cfg["size"]), channels=tuple(cfg["channels"]),
-                               num_res_units=int(cfg["num_res_units"]), norm=str(cfg["norm"]))
+                               num_res_units=int(cfg["num_res_units"]), norm=str(cfg["norm"]),
+                               window=tuple(cfg.get("window", MARKER_ROBUST_WINDOW)))
         network = build_network(config)
         network.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
         return cls(network, config, meta=blob.get("meta", {}), device=device)
@@ -214,7 +218,7 @@ class Segmenter:
         """
         start = time.perf_counter()
         pixels = getattr(image, "pixels", image)
-        model_input, transform = prepare_model_input(pixels, self.config.size)
+        model_input, transform = prepare_model_input(pixels, self.config.size, window=self.config.window)
         small = clean_label_map(close_label_map(self.predict_model_grid(model_input)))
         mirrored, angle = hand_orientation(small, (transform.row_scale, transform.col_scale))
         label_map = transform.mask_to_original(small)
@@ -403,7 +407,7 @@ def real_intensity_quantiles(n_images: int = 240, size: int = 384, seed: int = 0
     Returns:
         ``(n, 65)`` array of quantiles, or an empty ``(0, 65)`` array when rsna-dev is absent.
     """
-    cache = cache_dir() / f"segment_real_quantiles_{n_images}_{size}_{seed}.npy"
+    cache = cache_dir() / f"segment_real_quantiles_{n_images}_{size}_{seed}_w{MARKER_ROBUST_WINDOW[1]:g}.npy"
     if cache.is_file():
         return np.load(cache)
     try:
@@ -417,7 +421,7 @@ def real_intensity_quantiles(n_images: int = 240, size: int = 384, seed: int = 0
                                                          random_state=seed)
     quantiles = []
     for path in train_rows["path"]:
-        x, _ = prepare_model_input(load_radiograph(path).pixels, size)
+        x, _ = prepare_model_input(load_radiograph(path).pixels, size, window=MARKER_ROBUST_WINDOW)
         quantiles.append(np.quantile(x, REAL_QUANTILE_LEVELS))
     arr = np.asarray(quantiles, np.float32)
     np.save(cache, arr)
@@ -481,7 +485,7 @@ def augment_hand(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray
         img, lab = img[t:r - b, lft:c - rgt], lab[t:r - b, lft:c - rgt]
     img = np.ascontiguousarray(img, dtype=np.float32)
     lab = np.ascontiguousarray(lab)
-    x, transform = prepare_model_input(img, size)
+    x, transform = prepare_model_input(img, size, window=MARKER_ROBUST_WINDOW)
     y = label_map_to_model(lab, transform).astype(np.uint8)
 
     if real_quantiles is not None and len(real_quantiles) and rng.random() < 0.5:
@@ -805,7 +809,8 @@ def make_pseudo_labels(segmenter: Segmenter, out_file: str | Path, limit: int | 
     images, labels, ids = [], [], []
     for image_id, path in tqdm(list(zip(rows["id"], rows["path"])), disable=not progress, desc="pseudo-labels",
                                file=sys.stderr):
-        x, transform = prepare_model_input(load_radiograph(path).pixels, segmenter.config.size)
+        x, transform = prepare_model_input(load_radiograph(path).pixels, segmenter.config.size,
+                                           window=segmenter.config.window)
         y = clean_label_map(close_label_map(segmenter.predict_model_grid(x)))
         if plausible_hand(y, (transform.row_scale, transform.col_scale), bounds):
             images.append(np.rint(x * 255).astype(np.uint8))
@@ -1092,8 +1097,8 @@ def model_card(metrics: dict[str, Any]) -> str:
             "Pediatric Bone Age Machine Learning Challenge. Radiology 2019;290:498-503. Research and education use only,",
             "no commercial use: these weights inherit that restriction.",
         ]
-    lines += ["", "## Reproduce", "", "Hardware: 2-core CPU (AMD EPYC, AVX512-BF16; bf16 autocast), no GPU, shared with",
-              "another training job for most of the run.", "", "```"]
+    lines += ["", "## Reproduce", "", "Hardware: 2-core CPU (AMD EPYC, AVX512-BF16; bf16 autocast), no GPU. Each stage",
+              "starts from the previous stage's `segmenter.pt` (`--init`).", "", "```"]
     for i, st in enumerate(stages, 1):
         if i == len(stages) and pseudo:
             previous = stages[i - 2].get("train_config", {}).get("out", "STAGE1") if i > 1 else "STAGE1"
@@ -1103,7 +1108,8 @@ def model_card(metrics: dict[str, Any]) -> str:
         lines.append(_train_command_line(cfg) + f"   # stage {i}: {st.get('steps_done')} steps, "
                      f"{st.get('wall_minutes', 0):.0f} min")
     lines += [
-        "python -m boneage.segment eval --n 20 --card   # metrics.json + this card",
+        f"python -m boneage.segment eval --n {syn.get('n_images')} --card --limitations LIMITATIONS.txt"
+        "   # metrics.json + this card",
         "python benchmarks/bench_segment.py",
         "```",
         "",

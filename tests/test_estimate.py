@@ -17,6 +17,7 @@ from boneage.estimate import BoneAgeEstimator, BoneAgeResult
 from boneage.io import Radiograph
 from boneage.multistep import LabelledMeasurements, MultiStepModel, evaluate, fit_bundle, measure_label_maps
 from boneage.synth import generate_hand
+from conftest import TESTS_DATA
 
 SIZE = 256
 
@@ -102,22 +103,30 @@ def test_non_hand_is_rejected_by_segmentation_qc(estimator):
     assert not result.multistep.available and not result.direct.available
 
 
-def test_scattered_finger_bones_are_not_a_hand(estimator):
-    """Many "finger bones" found, but in no finger's order (what a segmenter does on a tibia)."""
-    hand = generate_hand(99, 5, size=SIZE)
-    rng = np.random.default_rng(1)
-    scattered = np.zeros_like(hand.label_map)
-    for value in [v for v in np.unique(hand.label_map) if v]:
-        # Every structure moved to a random place: the same bones, no hand layout.
-        rr, cc = np.nonzero(hand.label_map == value)
-        rows, cols = scattered.shape
-        dr, dc = rng.integers(0, (rows - 40, cols - 40)) - (rr.min(), cc.min())
-        keep = (rr + dr < rows) & (cc + dc < cols) & (rr + dr >= 0) & (cc + dc >= 0)
-        scattered[rr[keep] + dr, cc[keep] + dc] = value
-    estimator.oracle.add(hand)
-    estimator.oracle.truth[hand.image.tobytes()[:4096]] = scattered
-    result = estimator.estimate(hand.image)
-    assert result.status == "rejected" and "laid out as a finger" in result.reason
+@pytest.fixture(scope="module")
+def shipped_estimator():
+    return BoneAgeEstimator.load()
+
+
+# Validation films that an earlier hand check (digits laid out in order) rejected as "not a hand",
+# among them three dim films with a large bright marker (2390, 2449, 2733).
+REAL_HANDS_ONCE_REJECTED = (1491, 1855, 2390, 2449, 2518, 2733)
+
+
+def test_real_hand_films_are_not_rejected(shipped_estimator, rsna_dev):
+    for image_id in REAL_HANDS_ONCE_REJECTED:
+        result = shipped_estimator.estimate(rsna_dev / "images" / f"{image_id}.jpg")
+        assert result.status == "ok", f"{image_id}: {result.reason}"
+        assert result.direct.available
+
+
+def test_tibia_pixels_without_a_header_are_not_a_hand(shipped_estimator):
+    from boneage.io import load_radiograph
+
+    # The pixels alone (as a PNG would give them): the BodyPartExamined check cannot help here.
+    tibia = load_radiograph(TESTS_DATA / "RG3_J2KR.dcm").pixels
+    result = shipped_estimator.estimate(tibia)
+    assert result.status == "rejected" and "not recognised as a hand" in result.reason
 
 
 @pytest.mark.parametrize(
