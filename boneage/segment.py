@@ -1108,7 +1108,7 @@ def model_card(metrics: dict[str, Any]) -> str:
         lines.append(_train_command_line(cfg) + f"   # stage {i}: {st.get('steps_done')} steps, "
                      f"{st.get('wall_minutes', 0):.0f} min")
     lines += [
-        f"python -m boneage.segment eval --n {syn.get('n_images')} --card --limitations LIMITATIONS.txt"
+        f"python -m boneage.segment eval --n {syn.get('n_images')} --card --limitations data/models/segmenter/LIMITATIONS.txt"
         "   # metrics.json + this card",
         "python benchmarks/bench_segment.py",
         "```",

@@ -147,3 +147,38 @@ def test_identifiers_only_with_keep_identifiers(tmp_path, direct_only, dicom_fac
     assert "TEST123" not in plain.read_text() and "Test^Hand" not in plain.read_text()
     row = next(csv.DictReader(kept.open()))
     assert row["PatientID"] == "TEST123" and row["PatientName"] == "Test^Hand"
+
+
+def test_mixed_archive_with_the_shipped_models(tmp_path, rsna_dev, dicom_factory):
+    """The issue's bar, end to end with the real models: good studies (real hand films, one of them
+    as a DICOM), non-hand radiographs (a chest and a tibia CR), truncated/empty/text files."""
+    import shutil
+
+    import highdicom as hd
+    from conftest import TESTS_DATA
+
+    from boneage.io import load_radiograph
+
+    root = tmp_path / "archive"
+    root.mkdir()
+    shutil.copy(rsna_dev / "images" / "1491.jpg", root / "hand_a.jpg")  # temporary copy, never committed
+    hand = load_radiograph(rsna_dev / "images" / "2003.jpg").pixels
+    birth, study = "20100101", "20190101"
+    dicom_factory((hand * 4095).astype(int), PatientSex="M", PatientBirthDate=birth, StudyDate=study,
+                  BodyPartExamined="HAND").replace(root / "hand_b.dcm")
+    shutil.copy(TESTS_DATA / "RG1_J2KI.dcm", root / "chest.dcm")
+    shutil.copy(TESTS_DATA / "RG3_J2KR.dcm", root / "tibia.dcm")
+    (root / "truncated.dcm").write_bytes((TESTS_DATA / "RG3_J2KR.dcm").read_bytes()[:5000])
+    (root / "empty.dcm").write_bytes(b"")
+    (root / "readme.txt").write_text("scanned on the old CR")
+    out = tmp_path / "results.csv"
+    counts = run_batch(discover_inputs([str(root)]), out, progress=False, sr_dir=tmp_path / "sr")
+    rows = {r["path"].split("/")[-1]: r for r in csv.DictReader(out.open())}
+    assert len(rows) == 7 and (counts["ok"], counts["error"], counts["rejected"]) == (2, 3, 2)
+    assert rows["hand_a.jpg"]["status"] == "ok" and rows["hand_b.dcm"]["status"] == "ok"
+    assert float(rows["hand_b.dcm"]["chronological_age_months"]) == pytest.approx(108, abs=1)
+    assert "CHEST" in rows["chest.dcm"]["reason"]
+    assert "not recognised as a hand" in rows["tibia.dcm"]["reason"]
+    assert all(rows[n]["status"] == "error" and rows[n]["reason"] for n in ("truncated.dcm", "empty.dcm", "readme.txt"))
+    srs = list((tmp_path / "sr").iterdir())
+    assert len(srs) == 1 and isinstance(hd.sr.srread(srs[0]), hd.sr.ComprehensiveSR)
