@@ -230,7 +230,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda for the CNN runs")
     p.add_argument("--workers", type=int, default=1, help="processes segmenting the real films (default 1)")
     p.add_argument("--out", help="report folder (default docs/)")
-    p.add_argument("--merge", help="comparison_results.json of an earlier run to include (worlds it has are not redone)")
+    p.add_argument("--merge", nargs="+", help="comparison_results.json of earlier runs to include (the (world, size) "
+                   "pairs they have are not redone; a world comes from the first file that has it)")
     p.add_argument("--direct-budget", type=int, help="CNN training samples per run (default 60000)")
     p.add_argument("--direct-size", type=int, help="CNN input side for the comparison runs (default 128)")
     p.add_argument("--direct-min-epochs", type=int, help="fewest CNN epochs per run, even past the budget (default 3)")

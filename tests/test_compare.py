@@ -45,3 +45,11 @@ def test_quick_synthetic_comparison_writes_the_report(tmp_path):
     assert "Synthetic world" in again.read_text() and "merged in" in again.read_text()
     assert len(lines) == 1 and "n=120" in lines[0]  # 40 and 80 came from the first run
     assert "| 120 |" in again.read_text() and "| 40 |" in again.read_text()
+    assert "End-to-end CNN: about 160 training samples per run at 64 px (1-2 epochs)" in again.read_text()
+    # Several files: a world comes from the first file that has it, and nothing is rerun.
+    third = CompareConfig.quick_config(tmp_path / "third")
+    third.synthetic_sizes, third.repeats = (40,), 1
+    lines.clear()
+    text = run_compare(third, real=False, log=lines.append, progress=False,
+                       merge=[tmp_path / "comparison_results.json", tmp_path / "merged" / "comparison_results.json"]).read_text()
+    assert not lines and "| 40 |" in text and "| 120 |" not in text
