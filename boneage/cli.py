@@ -234,6 +234,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                    "pairs they have are not redone; a world comes from the first file that has it)")
     p.add_argument("--direct-budget", type=int, help="CNN training samples per run (default 60000)")
     p.add_argument("--direct-size", type=int, help="CNN input side for the comparison runs (default 128)")
+    p.add_argument("--note", action="append", default=[],
+                   help="a line for the report's notes, e.g. the command that made merged results (repeatable)")
     p.add_argument("--direct-min-epochs", type=int, help="fewest CNN epochs per run, even past the budget (default 3)")
     p.set_defaults(handler=_compare)
 
@@ -256,6 +258,7 @@ def _compare(args: argparse.Namespace) -> int:
         config.direct_input_size = args.direct_size
     if args.direct_min_epochs:
         config.direct_min_epochs = args.direct_min_epochs
+    config.notes += args.note
     command = "boneage " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("boneage") else "boneage compare"
     path = run_compare(config, command=command, real=not args.no_real, merge=args.merge)
     print(f"report written to {path}")

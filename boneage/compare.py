@@ -380,8 +380,13 @@ def cnn_settings(config: CompareConfig | dict) -> str:
             f"({c['direct_min_epochs']}-{c['direct_max_epochs']} epochs)")
 
 
-def load_results(path: str | Path) -> tuple[list[RunResult], dict[str, WorldSummary], list[str], float]:
-    """Results saved by :func:`write_report` (to merge a run of one world into a report of both)."""
+def load_results(path: str | Path) -> tuple[list[RunResult], dict[str, WorldSummary], list[str], float, str]:
+    """Results saved by :func:`write_report` (to merge a run of one world into a report of both).
+
+    Returns:
+        ``(results, worlds, notes, minutes, provenance)``; provenance is the command and commit that
+        made the file ("" for files written before they were recorded).
+    """
     blob = json.loads(Path(path).read_text())
     results = [RunResult(**r) for r in blob["results"]]
     # Files written before the CNN settings were kept per world: the file's own run settings.
@@ -391,7 +396,8 @@ def load_results(path: str | Path) -> tuple[list[RunResult], dict[str, WorldSumm
                            w.get("cnn", default_cnn))
         for name, w in blob["worlds"].items()
     }
-    return results, worlds, list(blob.get("config", {}).get("notes", [])), float(blob.get("minutes", 0.0))
+    provenance = f"`{blob['command']}` at commit `{blob.get('commit', '?')}`" if blob.get("command") else ""
+    return results, worlds, list(blob.get("config", {}).get("notes", [])), float(blob.get("minutes", 0.0)), provenance
 
 
 def write_report(results: list[RunResult], worlds: dict[str, WorldSummary], config: CompareConfig, command: str,
@@ -459,6 +465,8 @@ regression on the subset's measurements. "average" is the mean of the two estima
     path = out / "comparison.md"
     path.write_text(text)
     (out / "comparison_results.json").write_text(json.dumps({
+        "command": command,
+        "commit": _git_commit(),
         "config": {k: v for k, v in asdict(config).items()},
         "minutes": minutes,
         "worlds": {n: {"val_ages": w.val_ages.tolist(), "val_sex": [str(x) for x in w.val_sex], "pool_size": w.pool_size,
@@ -515,7 +523,7 @@ def run_compare(config: CompareConfig, command: str = "boneage compare", real: b
     results: list[RunResult] = []
     earlier_minutes = 0.0
     for path in [merge] if isinstance(merge, (str, Path)) else list(merge or []):
-        old_results, old_worlds, old_notes, minutes = load_results(path)
+        old_results, old_worlds, old_notes, minutes, provenance = load_results(path)
         new_worlds = {name: w for name, w in old_worlds.items() if name not in worlds}
         if not new_worlds:
             continue
@@ -525,7 +533,8 @@ def run_compare(config: CompareConfig, command: str = "boneage compare", real: b
         config.notes += [n for n in old_notes if n not in config.notes and "merged in" not in n]
         merged = ", ".join(f"{w} n={', '.join(str(n) for n in sorted({r.size for r in old_results if r.world == w}))}"
                            for w in new_worlds)
-        config.notes.append(f"results for {merged} come from an earlier run merged in ({minutes:.0f} min)")
+        made_by = f" ({provenance}, {minutes:.0f} min)" if provenance else f" ({minutes:.0f} min)"
+        config.notes.append(f"results for {merged} come from an earlier run merged in{made_by}")
     done = {(r.world, r.size) for r in results}
     # Only (world, size) pairs not merged in are run: a later run can extend an earlier one.
     synthetic_todo = tuple(n for n in config.synthetic_sizes if ("synthetic", n) not in done)
