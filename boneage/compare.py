@@ -536,14 +536,20 @@ def run_compare(config: CompareConfig, command: str = "boneage compare", real: b
         made_by = f" ({provenance}, {minutes:.0f} min)" if provenance else f" ({minutes:.0f} min)"
         config.notes.append(f"results for {merged} come from an earlier run merged in{made_by}")
     done = {(r.world, r.size) for r in results}
+
+    def todo(world: str, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        """Sizes not merged in (size 0 = the whole pool, known once a merged run has the world)."""
+        pool = worlds[world].pool_size if world in worlds else None
+        return tuple(n for n in sizes if (world, pool if n == 0 and pool else n) not in done)
+
     # Only (world, size) pairs not merged in are run: a later run can extend an earlier one.
-    synthetic_todo = tuple(n for n in config.synthetic_sizes if ("synthetic", n) not in done)
+    synthetic_todo = todo("synthetic", config.synthetic_sizes)
     if synthetic_todo:
         pool = max(config.synthetic_sizes)
         world = synthetic_world(pool, 120 if config.quick else 600, config.seed, config.direct_input_size, progress)
         results += run_world(world, synthetic_todo, config, log)
         worlds["synthetic"] = WorldSummary.of(world, config)
-    real_todo = tuple(n for n in config.sizes if ("real", n) not in done)
+    real_todo = todo("real", config.sizes)
     if real and real_todo:
         try:
             world = real_world(config, progress)

@@ -71,6 +71,15 @@ class ReferenceTable:
         return sorted({f for _, f in self.mean})
 
     # -- per-feature lookups --------------------------------------------------------------
+    def covers(self, feature: str, sex: str | None) -> bool:
+        """Whether :meth:`expected` has the feature for this sex (``None``: for either sex).
+
+        A table built from few films can lack a feature for one sex only (too few of its films
+        measured it), so a feature in :attr:`features` is not enough.
+        """
+        sexes = [sex] if sex in SEXES else list(SEXES)
+        return any((s, feature) in self.mean for s in sexes)
+
     def expected(self, feature: str, age_months: float, sex: str | None) -> tuple[float, float]:
         """Reference mean and SD of a feature at an age (sex ``None``: average of both)."""
         sexes = [sex] if sex in SEXES else list(SEXES)

@@ -221,12 +221,13 @@ class MultiStepModel:
             )
             if m.plausible:
                 feature = main_feature(m)
-                if feature in names:
+                if self.maturity.covers(feature, sex):
                     row.feature, row.value = feature, feats.get(feature)
                     mean, sd = self.maturity.expected(feature, age, sex)
                     row.reference_mean, row.reference_sd = mean, sd
                     row.z_score = self.maturity.z_score(feature, row.value, age, sex)
-                    if self.lengths_mm is not None and m.length_mm is not None and f"{bone}.length_mm" in self.lengths_mm.features:
+                    if (self.lengths_mm is not None and m.length_mm is not None
+                            and self.lengths_mm.covers(f"{bone}.length_mm", sex)):
                         # Calibrated image: the clinically familiar comparison is the length in mm.
                         row.feature, row.value = f"{bone}.length_mm", m.length_mm
                         mean, sd = self.lengths_mm.expected(row.feature, age, sex)

@@ -48,8 +48,9 @@ def test_quick_synthetic_comparison_writes_the_report(tmp_path):
     assert "End-to-end CNN: about 160 training samples per run at 64 px (1-2 epochs)" in again.read_text()
     # Several files: a world comes from the first file that has it, and nothing is rerun.
     third = CompareConfig.quick_config(tmp_path / "third")
-    third.synthetic_sizes, third.repeats = (40,), 1
+    third.synthetic_sizes, third.repeats = (40, 0), 1  # 0 = the whole pool (80), already run
     lines.clear()
     text = run_compare(third, real=False, log=lines.append, progress=False,
                        merge=[tmp_path / "comparison_results.json", tmp_path / "merged" / "comparison_results.json"]).read_text()
     assert not lines and "| 40 |" in text and "| 120 |" not in text
+    assert "merged in (`boneage compare --quick --no-real` at commit `" in text  # provenance of merged results

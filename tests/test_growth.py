@@ -88,3 +88,14 @@ def test_regression_learns_and_has_a_conformal_interval(tmp_path):
     assert np.isfinite(nan_pred).all()
     again = AgeRegression.load(reg.save(tmp_path / "reg.joblib"))
     np.testing.assert_allclose(again.predict(feats.iloc[:5], sex[:5]), reg.predict(feats.iloc[:5], sex[:5]))
+
+
+def test_a_feature_measured_in_one_sex_only_is_covered_for_that_sex_only():
+    feats, age, sex = _cohort()
+    feats.loc[sex == "F", "ratio"] = np.nan  # e.g. too few girls' films measured that bone plausibly
+    table = build_reference(feats, age, sex)
+    assert "ratio" in table.features
+    assert table.covers("ratio", "M") and table.covers("ratio", None) and not table.covers("ratio", "F")
+    assert table.covers("fused", "F")
+    with pytest.raises(KeyError):
+        table.expected("ratio", 120, "F")
