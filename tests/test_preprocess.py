@@ -98,3 +98,17 @@ def test_real_films_crop_keeps_most_of_the_frame(rsna_dev):
         row0, col0, row1, col1 = hand_bounding_box(as_pixels(pixels))
         # The hand fills most of an RSNA film: the content box never shrinks below half a side.
         assert (row1 - row0) > 0.5 * pixels.shape[0] and (col1 - col0) > 0.5 * pixels.shape[1], file.name
+
+
+def test_marker_robust_window_keeps_bones_bright_next_to_a_large_marker():
+    from boneage.preprocess import MARKER_ROBUST_WINDOW
+
+    image = np.full((200, 200), 0.1, np.float32)
+    image[40:160, 60:140] = 0.3  # soft tissue
+    image[50:150, 90:110] = 0.5  # a bone
+    image[10:30, 10:30] = 1.0  # lead marker: 1 % of the frame, above the 99.5th percentile's reach
+    default, _ = prepare_model_input(image, 100, crop_to_hand=False)
+    robust, _ = prepare_model_input(image, 100, crop_to_hand=False, window=MARKER_ROBUST_WINDOW)
+    bone = (slice(30, 70), slice(47, 53))
+    assert default[bone].mean() < 0.5  # the marker sets the top of the window: the bone is dim
+    assert robust[bone].mean() > 0.95  # the bone reaches the top of the window
