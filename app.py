@@ -101,10 +101,8 @@ def show_result(result: BoneAgeResult, rad: Radiograph, show_overlay: bool, opac
             col.caption(est.note or "not available")
         if est.note and est.available:
             col.caption(est.note)
-    if result.agreement == "disagree":
-        c3.error(f"Methods disagree by {abs(result.difference_months):.0f} months — more than their intervals allow.")
-    elif result.agreement == "agree":
-        c3.success(f"Methods agree (difference {result.difference_months:+.0f} months, within their intervals).")
+    kind, sentence = report.agreement_text(result)
+    {"disagree": c3.error, "wide": c3.warning, "agree": c3.success}.get(kind, c3.caption)(sentence)
     if result.sds_note:
         c3.caption(result.sds_note)
     for note in result.qc:

@@ -29,6 +29,32 @@ DISCLAIMER = (
 # ---------------------------------------------------------------------------------------------
 # Colours and overlay
 # ---------------------------------------------------------------------------------------------
+#: Differences larger than this are pointed out even when the two intervals allow them: a clinician
+#: reads "agree" as "about the same age", and two wide intervals can allow years of difference.
+LARGE_DIFFERENCE_MONTHS = 12.0
+
+
+def agreement_text(result: BoneAgeResult) -> tuple[str, str]:
+    """How the two estimates relate, in words for a reader.
+
+    Args:
+        result: a finished result.
+
+    Returns:
+        ``(kind, sentence)``; kind is ``"disagree"``, ``"wide"`` (allowed by the intervals but
+        large), ``"agree"`` or ``"n/a"`` (fewer than two estimates).
+    """
+    diff = result.difference_months
+    if result.agreement == "n/a" or diff is None:
+        return "n/a", "Only one estimate is available: no comparison."
+    if result.agreement == "disagree":
+        return "disagree", f"Methods disagree by {abs(diff):.0f} months — more than their intervals allow."
+    if abs(diff) > LARGE_DIFFERENCE_MONTHS:
+        return "wide", (f"The methods differ by {diff:+.0f} months; their intervals are wide enough to allow it, "
+                        "so neither confirms the other. Review the film.")
+    return "agree", f"Methods agree (difference {diff:+.0f} months, within their intervals)."
+
+
 def label_colours() -> np.ndarray:
     """RGB colour (uint8) for every label id; background black. Shaft and epiphysis of a bone
     share a hue, the epiphysis lighter, so a bone reads as one object with a visible cap."""
@@ -228,7 +254,7 @@ table{{border-collapse:collapse;font-size:12px}}td,th{{border:1px solid #ccc;pad
 {e(years_months(result.chronological_age_months))} ({e(result.chronological_age_source)})</p>
 <div class="box"><b>Multi-step</b><br>{e(estimate_text(result.multistep))}</div>
 <div class="box"><b>End-to-end</b><br>{e(estimate_text(result.direct))}</div>
-<p>Agreement: {e(result.agreement)}{'' if result.difference_months is None else f' (difference {result.difference_months:+.1f} months)'}</p>
+<p>Agreement: {e(agreement_text(result)[1])}</p>
 <p>SDS (Brush Foundation SD): {e('; '.join(sds) or (result.sds_note or '-'))}</p>
 {img}
 {table}
