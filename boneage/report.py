@@ -27,7 +27,7 @@ DISCLAIMER = (
 
 
 # ---------------------------------------------------------------------------------------------
-# Colours and overlay
+# Words for a reader
 # ---------------------------------------------------------------------------------------------
 #: Differences larger than this are pointed out even when the two intervals allow them: a clinician
 #: reads "agree" as "about the same age", and two wide intervals can allow years of difference.
@@ -55,6 +55,9 @@ def agreement_text(result: BoneAgeResult) -> tuple[str, str]:
     return "agree", f"Methods agree (difference {diff:+.0f} months, within their intervals)."
 
 
+# ---------------------------------------------------------------------------------------------
+# Colours and overlay
+# ---------------------------------------------------------------------------------------------
 def label_colours() -> np.ndarray:
     """RGB colour (uint8) for every label id; background black. Shaft and epiphysis of a bone
     share a hue, the epiphysis lighter, so a bone reads as one object with a visible cap."""
