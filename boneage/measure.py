@@ -219,7 +219,19 @@ RAY_SPACING = (0.6, 1.6)
 
 
 def finger_rays(label_map: np.ndarray) -> int:
-    """Count the digits whose bones are arranged as on a hand: a hand-likeness check.
+    """Count the digits whose bones are arranged as on a hand (see :func:`finger_ray_digits`).
+
+    Args:
+        label_map: 2-D ``boneage.anatomy`` label ids.
+
+    Returns:
+        Number of digits (0-5) laid out as a finger.
+    """
+    return len(finger_ray_digits(label_map))
+
+
+def finger_ray_digits(label_map: np.ndarray) -> list[int]:
+    """The digits whose bones are arranged as on a hand: a hand-likeness check.
 
     A digit counts when at least three of its tubular bones (metacarpal, phalanges) are present,
     their centres follow each other in anatomical order along one roughly straight ray, each
@@ -232,14 +244,14 @@ def finger_rays(label_map: np.ndarray) -> int:
         label_map: 2-D ``boneage.anatomy`` label ids.
 
     Returns:
-        Number of digits (0-5) laid out as a finger.
+        Digit numbers (1 = thumb .. 5) laid out as a finger, ascending.
     """
     labels = np.asarray(label_map)
     # Layout needs no fine detail: moments on a grid of at most ~512 px keep this cheap on full-size films.
     step = max(1, max(labels.shape) // 512)
     labels = np.clip(labels[::step, ::step], 0, anatomy.NUM_CLASSES - 1).astype(np.int64)
     if not labels.any():
-        return 0
+        return []
     # Per-label pixel moments in one pass each (bincount), then summed over a bone's labels.
     flat = labels.ravel()
     rr, cc = np.indices(labels.shape, dtype=np.float64)
@@ -248,7 +260,7 @@ def finger_rays(label_map: np.ndarray) -> int:
         np.bincount(flat, weights=w, minlength=anatomy.NUM_CLASSES)
         for w in (np.ones_like(rr), rr, cc, rr * rr, cc * cc, rr * cc)
     ])
-    rays = 0
+    rays = []
     for d in range(1, 6):
         bones = []  # (position in the digit, centre, unit long axis, length, elongated)
         for position, bone in enumerate(anatomy.digit_bones(d)):
@@ -261,7 +273,7 @@ def finger_rays(label_map: np.ndarray) -> int:
             length = math.sqrt(12 * max(evals[1], 0.0))
             bones.append((position, centre, evecs[:, 1], length, evals[1] > 4 * max(evals[0], 1e-9)))
         if len(bones) >= 3 and _laid_out_as_a_finger(bones):
-            rays += 1
+            rays.append(d)
     return rays
 
 

@@ -51,6 +51,8 @@ VERSION = "segmenter-1.1"
 #: Synthetic seed the shipped weights were trained on; :data:`EVAL_SEED` is never trained on.
 TRAIN_SEED = 1000
 EVAL_SEED = 7
+#: Label value of pixels that carry no training signal (unsure parts of pseudo-labelled real films).
+IGNORE = 255
 #: Image file suffixes accepted when a folder is given to :func:`segment_paths`.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 
@@ -69,16 +71,18 @@ class NetworkConfig:
 
     Attributes:
         size: side of the square model input in px.
-        channels: UNet channels per level.
-        num_res_units: residual units per UNet block.
+        channels: UNet channels per level (seven levels: the 6 x 6 bottom of a 384 input sees
+            the whole hand, which telling the digits apart needs).
+        num_res_units: residual units per UNet block (0: one convolution per level, three times
+            faster to train on a CPU than 1).
         norm: MONAI norm name.
         window: intensity-window percentiles of the model input (weights saved before this was
             stored get the marker-robust default; they were trained with (0.5, 99.5), see the card).
     """
 
     size: int = 384
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
-    num_res_units: int = 1
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256, 256, 256)
+    num_res_units: int = 0
     norm: str = "batch"
     window: tuple[float, float] = MARKER_ROBUST_WINDOW
 
@@ -148,6 +152,25 @@ class SegmentationResult:
     seconds: float
 
 
+@dataclass
+class GridReading:
+    """One segmentation of a model input, as chosen by the orientation search.
+
+    Attributes:
+        label_map: cleaned uint8 label map (model grid, the input's own orientation).
+        probabilities: ``(NUM_CLASSES, size, size)`` softmax probabilities behind it.
+        mirrored: the mirrored image gave this reading.
+        turns: quarter turns (``np.rot90``) applied before segmenting.
+        score: :func:`orientation_score` of the reading.
+    """
+
+    label_map: np.ndarray
+    probabilities: np.ndarray
+    mirrored: bool
+    turns: int
+    score: float
+
+
 class Segmenter:
     """The trained bone segmentation network (CPU inference).
 
@@ -191,8 +214,23 @@ class Segmenter:
         network.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
         return cls(network, config, meta=blob.get("meta", {}), device=device)
 
+    def predict_probabilities(self, model_input: np.ndarray) -> np.ndarray:
+        """Class probabilities in model-input geometry for a prepared ``size x size`` input.
+
+        Args:
+            model_input: float32 array from :func:`prepare_model_input`.
+
+        Returns:
+            float32 ``(NUM_CLASSES, size, size)`` softmax probabilities.
+        """
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.float32))[None, None].to(self.device)
+            return torch.softmax(self.network(x), 1)[0].to("cpu", torch.float32).numpy()
+
     def predict_model_grid(self, model_input: np.ndarray) -> np.ndarray:
-        """Label map in model-input geometry for a prepared ``size x size`` input.
+        """Label map in model-input geometry for a prepared ``size x size`` input (no orientation search).
 
         Args:
             model_input: float32 array from :func:`prepare_model_input`.
@@ -200,18 +238,81 @@ class Segmenter:
         Returns:
             uint8 ``size x size`` label map.
         """
-        import torch
+        return self.predict_probabilities(model_input).argmax(0).astype(np.uint8)
 
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.float32))[None, None].to(self.device)
-            logits = self.network(x)
-            return logits.argmax(1)[0].to("cpu", torch.uint8).numpy()
+    def read_model_grid(self, model_input: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0),
+                        orientations: bool = True) -> GridReading:
+        """Cleaned label map of a prepared input, with the orientation search.
 
-    def segment_with_info(self, image: Any) -> SegmentationResult:
+        The network was trained on left hands only (digit identity must never hinge on telling a
+        left hand from a right one), so a mirrored film -- a right hand, or a flipped left hand --
+        is segmented both as it is and mirrored, and the reading that looks more like a left hand
+        is kept (:func:`orientation_score`); a film whose fingers point sideways or down is turned
+        by the nearest quarter turn and segmented again.
+
+        Args:
+            model_input: float32 array from :func:`prepare_model_input`.
+            spacing: ``(row, col)`` original pixels per model pixel (true directions on squashed grids).
+            orientations: try the mirrored image and quarter turns (otherwise segment as given).
+
+        Returns:
+            :class:`GridReading`: label map and probabilities in the input's own orientation.
+        """
+        candidates = [(False, 0)]
+        if orientations:
+            candidates.append((True, 0))
+        best = None
+        for round_ in range(2):
+            for mirror, turns in candidates:
+                x = model_input[:, ::-1] if mirror else model_input
+                x = np.rot90(x, turns)
+                probs = self.predict_probabilities(np.ascontiguousarray(x))
+                labels = clean_label_map(close_label_map(probs.argmax(0).astype(np.uint8)))
+                turned = spacing[::-1] if turns % 2 else spacing
+                score = orientation_score(labels, probs, turned) - (MIRROR_MARGIN if mirror else 0.0)
+                # Back to the input's own orientation (label ids stay anatomical).
+                labels = np.rot90(labels, -turns)
+                probs = np.rot90(probs, -turns, axes=(1, 2))
+                if mirror:
+                    labels, probs = labels[:, ::-1], probs[:, :, ::-1]
+                if best is None or score > best.score:
+                    best = GridReading(np.ascontiguousarray(labels), np.ascontiguousarray(probs), mirror, turns, score)
+            if not orientations or round_ == 1:
+                break
+            # Fingers pointing sideways or down: try the quarter turn that puts them up.
+            _, angle = hand_orientation(best.label_map, spacing)
+            if angle is None or abs(angle) <= 60:
+                break
+            # The fingers point ``angle`` degrees counter-clockwise of up; np.rot90 turns
+            # counter-clockwise, so turning back by the nearest quarter is -round(angle / 90).
+            turns = int(-np.round(angle / 90.0)) % 4
+            candidates = [(False, turns), (True, turns)]
+        return best
+
+    def segment_model_grid(self, model_input: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0),
+                           orientations: bool = True) -> tuple[np.ndarray, bool | None, float | None]:
+        """Cleaned label map of a prepared input and the hand's orientation (see :meth:`read_model_grid`).
+
+        Args:
+            model_input: float32 array from :func:`prepare_model_input`.
+            spacing: ``(row, col)`` original pixels per model pixel.
+            orientations: search mirrored and quarter-turned readings.
+
+        Returns:
+            ``(label_map, mirrored, finger_angle_deg)`` in the input's own orientation.
+        """
+        reading = self.read_model_grid(model_input, spacing, orientations)
+        mirrored, angle = hand_orientation(reading.label_map, spacing)
+        if mirrored is None and orientations:
+            mirrored = reading.mirrored
+        return reading.label_map, mirrored, angle
+
+    def segment_with_info(self, image: Any, orientations: bool = True) -> SegmentationResult:
         """Segment one radiograph and report its orientation.
 
         Args:
             image: a :class:`boneage.io.Radiograph` or a 2-D array (bone bright).
+            orientations: search mirrored and quarter-turned readings (see :meth:`segment_model_grid`).
 
         Returns:
             :class:`SegmentationResult` with the label map at the input's own size.
@@ -219,8 +320,8 @@ class Segmenter:
         start = time.perf_counter()
         pixels = getattr(image, "pixels", image)
         model_input, transform = prepare_model_input(pixels, self.config.size, window=self.config.window)
-        small = clean_label_map(close_label_map(self.predict_model_grid(model_input)))
-        mirrored, angle = hand_orientation(small, (transform.row_scale, transform.col_scale))
+        spacing = (transform.row_scale, transform.col_scale)
+        small, mirrored, angle = self.segment_model_grid(model_input, spacing, orientations)
         label_map = transform.mask_to_original(small)
         return SegmentationResult(label_map.astype(np.uint8), mirrored, angle, time.perf_counter() - start)
 
@@ -343,6 +444,83 @@ def hand_orientation(label_map: np.ndarray, spacing: tuple[float, float] = (1.0,
     return bool(cross > 0), angle
 
 
+#: A mirrored reading must beat the film as given by this much of :func:`orientation_score`:
+#: bone age is read on left hands, so a film is taken as given unless the mirror is clearly better.
+MIRROR_MARGIN = 0.5
+
+
+def _long_axis(label_map: np.ndarray, bone: str, spacing: tuple[float, float]) -> np.ndarray | None:
+    rr, cc = np.nonzero(np.isin(label_map, anatomy.bone_labels(bone)))
+    if rr.size < 10:
+        return None
+    pts = np.stack([rr * spacing[0], cc * spacing[1]], 1)
+    pts -= pts.mean(0)
+    return np.linalg.eigh(pts.T @ pts)[1][:, 1]
+
+
+def thumb_divergence_deg(label_map: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float | None:
+    """How much more the first metacarpal diverges from the third than the fifth does (degrees).
+
+    The thumb's ray stands off the hand by some 30-50 degrees, the little finger's by 10-20: a
+    reading that put the thumb's labels on the little finger (a mirrored hand read as a left one)
+    gives a negative value.
+
+    Args:
+        label_map: label map.
+        spacing: ``(row, col)`` pixel size (true angles on squashed grids).
+
+    Returns:
+        Degrees, or ``None`` when a metacarpal is missing.
+    """
+    axes = [_long_axis(label_map, f"metacarpal_{d}", spacing) for d in (1, 3, 5)]
+    if any(a is None for a in axes):
+        return None
+    a1, a3, a5 = axes
+    angle = lambda u, v: float(np.degrees(np.arccos(min(1.0, abs(float(u @ v))))))  # noqa: E731
+    return angle(a1, a3) - angle(a5, a3)
+
+
+def orientation_score(label_map: np.ndarray, probabilities: np.ndarray,
+                      spacing: tuple[float, float] = (1.0, 1.0)) -> float:
+    """How much a reading looks like a correctly oriented left hand (higher is better).
+
+    The network only ever saw left hands; shown a mirrored one, it still finds bone but confuses
+    which digit and row it is: its bones come out fragmented and out of a finger's order, and the
+    thumb's labels land on the little finger. The score counts digits laid out as a finger
+    (:func:`boneage.measure.finger_rays`), adds one when the thumb diverges from the hand more than
+    the little finger does (:func:`thumb_divergence_deg`; minus one when less), the share of
+    tubular bones found in one piece, and half the mean confidence on bone pixels.
+
+    Args:
+        label_map: cleaned label map (model grid).
+        probabilities: ``(NUM_CLASSES, H, W)`` softmax probabilities it came from.
+        spacing: ``(row, col)`` pixel size of the grid.
+
+    Returns:
+        The score.
+    """
+    from scipy import ndimage
+
+    from boneage.measure import finger_rays
+
+    bone = label_map > 0
+    if not bone.any():
+        return 0.0
+    confidence = float(probabilities.max(0)[bone].mean())
+    boxes = ndimage.find_objects(label_map.astype(np.int32), max_label=anatomy.NUM_CLASSES - 1)
+    whole = 0
+    for bone_name in anatomy.TUBULAR_BONES:
+        label = anatomy.shaft_label(bone_name)
+        box = boxes[label - 1]
+        if box is None:
+            continue
+        _, n = ndimage.label(label_map[box] == label)
+        whole += n == 1
+    divergence = thumb_divergence_deg(label_map, spacing)
+    thumb = 0.0 if divergence is None else float(np.sign(divergence))
+    return finger_rays(label_map) + thumb + whole / len(anatomy.TUBULAR_BONES) + 0.5 * confidence
+
+
 def _iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Path]:
     for item in inputs:
         path = Path(item)
@@ -391,6 +569,9 @@ def segment_paths(inputs: Iterable[str | Path], out_dir: str | Path, segmenter: 
 # Training data
 # ------------------------------------------------------------------------------------------------
 REAL_QUANTILE_LEVELS = np.linspace(0.0, 1.0, 65)
+#: Each rendered synthetic hand is augmented about this many times (from a pool of this many).
+SYNTH_REUSE = 4
+SYNTH_POOL = 32
 
 
 def real_intensity_quantiles(n_images: int = 240, size: int = 384, seed: int = 0) -> np.ndarray:
@@ -437,21 +618,82 @@ def _rotate_pair(image: np.ndarray, labels: np.ndarray, angle: float, fill: floa
     return img.astype(np.float32), lab
 
 
-def augment_hand(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, size: int,
-                 real_quantiles: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented training pair in model-input geometry.
+def _edge_enhance(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    """Unsharp masking as CR/DR consoles apply it: bright halos at bone edges, flattened soft tissue."""
+    from scipy import ndimage
 
-    Geometry (on the original grid, before :func:`prepare_model_input`): mirror (p 0.3), quarter
-    turns (p 0.1), extra rotation (p 0.5, +-25 deg), zoom out by padding (p 0.3: small hands in a
-    large film), zoom in by cropping a border (p 0.2). Intensity (on the model input): histogram
-    matching to a real film (p 0.5), gamma, contrast/offset, blur (p 0.3), noise (p 0.5).
+    sigma = float(rng.uniform(1.5, 10.0))
+    amount = float(rng.uniform(0.3, 1.8))
+    return x + amount * (x - ndimage.gaussian_filter(x, sigma))
+
+
+def _bias_field(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A smooth multiplicative field (uneven exposure across the film), mean about 1."""
+    from scipy import ndimage
+
+    coarse = rng.normal(0, float(rng.uniform(0.05, 0.2)), (4, 4)).astype(np.float32)
+    field = ndimage.zoom(coarse, (shape[0] / 4, shape[1] / 4), order=3)[: shape[0], : shape[1]]
+    return np.exp(field).astype(np.float32)
+
+
+def _real_bone_look(rng: np.random.Generator, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Dim the inside of every bone towards the soft tissue around it, keeping the bright cortex.
+
+    Why: on real films the medulla of a phalanx or metacarpal is barely brighter than the soft
+    tissue (only a thin cortical rim stands out), while synthetic bones are bright throughout; a
+    network that learnt "bone = bright inside" paints real bones in patches.
 
     Args:
         rng: random generator.
-        image: float32 synthetic image in [0, 1].
-        labels: its label map.
+        x: model input (float32).
+        labels: its label map (bone = ids 1.., :data:`IGNORE` excluded).
+
+    Returns:
+        The modified input.
+    """
+    from scipy import ndimage
+
+    bone = (labels > 0) & (labels != IGNORE)
+    if not bone.any():
+        return x
+    interior = ndimage.binary_erosion(bone, iterations=int(rng.integers(1, 4)))
+    if not interior.any():
+        return x
+    outside = (~bone).astype(np.float32)
+    sigma = float(rng.uniform(3.0, 8.0))
+    surround = ndimage.gaussian_filter(x * outside, sigma) / np.maximum(ndimage.gaussian_filter(outside, sigma), 1e-3)
+    # A soft edge between rim and interior, as a tube's projection has.
+    weight = ndimage.gaussian_filter(interior.astype(np.float32), 0.8) * bone
+    amount = float(rng.uniform(0.3, 0.9))
+    excess = np.clip(x - surround, 0, None)
+    return x - amount * weight * excess
+
+
+def augment_hand(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, size: int,
+                 real_quantiles: np.ndarray | None = None, mirror_p: float = 0.0,
+                 quarter_turn_p: float = 0.0, real_bone_look_p: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented training pair in model-input geometry.
+
+    Geometry (on the original grid, before :func:`prepare_model_input`): optional mirror and
+    quarter turns (off by default: mirrored and turned films are handled at inference, see
+    :meth:`Segmenter.segment_with_info`, so digit identity never depends on telling a left from a
+    right hand), extra rotation (p 0.5, +-25 deg), unequal row/column scaling (p 0.5: films
+    squashed to another aspect), zoom out by padding (p 0.45: a small hand in a large film or
+    cassette frame), zoom in by cropping a border (p 0.2). Intensity (on the model input):
+    histogram matching to a real film (p 0.5), edge enhancement as consoles apply it (p 0.5),
+    smooth uneven exposure (p 0.3), resolution loss (p 0.2), gamma, contrast/offset, blur (p 0.3),
+    noise (p 0.5).
+
+    Args:
+        rng: random generator.
+        image: float32 image in [0, 1].
+        labels: its label map (``IGNORE`` pixels allowed: they stay ``IGNORE``).
         size: model input size.
         real_quantiles: ``(n, k)`` quantiles of real films (see :func:`real_intensity_quantiles`).
+        mirror_p: probability of a horizontal mirror.
+        quarter_turn_p: probability of a quarter turn.
+        real_bone_look_p: probability of dimming bone interiors to a real film's look
+            (:func:`_real_bone_look`; for synthetic hands, whose bones are bright throughout).
 
     Returns:
         ``(model_input float32 size x size, labels uint8 size x size)``.
@@ -460,25 +702,45 @@ def augment_hand(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray
 
     img, lab = image, labels
     background = float(np.median(np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])))
-    if rng.random() < 0.3:
+    if rng.random() < mirror_p:
         img, lab = img[:, ::-1], lab[:, ::-1]
-    if rng.random() < 0.1:
+    if rng.random() < quarter_turn_p:
         k = int(rng.integers(1, 4))
         img, lab = np.rot90(img, k), np.rot90(lab, k)
     if rng.random() < 0.5:
         img, lab = _rotate_pair(np.ascontiguousarray(img), np.ascontiguousarray(lab), float(rng.uniform(-25, 25)),
                                 background)
-    if rng.random() < 0.3:
-        pad_r = int(img.shape[0] * rng.uniform(0.05, 0.4))
-        pad_c = int(img.shape[1] * rng.uniform(0.05, 0.4))
+    if rng.random() < 0.5:
+        # Unequal scaling of rows and columns (nearest for labels keeps ids exact).
+        fr, fc = float(np.exp(rng.normal(0, 0.12))), float(np.exp(rng.normal(0, 0.12)))
+        img = ndimage.zoom(np.ascontiguousarray(img), (fr, fc), order=1, prefilter=False)
+        lab = ndimage.zoom(np.ascontiguousarray(lab), (fr, fc), order=0, prefilter=False)
+    if rng.random() < 0.45:
+        pad_r = int(img.shape[0] * rng.uniform(0.05, 0.7))
+        pad_c = int(img.shape[1] * rng.uniform(0.05, 0.7))
         top, left = int(rng.integers(0, pad_r + 1)), int(rng.integers(0, pad_c + 1))
-        noise = rng.normal(background, 0.01, (img.shape[0] + pad_r, img.shape[1] + pad_c)).astype(np.float32)
+        level = background if rng.random() < 0.7 else float(rng.uniform(0.0, 0.6))
+        noise = rng.normal(level, 0.01, (img.shape[0] + pad_r, img.shape[1] + pad_c)).astype(np.float32)
+        if rng.random() < 0.4:
+            # An exposure gradient keeps the padding from being trimmed as an empty border.
+            gy = np.linspace(-1, 1, noise.shape[0], dtype=np.float32)[:, None]
+            gx = np.linspace(-1, 1, noise.shape[1], dtype=np.float32)[None, :]
+            noise += float(rng.normal(0, 0.08)) * gy + float(rng.normal(0, 0.08)) * gx
         noise[top:top + img.shape[0], left:left + img.shape[1]] = img
+        if rng.random() < 0.6:
+            # A cassette or collimator edge around the original film.
+            w = max(1, int(min(img.shape) * rng.uniform(0.003, 0.015)))
+            r0, c0 = max(top - w, 0), max(left - w, 0)
+            r1, c1 = top + img.shape[0] + w, left + img.shape[1] + w
+            frame = np.zeros(noise.shape, bool)
+            frame[r0:r1, c0:c1] = True
+            frame[top:top + img.shape[0], left:left + img.shape[1]] = False
+            noise[frame] = float(rng.uniform(0.2, 0.9))
         img = noise
         big = np.zeros(noise.shape, lab.dtype)
         big[top:top + lab.shape[0], left:left + lab.shape[1]] = lab
         lab = big
-    elif rng.random() < 0.2 / 0.7:
+    elif rng.random() < 0.2 / 0.55:
         r, c = img.shape
         t, b = int(r * rng.uniform(0, 0.12)), int(r * rng.uniform(0, 0.12))
         lft, rgt = int(c * rng.uniform(0, 0.12)), int(c * rng.uniform(0, 0.12))
@@ -488,6 +750,8 @@ def augment_hand(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray
     x, transform = prepare_model_input(img, size, window=MARKER_ROBUST_WINDOW)
     y = label_map_to_model(lab, transform).astype(np.uint8)
 
+    if real_bone_look_p and rng.random() < real_bone_look_p:
+        x = _real_bone_look(rng, x, y)
     if real_quantiles is not None and len(real_quantiles) and rng.random() < 0.5:
         target = real_quantiles[int(rng.integers(len(real_quantiles)))]
         source = np.quantile(x, REAL_QUANTILE_LEVELS)
@@ -495,6 +759,14 @@ def augment_hand(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray
         matched = np.interp(x, source, target).astype(np.float32)
         mix = float(rng.uniform(0.5, 1.0))
         x = mix * matched + (1 - mix) * x
+    if rng.random() < 0.5:
+        x = _edge_enhance(rng, x)
+    if rng.random() < 0.3:
+        x = x * _bias_field(rng, x.shape)
+    if rng.random() < 0.2:
+        f = float(rng.uniform(0.35, 0.8))
+        small = ndimage.zoom(x, f, order=1, prefilter=False)
+        x = ndimage.zoom(small, (size / small.shape[0], size / small.shape[1]), order=1, prefilter=False)[:size, :size]
     x = np.clip(x, 0, 1) ** float(np.exp(rng.normal(0, 0.3)))
     x = x * float(rng.uniform(0.7, 1.2)) + float(rng.uniform(-0.1, 0.1))
     if rng.random() < 0.3:
@@ -514,7 +786,8 @@ def _random_crop(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, crop: i
 
 def _sample_stream(seed: int, size: int, crop: int, worker: int, synth_size: int,
                    real_quantiles: np.ndarray | None, pseudo_file: str | None = None,
-                   pseudo_fraction: float = 0.0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                   pseudo_fraction: float = 0.0, mirror_p: float = 0.0,
+                   quarter_turn_p: float = 0.0, real_bone_look_p: float = 0.0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless augmented samples: synthetic hands (indices disjoint between workers), mixed with
     pseudo-labelled real films (see :func:`make_pseudo_labels`) at ``pseudo_fraction``."""
     from boneage.synth import generate_hand
@@ -523,6 +796,9 @@ def _sample_stream(seed: int, size: int, crop: int, worker: int, synth_size: int
     pseudo_x = pseudo_y = None
     index = worker
     drawn = 0
+    # Rendering a hand costs twice its augmentation, so each rendered hand is augmented about
+    # ``SYNTH_REUSE`` times, drawn from a small pool so consecutive samples are different hands.
+    pool: list[Any] = []
     while True:
         # The pseudo-label file may be written while training runs (self-training from a
         # checkpoint of this very run): look for it every 16 samples until it is there.
@@ -537,11 +813,20 @@ def _sample_stream(seed: int, size: int, crop: int, worker: int, synth_size: int
         if pseudo_x is not None and len(pseudo_x) and rng.random() < pseudo_fraction:
             k = int(rng.integers(len(pseudo_x)))
             # Real films already carry real grey levels: no histogram matching for them.
-            x, y = augment_hand(rng, pseudo_x[k].astype(np.float32) / 255.0, pseudo_y[k], size, None)
+            x, y = augment_hand(rng, pseudo_x[k].astype(np.float32) / 255.0, pseudo_y[k], size, None,
+                                mirror_p, quarter_turn_p)
         else:
-            hand = generate_hand(seed, index, size=synth_size)
-            index += 64  # up to 64 workers get disjoint hands
-            x, y = augment_hand(rng, hand.image, hand.label_map, size, real_quantiles)
+            if len(pool) < SYNTH_POOL or rng.random() < 1.0 / SYNTH_REUSE:
+                hand = generate_hand(seed, index, size=synth_size)
+                index += 64  # up to 64 workers get disjoint hands
+                if len(pool) < SYNTH_POOL:
+                    pool.append(hand)
+                else:
+                    pool[int(rng.integers(SYNTH_POOL))] = hand
+            else:
+                hand = pool[int(rng.integers(len(pool)))]
+            x, y = augment_hand(rng, hand.image, hand.label_map, size, real_quantiles, mirror_p, quarter_turn_p,
+                                real_bone_look_p)
         yield _random_crop(rng, x, y, crop)
 
 
@@ -554,7 +839,8 @@ def _make_loader(config: TrainConfig, real_quantiles: np.ndarray | None) -> Iter
             info = get_worker_info()
             worker = info.id if info else 0
             for x, y in _sample_stream(config.seed, config.size, config.crop, worker, config.synth_size,
-                                       real_quantiles, config.pseudo_labels, config.pseudo_fraction):
+                                       real_quantiles, config.pseudo_labels, config.pseudo_fraction,
+                                       config.mirror_p, config.quarter_turn_p, config.real_bone_look_p):
                 yield torch.from_numpy(x[None].copy()), torch.from_numpy(y[None].astype(np.int64))
 
     loader = DataLoader(Stream(), batch_size=config.batch_size, num_workers=config.workers,
@@ -575,7 +861,8 @@ class TrainConfig:
             ``max(step / steps, elapsed / max_minutes)`` so a time limit still anneals fully.
         max_minutes: stop (and save) after this long; ``None`` = no limit.
         size: model input side.
-        crop: side of the random training crop of the model input.
+        crop: side of the random training crop of the model input (default the whole input:
+            digit identity needs the whole hand in view).
         batch_size: crops per step.
         lr: peak AdamW learning rate.
         seed: synthetic dataset seed (never :data:`EVAL_SEED`).
@@ -589,14 +876,23 @@ class TrainConfig:
         pseudo_fraction: share of training samples drawn from ``pseudo_labels``.
         save_every_minutes: checkpoint interval.
         progress: tqdm progress bar.
+        channels: UNet channels per level.
+        num_res_units: residual units per UNet block.
+        mirror_p: probability of mirroring a training sample (default 0: mirrored films are
+            handled at inference by trying both orientations).
+        quarter_turn_p: probability of a quarter turn (default 0, handled at inference too).
+        real_bone_look_p: probability of giving a synthetic sample real bones' look
+            (dim medulla, bright cortex; see :func:`augment_hand`).
+        stop_at: stop (and save) after this many steps without finishing the schedule (a stage
+            that is continued by the next one from its weights).
     """
 
     out: str = str(SEGMENTER_DIR)
-    steps: int = 1500
+    steps: int = 8000
     max_minutes: float | None = None
     size: int = 384
-    crop: int = 256
-    batch_size: int = 8
+    crop: int = 384
+    batch_size: int = 4
     lr: float = 2e-3
     seed: int = TRAIN_SEED
     synth_size: int = 512
@@ -610,6 +906,11 @@ class TrainConfig:
     save_every_minutes: float = 5.0
     progress: bool = True
     channels: tuple[int, ...] = field(default_factory=lambda: NetworkConfig().channels)
+    num_res_units: int = NetworkConfig().num_res_units
+    mirror_p: float = 0.0
+    quarter_turn_p: float = 0.0
+    real_bone_look_p: float = 0.0
+    stop_at: int | None = None
 
 
 def save_weights(network: Any, config: NetworkConfig, path: str | Path, meta: dict | None = None) -> Path:
@@ -635,6 +936,36 @@ def save_weights(network: Any, config: NetworkConfig, path: str | Path, meta: di
     return path
 
 
+def masked_dice_ce_loss(logits: Any, target: Any, ignore: int = IGNORE) -> Any:
+    """Cross-entropy plus soft Dice (over the batch, every class, background included), skipping
+    ``ignore`` pixels: the same loss as MONAI's ``DiceCELoss(batch=True)`` where nothing is ignored.
+
+    Args:
+        logits: ``(B, C, H, W)`` float tensor.
+        target: ``(B, 1, H, W)`` integer tensor of label ids or ``ignore``.
+        ignore: label value without a training signal.
+
+    Returns:
+        Scalar loss tensor.
+    """
+    import torch
+
+    valid = target[:, 0] != ignore
+    labels = torch.where(valid, target[:, 0], torch.zeros_like(target[:, 0]))
+    weight = valid.to(logits.dtype)
+    log_prob = torch.log_softmax(logits, 1)
+    # Per-class sums by index (no one-hot tensor: 51 classes x a batch of 384^2 inputs is large).
+    log_prob_true = log_prob.gather(1, labels[:, None])[:, 0]
+    ce = -(log_prob_true * weight).sum() / weight.sum().clamp(min=1.0)
+    classes = logits.shape[1]
+    intersection = torch.zeros(classes, dtype=logits.dtype, device=logits.device).index_add_(
+        0, labels.reshape(-1), (log_prob_true.exp() * weight).reshape(-1))
+    counts = torch.bincount(labels[valid], minlength=classes).to(logits.dtype)
+    prob_sums = (log_prob.exp() * weight[:, None]).sum((0, 2, 3))
+    dice = 1.0 - (2.0 * intersection + 1e-5) / (prob_sums + counts + 1e-5)
+    return ce + dice.mean()
+
+
 def train(config: TrainConfig) -> Path:
     """Train the segmenter on augmented synthetic hands and write ``config.out/segmenter.pt``.
 
@@ -645,14 +976,13 @@ def train(config: TrainConfig) -> Path:
         The weights path.
     """
     import torch
-    from monai.losses import DiceCELoss
     from tqdm import tqdm
 
     if config.seed == EVAL_SEED:
         raise ValueError(f"seed {EVAL_SEED} is reserved for evaluation")
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
-    net_config = NetworkConfig(size=config.size, channels=tuple(config.channels))
+    net_config = NetworkConfig(size=config.size, channels=tuple(config.channels), num_res_units=config.num_res_units)
     network = build_network(net_config)
     init_meta: dict = {}
     if config.init:
@@ -662,7 +992,7 @@ def train(config: TrainConfig) -> Path:
     network.train()
     real_q = real_intensity_quantiles(size=config.size) if config.real_intensity else None
     loader = _make_loader(config, real_q)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    loss_fn = masked_dice_ce_loss
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=1e-4)
     out_path = Path(config.out) / WEIGHTS_FILE
     log: list[dict[str, float]] = []
@@ -675,7 +1005,8 @@ def train(config: TrainConfig) -> Path:
     for step in range(1, config.steps + 1):
         elapsed = time.monotonic() - started
         progress = max(step / config.steps, elapsed / limit_s)
-        if progress >= 1.0 and step > 1:
+        if (progress >= 1.0 and step > 1) or (config.stop_at and step > config.stop_at):
+            step -= 1
             break
         lr = config.lr * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         for group in optimiser.param_groups:
@@ -708,6 +1039,10 @@ def _save_training(network: Any, net_config: NetworkConfig, out_path: Path, conf
             "final_loss": log[-1]["loss"] if log else None}
     if init_meta:
         meta["init_meta"] = init_meta
+    stats = Path(config.pseudo_labels).with_suffix(".json") if config.pseudo_labels else None
+    if stats is not None and stats.is_file():
+        # What the pseudo-label round that fed this stage kept (written by ``pseudo``), for the card.
+        meta["pseudo_stats"] = json.loads(stats.read_text())
     save_weights(network, net_config, out_path, meta)
     (out_path.parent / "train_log.json").write_text(json.dumps({"meta": meta, "log": log}, indent=1))
     network.train()
@@ -716,83 +1051,160 @@ def _save_training(network: Any, net_config: NetworkConfig, out_path: Path, conf
 # ------------------------------------------------------------------------------------------------
 # Self-training on real films
 # ------------------------------------------------------------------------------------------------
-def length_ratio_bounds(n: int = 150, seed: int = TRAIN_SEED, slack: float = 0.15) -> dict[str, tuple[float, float]]:
-    """Plausible range of each tubular bone's length relative to the third metacarpal.
+def ratio_references(bone: str) -> tuple[str, ...]:
+    """Bones a tubular bone's length is checked against in :func:`pseudo_label_target`.
 
-    Taken from synthetic ground truth (training seed, ages 0-19 y), widened by ``slack``.
+    The third metacarpal, the neighbour in the same row (towards the middle finger) and the
+    neighbour in the same digit: a label that spilled across a joint into the next bone, or
+    covers only half its bone, is out of proportion with at least two of them.
+
+    Args:
+        bone: a tubular bone.
+
+    Returns:
+        Reference bone names.
+    """
+    kind, d = anatomy.bone_kind(bone), anatomy.digit(bone)
+    row = [b for b in anatomy.TUBULAR_BONES if anatomy.bone_kind(b) == kind]
+    same_row = f"{kind}_{4 if d == 3 else (d + 1 if d < 3 else d - 1)}"
+    if same_row not in row:  # the thumb has no middle phalanx; its neighbour row member is digit 2
+        same_row = f"{kind}_2"
+    digit = anatomy.digit_bones(d)
+    i = digit.index(bone)
+    same_digit = digit[i + 1] if i + 1 < len(digit) else digit[i - 1]
+    refs = [r for r in dict.fromkeys(("metacarpal_3", same_row, same_digit)) if r != bone]
+    if bone == "metacarpal_3":
+        refs.append("metacarpal_2")
+    return tuple(refs)
+
+
+#: How :func:`pseudo_label_target` checks a bone's proportions: against its neighbours (tight
+#: 1-99 % synthetic range +5 %), or -- the first self-training round of segmenter-2 -- against the
+#: third metacarpal only (synthetic min-max range +-15 %; let labels spilling across a joint pass).
+LENGTH_CHECKS = ("neighbours", "metacarpal3")
+
+
+def length_ratio_bounds(n: int = 150, seed: int = TRAIN_SEED, slack: float = 0.05,
+                        quantile: float = 0.01, check: str = "neighbours") -> dict[tuple[str, str], tuple[float, float]]:
+    """Plausible range of each tubular bone's length relative to its :func:`ratio_references`.
+
+    Taken from synthetic ground truth (training seed, ages 0-19 y): the ``quantile`` to
+    ``1 - quantile`` range, widened by ``slack``.
 
     Args:
         n: synthetic hands sampled.
         seed: synthetic seed.
-        slack: relative widening of the observed min-max range.
+        slack: relative widening of the range.
+        quantile: tail left out on each side.
+        check: one of :data:`LENGTH_CHECKS`; ``"metacarpal3"`` gives the min-max range against
+            the third metacarpal alone, widened by 15 % (``slack`` and ``quantile`` unused).
 
     Returns:
-        ``{bone: (low, high)}`` for the tubular bones.
+        ``{(bone, reference): (low, high)}``.
     """
     from boneage.synth import generate_hand
 
-    ratios: dict[str, list[float]] = {b: [] for b in anatomy.TUBULAR_BONES}
-    for i in range(n):
-        lengths = generate_hand(seed, 10_000_000 + i, size=128).lengths_mm
-        ref = lengths.get("metacarpal_3")
-        if not ref:
-            continue
-        for bone in anatomy.TUBULAR_BONES:
-            if lengths.get(bone):
-                ratios[bone].append(lengths[bone] / ref)
-    return {b: (min(v) * (1 - slack), max(v) * (1 + slack)) for b, v in ratios.items() if v}
+    if check not in LENGTH_CHECKS:
+        raise ValueError(f"length check must be one of {LENGTH_CHECKS}, got {check!r}")
+    if check == "metacarpal3":
+        slack, quantile = 0.15, 0.0
+    hands = [generate_hand(seed, 10_000_000 + i, size=128).lengths_mm for i in range(n)]
+    bounds: dict[tuple[str, str], tuple[float, float]] = {}
+    for bone in anatomy.TUBULAR_BONES:
+        refs = ("metacarpal_3",) if check == "metacarpal3" else ratio_references(bone)
+        for ref in (r for r in refs if r != bone):
+            ratios = [h[bone] / h[ref] for h in hands if h.get(bone) and h.get(ref)]
+            if len(ratios) >= 10:
+                lo, hi = np.quantile(ratios, [quantile, 1 - quantile])
+                bounds[(bone, ref)] = (float(lo) * (1 - slack), float(hi) * (1 + slack))
+    return bounds
 
 
-def plausible_hand(label_map: np.ndarray, spacing: tuple[float, float],
-                   bounds: dict[str, tuple[float, float]]) -> bool:
-    """Anatomical plausibility of a predicted hand (the pseudo-label filter).
+def pseudo_label_target(label_map: np.ndarray, probabilities: np.ndarray, spacing: tuple[float, float],
+                        bounds: dict[str, tuple[float, float]], background_confidence: float = 0.9,
+                        margin_px: int = 2) -> tuple[np.ndarray, list[str]]:
+    """Turn one predicted real film into a training target: trusted bones keep their labels, the
+    rest is :data:`IGNORE` (the self-training filter, bone by bone).
 
-    All 19 tubular bones and the radius and ulna must be measured without flags by
-    :func:`boneage.measure.measure`, every tubular bone's length relative to the third metacarpal
-    must lie within ``bounds``, and the hand must not be reported as mirrored (real rsna-dev films
-    are left hands; a mirrored result means confused digits).
+    A tubular bone is trusted when :func:`boneage.measure.measure` finds it without flags, its
+    digit is laid out as a finger (:func:`boneage.measure.finger_ray_digits`) and its length is in
+    proportion (``bounds``) with its :func:`ratio_references` (at least two measured, at most one
+    of three out of range); the radius and ulna when present
+    without flags (running off the film is allowed); a carpal when it is measured without flags and
+    at least three digits are trusted. Pixels of untrusted bones (and ``margin_px`` around them)
+    and background pixels the network is unsure of become :data:`IGNORE`, so a mistake is not
+    taught back to the network as background.
 
     Args:
-        label_map: predicted label map (model grid).
-        spacing: ``(row, col)`` pixel size of that grid, so squashed grids give true proportions.
+        label_map: cleaned label map (model grid).
+        probabilities: ``(NUM_CLASSES, H, W)`` softmax probabilities behind it.
+        spacing: ``(row, col)`` original pixels per model pixel (true proportions on squashed grids).
         bounds: from :func:`length_ratio_bounds`.
+        background_confidence: background probability needed to teach a pixel as background.
+        margin_px: ignored band around untrusted bones.
 
     Returns:
-        Whether the hand passes.
+        ``(target uint8, trusted bone names)``.
     """
-    from boneage.measure import measure
+    from scipy import ndimage
+
+    from boneage.measure import finger_ray_digits, measure
 
     m = measure(label_map, spacing)
-    needed = anatomy.TUBULAR_BONES + anatomy.FOREARM
-    if not all(m.bones[b].plausible for b in anatomy.TUBULAR_BONES):
-        return False
-    if not all(m.bones[b].present for b in needed):
-        return False
-    ref = m.bones["metacarpal_3"].length_mm
-    for bone, (lo, hi) in bounds.items():
-        ratio = m.bones[bone].length_mm / ref
-        if not lo <= ratio <= hi:
-            return False
-    mirrored, _ = hand_orientation(label_map, spacing)
-    return mirrored is False
+    digits = set(finger_ray_digits(label_map))
+    length = {b: m.bones[b].length_mm for b in anatomy.TUBULAR_BONES
+              if m.bones[b].plausible and m.bones[b].length_mm}
+    trusted: list[str] = []
+    for bone in anatomy.TUBULAR_BONES:
+        if bone not in length or anatomy.digit(bone) not in digits:
+            continue
+        refs = [ref for (b, ref) in bounds if b == bone]
+        checks = [bounds[(bone, ref)][0] <= length[bone] / length[ref] <= bounds[(bone, ref)][1]
+                  for ref in refs if ref in length]
+        if bone == "metacarpal_3" and len(refs) == 0:
+            checks = [True, True]  # the single-reference check has nothing to hold the reference to
+        # At least two references measured (or the one reference there is); with three, one may
+        # itself be the wrong one.
+        needed = min(2, len(refs)) or 2
+        if len(checks) >= needed and sum(not c for c in checks) <= (1 if len(checks) >= 3 else 0):
+            trusted.append(bone)
+    for bone in anatomy.FOREARM:
+        if m.bones[bone].plausible:
+            trusted.append(bone)
+    if len({anatomy.digit(b) for b in trusted if b in anatomy.TUBULAR_BONES}) >= 3:
+        trusted += [b for b in anatomy.CARPALS if m.bones[b].plausible]
+    trusted_labels = [lab for b in trusted for lab in anatomy.bone_labels(b)]
+    target = label_map.astype(np.uint8).copy()
+    untrusted = (label_map > 0) & ~np.isin(label_map, trusted_labels)
+    if margin_px > 0 and untrusted.any():
+        untrusted = ndimage.binary_dilation(untrusted, iterations=margin_px) & ~np.isin(label_map, trusted_labels)
+    target[untrusted] = IGNORE
+    target[(label_map == 0) & (probabilities[0] < background_confidence)] = IGNORE
+    return target, trusted
 
 
 def make_pseudo_labels(segmenter: Segmenter, out_file: str | Path, limit: int | None = None,
-                       progress: bool = True) -> dict[str, int]:
-    """Pseudo-label rsna-dev **train-split** films and keep the anatomically plausible ones.
+                       min_trusted_tubular: int = 10, length_check: str = "neighbours",
+                       progress: bool = True) -> dict[str, Any]:
+    """Pseudo-label rsna-dev **train-split** films, bone by bone (:func:`pseudo_label_target`).
 
-    The 41 keypoint-annotated films are excluded, so the real-image check stays independent.
-    The result (images and label maps on the model grid, uint8) is research-only derived data:
-    write it to the cache (:func:`boneage.paths.cache_dir`), never into the repository.
+    Films read as mirrored or turned are skipped (the network trains on upright left hands), as
+    are films with fewer than ``min_trusted_tubular`` trusted tubular bones. The 41
+    keypoint-annotated films are excluded, so the real-image check stays independent. The result
+    (images and targets on the model grid, uint8) is research-only derived data: write it to the
+    cache (:func:`boneage.paths.cache_dir`), never into the repository.
 
     Args:
         segmenter: the current model.
         out_file: ``.npz`` to write (``images``, ``labels``, ``ids``).
         limit: only the first N train-split films (quick checks).
+        min_trusted_tubular: films with fewer trusted tubular bones are left out.
+        length_check: one of :data:`LENGTH_CHECKS` (see :func:`length_ratio_bounds`).
         progress: tqdm bar.
 
     Returns:
-        ``{"candidates": n, "kept": k}``.
+        ``{"candidates", "kept", "min_trusted_tubular", "trusted_tubular_per_film_median",
+        "trusted_share_by_bone"}``.
     """
     from tqdm import tqdm
 
@@ -805,25 +1217,41 @@ def make_pseudo_labels(segmenter: Segmenter, out_file: str | Path, limit: int | 
     rows = table[(table["split"] == "train") & ~table["id"].isin(keypoint_ids | set(BLANK_KEYPOINT_IDS))]
     if limit:
         rows = rows.head(limit)
-    bounds = length_ratio_bounds()
+    bounds = length_ratio_bounds(check=length_check)
     images, labels, ids = [], [], []
+    trusted_count: dict[str, int] = {b: 0 for b in anatomy.BONES}
+    per_film: list[int] = []
     for image_id, path in tqdm(list(zip(rows["id"], rows["path"])), disable=not progress, desc="pseudo-labels",
                                file=sys.stderr):
         x, transform = prepare_model_input(load_radiograph(path).pixels, segmenter.config.size,
                                            window=segmenter.config.window)
-        y = clean_label_map(close_label_map(segmenter.predict_model_grid(x)))
-        if plausible_hand(y, (transform.row_scale, transform.col_scale), bounds):
-            images.append(np.rint(x * 255).astype(np.uint8))
-            labels.append(y)
-            ids.append(int(image_id))
+        spacing = (transform.row_scale, transform.col_scale)
+        reading = segmenter.read_model_grid(x, spacing)
+        if reading.mirrored or reading.turns:
+            continue
+        target, trusted = pseudo_label_target(reading.label_map, reading.probabilities, spacing, bounds)
+        n_tubular = sum(b in anatomy.TUBULAR_BONES for b in trusted)
+        if n_tubular < min_trusted_tubular:
+            continue
+        images.append(np.rint(x * 255).astype(np.uint8))
+        labels.append(target)
+        ids.append(int(image_id))
+        per_film.append(n_tubular)
+        for b in trusted:
+            trusted_count[b] += 1
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".partial.npz")
-    np.savez_compressed(tmp, images=np.asarray(images, np.uint8).reshape(-1, segmenter.config.size, segmenter.config.size),
-                        labels=np.asarray(labels, np.uint8).reshape(-1, segmenter.config.size, segmenter.config.size),
+    size = segmenter.config.size
+    np.savez_compressed(tmp, images=np.asarray(images, np.uint8).reshape(-1, size, size),
+                        labels=np.asarray(labels, np.uint8).reshape(-1, size, size),
                         ids=np.asarray(ids, np.int64))
     tmp.replace(out)  # atomic: a running training picks the file up only when complete
-    return {"candidates": int(len(rows)), "kept": len(ids)}
+    kept = len(ids)
+    return {"candidates": int(len(rows)), "kept": kept, "min_trusted_tubular": min_trusted_tubular,
+            "length_check": length_check,
+            "trusted_tubular_per_film_median": float(np.median(per_film)) if per_film else 0.0,
+            "trusted_share_by_bone": {b: (c / kept if kept else 0.0) for b, c in trusted_count.items()}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1022,7 +1450,7 @@ def _train_command_line(config: dict) -> str:
     defaults = asdict(TrainConfig())
     parts = ["boneage train segmenter"]
     for key in ("out", "steps", "max_minutes", "size", "crop", "batch_size", "lr", "seed", "workers", "init",
-                "pseudo_labels", "pseudo_fraction"):
+                "pseudo_labels", "pseudo_fraction", "mirror_p", "real_bone_look_p", "stop_at"):
         value = config.get(key)
         if key == "pseudo_fraction" and not config.get("pseudo_labels"):
             continue
@@ -1045,9 +1473,11 @@ def model_card(metrics: dict[str, Any]) -> str:
     syn = metrics.get("synthetic", {})
     real = metrics.get("real_keypoints") or {}
     stages = _stages(metrics.get("weights_meta", {}))
-    pseudo = metrics.get("pseudo") or {}
+    net = metrics.get("network", {})
+    channels = tuple(net.get("channels", NetworkConfig().channels))
     uses_real = any(st.get("train_config", {}).get("pseudo_labels") or st.get("train_config", {}).get("real_intensity")
                     for st in stages)
+    pseudo_stages = [(i, st) for i, st in enumerate(stages, 1) if st.get("train_config", {}).get("pseudo_labels")]
     lines = [
         "# Bone segmentation network (`segmenter`)",
         "",
@@ -1058,37 +1488,53 @@ def model_card(metrics: dict[str, Any]) -> str:
         "Labels every structure of `boneage.anatomy` (51 classes incl. background: radius/ulna and the 19 tubular",
         "bones each split into shaft and epiphysis, 8 carpals) in a hand radiograph. `boneage segment INPUT... --out DIR`",
         "writes one label map per input (`DIR/<stem>.png`, same size as the input, pixel value = label id).",
-        "The image is cropped to the hand and squashed to a 384 x 384 input by `boneage.preprocess.prepare_model_input`;",
-        "the prediction is cleaned (per bone, fragments < 25 % of its largest component are dropped) and mapped back.",
-        "Right hands / mirrored films: the network is trained with mirroring, so it labels them with the same anatomical",
-        "ids (digit 1 = thumb); `Segmenter.segment_with_info` reports `mirrored=True` (the CLI prints it).",
+        f"The image is cropped to the hand and squashed to a {net.get('size', 384)} x {net.get('size', 384)} input by "
+        "`boneage.preprocess.prepare_model_input`;",
+        "the prediction is closed per structure, cleaned (per bone, fragments < 25 % of its largest component are",
+        "dropped) and mapped back to the input's own pixels.",
+        "",
+        "**Orientation.** The network is trained on upright-ish left hands only, so digit identity never hinges on",
+        "telling a left hand from a right one. At inference `Segmenter.segment_with_info` reads the film as given and",
+        "mirrored, keeps the reading that looks more like a left hand (`orientation_score`: digits laid out as fingers,",
+        f"thumb diverging more than the little finger; the mirror must win by {MIRROR_MARGIN}), and turns films whose",
+        "fingers point sideways or down by the nearest quarter turn. Label ids stay anatomical (digit 1 = thumb);",
+        "`mirrored=True` is reported for a right hand or a flipped film, and the finger angle for a rotated one.",
         "",
         "## Architecture",
         "",
-        "MONAI `UNet(spatial_dims=2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=1, norm=batch)`,",
-        "1 input channel, 51 outputs, ~0.88 M parameters, ~1.8 MB in fp16 (fp16 storage, fp32 compute on CPU).",
+        f"MONAI `UNet(spatial_dims=2, channels={channels}, strides={(2,) * (len(channels) - 1)}, "
+        f"num_res_units={net.get('num_res_units', NetworkConfig().num_res_units)}, norm=batch)`,",
+        f"1 input channel, 51 outputs, {metrics.get('parameters', 0) / 1e6:.2f} M parameters; fp16 storage, fp32 compute",
+        "on CPU. Seven levels: the 6 x 6 bottom sees the whole hand, which telling the fingers apart needs.",
         "",
         "## Training data",
         "",
-        "* Synthetic left hands from `boneage.synth.generate_hand` (seed 1000, drawn on the fly, every sample a new hand;",
-        "  seed 7 is never trained on and is used for evaluation), with augmentation: mirroring (p 0.3), quarter turns",
-        "  (p 0.1), rotation +-25 deg (p 0.5), zoom out by padding / zoom in by cropping, gamma, contrast, blur, noise,",
-        "  random 256 x 256 crops of the 384 x 384 input.",
+        "* Synthetic left hands from `boneage.synth.generate_hand` (seed 1000, drawn on the fly, each rendered hand",
+        f"  augmented about {SYNTH_REUSE} times; seed 7 is never trained on and is used for evaluation). Augmentation:",
+        "  rotation +-25 deg, unequal row/column scaling, zoom out into a padded film with a cassette edge or exposure",
+        "  gradient, zoom in, edge enhancement (unsharp masking as CR consoles apply it), uneven exposure, resolution",
+        "  loss, gamma, contrast, blur, noise; from stage 2 on also a real film's bone look (bone interiors dimmed",
+        "  towards the surrounding soft tissue, cortex kept bright). Whole 384 x 384 inputs, no crops.",
     ]
     if uses_real:
         lines += [
             "* **Real films (research use only).** Grey-level histograms (65 quantiles per film) of 240 rsna-dev",
             "  **train-split** films are used to histogram-match synthetic inputs (p 0.5).",
         ]
-    if pseudo:
+    for i, st in pseudo_stages:
+        ps = st.get("pseudo_stats") or {}
+        fraction = st.get("train_config", {}).get("pseudo_fraction", 0)
         lines += [
-            f"* Self-training: the stage-1 model pseudo-labelled {pseudo.get('candidates')} rsna-dev train-split films",
-            "  (the 41 keypoint-annotated films excluded); the "
-            f"{pseudo.get('kept')} that passed the anatomical-plausibility filter (all 19 tubular bones measured",
-            "  without flags by `boneage.measure`, radius and ulna present, every tubular bone's length relative to",
-            "  metacarpal 3 inside the synthetic range +-15 %, not mirrored) were mixed into stage-2 training",
-            f"  ({stages[-1].get('train_config', {}).get('pseudo_fraction', 0):.0%} of samples). Pseudo-labels live",
-            "  only in the local cache, never in the repository.",
+            f"* Self-training, stage {i}: the stage-{i - 1} weights segmented {ps.get('candidates', '?')} rsna-dev "
+            "train-split films (the 41 keypoint-annotated films excluded); bone by bone, a bone was trusted when",
+            "  measured without flags, its digit laid out as a finger and its length in proportion ("
+            + ("with metacarpal 3 alone, synthetic min-max range +-15 %"
+               if ps.get("length_check") == "metacarpal3" else
+               "with metacarpal 3 and its row and digit neighbours, synthetic 1-99 % range +5 %")
+            + "; `pseudo_label_target`); untrusted bones and unsure background were left out",
+            f"  of the loss (ignore label). {ps.get('kept', '?')} films with >= {ps.get('min_trusted_tubular', '?')} "
+            f"trusted tubular bones (median {ps.get('trusted_tubular_per_film_median', float('nan')):.0f}) made",
+            f"  {fraction:.0%} of the stage's samples. Pseudo-labels live only in the local cache, never in the repository.",
         ]
     if uses_real:
         lines += [
@@ -1098,13 +1544,17 @@ def model_card(metrics: dict[str, Any]) -> str:
             "no commercial use: these weights inherit that restriction.",
         ]
     lines += ["", "## Reproduce", "", "Hardware: 2-core CPU (AMD EPYC, AVX512-BF16; bf16 autocast), no GPU. Each stage",
-              "starts from the previous stage's `segmenter.pt` (`--init`).", "", "```"]
+              "starts from the previous stage's `segmenter.pt` (`--init`); a pseudo-label round runs before each",
+              "self-training stage. Stage folders are under `/tmp` (any folder outside the repository).", "", "```"]
     for i, st in enumerate(stages, 1):
-        if i == len(stages) and pseudo:
-            previous = stages[i - 2].get("train_config", {}).get("out", "STAGE1") if i > 1 else "STAGE1"
-            lines.append(f"python -m boneage.segment pseudo --weights {previous}/segmenter.pt "
-                         f"--limit {pseudo.get('candidates')}")
         cfg = dict(st.get("train_config", {}))
+        ps = st.get("pseudo_stats") or {}
+        if cfg.get("pseudo_labels"):
+            weights = ps.get("weights") or f"STAGE{i - 1}/segmenter.pt"
+            check = ps.get("length_check", "neighbours")
+            lines.append(f"python -m boneage.segment pseudo --weights {weights} --out {cfg['pseudo_labels']} "
+                         f"--min-trusted {ps.get('min_trusted_tubular', 10)}"
+                         + (f" --length-check {check}" if check != "neighbours" else ""))
         lines.append(_train_command_line(cfg) + f"   # stage {i}: {st.get('steps_done')} steps, "
                      f"{st.get('wall_minutes', 0):.0f} min")
     lines += [
@@ -1113,9 +1563,8 @@ def model_card(metrics: dict[str, Any]) -> str:
         "python benchmarks/bench_segment.py",
         "```",
         "",
-        "The learning-rate schedule (cosine) runs over the larger of steps done / `--steps` and elapsed / `--max-minutes`,",
-        "so a time-limited run still anneals; to reproduce on another machine pass `--steps <steps done>` without",
-        "`--max-minutes`.",
+        "The learning-rate schedule (cosine) runs over the larger of steps done / `--steps` and elapsed / `--max-minutes`;",
+        "`--stop-at N` ends a stage early (its schedule unfinished) to be continued by the next stage.",
         "",
         f"## Metrics (synthetic: {syn.get('n_images')} hands of seed {syn.get('seed')}, never trained on)",
         "",
@@ -1176,6 +1625,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="npz of pseudo-labelled real films (python -m boneage.segment pseudo)")
     parser.add_argument("--pseudo-fraction", type=float, default=d.pseudo_fraction,
                         help=f"share of samples from --pseudo-labels (default {d.pseudo_fraction})")
+    parser.add_argument("--mirror-p", type=float, default=d.mirror_p,
+                        help=f"probability of mirroring a training sample (default {d.mirror_p})")
+    parser.add_argument("--real-bone-look-p", type=float, default=d.real_bone_look_p,
+                        help="probability of dimming synthetic bone interiors to a real film's look")
+    parser.add_argument("--stop-at", type=int, default=None,
+                        help="stop and save after this many steps (the schedule still runs over --steps)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -1186,6 +1641,7 @@ def train_command(args: argparse.Namespace) -> int:
                          workers=args.workers, threads=args.threads, bf16=not args.no_bf16,
                          real_intensity=not args.no_real_intensity, init=args.init,
                          pseudo_labels=args.pseudo_labels, pseudo_fraction=args.pseudo_fraction,
+                         mirror_p=args.mirror_p, real_bone_look_p=args.real_bone_look_p, stop_at=args.stop_at,
                          progress=not args.no_progress)
     print(train(config))
     return 0
@@ -1230,17 +1686,25 @@ def main(argv: list[str] | None = None) -> int:
     ps.add_argument("--weights", default=None)
     ps.add_argument("--out", default=str(cache_dir() / "segment_pseudo_labels.npz"))
     ps.add_argument("--limit", type=int, default=None)
+    ps.add_argument("--min-trusted", type=int, default=10,
+                    help="films with fewer trusted tubular bones are left out (default 10)")
+    ps.add_argument("--length-check", choices=LENGTH_CHECKS, default="neighbours",
+                    help="how a bone's proportions are checked (default neighbours)")
     args = parser.parse_args(argv)
     if args.command == "train":
         return train_command(args)
     if args.command == "pseudo":
-        stats = make_pseudo_labels(Segmenter.load(args.weights), args.out, limit=args.limit)
+        stats = make_pseudo_labels(Segmenter.load(args.weights), args.out, limit=args.limit,
+                                   min_trusted_tubular=args.min_trusted, length_check=args.length_check)
+        stats["weights"] = args.weights
         Path(args.out).with_suffix(".json").write_text(json.dumps(stats))
         print(stats)
         print(args.out)
         return 0
     segmenter = Segmenter.load(args.weights)
     metrics: dict[str, Any] = {"version": VERSION, "weights_meta": segmenter.meta,
+                               "network": asdict(segmenter.config),
+                               "parameters": int(sum(p.numel() for p in segmenter.network.parameters())),
                                "synthetic": evaluate_synthetic(segmenter, n=args.n, progress=True)}
     print(json.dumps(metrics["synthetic"], indent=1))
     if not args.skip_real:

@@ -119,6 +119,9 @@ def test_finger_rays_count_digits_laid_out_in_order():
     for bone, row in zip(anatomy.digit_bones(3), (160, 120, 80, 40)):
         _bone(labels, bone, (row, 100), 30, 8, 0)
     assert finger_rays(labels) == 1 and measure(labels).finger_rays == 1
+    from boneage.measure import finger_ray_digits
+
+    assert finger_ray_digits(labels) == [3]
     # Scattered sideways (a zig-zag): not a finger.
     labels[:] = 0
     for bone, (row, col) in zip(anatomy.digit_bones(3), ((160, 40), (120, 160), (80, 40), (40, 160))):

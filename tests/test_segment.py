@@ -91,6 +91,78 @@ def test_train_writes_loadable_fp16_weights(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "train_log.json").read_text())["meta"]["steps_done"] >= 1
 
 
+def test_masked_loss_matches_monai_and_skips_ignored_pixels() -> None:
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, anatomy.NUM_CLASSES, 24, 24)
+    target = torch.randint(0, anatomy.NUM_CLASSES, (2, 1, 24, 24))
+    expected = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)(logits, target)
+    assert torch.allclose(segment.masked_dice_ce_loss(logits, target), expected, atol=1e-5)
+    # Ignored pixels carry no signal: changing the logits there changes neither loss nor gradient.
+    ignored = target.clone()
+    ignored[:, :, :12] = segment.IGNORE
+    other = logits.clone()
+    other[:, :, :12] = torch.randn_like(other[:, :, :12]) * 5
+    a, b = logits.clone().requires_grad_(), other.clone().requires_grad_()
+    loss_a, loss_b = segment.masked_dice_ce_loss(a, ignored), segment.masked_dice_ce_loss(b, ignored)
+    assert torch.allclose(loss_a, loss_b, atol=1e-5)
+    loss_a.backward()
+    assert float(a.grad[:, :, :12].abs().max()) == 0.0
+
+
+def test_augmentation_keeps_ignore_labels() -> None:
+    rng = np.random.default_rng(3)
+    hand = generate_hand(1000, 2, size=256)
+    labels = hand.label_map.copy()
+    labels[np.isin(labels, anatomy.bone_labels("metacarpal_3"))] = segment.IGNORE
+    for _ in range(4):
+        _, y = segment.augment_hand(rng, hand.image, labels, 96)
+        assert set(np.unique(y)) <= set(range(anatomy.NUM_CLASSES)) | {segment.IGNORE}
+        assert not np.isin(y, anatomy.bone_labels("metacarpal_3")).any()
+
+
+def test_pseudo_label_target_trusts_good_bones_and_ignores_the_rest() -> None:
+    hand = generate_hand(1000, 5, size=384, bone_age_months=150)
+    labels = hand.label_map
+    probs = np.zeros((anatomy.NUM_CLASSES, *labels.shape), np.float32)
+    np.put_along_axis(probs, labels[None].astype(np.int64), 1.0, axis=0)
+    bounds = segment.length_ratio_bounds(n=40)
+    target, trusted = segment.pseudo_label_target(labels, probs, (1.0, 1.0), bounds)
+    assert len([b for b in trusted if b in anatomy.TUBULAR_BONES]) >= 17
+    assert (target[labels == 0] == 0).all()  # confident background stays background
+    # Relabel the fourth proximal phalanx as the third: both become untrusted and ignored.
+    broken = labels.copy()
+    for a, b in zip(anatomy.bone_labels("proximal_phalanx_4"), anatomy.bone_labels("proximal_phalanx_3")):
+        broken[labels == a] = b
+    target, trusted = segment.pseudo_label_target(broken, probs, (1.0, 1.0), bounds)
+    assert "proximal_phalanx_3" not in trusted
+    assert (target[np.isin(broken, anatomy.bone_labels("proximal_phalanx_3"))] == segment.IGNORE).all()
+    assert "metacarpal_2" in trusted
+    # A label that spilled across a joint (the second metacarpal's head taken as part of the
+    # proximal phalanx) makes both out of proportion with their neighbours: neither is trusted.
+    from skimage.morphology import convex_hull_image
+
+    spilled = labels.copy()
+    mc2 = np.isin(labels, anatomy.bone_labels("metacarpal_2"))
+    rows = np.nonzero(mc2)[0]
+    head = mc2 & (np.arange(labels.shape[0])[:, None] < np.percentile(rows, 12))  # fingers point up
+    pp2 = np.isin(labels, anatomy.bone_labels("proximal_phalanx_2"))
+    joined = convex_hull_image(pp2 | head) & ((labels == 0) | pp2 | head)
+    spilled[joined] = anatomy.shaft_label("proximal_phalanx_2")  # one piece across the joint
+    _, trusted = segment.pseudo_label_target(spilled, probs, (1.0, 1.0), bounds)
+    assert "proximal_phalanx_2" not in trusted and "metacarpal_3" in trusted
+    # The first round's check (third metacarpal alone, wide range) lets that spill pass.
+    loose = segment.length_ratio_bounds(n=40, check="metacarpal3")
+    _, trusted = segment.pseudo_label_target(spilled, probs, (1.0, 1.0), loose)
+    assert "proximal_phalanx_2" in trusted
+    # Unsure background is ignored, not taught as background.
+    unsure = probs.copy()
+    unsure[0, :10, :10] = 0.5
+    target, _ = segment.pseudo_label_target(labels, unsure, (1.0, 1.0), bounds)
+    assert (target[:10, :10][labels[:10, :10] == 0] == segment.IGNORE).all()
+
+
 def test_train_refuses_the_evaluation_seed(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         segment.train(segment.TrainConfig(out=str(tmp_path), seed=segment.EVAL_SEED, steps=1))
@@ -128,6 +200,37 @@ def test_shipped_weights_segment_an_unseen_synthetic_hand(shipped: segment.Segme
     assert metrics["tubular_dice_mean"] > 0.7
     hand = generate_hand(segment.EVAL_SEED, 0)
     assert shipped.segment(hand.image).shape == hand.image.shape
+
+
+@needs_weights
+def test_orientation_search_reads_mirrored_and_turned_films(shipped: segment.Segmenter) -> None:
+    hand = generate_hand(segment.EVAL_SEED, 3, size=384)
+    whole = lambda labels, bone: np.isin(labels, anatomy.bone_labels(bone))  # noqa: E731
+    plain = shipped.segment_with_info(hand.image)
+    assert plain.mirrored is False and abs(plain.finger_angle_deg) < 45
+    # A right hand (the mirrored film): labelled as the same anatomical bones, and said.
+    mirrored = shipped.segment_with_info(np.ascontiguousarray(hand.image[:, ::-1]))
+    assert mirrored.mirrored is True
+    truth = hand.label_map[:, ::-1]
+    assert segment.dice(whole(mirrored.label_map, "metacarpal_1"), whole(truth, "metacarpal_1")) > 0.7
+    assert segment.dice(whole(mirrored.label_map, "metacarpal_5"), whole(truth, "metacarpal_5")) > 0.7
+    # A film turned a quarter (fingers pointing left): turned back, segmented, said.
+    turned = shipped.segment_with_info(np.ascontiguousarray(np.rot90(hand.image)))
+    assert turned.finger_angle_deg is not None and abs(abs(turned.finger_angle_deg) - 90) < 30
+    truth = np.rot90(hand.label_map)
+    assert segment.dice(whole(turned.label_map, "proximal_phalanx_3"), whole(truth, "proximal_phalanx_3")) > 0.7
+    # Without the search the network reads the film as given (left hand, upright).
+    assert shipped.segment_with_info(hand.image, orientations=False).mirrored is False
+
+
+def test_thumb_divergence_tells_thumb_from_little_finger() -> None:
+    labels = generate_hand(segment.EVAL_SEED, 5, size=256).label_map
+    assert segment.thumb_divergence_deg(labels) > 10
+    swapped = labels.copy()
+    for a, b in zip(anatomy.bone_labels("metacarpal_1"), anatomy.bone_labels("metacarpal_5")):
+        swapped[labels == a], swapped[labels == b] = b, a
+    assert segment.thumb_divergence_deg(swapped) < -10
+    assert segment.thumb_divergence_deg(np.zeros((16, 16), np.uint8)) is None
 
 
 @needs_weights
