@@ -171,7 +171,7 @@ register(
         kind="segmenter",
         folder=MODELS_DIR / "segmenter",
         weights_file="segmenter.pt",
-        version="segmenter-1.1",
+        version="segmenter-2",
         loader="boneage.segment:Segmenter.load",
         description="MONAI UNet: radiograph -> label map of every bone (shafts, epiphyses, carpals)",
     )

@@ -334,12 +334,15 @@ def fit_bundle(
     lengths_mm: ReferenceTable | None = None,
     regression: bool = True,
     max_iter: int = 400,
+    regression_extra: LabelledMeasurements | None = None,
 ) -> MultiStepModel:
     """Build the maturity reference, calibrate its coverage, fit the regression.
 
     The reference is built on ``1 - calibration_fraction`` of the hands and its tempering
     calibrated on the rest (hands it was not built from); it is then rebuilt on all of them with
-    that tempering. The regression's interval comes from its own cross-validation.
+    that tempering. The regression's interval comes from its own cross-validation. Hands in
+    ``regression_extra`` (e.g. squashed films, not fit for a reference table) train the regression
+    only.
     """
     rng = np.random.default_rng(seed)
     n = len(train.bone_age_months)
@@ -350,7 +353,12 @@ def fit_bundle(
     tau = calibrate_tau(table, held.features, held.bone_age_months, held.sex)
     table = build_reference(train.features, train.bone_age_months, train.sex, description=description)
     table.tau = tau
-    reg = AgeRegression.fit(train.features, train.bone_age_months, train.sex, seed=seed, max_iter=max_iter) if regression else None
+    reg_data = train if regression_extra is None else LabelledMeasurements(
+        pd.concat([train.features, regression_extra.features[train.features.columns]], ignore_index=True),
+        np.concatenate([train.bone_age_months, regression_extra.bone_age_months]),
+        np.concatenate([train.sex, regression_extra.sex]), list(train.ids) + list(regression_extra.ids))
+    reg = AgeRegression.fit(reg_data.features, reg_data.bone_age_months, reg_data.sex, seed=seed,
+                            max_iter=max_iter) if regression else None
     return MultiStepModel(table, lengths_mm, reg)
 
 
@@ -609,15 +617,50 @@ def build_reference_command(folder: str | Path, out: str | Path | None = None, d
     return table.save(out)
 
 
+#: Features that do not survive a film squashed to another aspect ratio (rsna-299): shapes
+#: (length / width) and areas change with it; relative lengths along the fingers, epiphysis
+#: widths relative to their own metaphysis, fusion and presence do not (much).
+SQUASH_UNSAFE_SUFFIXES = (".aspect", ".area_rel")
+
+
+def squash_safe(features: pd.DataFrame) -> pd.DataFrame:
+    """The same features with those that a lost aspect ratio distorts set to NaN (missing).
+
+    Args:
+        features: measurement features (:func:`boneage.measure.feature_names` columns).
+
+    Returns:
+        A copy; the regression treats NaN as "not measured".
+    """
+    out = features.copy()
+    out.loc[:, [c for c in out.columns if c.endswith(SQUASH_UNSAFE_SUFFIXES)]] = np.nan
+    return out
+
+
 def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_lengths: int = 2000,
-                    device: str = "cpu", progress: bool = True, limit: int | None = None, workers: int = 1) -> dict:
+                    device: str = "cpu", progress: bool = True, limit: int | None = None, workers: int = 1,
+                    rsna_299: int = 0) -> dict:
     """``boneage train multistep``: the shipped bundle from the RSNA development films.
 
     Segments and measures the ``rsna-dev`` training split with the shipped segmenter, builds the
-    scale-free maturity reference (coverage calibrated on a part it was not built from), fits the
-    regression (CV interval), builds the mm length model from synthetic hands, and evaluates on
-    the fixed validation split. Features are cached outside the repo (derived from research-only
-    images).
+    scale-free maturity reference (coverage calibrated on a part it was not built from) from it,
+    fits the regression (CV interval) on it plus, optionally, ``rsna_299`` squashed films (their
+    shape and area features left out, :func:`squash_safe`), builds the mm length model from
+    synthetic hands, and evaluates on the fixed validation split. Features are cached outside the
+    repo (derived from research-only images).
+
+    Args:
+        out: output folder.
+        seed: random seed (regression, the rsna-299 sample).
+        synthetic_lengths: synthetic hands for the mm length model (0: none).
+        device: torch device for segmenting.
+        progress: progress bars.
+        limit: only the first N training films (quick runs).
+        workers: segmenting processes.
+        rsna_299: squashed rsna-299 films added to the regression's training data (-1: all).
+
+    Returns:
+        The metrics dict (also written to ``out/metrics.json``).
     """
     from boneage import datasets
 
@@ -629,8 +672,17 @@ def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_le
     from boneage import models
 
     seg_version = models.get("segmenter").version
-    feats = film_features(dev, seg_version, None if workers > 1 else load_segmenter_fn(device), progress=progress,
-                          workers=workers)
+    segment_fn = None if workers > 1 else load_segmenter_fn(device)
+    feats = film_features(dev, seg_version, segment_fn, progress=progress, workers=workers)
+    extra = None
+    if rsna_299:
+        squashed = datasets.rsna_299()
+        if rsna_299 > 0:
+            squashed = squashed.sample(n=min(rsna_299, len(squashed)), random_state=seed)
+        extra = LabelledMeasurements(
+            squash_safe(film_features(squashed, seg_version, segment_fn, progress=progress, workers=workers)),
+            squashed["bone_age_months"].to_numpy(float), squashed["sex"].to_numpy(object),
+            [f"rsna-299:{i}" for i in squashed["id"]])
     t_measure = now() - t0
     data = LabelledMeasurements(feats, dev["bone_age_months"].to_numpy(float), dev["sex"].to_numpy(object), [str(i) for i in dev["id"]])
     is_val = (dev["split"] == "val").to_numpy()
@@ -641,12 +693,13 @@ def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_le
         f"segmented with {seg_version} and measured with boneage.measure. Gaussian smoothing 12 months."
     )
     lengths = length_reference_from_synthetic(synthetic_lengths, progress=progress) if synthetic_lengths else None
-    model = fit_bundle(train, description=description, seed=seed, lengths_mm=lengths)
+    model = fit_bundle(train, description=description, seed=seed, lengths_mm=lengths, regression_extra=extra)
     model.save(out)
     metrics = {
         "model_version": VERSION,
         "segmenter_version": seg_version,
         "n_train": len(train.ids),
+        "n_train_rsna_299": len(extra.ids) if extra is not None else 0,
         "n_val": len(val.ids),
         "seed": seed,
         "tau": model.maturity.tau,
@@ -659,7 +712,8 @@ def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_le
         "minutes_measure": t_measure / 60,
         "minutes_total": (now() - t0) / 60,
         "command": f"boneage train multistep --seed {seed} --synthetic-lengths {synthetic_lengths}"
-                   + (f" --limit {limit}" if limit else "") + (f" --workers {workers}" if workers > 1 else ""),
+                   + (f" --limit {limit}" if limit else "") + (f" --workers {workers}" if workers > 1 else "")
+                   + (f" --rsna-299 {rsna_299}" if rsna_299 else ""),
     }
     write_metrics(out, metrics)
     return metrics
@@ -679,6 +733,9 @@ def write_model_card(folder: str | Path = MULTISTEP_DIR) -> Path:
         f"{100 * v[key].get('coverage_90', float('nan')):.0f}% |"
         for key, label in _GROUPS if v.get(key, {}).get("n")
     )
+    n_299 = m.get("n_train_rsna_299", 0)
+    extra = (f", plus {n_299} squashed `rsna-299` films for the regression only (their shape and area features\n"
+             "left out: a lost aspect ratio distorts them)") if n_299 else ""
     text = f"""# Model card: multi-step bone-age estimator (`{m['model_version']}`)
 
 **Research and education use only; not a medical device.** The maturity reference and the
@@ -701,8 +758,8 @@ contact, relative lengths and aspect, carpal areas; all scale-free, no pixel spa
 The reported age is the regression's; the lookup gives the per-bone implied ages and z-scores.
 
 ## Data
-{m['n_train']} films of the `rsna-dev` training split; evaluated on the project's fixed validation
-split ({m['n_val']} films), which played no part in any choice.
+{m['n_train']} films of the `rsna-dev` training split (maturity reference and regression){extra}; evaluated on
+the project's fixed validation split ({m['n_val']} films), which played no part in any choice.
 
 ## Reproduce
 ```

@@ -47,7 +47,7 @@ from boneage.preprocess import MARKER_ROBUST_WINDOW, CropTransform, prepare_mode
 #: Folder of the shipped segmenter (weights, model card, metrics).
 SEGMENTER_DIR = MODELS_DIR / "segmenter"
 WEIGHTS_FILE = "segmenter.pt"
-VERSION = "segmenter-1.1"
+VERSION = "segmenter-2"
 #: Synthetic seed the shipped weights were trained on; :data:`EVAL_SEED` is never trained on.
 TRAIN_SEED = 1000
 EVAL_SEED = 7

@@ -120,3 +120,36 @@ def test_film_features_with_worker_processes(rsna_dev, tmp_path, monkeypatch):
     # Thread count may flip a few boundary pixels; the features must still agree almost everywhere.
     assert np.mean(np.isfinite(a) == np.isfinite(b)) > 0.95
     assert np.mean(np.isclose(a[both], b[both], rtol=0.02, atol=1e-6)) > 0.95
+
+
+def test_squash_safe_drops_shape_and_area_features_only():
+    import pandas as pd
+
+    from boneage.measure import feature_names
+    from boneage.multistep import squash_safe
+
+    names = feature_names()
+    frame = pd.DataFrame([np.arange(len(names), dtype=float)], columns=names)
+    safe = squash_safe(frame)
+    assert np.isnan(safe["metacarpal_3.aspect"]).all() and np.isnan(safe["capitate.area_rel"]).all()
+    assert safe["radius.epiphysis_ratio"].iloc[0] == frame["radius.epiphysis_ratio"].iloc[0]
+    assert safe["proximal_phalanx_3.length_rel"].iloc[0] == frame["proximal_phalanx_3.length_rel"].iloc[0]
+    assert not np.isnan(frame.to_numpy()).any()  # the input is left alone
+
+
+def test_regression_extra_trains_the_regression_not_the_reference(synth_folder):
+    from boneage.multistep import LabelledMeasurements, fit_bundle, labelled_folder
+
+    data = labelled_folder(synth_folder, progress=False)
+    half = np.arange(len(data.ids)) < 30
+    base = fit_bundle(data.subset(half), description="base", seed=0, max_iter=50)
+    more = fit_bundle(data.subset(half), description="more", seed=0, max_iter=50,
+                      regression_extra=data.subset(~half))
+    # Same reference table (built from the first half only) ...
+    pd_base, pd_more = base.maturity.to_frame(), more.maturity.to_frame()
+    assert pd_base.equals(pd_more)
+    # ... but a different regression: it saw all 60 hands.
+    held = data.subset(~half)
+    assert not np.allclose(base.regression.predict(held.features, held.sex),
+                           more.regression.predict(held.features, held.sex))
+    assert isinstance(data, LabelledMeasurements)

@@ -239,6 +239,7 @@ def test_shipped_weights_are_registered_and_small() -> None:
 
     entry = models.get("segmenter")
     assert entry.weights_path == SHIPPED
+    assert entry.version == segment.VERSION
     assert SHIPPED.stat().st_size < 15e6
     assert (segment.SEGMENTER_DIR / "MODEL_CARD.md").is_file()
 
