@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boneage.models import cpu_has_fast_bf16
 from boneage.preprocess import prepare_model_input
 
 #: Side of the cached, preprocessed training images (uint8).
@@ -355,7 +356,7 @@ def train_on_arrays(
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    use_bf16 = config.bf16 and (device.type == "cuda" or _cpu_has_bf16())
+    use_bf16 = config.bf16 and (device.type == "cuda" or cpu_has_fast_bf16())
 
     target_mean = float(np.mean(ages_months))
     target_sd = float(np.std(ages_months)) or 1.0
@@ -421,15 +422,6 @@ def train_on_arrays(
             log(f"stopped after {config.max_minutes} minutes (--max-minutes); saving what was trained")
             break
     return TrainResult(model.eval(), target_mean, target_sd, history, time.time() - start, stopped_early)
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
 
 
 @torch.no_grad()
@@ -692,7 +684,7 @@ def train(config: TrainConfig, log=print) -> dict:
         "total_wall_minutes": round((time.time() - wall_start) / 60, 1),
         "device": str(device),
         "hardware": _hardware(device),
-        "bf16_autocast": bool(config.bf16 and (device.type == "cuda" or _cpu_has_bf16())),
+        "bf16_autocast": bool(config.bf16 and (device.type == "cuda" or cpu_has_fast_bf16())),
         "torch": torch.__version__,
         "history": result.history,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},

@@ -24,11 +24,12 @@ MODEL_AGE_RANGE = (0.0, 228.0)
 MAX_CHRONOLOGICAL_AGE_MONTHS = 240.0
 #: A hand shows 19 tubular bones; fewer plausible ones than this and it is not a usable hand.
 MIN_TUBULAR_BONES_FOR_A_HAND = 10
-#: Fewer finger bones than this found at all, and the film is not a hand. Set on rsna-dev train
-#: films (fewest found: 10 of 19; validation: 9) against the distal-tibia CR fixture (6 found).
-#: ``measure.finger_rays`` is not used to reject: with segmenter-1's digit confusions on real
-#: films it found no finger in order on ~40 % of real hands.
-MIN_TUBULAR_BONES_PRESENT = 8
+#: Fewer finger bones than this found at all, and the film is not a hand. Set with segmenter-2 by
+#: ``benchmarks/bench_hand_check.py --split train --n 300``: real train-split hands show a median
+#: of 19 and a 5th percentile of 16 (7 of 300 below 12, the worst 1); the non-hand CR fixtures
+#: show 2 (chest) and 9 (tibia). 10 rejects both fixtures with the fewest hands lost.
+#: ``measure.finger_rays`` is not used to reject: digit identity on real films is still weak.
+MIN_TUBULAR_BONES_PRESENT = 10
 #: Two estimates "disagree" when their difference exceeds this multiple of their combined
 #: interval half-widths (intervals are 90%: 1.645 SD each).
 DISAGREEMENT_Z = 1.645

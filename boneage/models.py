@@ -141,6 +141,17 @@ def load(name: str, **kwargs: Any) -> Any:
     return entry.resolve_loader()(entry.weights_path, **kwargs)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere (e.g. AVX2 only)
+    bf16 autocast is emulated and several times slower than fp32, so training uses fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
 register(
     RegisteredModel(
         name="direct",
@@ -159,7 +170,7 @@ register(
         kind="reference-regression",
         folder=MODELS_DIR / "multistep",
         weights_file="maturity_reference.csv",
-        version="multistep-1",
+        version="multistep-2",
         loader="boneage.multistep:MultiStepModel.load",
         description="maturity reference tables + regression on per-bone measurements -> bone age with a 90% interval",
     )

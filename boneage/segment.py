@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from boneage import anatomy
+from boneage.models import cpu_has_fast_bf16
 from boneage.paths import MODELS_DIR, cache_dir
 from boneage.preprocess import MARKER_ROBUST_WINDOW, CropTransform, prepare_model_input
 
@@ -868,7 +869,9 @@ class TrainConfig:
         seed: synthetic dataset seed (never :data:`EVAL_SEED`).
         synth_size: long side of the generated synthetic images.
         workers: data-generating processes.
-        bf16: bf16 autocast for the forward pass (faster on CPUs with AVX512-BF16).
+        bf16: bf16 autocast for the forward pass where the CPU computes bf16 natively
+            (:func:`boneage.models.cpu_has_fast_bf16`; elsewhere emulated bf16 is ~7x slower
+            than fp32, so fp32 is used).
         threads: torch intra-op threads.
         real_intensity: histogram-match to real train-split films (when rsna-dev is present).
         init: optional weights file to start from (fine-tuning).
@@ -999,6 +1002,7 @@ def train(config: TrainConfig) -> Path:
     started = last_save = time.monotonic()
     limit_s = config.max_minutes * 60 if config.max_minutes else math.inf
     warmup = max(1, min(50, config.steps // 20))
+    use_bf16 = config.bf16 and cpu_has_fast_bf16()
     bar = tqdm(total=config.steps, disable=not config.progress, desc="train segmenter", file=sys.stderr)
     running = None
     step = 0
@@ -1012,7 +1016,7 @@ def train(config: TrainConfig) -> Path:
         for group in optimiser.param_groups:
             group["lr"] = max(lr, config.lr * 0.01)
         x, y = next(loader)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             logits = network(x)
         loss = loss_fn(logits.float(), y)
         optimiser.zero_grad(set_to_none=True)
@@ -1036,7 +1040,8 @@ def _save_training(network: Any, net_config: NetworkConfig, out_path: Path, conf
                    started: float, log: list[dict[str, float]], init_meta: dict | None = None) -> None:
     network.eval()
     meta = {"train_config": asdict(config), "steps_done": step, "wall_minutes": (time.monotonic() - started) / 60,
-            "final_loss": log[-1]["loss"] if log else None}
+            "final_loss": log[-1]["loss"] if log else None,
+            "bf16_autocast": bool(config.bf16 and cpu_has_fast_bf16())}
     if init_meta:
         meta["init_meta"] = init_meta
     stats = Path(config.pseudo_labels).with_suffix(".json") if config.pseudo_labels else None
@@ -1458,6 +1463,8 @@ def _train_command_line(config: dict) -> str:
             parts.append(f"--{key.replace('_', '-')} {value}")
     if not config.get("real_intensity", True):
         parts.append("--no-real-intensity")
+    if not config.get("bf16", True):
+        parts.append("--no-bf16")
     return " ".join(parts)
 
 
@@ -1478,6 +1485,7 @@ def model_card(metrics: dict[str, Any]) -> str:
     uses_real = any(st.get("train_config", {}).get("pseudo_labels") or st.get("train_config", {}).get("real_intensity")
                     for st in stages)
     pseudo_stages = [(i, st) for i, st in enumerate(stages, 1) if st.get("train_config", {}).get("pseudo_labels")]
+    bone_look_stages = [i for i, st in enumerate(stages, 1) if st.get("train_config", {}).get("real_bone_look_p")]
     lines = [
         "# Bone segmentation network (`segmenter`)",
         "",
@@ -1513,8 +1521,10 @@ def model_card(metrics: dict[str, Any]) -> str:
         f"  augmented about {SYNTH_REUSE} times; seed 7 is never trained on and is used for evaluation). Augmentation:",
         "  rotation +-25 deg, unequal row/column scaling, zoom out into a padded film with a cassette edge or exposure",
         "  gradient, zoom in, edge enhancement (unsharp masking as CR consoles apply it), uneven exposure, resolution",
-        "  loss, gamma, contrast, blur, noise; from stage 2 on also a real film's bone look (bone interiors dimmed",
-        "  towards the surrounding soft tissue, cortex kept bright). Whole 384 x 384 inputs, no crops.",
+        "  loss, gamma, contrast, blur, noise" + (
+            f"; in stage(s) {', '.join(str(i) for i in bone_look_stages)} also a real film's bone look (bone "
+            "interiors dimmed towards the surrounding soft tissue, cortex kept bright)" if bone_look_stages else "")
+        + ". Whole 384 x 384 inputs, no crops.",
     ]
     if uses_real:
         lines += [
@@ -1543,9 +1553,12 @@ def model_card(metrics: dict[str, Any]) -> str:
             "Pediatric Bone Age Machine Learning Challenge. Radiology 2019;290:498-503. Research and education use only,",
             "no commercial use: these weights inherit that restriction.",
         ]
-    lines += ["", "## Reproduce", "", "Hardware: 2-core CPU (AMD EPYC, AVX512-BF16; bf16 autocast), no GPU. Each stage",
-              "starts from the previous stage's `segmenter.pt` (`--init`); a pseudo-label round runs before each",
-              "self-training stage. Stage folders are under `/tmp` (any folder outside the repository).", "", "```"]
+    bf16 = any(st.get("bf16_autocast", st.get("train_config", {}).get("bf16", False)) for st in stages)
+    lines += ["", "## Reproduce", "",
+              "Hardware: 2-core CPU, no GPU; " + ("bf16 autocast (AVX512-BF16)." if bf16 else
+                                                  "fp32 (the CPU had no native bf16: AVX2 only)."),
+              "Each stage starts from the previous stage's `segmenter.pt` (`--init`); a pseudo-label round runs before",
+              "each self-training stage. Stage folders may be any folder outside the repository.", "", "```"]
     for i, st in enumerate(stages, 1):
         cfg = dict(st.get("train_config", {}))
         ps = st.get("pseudo_stats") or {}
