@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 from collections.abc import Callable
@@ -141,15 +142,24 @@ def load(name: str, **kwargs: Any) -> Any:
     return entry.resolve_loader()(entry.weights_path, **kwargs)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere (e.g. AVX2 only)
-    bf16 autocast is emulated and several times slower than fp32, so training uses fp32."""
+@functools.lru_cache(maxsize=None)
+def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively.
+
+    Elsewhere (e.g. AVX2 only) bf16 autocast is emulated and several times slower than fp32, so
+    training uses fp32 there.
+
+    Args:
+        cpuinfo: the kernel's CPU description (Linux); unreadable = no native bf16.
+
+    Returns:
+        True when the flags list AVX512-BF16 or AMX-BF16.
+    """
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
+        flags = Path(cpuinfo).read_text()
     except OSError:
         return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 register(

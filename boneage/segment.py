@@ -1029,19 +1029,20 @@ def train(config: TrainConfig) -> Path:
         if step % 10 == 0:
             log.append({"step": step, "loss": running, "lr": lr, "minutes": elapsed / 60})
         if time.monotonic() - last_save > config.save_every_minutes * 60:
-            _save_training(network, net_config, out_path, config, step, started, log, init_meta)
+            _save_training(network, net_config, out_path, config, step, started, log, init_meta, use_bf16)
             last_save = time.monotonic()
     bar.close()
-    _save_training(network, net_config, out_path, config, step, started, log, init_meta)
+    _save_training(network, net_config, out_path, config, step, started, log, init_meta, use_bf16)
     return out_path
 
 
 def _save_training(network: Any, net_config: NetworkConfig, out_path: Path, config: TrainConfig, step: int,
-                   started: float, log: list[dict[str, float]], init_meta: dict | None = None) -> None:
+                   started: float, log: list[dict[str, float]], init_meta: dict | None = None,
+                   bf16_autocast: bool = False) -> None:
     network.eval()
     meta = {"train_config": asdict(config), "steps_done": step, "wall_minutes": (time.monotonic() - started) / 60,
             "final_loss": log[-1]["loss"] if log else None,
-            "bf16_autocast": bool(config.bf16 and cpu_has_fast_bf16())}
+            "bf16_autocast": bf16_autocast}
     if init_meta:
         meta["init_meta"] = init_meta
     stats = Path(config.pseudo_labels).with_suffix(".json") if config.pseudo_labels else None

@@ -102,6 +102,21 @@ def test_reproduce_command_repeats_non_default_settings() -> None:
     assert "--no-bf16" not in segment._train_command_line(asdict(segment.TrainConfig()))
 
 
+def test_model_card_describes_each_stage_as_trained() -> None:
+    def stage(**cfg) -> dict:
+        return {"train_config": asdict(segment.TrainConfig(**cfg)), "steps_done": 10, "wall_minutes": 1.0,
+                "bf16_autocast": False}
+
+    second = stage(out="/runs/s2", init="/runs/s1/segmenter.pt", bf16=False, real_bone_look_p=0.5)
+    second["init_meta"] = stage(out="/runs/s1", bf16=False)
+    card = segment.model_card({"weights_meta": second, "synthetic": {"n_images": 2, "seed": segment.EVAL_SEED}})
+    assert "in stage(s) 2 also a real film's bone look" in card
+    assert "fp32 (the CPU had no native bf16" in card
+    assert "boneage train segmenter --out /runs/s1 --no-bf16   # stage 1" in card
+    plain = segment.model_card({"weights_meta": stage(), "synthetic": {"n_images": 2, "seed": segment.EVAL_SEED}})
+    assert "bone look" not in plain
+
+
 def test_masked_loss_matches_monai_and_skips_ignored_pixels() -> None:
     from monai.losses import DiceCELoss
 
