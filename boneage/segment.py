@@ -48,7 +48,7 @@ from boneage.preprocess import MARKER_ROBUST_WINDOW, CropTransform, prepare_mode
 #: Folder of the shipped segmenter (weights, model card, metrics).
 SEGMENTER_DIR = MODELS_DIR / "segmenter"
 WEIGHTS_FILE = "segmenter.pt"
-VERSION = "segmenter-2"
+VERSION = "segmenter-3"
 #: Synthetic seed the shipped weights were trained on; :data:`EVAL_SEED` is never trained on.
 TRAIN_SEED = 1000
 EVAL_SEED = 7
@@ -1085,7 +1085,7 @@ def ratio_references(bone: str) -> tuple[str, ...]:
 
 
 #: How :func:`pseudo_label_target` checks a bone's proportions: against its neighbours (tight
-#: 1-99 % synthetic range +5 %), or -- the first self-training round of segmenter-2 -- against the
+#: 1-99 % synthetic range +5 %), or -- the first self-training round (stage 3 of segmenter-3) -- against the
 #: third metacarpal only (synthetic min-max range +-15 %; let labels spilling across a joint pass).
 LENGTH_CHECKS = ("neighbours", "metacarpal3")
 
@@ -1469,6 +1469,18 @@ def _train_command_line(config: dict) -> str:
     return " ".join(parts)
 
 
+def _precision_text(stages: list[dict]) -> str:
+    """How each stage computed: bf16 autocast where its CPU had native bf16, fp32 elsewhere."""
+    bf16 = [bool(st.get("bf16_autocast", st.get("train_config", {}).get("bf16", False))) for st in stages]
+    if all(bf16):
+        return "bf16 autocast (AVX512-BF16)."
+    if not any(bf16):
+        return "fp32 (the CPU had no native bf16: AVX2 only)."
+    numbers = lambda flag: ", ".join(str(i) for i, b in enumerate(bf16, 1) if b == flag)  # noqa: E731
+    return (f"stage(s) {numbers(False)} in fp32 (that CPU had no native bf16: AVX2 only), "
+            f"stage(s) {numbers(True)} with bf16 autocast (AVX512-BF16).")
+
+
 def model_card(metrics: dict[str, Any]) -> str:
     """Markdown model card from an ``eval`` metrics dict (see :func:`main`).
 
@@ -1554,10 +1566,8 @@ def model_card(metrics: dict[str, Any]) -> str:
             "Pediatric Bone Age Machine Learning Challenge. Radiology 2019;290:498-503. Research and education use only,",
             "no commercial use: these weights inherit that restriction.",
         ]
-    bf16 = any(st.get("bf16_autocast", st.get("train_config", {}).get("bf16", False)) for st in stages)
     lines += ["", "## Reproduce", "",
-              "Hardware: 2-core CPU, no GPU; " + ("bf16 autocast (AVX512-BF16)." if bf16 else
-                                                  "fp32 (the CPU had no native bf16: AVX2 only)."),
+              "Hardware: 2-core CPU, no GPU; " + _precision_text(stages),
               "Each stage starts from the previous stage's `segmenter.pt` (`--init`); a pseudo-label round runs before",
               "each self-training stage. Stage folders may be any folder outside the repository.", "", "```"]
     for i, st in enumerate(stages, 1):
