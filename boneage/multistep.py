@@ -539,8 +539,6 @@ def film_features(table: pd.DataFrame, segmenter_version: str, segment_fn: Calla
     Returns:
         Features in ``table``'s row order.
     """
-    from boneage.paths import cache_dir
-
     path = _feature_cache_path(segmenter_version)
     cached = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["source", "id", *feature_names()])
     todo = table[~_in_cache(table, cached)]
