@@ -153,3 +153,44 @@ def test_regression_extra_trains_the_regression_not_the_reference(synth_folder):
     assert not np.allclose(base.regression.predict(held.features, held.sex),
                            more.regression.predict(held.features, held.sex))
     assert isinstance(data, LabelledMeasurements)
+
+
+def test_films_not_cached_counts_only_new_films(rsna_dev, tmp_path, monkeypatch):
+    from boneage import datasets
+    from boneage.multistep import film_features, films_not_cached
+    from boneage.synth import generate_hand
+
+    monkeypatch.setenv("BONEAGE_CACHE", str(tmp_path))
+    hand = generate_hand(5, 5, size=256)
+
+    def fake_segment(pixels):
+        out = np.zeros(pixels.shape, np.uint8)
+        h, w = min(pixels.shape[0], hand.label_map.shape[0]), min(pixels.shape[1], hand.label_map.shape[1])
+        out[:h, :w] = hand.label_map[:h, :w]
+        return out
+
+    table = datasets.rsna_dev(rsna_dev).head(5)
+    assert films_not_cached(table, "test-seg") == 5
+    film_features(table.iloc[:2], "test-seg", fake_segment, progress=False)
+    assert films_not_cached(table, "test-seg") == 3
+    assert films_not_cached(table, "other-seg") == 5  # the cache is per segmenter version
+
+
+@pytest.mark.parametrize("films_measured, expected", [
+    (0, "Every film's features came from the local feature cache"),
+    (812, "Segmenting + measuring 812 films not yet in the local feature cache took 7.5 min"),
+])
+def test_model_card_states_how_many_films_were_measured(tmp_path, films_measured, expected):
+    import json
+    import shutil
+
+    from boneage.multistep import MULTISTEP_DIR, write_model_card
+
+    shutil.copy(MULTISTEP_DIR / "metrics.json", tmp_path / "metrics.json")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics.update(films_measured=films_measured, minutes_measure=7.5, minutes_total=9.25)
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    text = write_model_card(tmp_path).read_text()
+    assert expected in text
+    assert "the whole command took 9.2 min" in text
+    assert f"`{metrics['model_version']}`" in text and f"{metrics['n_val']} films" in text
