@@ -20,10 +20,16 @@ from scipy import ndimage
 
 from boneage import anatomy
 
+#: Bumped whenever a change here changes the numbers measured from the same label map (it keys
+#: cached film features, see :func:`boneage.multistep.film_features`).
+MEASURE_VERSION = "measure-2"
 #: Fewer pixels than this (at the label map's resolution) and a structure counts as absent.
 MIN_PIXELS = 4
 #: Fraction of the epiphysis width in direct contact with the shaft above which it is fused.
 FUSED_CONTACT = 0.5
+#: A second shaft piece up to this fraction of the main piece's area is a stray label fragment
+#: (dropped); a larger one makes the shaft ``fragmented``.
+STRAY_FRACTION = 0.25
 #: Reference bone for scale-free ratios (long, always visible, late to fuse).
 SCALE_BONE = "metacarpal_3"
 
@@ -48,6 +54,8 @@ class BoneMeasurement:
         axis_angle_deg: direction of the long axis (image coordinates, 0 = along rows).
         length_complete: False when the bone runs off the image (radius and ulna usually do):
             its length is then a lower bound, but its epiphysis is still measured.
+        pieces_dropped: label fragments left out of the measurement (shaft pieces much smaller
+            than the main one, epiphysis pieces at the wrong end of the bone).
         plausible: False when any flag below makes the numbers untrustworthy.
         flags: reasons (``absent``, ``touches_border``, ``fragmented``, ``implausible_shape``...).
     """
@@ -68,6 +76,7 @@ class BoneMeasurement:
     fused: bool | None = None
     axis_angle_deg: float | None = None
     length_complete: bool = True
+    pieces_dropped: int = 0
     plausible: bool = False
     flags: list[str] = field(default_factory=list)
 
@@ -177,6 +186,7 @@ def measure(label_map: np.ndarray, spacing_mm: tuple[float, float] | float | Non
     max_label = anatomy.NUM_CLASSES - 1
     boxes = ndimage.find_objects(np.clip(labels, 0, max_label).astype(np.int32), max_label=max_label)
     bones: dict[str, BoneMeasurement] = {}
+    wrist = _wrist_point(labels)
     for bone in anatomy.BONES:
         ids = anatomy.bone_labels(bone)
         slices = [boxes[i - 1] for i in ids if boxes[i - 1] is not None]
@@ -195,7 +205,8 @@ def measure(label_map: np.ndarray, spacing_mm: tuple[float, float] | float | Non
         if bone in anatomy.CARPALS:
             m = _measure_carpal(bone, crop == ids[0])
         else:
-            m = _measure_long_bone(bone, crop == ids[0], crop == ids[1])
+            m = _measure_long_bone(bone, crop == ids[0], crop == ids[1],
+                                   None if wrist is None else wrist - np.array([r0, c0]))
         if touches and bone in anatomy.FOREARM:
             # The radius and ulna always run off a hand film: only their length is incomplete,
             # their epiphyses (the maturity signs) are still fully seen.
@@ -331,6 +342,16 @@ def _largest_fraction(mask: np.ndarray) -> float:
     return float(sizes.max() / sizes.sum())
 
 
+def _wrist_point(labels: np.ndarray) -> np.ndarray | None:
+    step = max(1, max(labels.shape) // 512)
+    small = labels[::step, ::step]
+    ids = [i for b in anatomy.CARPALS + anatomy.FOREARM for i in anatomy.bone_labels(b)]
+    rc = np.argwhere(np.isin(small, ids))
+    if len(rc) < MIN_PIXELS:
+        return None
+    return rc.mean(axis=0) * step
+
+
 def _measure_carpal(bone: str, mask: np.ndarray) -> BoneMeasurement:
     m = BoneMeasurement(bone)
     area = int(mask.sum())
@@ -353,8 +374,15 @@ def _measure_carpal(bone: str, mask: np.ndarray) -> BoneMeasurement:
     return m
 
 
-def _measure_long_bone(bone: str, shaft: np.ndarray, epiphysis: np.ndarray) -> BoneMeasurement:
+def _measure_long_bone(bone: str, shaft: np.ndarray, epiphysis: np.ndarray,
+                       wrist: np.ndarray | None = None) -> BoneMeasurement:
     m = BoneMeasurement(bone)
+    shaft, dropped, shaft_split = _consolidate_shaft(shaft)
+    epiphysis_split = _largest_fraction(epiphysis) < 0.8
+    if wrist is not None and shaft.sum() >= MIN_PIXELS:
+        epiphysis, dropped_epiphysis, epiphysis_split = _consolidate_epiphysis(bone, shaft, epiphysis, wrist)
+        dropped += dropped_epiphysis
+    m.pieces_dropped = dropped
     n_shaft, n_epi = int(shaft.sum()), int(epiphysis.sum())
     if n_shaft < MIN_PIXELS:
         m.flags.append("absent" if n_epi < MIN_PIXELS else "shaft_missing")
@@ -397,14 +425,67 @@ def _measure_long_bone(bone: str, shaft: np.ndarray, epiphysis: np.ndarray) -> B
         contact = _extent_across(np.argwhere(touching).astype(np.float64) @ minor) if touching.any() else 0.0
         m.fusion_contact = float(min(1.0, contact / m.epiphysis_width_px))
         m.fused = m.fusion_contact >= FUSED_CONTACT
-        if _largest_fraction(epiphysis) < 0.8:
+        if epiphysis_split:
             m.flags.append("epiphysis_fragmented")
-    if _largest_fraction(shaft) < 0.9:
+    if shaft_split:
         m.flags.append("fragmented")
     aspect = m.length_px / max(m.width_px, 1.0)
     if bone in anatomy.TUBULAR_BONES and not (1.0 <= aspect <= 12.0):
         m.flags.append("implausible_shape")
     return m
+
+
+def _consolidate_shaft(shaft: np.ndarray) -> tuple[np.ndarray, int, bool]:
+    """Keep a shaft's main piece and drop small label fragments away from it.
+
+    On real films a few pixels of a neighbouring finger's bone are often given this bone's label;
+    measured together they stretch its length (joining pieces that line up along the axis made the
+    real keypoint error worse, so they are not joined). A second piece larger than
+    ``STRAY_FRACTION`` of the main one cannot be told from a broken-up shaft: it is kept and the
+    bone is flagged ``fragmented``.
+
+    Returns:
+        ``(mask kept, pieces dropped, ambiguous)``.
+    """
+    comps, n = ndimage.label(shaft)
+    if n <= 1:
+        return shaft, 0, False
+    sizes = np.bincount(comps.ravel())[1:]
+    main = int(np.argmax(sizes)) + 1
+    large = np.flatnonzero(sizes > STRAY_FRACTION * sizes[main - 1]) + 1
+    return np.isin(comps, large), n - len(large), len(large) > 1
+
+
+def _consolidate_epiphysis(bone: str, shaft: np.ndarray, epiphysis: np.ndarray,
+                           wrist: np.ndarray) -> tuple[np.ndarray, int, bool]:
+    """Keep the epiphysis pieces at the bone's epiphyseal end (:func:`anatomy.epiphysis_end`).
+
+    A tubular bone ossifies from one assessed epiphysis, at the end the anatomy says (proximal =
+    the end nearer the wrist). Epiphysis-labelled pieces at the other end belong to the neighbouring
+    bone's epiphysis and are dropped. Without a wrist to orient by, or with no piece at the expected
+    end, nothing is dropped and a split epiphysis stays flagged.
+
+    Returns:
+        ``(mask kept, pieces dropped, ambiguous)``.
+    """
+    comps, n = ndimage.label(epiphysis)
+    if n <= 1:
+        return epiphysis, 0, False
+    end = anatomy.epiphysis_end(bone)
+    shaft_xy = np.argwhere(shaft).astype(np.float64)
+    centre = shaft_xy.mean(axis=0)
+    major, _ = _principal_axis(shaft_xy)
+    toward_wrist = float((wrist - centre) @ major)
+    split = _largest_fraction(epiphysis) < 0.8
+    if abs(toward_wrist) < 1e-6 or end is None:
+        return epiphysis, 0, split
+    expected = np.sign(toward_wrist) * (1.0 if end == "proximal" else -1.0)
+    index = np.arange(1, n + 1)
+    centres = np.array(ndimage.center_of_mass(np.ones_like(comps), comps, index))
+    kept = index[np.sign((centres - centre) @ major) == expected]
+    if not kept.size:
+        return epiphysis, 0, split
+    return np.isin(comps, kept), n - len(kept), False
 
 
 def _extent_across(s: np.ndarray) -> float:

@@ -27,7 +27,7 @@ import pandas as pd
 
 from boneage import anatomy
 from boneage.growth import AgeRegression, ReferenceTable, build_reference, calibrate_tau
-from boneage.measure import Measurements, feature_names, measure
+from boneage.measure import MEASURE_VERSION, Measurements, feature_names, measure
 from boneage.paths import MODELS_DIR
 
 MULTISTEP_DIR = MODELS_DIR / "multistep"
@@ -498,7 +498,8 @@ FEATURE_CHUNK = 500
 def _feature_cache_path(segmenter_version: str) -> Path:
     from boneage.paths import cache_dir
 
-    return cache_dir() / f"film_features_{segmenter_version}.csv"
+    # Features change with either the segmentation or the way bones are measured from it.
+    return cache_dir() / f"film_features_{segmenter_version}_{MEASURE_VERSION}.csv"
 
 
 def _in_cache(table: pd.DataFrame, cached: pd.DataFrame) -> np.ndarray:
@@ -524,14 +525,15 @@ def films_not_cached(table: pd.DataFrame, segmenter_version: str) -> int:
 
 def film_features(table: pd.DataFrame, segmenter_version: str, segment_fn: Callable[[np.ndarray], np.ndarray] | None = None,
                   progress: bool = True, workers: int = 1) -> pd.DataFrame:
-    """Scale-free features of labelled films, segmented once per segmenter version.
+    """Scale-free features of labelled films, segmented once per segmenter and measurement version.
 
     Features are cached per film (``source``, ``id``) in the cache dir (outside the repository:
     they derive from research-only images); only films not yet measured are segmented.
 
     Args:
         table: rows with ``id``, ``source`` and ``path``.
-        segmenter_version: the segmenter's version string (the cache key).
+        segmenter_version: the segmenter's version string (the cache key, with
+            :data:`boneage.measure.MEASURE_VERSION`).
         segment_fn: ``pixels -> label map``; loaded from the registry when needed and not given.
         progress: show a progress bar.
         workers: segmenting processes (the shipped segmenter; ``segment_fn`` is then unused).
@@ -725,6 +727,7 @@ def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_le
     metrics = {
         "model_version": VERSION,
         "segmenter_version": seg_version,
+        "measure_version": MEASURE_VERSION,
         "n_train": len(train.ids),
         "n_train_rsna_299": len(extra.ids) if extra is not None else 0,
         "n_val": len(val.ids),
@@ -777,7 +780,7 @@ only, no commercial use; Halabi SS et al., *Radiology* 2019;290:498-503).
 
 ## What it is
 Segmentation (`{m['segmenter_version']}`, see `data/models/segmenter/MODEL_CARD.md`) -> per-bone
-measurements (`boneage.measure`: epiphysis presence, epiphysis/metaphysis width ratio, fusion
+measurements (`boneage.measure`{", " + m['measure_version'] if m.get('measure_version') else ""}: epiphysis presence, epiphysis/metaphysis width ratio, fusion
 contact, relative lengths and aspect, carpal areas; all scale-free, no pixel spacing needed) ->
 - `{MATURITY_FILE}`: maturity reference (mean and SD by age and sex, Gaussian-smoothed over 12
   months), lookup = tempered likelihood over age (tau = {m['tau']:.1f}, calibrated for 90% coverage on

@@ -76,6 +76,35 @@ def test_absent_border_and_fragmented_bones_are_flagged():
     assert result.bones["capitate"].flags == ["absent"] and not result.bones["capitate"].present
 
 
+def test_a_small_stray_piece_is_dropped_not_measured():
+    labels = np.zeros((300, 300), np.uint8)
+    _bone(labels, "proximal_phalanx_3", (150, 150), 80, 12, 0)
+    # A few pixels of a neighbour given this bone's label, beyond its end along the axis.
+    _rect(labels, (215, 150), 10, 10, 0, anatomy.shaft_label("proximal_phalanx_3"))
+    m = measure(labels).bones["proximal_phalanx_3"]
+    assert m.plausible, m.flags
+    assert m.length_px == pytest.approx(80, abs=2) and m.pieces_dropped == 1
+    # A second piece too large to be a stray fragment: the shaft is flagged, not guessed.
+    _rect(labels, (240, 150), 40, 12, 0, anatomy.shaft_label("proximal_phalanx_3"))
+    m = measure(labels).bones["proximal_phalanx_3"]
+    assert "fragmented" in m.flags and not m.plausible
+
+
+def test_epiphysis_pieces_at_the_wrong_end_belong_to_the_neighbour():
+    labels = np.zeros((300, 300), np.uint8)
+    # A proximal phalanx pointing up the film (wrist at the bottom): its epiphysis is at its base.
+    _bone(labels, "proximal_phalanx_3", (150, 150), 80, 12, 0, epi_len=6, epi_width=12, gap=2)
+    # The middle phalanx's base epiphysis, just above this bone's head, mislabelled as its own.
+    _rect(labels, (105, 150), 6, 12, 0, anatomy.epiphysis_label("proximal_phalanx_3"))
+    unoriented = measure(labels).bones["proximal_phalanx_3"]
+    assert "epiphysis_fragmented" in unoriented.flags  # no wrist to tell the ends apart
+    _rect(labels, (280, 150), 20, 20, 0, anatomy.shaft_label("capitate"))
+    m = measure(labels).bones["proximal_phalanx_3"]
+    assert m.plausible, m.flags
+    assert m.length_px == pytest.approx(80 + 2 + 6, abs=2.5) and m.pieces_dropped == 1
+    assert m.epiphysis_ratio == pytest.approx(1.0, abs=0.15)
+
+
 def test_carpals_and_scale_free_features():
     labels = np.zeros((300, 300), np.uint8)
     _bone(labels, "metacarpal_3", (150, 150), 100, 16, 0)
