@@ -262,7 +262,7 @@ class Segmenter:
         candidates = [(False, 0)]
         if orientations:
             candidates.append((True, 0))
-        best = None
+        best = upright = None
         for round_ in range(2):
             for mirror, turns in candidates:
                 x = model_input[:, ::-1] if mirror else model_input
@@ -280,14 +280,22 @@ class Segmenter:
                     best = GridReading(np.ascontiguousarray(labels), np.ascontiguousarray(probs), mirror, turns, score)
             if not orientations or round_ == 1:
                 break
-            # Fingers pointing sideways or down: try the quarter turn that puts them up.
+            upright = best
             _, angle = hand_orientation(best.label_map, spacing)
-            if angle is None or abs(angle) <= 60:
+            if angle is not None and abs(angle) > 60:
+                # Fingers pointing sideways or down: try the quarter turn that puts them up. They
+                # point ``angle`` degrees counter-clockwise of up; np.rot90 turns counter-clockwise,
+                # so turning back by the nearest quarter is -round(angle / 90).
+                turns = int(-np.round(angle / 90.0)) % 4
+                candidates = [(False, turns), (True, turns)]
+            elif best.score < QUARTER_TURN_TRIGGER:
+                # Read as given, the film does not look like a hand at all: a network that only saw
+                # upright hands reads a sideways one as scattered bone. Try every quarter turn.
+                candidates = [(mirror, turns) for turns in (1, 2, 3) for mirror in (False, True)]
+            else:
                 break
-            # The fingers point ``angle`` degrees counter-clockwise of up; np.rot90 turns
-            # counter-clockwise, so turning back by the nearest quarter is -round(angle / 90).
-            turns = int(-np.round(angle / 90.0)) % 4
-            candidates = [(False, turns), (True, turns)]
+        if upright is not None and best.turns and best.score < upright.score + QUARTER_TURN_MARGIN:
+            best = upright  # a turned reading must be clearly better than the film as given
         return best
 
     def segment_model_grid(self, model_input: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0),
@@ -445,6 +453,13 @@ def hand_orientation(label_map: np.ndarray, spacing: tuple[float, float] = (1.0,
     return bool(cross > 0), angle
 
 
+#: Below this :func:`orientation_score` (about four digits laid out as fingers) a reading does not
+#: look like an upright hand and every quarter turn is tried. Upright real films score about 7
+#: (lowest seen 4.3), quarter-turned ones at most 3.9 as given.
+QUARTER_TURN_TRIGGER = 4.0
+#: ... and a turned reading is kept only when it scores this much more than the film as given
+#: (one more digit laid out as a finger).
+QUARTER_TURN_MARGIN = 1.0
 #: A mirrored reading must beat the film as given by this much of :func:`orientation_score`:
 #: bone age is read on left hands, so a film is taken as given unless the mirror is clearly better.
 MIRROR_MARGIN = 0.5

@@ -251,16 +251,16 @@ def test_orientation_search_reads_mirrored_films(shipped: segment.Segmenter) -> 
 
 
 @needs_weights
-@pytest.mark.xfail(strict=True, reason="segmenter-3 (no quarter turns in training) reads a film "
-                   "turned a quarter as an upright hand, so the quarter-turn search is never triggered; "
-                   "see data/models/segmenter/LIMITATIONS.txt")
-def test_orientation_search_turns_a_sideways_film_back(shipped: segment.Segmenter) -> None:
+@pytest.mark.parametrize("quarter_turns", [1, 2, 3])
+def test_orientation_search_turns_a_sideways_film_back(shipped: segment.Segmenter, quarter_turns: int) -> None:
     hand = generate_hand(segment.EVAL_SEED, 3, size=384)
     whole = lambda labels, bone: np.isin(labels, anatomy.bone_labels(bone))  # noqa: E731
-    # A film turned a quarter (fingers pointing left): turned back, segmented, said.
-    turned = shipped.segment_with_info(np.ascontiguousarray(np.rot90(hand.image)))
-    assert turned.finger_angle_deg is not None and abs(abs(turned.finger_angle_deg) - 90) < 30
-    truth = np.rot90(hand.label_map)
+    # A film turned by quarters (1: fingers pointing left, 2: down): turned back, segmented, said.
+    turned = shipped.segment_with_info(np.ascontiguousarray(np.rot90(hand.image, quarter_turns)))
+    expected_angle = 90.0 * quarter_turns if quarter_turns < 3 else -90.0
+    assert turned.finger_angle_deg is not None
+    assert abs((turned.finger_angle_deg - expected_angle + 180) % 360 - 180) < 30
+    truth = np.rot90(hand.label_map, quarter_turns)
     assert segment.dice(whole(turned.label_map, "proximal_phalanx_3"), whole(truth, "proximal_phalanx_3")) > 0.7
 
 
