@@ -180,7 +180,7 @@ register(
         kind="reference-regression",
         folder=MODELS_DIR / "multistep",
         weights_file="maturity_reference.csv",
-        version="multistep-3",
+        version="multistep-4",
         loader="boneage.multistep:MultiStepModel.load",
         description="maturity reference tables + regression on per-bone measurements -> bone age with a 90% interval",
     )
@@ -192,7 +192,7 @@ register(
         kind="segmenter",
         folder=MODELS_DIR / "segmenter",
         weights_file="segmenter.pt",
-        version="segmenter-3",
+        version="segmenter-4",
         loader="boneage.segment:Segmenter.load",
         description="MONAI UNet: radiograph -> label map of every bone (shafts, epiphyses, carpals)",
     )

@@ -35,7 +35,7 @@ MATURITY_FILE = "maturity_reference.csv"
 LENGTH_FILE = "length_reference_mm.csv"
 REGRESSION_FILE = "regression.joblib"
 METRICS_FILE = "metrics.json"
-VERSION = "multistep-3"
+VERSION = "multistep-4"
 
 
 @dataclass

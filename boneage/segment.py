@@ -48,7 +48,7 @@ from boneage.preprocess import MARKER_ROBUST_WINDOW, CropTransform, prepare_mode
 #: Folder of the shipped segmenter (weights, model card, metrics).
 SEGMENTER_DIR = MODELS_DIR / "segmenter"
 WEIGHTS_FILE = "segmenter.pt"
-VERSION = "segmenter-3"
+VERSION = "segmenter-4"
 #: Synthetic seed the shipped weights were trained on; :data:`EVAL_SEED` is never trained on.
 TRAIN_SEED = 1000
 EVAL_SEED = 7
