@@ -249,7 +249,9 @@ class Segmenter:
         left hand from a right one), so a mirrored film -- a right hand, or a flipped left hand --
         is segmented both as it is and mirrored, and the reading that looks more like a left hand
         is kept (:func:`orientation_score`); a film whose fingers point sideways or down is turned
-        by the nearest quarter turn and segmented again.
+        by the nearest quarter turn and segmented again, and one that does not look like a hand at
+        all as given (score below ``QUARTER_TURN_TRIGGER``) is read at every quarter turn. A turned
+        reading replaces the film as given only when it scores ``QUARTER_TURN_MARGIN`` more.
 
         Args:
             model_input: float32 array from :func:`prepare_model_input`.
@@ -1533,7 +1535,9 @@ def model_card(metrics: dict[str, Any]) -> str:
         "telling a left hand from a right one. At inference `Segmenter.segment_with_info` reads the film as given and",
         "mirrored, keeps the reading that looks more like a left hand (`orientation_score`: digits laid out as fingers,",
         f"thumb diverging more than the little finger; the mirror must win by {MIRROR_MARGIN}), and turns films whose",
-        "fingers point sideways or down by the nearest quarter turn. Label ids stay anatomical (digit 1 = thumb);",
+        "fingers point sideways or down by the nearest quarter turn; a film that does not look like a hand as given",
+        f"(score < {QUARTER_TURN_TRIGGER}) is read at every quarter turn, a turned reading winning by {QUARTER_TURN_MARGIN}.",
+        "Label ids stay anatomical (digit 1 = thumb);",
         "`mirrored=True` is reported for a right hand or a flipped film, and the finger angle for a rotated one.",
         "",
         "## Architecture",
