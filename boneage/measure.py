@@ -22,7 +22,7 @@ from boneage import anatomy
 
 #: Bumped whenever a change here changes the numbers measured from the same label map (it keys
 #: cached film features, see :func:`boneage.multistep.film_features`).
-MEASURE_VERSION = "measure-2"
+MEASURE_VERSION = "measure-3"
 #: Fewer pixels than this (at the label map's resolution) and a structure counts as absent.
 MIN_PIXELS = 4
 #: Fraction of the epiphysis width in direct contact with the shaft above which it is fused.
@@ -343,9 +343,10 @@ def _largest_fraction(mask: np.ndarray) -> float:
 
 
 def _wrist_point(labels: np.ndarray) -> np.ndarray | None:
+    """Centre of the carpal bones ``(row, col)``, or ``None`` when none is seen."""
     step = max(1, max(labels.shape) // 512)
     small = labels[::step, ::step]
-    ids = [i for b in anatomy.CARPALS + anatomy.FOREARM for i in anatomy.bone_labels(b)]
+    ids = [i for b in anatomy.CARPALS for i in anatomy.bone_labels(b)]
     rc = np.argwhere(np.isin(small, ids))
     if len(rc) < MIN_PIXELS:
         return None
@@ -460,10 +461,11 @@ def _consolidate_epiphysis(bone: str, shaft: np.ndarray, epiphysis: np.ndarray,
                            wrist: np.ndarray) -> tuple[np.ndarray, int, bool]:
     """Keep the epiphysis pieces at the bone's epiphyseal end (:func:`anatomy.epiphysis_end`).
 
-    A tubular bone ossifies from one assessed epiphysis, at the end the anatomy says (proximal =
-    the end nearer the wrist). Epiphysis-labelled pieces at the other end belong to the neighbouring
-    bone's epiphysis and are dropped. Without a wrist to orient by, or with no piece at the expected
-    end, nothing is dropped and a split epiphysis stays flagged.
+    A long bone ossifies from one assessed epiphysis, at the end the anatomy says: the end facing
+    the carpus for the phalanges, the first metacarpal and the radius and ulna (whose distal end
+    meets the carpus), the far end for metacarpals 2-5. Epiphysis-labelled pieces at the other end
+    belong to the neighbouring bone's epiphysis and are dropped. Without carpals to orient by, or
+    with no piece at the expected end, nothing is dropped and a split epiphysis stays flagged.
 
     Returns:
         ``(mask kept, pieces dropped, ambiguous)``.
@@ -479,7 +481,8 @@ def _consolidate_epiphysis(bone: str, shaft: np.ndarray, epiphysis: np.ndarray,
     split = _largest_fraction(epiphysis) < 0.8
     if abs(toward_wrist) < 1e-6 or end is None:
         return epiphysis, 0, split
-    expected = np.sign(toward_wrist) * (1.0 if end == "proximal" else -1.0)
+    faces_carpus = end == "proximal" or bone in anatomy.FOREARM
+    expected = np.sign(toward_wrist) * (1.0 if faces_carpus else -1.0)
     index = np.arange(1, n + 1)
     centres = np.array(ndimage.center_of_mass(np.ones_like(comps), comps, index))
     kept = index[np.sign((centres - centre) @ major) == expected]

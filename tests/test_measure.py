@@ -105,6 +105,21 @@ def test_epiphysis_pieces_at_the_wrong_end_belong_to_the_neighbour():
     assert m.epiphysis_ratio == pytest.approx(1.0, abs=0.15)
 
 
+@pytest.mark.parametrize("bone, epiphysis_row, stray_row", [
+    ("radius", 105, 195),  # distal epiphysis: the end facing the carpus (above)
+    ("metacarpal_3", 195, 105),  # head: the end away from the carpus (below)
+])
+def test_epiphysis_end_is_read_from_the_carpus(bone, epiphysis_row, stray_row):
+    labels = np.zeros((300, 300), np.uint8)
+    _rect(labels, (150, 150), 80, 12, 0, anatomy.shaft_label(bone))
+    _rect(labels, (epiphysis_row, 150), 6, 12, 0, anatomy.epiphysis_label(bone))
+    _rect(labels, (stray_row, 150), 4, 6, 0, anatomy.epiphysis_label(bone))
+    _rect(labels, (30, 150), 20, 20, 0, anatomy.shaft_label("capitate"))
+    m = measure(labels).bones[bone]
+    assert m.plausible, m.flags
+    assert m.pieces_dropped == 1 and m.epiphysis_ratio == pytest.approx(1.0, abs=0.15)
+
+
 def test_carpals_and_scale_free_features():
     labels = np.zeros((300, 300), np.uint8)
     _bone(labels, "metacarpal_3", (150, 150), 100, 16, 0)

@@ -313,7 +313,7 @@ def test_segment_cli_missing_input_is_usage_error(tmp_path: Path) -> None:
                     reason="real rsna-dev keypoints not available (../shared/data/rsna-dev absent)")
 def test_real_keypoint_phalanx_lengths(shipped: segment.Segmenter) -> None:
     # All 41 annotated films (~15 s): the shipped weights and measuring rules must keep the issue's
-    # bars (segmenter-4 with measure-2: 96.6 % of bones measured, median error 5.8 %); segmenter-3
+    # bars (segmenter-4 with measure-3: 96.6 % of bones measured, median error 5.8 %); segmenter-3
     # with measure-1 (73 %, 7.8 %) fails this.
     metrics = segment.evaluate_keypoints(shipped)
     assert metrics["n_images"] == 41 and metrics["bones_expected"] == 328
