@@ -378,12 +378,9 @@ def _measure_carpal(bone: str, mask: np.ndarray) -> BoneMeasurement:
 def _measure_long_bone(bone: str, shaft: np.ndarray, epiphysis: np.ndarray,
                        wrist: np.ndarray | None = None) -> BoneMeasurement:
     m = BoneMeasurement(bone)
-    shaft, dropped, shaft_split = _consolidate_shaft(shaft)
-    epiphysis_split = _largest_fraction(epiphysis) < 0.8
-    if wrist is not None and shaft.sum() >= MIN_PIXELS:
-        epiphysis, dropped_epiphysis, epiphysis_split = _consolidate_epiphysis(bone, shaft, epiphysis, wrist)
-        dropped += dropped_epiphysis
-    m.pieces_dropped = dropped
+    shaft, dropped_shaft, shaft_split = _consolidate_shaft(shaft)
+    epiphysis, dropped_epiphysis, epiphysis_split = _consolidate_epiphysis(bone, shaft, epiphysis, wrist)
+    m.pieces_dropped = dropped_shaft + dropped_epiphysis
     n_shaft, n_epi = int(shaft.sum()), int(epiphysis.sum())
     if n_shaft < MIN_PIXELS:
         m.flags.append("absent" if n_epi < MIN_PIXELS else "shaft_missing")
@@ -458,7 +455,7 @@ def _consolidate_shaft(shaft: np.ndarray) -> tuple[np.ndarray, int, bool]:
 
 
 def _consolidate_epiphysis(bone: str, shaft: np.ndarray, epiphysis: np.ndarray,
-                           wrist: np.ndarray) -> tuple[np.ndarray, int, bool]:
+                           wrist: np.ndarray | None) -> tuple[np.ndarray, int, bool]:
     """Keep the epiphysis pieces at the bone's epiphyseal end (:func:`anatomy.epiphysis_end`).
 
     A long bone ossifies from one assessed epiphysis, at the end the anatomy says: the end facing
@@ -473,13 +470,16 @@ def _consolidate_epiphysis(bone: str, shaft: np.ndarray, epiphysis: np.ndarray,
     comps, n = ndimage.label(epiphysis)
     if n <= 1:
         return epiphysis, 0, False
+    sizes = np.bincount(comps.ravel())[1:]
+    split = bool(sizes.max() < 0.8 * sizes.sum())
     end = anatomy.epiphysis_end(bone)
+    if wrist is None or end is None or shaft.sum() < MIN_PIXELS:
+        return epiphysis, 0, split
     shaft_xy = np.argwhere(shaft).astype(np.float64)
     centre = shaft_xy.mean(axis=0)
     major, _ = _principal_axis(shaft_xy)
     toward_wrist = float((wrist - centre) @ major)
-    split = _largest_fraction(epiphysis) < 0.8
-    if abs(toward_wrist) < 1e-6 or end is None:
+    if abs(toward_wrist) < 1e-6:
         return epiphysis, 0, split
     faces_carpus = end == "proximal" or bone in anatomy.FOREARM
     expected = np.sign(toward_wrist) * (1.0 if faces_carpus else -1.0)

@@ -156,7 +156,7 @@ def test_regression_extra_trains_the_regression_not_the_reference(synth_folder):
 
 
 def test_films_not_cached_counts_only_new_films(rsna_dev, tmp_path, monkeypatch):
-    from boneage import datasets
+    from boneage import datasets, multistep
     from boneage.multistep import film_features, films_not_cached
     from boneage.synth import generate_hand
 
@@ -173,7 +173,9 @@ def test_films_not_cached_counts_only_new_films(rsna_dev, tmp_path, monkeypatch)
     assert films_not_cached(table, "test-seg") == 5
     film_features(table.iloc[:2], "test-seg", fake_segment, progress=False)
     assert films_not_cached(table, "test-seg") == 3
-    assert films_not_cached(table, "other-seg") == 5  # the cache is per segmenter version
+    assert films_not_cached(table, "other-seg") == 5  # the cache is per segmenter version ...
+    monkeypatch.setattr(multistep, "MEASURE_VERSION", "measure-test")
+    assert films_not_cached(table, "test-seg") == 5  # ... and per way of measuring
 
 
 @pytest.mark.parametrize("films_measured, expected", [
