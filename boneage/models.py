@@ -180,9 +180,9 @@ register(
         kind="reference-regression",
         folder=MODELS_DIR / "multistep",
         weights_file="maturity_reference.csv",
-        version="multistep-4",
+        version="multistep-5",
         loader="boneage.multistep:MultiStepModel.load",
-        description="maturity reference tables + regression on per-bone measurements -> bone age with a 90% interval",
+        description="maturity reference tables + regression on per-bone measurements, blended -> bone age with a 90% interval",
     )
 )
 

@@ -7,10 +7,13 @@ multi-step bundle in ``data/models/multistep/``:
   fusion, relative lengths, carpal areas) built from measured development films;
 * ``length_reference_mm.csv`` — a **model** of calibrated bone lengths (mm) by age and sex, built
   from the synthetic growth model (no published per-bone norms are available);
-* ``regression.joblib`` — gradient-boosting regression on the scale-free features and sex.
+* ``regression.joblib`` — gradient-boosting regression on the scale-free features and sex;
+* ``combination.json`` — how the two are combined (:class:`boneage.growth.LookupBlend`).
 
-The estimate is the regression's age with its conformal 90% interval when the regression is
-present (it validated better, see the model card), else the reference lookup's posterior.
+The estimate is ``w * regression + (1 - w) * lookup`` (the scale-free maturity lookup), ``w``
+chosen on out-of-fold predictions of the training hands, with a conformal 90% interval; without
+a regression it is the reference lookup's posterior (with calibrated lengths when the image has
+spacing).
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ import numpy as np
 import pandas as pd
 
 from boneage import anatomy
-from boneage.growth import AgeRegression, ReferenceTable, build_reference, calibrate_tau
+from boneage.growth import (
+    AgeRegression,
+    LookupBlend,
+    ReferenceTable,
+    build_reference,
+    calibrate_tau,
+    lookup_out_of_fold,
+)
 from boneage.measure import MEASURE_VERSION, Measurements, feature_names, measure
 from boneage.paths import MODELS_DIR
 
@@ -34,8 +44,9 @@ MULTISTEP_DIR = MODELS_DIR / "multistep"
 MATURITY_FILE = "maturity_reference.csv"
 LENGTH_FILE = "length_reference_mm.csv"
 REGRESSION_FILE = "regression.joblib"
+COMBINATION_FILE = "combination.json"
 METRICS_FILE = "metrics.json"
-VERSION = "multistep-4"
+VERSION = "multistep-5"
 
 
 @dataclass
@@ -92,7 +103,9 @@ class MultiStepEstimate:
 
     Attributes:
         age_months, lower_90, upper_90: the estimate and its 90% interval.
-        lookup_age_months, lookup_lower_90, lookup_upper_90: the reference-lookup estimate.
+        lookup_age_months, lookup_lower_90, lookup_upper_90: the reference-lookup estimate
+            (scale-free maturity reference, plus the calibrated length model when the image
+            has spacing).
         regression_age_months: the regression's point estimate (``None`` without a regression).
         bones: the per-bone table.
         n_features: how many measurements were usable.
@@ -132,6 +145,8 @@ class MultiStepModel:
         maturity: scale-free reference table (required).
         lengths_mm: calibrated length reference (a model), used when the image has spacing.
         regression: the gradient-boosting regression (optional).
+        blend: how the regression and the maturity lookup combine (optional; without it the
+            regression alone gives the age).
         version: version string for results.
     """
 
@@ -140,11 +155,13 @@ class MultiStepModel:
         maturity: ReferenceTable,
         lengths_mm: ReferenceTable | None = None,
         regression: AgeRegression | None = None,
+        blend: LookupBlend | None = None,
         version: str = VERSION,
     ) -> None:
         self.maturity = maturity
         self.lengths_mm = lengths_mm
         self.regression = regression
+        self.blend = blend
         self.version = version
 
     @classmethod
@@ -162,10 +179,12 @@ class MultiStepModel:
             raise FileNotFoundError(f"multi-step reference not found at {maturity_path}; run `boneage train multistep`")
         lengths = folder / LENGTH_FILE
         regression = folder / REGRESSION_FILE
+        blend = folder / COMBINATION_FILE
         return cls(
             ReferenceTable.load(maturity_path),
             ReferenceTable.load(lengths) if lengths.is_file() else None,
             AgeRegression.load(regression) if regression.is_file() else None,
+            LookupBlend.load(blend) if blend.is_file() else None,
         )
 
     def save(self, folder: str | Path) -> Path:
@@ -177,7 +196,31 @@ class MultiStepModel:
             self.lengths_mm.save(folder / LENGTH_FILE)
         if self.regression is not None:
             self.regression.save(folder / REGRESSION_FILE)
+        if self.blend is not None:
+            self.blend.save(folder / COMBINATION_FILE)
         return folder
+
+    def final_age(self, frame: pd.DataFrame, sex: str | None, maturity_lookup: tuple[float, float, float]
+                  ) -> tuple[float, float, float, float | None]:
+        """The reported age from the estimators' outputs for one hand.
+
+        Args:
+            frame: the hand's features (one row).
+            sex: ``"M"``, ``"F"`` or ``None``.
+            maturity_lookup: ``(age, lower, upper)`` of the scale-free maturity lookup (the one
+                the blend was fitted on); the fallback when there is no regression.
+
+        Returns:
+            ``(age, lower_90, upper_90, regression_age)`` (``regression_age`` is ``None``
+            without a regression).
+        """
+        if self.regression is None:
+            return (*maturity_lookup, None)
+        reg, lo, hi = (float(a[0]) for a in self.regression.predict_interval(frame, np.array([sex])))
+        if self.blend is not None:
+            age, lo, hi = (float(a) for a in self.blend.combine(reg, maturity_lookup[0]))
+            return age, lo, hi, reg
+        return reg, lo, hi, reg
 
     def estimate(self, measurements: Measurements, sex: str | None) -> MultiStepEstimate:
         """Bone age from one hand's measurements.
@@ -199,13 +242,13 @@ class MultiStepModel:
 
         lookup = posterior_summary(self.maturity.ages, lookup_ll)
         n_features = sum(1 for v in feats.values() if np.isfinite(v)) + len(lengths)
-        reg_age = None
-        if self.regression is not None:
-            frame = pd.DataFrame([feats])
-            age, lo, hi = (float(a[0]) for a in self.regression.predict_interval(frame, np.array([sex])))
-            reg_age = age
+        # The blend was fitted on the scale-free lookup; the calibrated lengths inform the
+        # reported lookup and the per-bone table only.
+        if self.regression is None:
+            age, lo, hi, reg_age = (*lookup, None)
         else:
-            age, lo, hi = lookup
+            maturity_lookup = self.maturity.estimate(feats, sex) if lengths else lookup
+            age, lo, hi, reg_age = self.final_age(pd.DataFrame([feats]), sex, maturity_lookup)
         bones = self.bone_table(measurements, feats, sex, age)
         return MultiStepEstimate(age, lo, hi, *lookup, reg_age, bones, n_features)
 
@@ -359,31 +402,36 @@ def fit_bundle(
         np.concatenate([train.sex, regression_extra.sex]), list(train.ids) + list(regression_extra.ids))
     reg = AgeRegression.fit(reg_data.features, reg_data.bone_age_months, reg_data.sex, seed=seed,
                             max_iter=max_iter) if regression else None
-    return MultiStepModel(table, lengths_mm, reg)
+    blend = None
+    if reg is not None and reg.oof is not None:
+        # Both estimators' out-of-fold ages on the same hands (the regression's first rows are
+        # ``train``'s) choose how much of each the final age takes.
+        look_oof = lookup_out_of_fold(train.features, train.bone_age_months, train.sex, tau, seed=seed)
+        blend = LookupBlend.fit(reg.oof[:n], look_oof, train.bone_age_months)
+    return MultiStepModel(table, lengths_mm, reg, blend)
 
 
 def evaluate(model: MultiStepModel, data: LabelledMeasurements) -> dict:
-    """MAE (overall, by sex, by age band), 90% coverage, for the final, lookup and regression ages."""
-    final, lookup, lo_all, hi_all = [], [], [], []
+    """MAE (overall, by sex, by age band) and 90% coverage of the final age; MAE of the lookup
+    and of the regression alone."""
+    final, lookup, reg, lo_all, hi_all = [], [], [], [], []
     for i in range(len(data.bone_age_months)):
         row = data.features.iloc[[i]]
-        feats = row.iloc[0].to_dict()
         s = data.sex[i]
-        look = model.maturity.estimate(feats, s)
+        look = model.maturity.estimate(row.iloc[0].to_dict(), s)
+        a, lo, hi, r = model.final_age(row, s, look)
         lookup.append(look[0])
-        if model.regression is not None:
-            a, lo, hi = (float(x[0]) for x in model.regression.predict_interval(row, np.array([s])))
-        else:
-            a, lo, hi = look
+        reg.append(np.nan if r is None else r)
         final.append(a)
         lo_all.append(lo)
         hi_all.append(hi)
     y = data.bone_age_months
-    final, lookup = np.array(final), np.array(lookup)
+    final, lookup, reg = np.array(final), np.array(lookup), np.array(reg)
     lo_all, hi_all = np.array(lo_all), np.array(hi_all)
     return {
         "final": summarise_errors(y, data.sex, final, lo_all, hi_all),
         "lookup_mae_months": float(np.mean(np.abs(lookup - y))),
+        "regression_mae_months": None if model.regression is None else float(np.mean(np.abs(reg - y))),
     }
 
 
@@ -735,6 +783,7 @@ def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_le
         "tau": model.maturity.tau,
         "regression_cv_mae_months": model.regression.cv_mae if model.regression else None,
         "regression_half_width_90": model.regression.half_width_90 if model.regression else None,
+        "blend": asdict(model.blend) if model.blend else None,
         "validation": evaluate(model, val),
         "fraction_tubular_bones_plausible_val": float(np.mean([
             np.isfinite(val.features[f"{b}.epiphysis_present"]).mean() for b in anatomy.TUBULAR_BONES
@@ -772,6 +821,13 @@ def write_model_card(folder: str | Path = MULTISTEP_DIR) -> Path:
     n_299 = m.get("n_train_rsna_299", 0)
     extra = (f", plus {n_299} squashed `rsna-299` films for the regression only (their shape and area features\n"
              "left out: a lost aspect ratio distorts them)") if n_299 else ""
+    b = m.get("blend")
+    blend_text = ("the reported age is the regression's alone." if not b else
+                  f"the reported age is {b['regression_weight']:.2f} x regression + {1 - b['regression_weight']:.2f} x lookup,\n"
+                  f"  the weight chosen on 5-fold out-of-fold predictions of the training films (out-of-fold MAE:\n"
+                  f"  blend {b['cv_mae']:.1f}, regression {b['regression_cv_mae']:.1f}, lookup {b['lookup_cv_mae']:.1f} months); 90% interval =\n"
+                  f"  +-{b['half_width_90']:.1f} months (split-conformal from the blend's out-of-fold residuals).")
+    reg_mae = m["validation"].get("regression_mae_months")
     text = f"""# Model card: multi-step bone-age estimator (`{m['model_version']}`)
 
 **Research and education use only; not a medical device.** The maturity reference and the
@@ -791,7 +847,8 @@ contact, relative lengths and aspect, carpal areas; all scale-free, no pixel spa
 - `{LENGTH_FILE}`: calibrated length reference in mm -- **a model**, built from the synthetic
   growth model (no published per-bone hand norms were available); used only for images with
   trustworthy pixel spacing.
-The reported age is the regression's; the lookup gives the per-bone implied ages and z-scores.
+- `{COMBINATION_FILE}`: {blend_text}
+The lookup also gives the per-bone implied ages and z-scores.
 
 ## Data
 {m['n_train']} films of the `rsna-dev` training split (maturity reference and regression){extra}; evaluated on
@@ -808,7 +865,7 @@ Seed {m['seed']}. {measured}the whole command took {m['minutes_total']:.1f} min 
 |---|---|---|---|
 {rows}
 
-Reference lookup alone: MAE {m['validation']['lookup_mae_months']:.1f} months. Fraction of tubular-bone
+Reference lookup alone: MAE {m['validation']['lookup_mae_months']:.1f} months{'' if reg_mae is None else f'; regression alone: {reg_mae:.1f} months'}. Fraction of tubular-bone
 measurements usable (plausible) on validation films: {100 * m['fraction_tubular_bones_plausible_val']:.0f}%.
 
 ## Limits

@@ -8,7 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.growth import AgeRegression, ReferenceTable, build_reference, calibrate_tau
+from boneage.growth import (
+    AgeRegression,
+    LookupBlend,
+    ReferenceTable,
+    build_reference,
+    calibrate_tau,
+    lookup_out_of_fold,
+)
 
 
 def _cohort(n=600, seed=0):
@@ -86,6 +93,9 @@ def test_regression_learns_and_has_a_conformal_interval(tmp_path):
     # Missing features and unknown sex are handled, not crashed on.
     nan_pred = reg.predict(pd.DataFrame({"ratio": [np.nan], "fused": [1.0]}), np.array([None]))
     assert np.isfinite(nan_pred).all()
+    # Its out-of-fold predictions are the ones behind its CV MAE.
+    assert reg.oof.shape == (600,)
+    assert np.mean(np.abs(reg.oof - age[:600])) == pytest.approx(reg.cv_mae)
     again = AgeRegression.load(reg.save(tmp_path / "reg.joblib"))
     np.testing.assert_allclose(again.predict(feats.iloc[:5], sex[:5]), reg.predict(feats.iloc[:5], sex[:5]))
 
@@ -99,3 +109,34 @@ def test_a_feature_measured_in_one_sex_only_is_covered_for_that_sex_only():
     assert table.covers("fused", "F")
     with pytest.raises(KeyError):
         table.expected("ratio", 120, "F")
+
+
+def test_blend_weight_follows_the_better_estimator(tmp_path):
+    rng = np.random.default_rng(3)
+    y = rng.uniform(12, 216, 400)
+    good, bad = y + rng.normal(0, 5, 400), y + rng.normal(0, 30, 400)
+    assert LookupBlend.fit(good, bad, y).regression_weight >= 0.9
+    assert LookupBlend.fit(bad, good, y).regression_weight <= 0.1
+    # Two equally good, independent estimators: the mean beats either.
+    other = y + rng.normal(0, 5, 400)
+    even = LookupBlend.fit(good, other, y)
+    assert 0.3 <= even.regression_weight <= 0.7
+    assert even.cv_mae < min(even.regression_cv_mae, even.lookup_cv_mae)
+    # The interval covers 90% of fresh hands with the same errors.
+    y2 = rng.uniform(12, 216, 2000)
+    age, lo, hi = even.combine(y2 + rng.normal(0, 5, 2000), y2 + rng.normal(0, 5, 2000))
+    assert 0.86 <= np.mean((lo <= y2) & (y2 <= hi)) <= 0.94
+    assert (lo <= age).all() and (age <= hi).all()
+    assert LookupBlend.load(even.save(tmp_path / "blend.json")) == even
+
+
+def test_lookup_out_of_fold_never_sees_the_hand_it_estimates():
+    feats, age, sex = _cohort(300, seed=4)
+    oof = lookup_out_of_fold(feats, age, sex, tau=2.0, folds=3)
+    assert oof.shape == (300,) and np.mean(np.abs(oof - age)) < 25
+    # Hand 0's own label never reaches its estimate (it only shapes the other folds' tables).
+    relabelled = age.copy()
+    relabelled[0] = 216.0 if age[0] < 100 else 12.0
+    again = lookup_out_of_fold(feats, relabelled, sex, tau=2.0, folds=3)
+    assert again[0] == oof[0]
+    assert not np.allclose(again[1:], oof[1:])

@@ -196,3 +196,34 @@ def test_model_card_states_how_many_films_were_measured(tmp_path, films_measured
     assert expected in text
     assert "the whole command took 9.2 min" in text
     assert f"`{metrics['model_version']}`" in text and f"{metrics['n_val']} films" in text
+
+
+def test_bundle_reports_the_blend_of_regression_and_lookup(synth_folder, tmp_path):
+    import shutil
+
+    from boneage.measure import measure
+    from boneage.multistep import COMBINATION_FILE, MultiStepModel, evaluate, fit_bundle, labelled_folder
+    from boneage.synth import generate_hand
+
+    data = labelled_folder(synth_folder, progress=False)
+    model = fit_bundle(data, description="blend", seed=0, max_iter=50)
+    # On these few hands neither estimator alone is best: the check below tests a real mix.
+    assert model.blend is not None and 0.0 < model.blend.regression_weight < 1.0
+    loaded = MultiStepModel.load(model.save(tmp_path / "bundle"))
+    assert loaded.blend == model.blend
+
+    hand = generate_hand(31, 0, size=256)
+    m = measure(hand.label_map)  # no spacing: the lookup is the maturity reference alone
+    est = loaded.estimate(m, hand.sex)
+    expected = loaded.blend.combine(est.regression_age_months, est.lookup_age_months)
+    assert (est.age_months, est.lower_90, est.upper_90) == pytest.approx(tuple(float(a) for a in expected))
+    metrics = evaluate(loaded, data)
+    assert metrics["regression_mae_months"] is not None and metrics["final"]["all"]["n"] == 60
+
+    # A bundle written before the blend existed reports the regression's age, as it did then.
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "bundle", old)
+    (old / COMBINATION_FILE).unlink()
+    legacy = MultiStepModel.load(old)
+    assert legacy.blend is None
+    assert legacy.estimate(m, hand.sex).age_months == pytest.approx(est.regression_age_months)
