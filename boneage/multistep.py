@@ -379,13 +379,14 @@ def fit_bundle(
     max_iter: int = 400,
     regression_extra: LabelledMeasurements | None = None,
 ) -> MultiStepModel:
-    """Build the maturity reference, calibrate its coverage, fit the regression.
+    """Build the maturity reference, calibrate its coverage, fit the regression and the blend.
 
     The reference is built on ``1 - calibration_fraction`` of the hands and its tempering
     calibrated on the rest (hands it was not built from); it is then rebuilt on all of them with
-    that tempering. The regression's interval comes from its own cross-validation. Hands in
-    ``regression_extra`` (e.g. squashed films, not fit for a reference table) train the regression
-    only.
+    that tempering. The regression's interval comes from its own cross-validation. The blend
+    weight and its interval come from both estimators' out-of-fold ages on ``train``
+    (:class:`boneage.growth.LookupBlend`). Hands in ``regression_extra`` (e.g. squashed films, not
+    fit for a reference table) train the regression only.
     """
     rng = np.random.default_rng(seed)
     n = len(train.bone_age_months)
