@@ -200,27 +200,31 @@ class MultiStepModel:
             self.blend.save(folder / COMBINATION_FILE)
         return folder
 
-    def final_age(self, frame: pd.DataFrame, sex: str | None, maturity_lookup: tuple[float, float, float]
-                  ) -> tuple[float, float, float, float | None]:
-        """The reported age from the estimators' outputs for one hand.
+    def predict_table(self, features: pd.DataFrame, sex: np.ndarray | list) -> dict[str, np.ndarray]:
+        """Ages of many hands from their features.
 
         Args:
-            frame: the hand's features (one row).
-            sex: ``"M"``, ``"F"`` or ``None``.
-            maturity_lookup: ``(age, lower, upper)`` of the scale-free maturity lookup (the one
-                the blend was fitted on); the fallback when there is no regression.
+            features: one row per hand (:func:`boneage.measure.feature_names` columns).
+            sex: ``"M"``, ``"F"`` or ``None`` per hand.
 
         Returns:
-            ``(age, lower_90, upper_90, regression_age)`` (``regression_age`` is ``None``
-            without a regression).
+            Arrays over hands: ``age``, ``lower_90``, ``upper_90`` (the reported estimate: the
+            blend of regression and scale-free lookup, the regression alone for a bundle without a
+            blend, the lookup alone without a regression), ``lookup`` and ``regression`` (NaN
+            without one).
         """
+        sexes = np.asarray(sex, dtype=object)
+        rows = features.to_dict(orient="records")
+        look = np.array([self.maturity.estimate(r, s) for r, s in zip(rows, sexes)], dtype=float).reshape(-1, 3)
         if self.regression is None:
-            return (*maturity_lookup, None)
-        reg, lo, hi = (float(a[0]) for a in self.regression.predict_interval(frame, np.array([sex])))
-        if self.blend is not None:
-            age, lo, hi = (float(a) for a in self.blend.combine(reg, maturity_lookup[0]))
-            return age, lo, hi, reg
-        return reg, lo, hi, reg
+            age, lo, hi = look.T
+            reg = np.full(len(rows), np.nan)
+        else:
+            reg, lo, hi = self.regression.predict_interval(features, sexes)
+            age = reg
+            if self.blend is not None:
+                age, lo, hi = self.blend.combine(reg, look[:, 0])
+        return {"age": age, "lower_90": lo, "upper_90": hi, "lookup": look[:, 0], "regression": reg}
 
     def estimate(self, measurements: Measurements, sex: str | None) -> MultiStepEstimate:
         """Bone age from one hand's measurements.
@@ -247,8 +251,8 @@ class MultiStepModel:
         if self.regression is None:
             age, lo, hi, reg_age = (*lookup, None)
         else:
-            maturity_lookup = self.maturity.estimate(feats, sex) if lengths else lookup
-            age, lo, hi, reg_age = self.final_age(pd.DataFrame([feats]), sex, maturity_lookup)
+            table = self.predict_table(pd.DataFrame([feats]), [sex])
+            age, lo, hi, reg_age = (float(table[k][0]) for k in ("age", "lower_90", "upper_90", "regression"))
         bones = self.bone_table(measurements, feats, sex, age)
         return MultiStepEstimate(age, lo, hi, *lookup, reg_age, bones, n_features)
 
@@ -413,26 +417,14 @@ def fit_bundle(
 
 
 def evaluate(model: MultiStepModel, data: LabelledMeasurements) -> dict:
-    """MAE (overall, by sex, by age band) and 90% coverage of the final age; MAE of the lookup
+    """MAE (overall, by sex, by age band) and 90% coverage of the reported age; MAE of the lookup
     and of the regression alone."""
-    final, lookup, reg, lo_all, hi_all = [], [], [], [], []
-    for i in range(len(data.bone_age_months)):
-        row = data.features.iloc[[i]]
-        s = data.sex[i]
-        look = model.maturity.estimate(row.iloc[0].to_dict(), s)
-        a, lo, hi, r = model.final_age(row, s, look)
-        lookup.append(look[0])
-        reg.append(np.nan if r is None else r)
-        final.append(a)
-        lo_all.append(lo)
-        hi_all.append(hi)
+    table = model.predict_table(data.features, data.sex)
     y = data.bone_age_months
-    final, lookup, reg = np.array(final), np.array(lookup), np.array(reg)
-    lo_all, hi_all = np.array(lo_all), np.array(hi_all)
     return {
-        "final": summarise_errors(y, data.sex, final, lo_all, hi_all),
-        "lookup_mae_months": float(np.mean(np.abs(lookup - y))),
-        "regression_mae_months": None if model.regression is None else float(np.mean(np.abs(reg - y))),
+        "final": summarise_errors(y, data.sex, table["age"], table["lower_90"], table["upper_90"]),
+        "lookup_mae_months": float(np.mean(np.abs(table["lookup"] - y))),
+        "regression_mae_months": None if model.regression is None else float(np.mean(np.abs(table["regression"] - y))),
     }
 
 
