@@ -234,6 +234,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="report folder (default docs/)")
     p.add_argument("--merge", nargs="+", help="comparison_results.json of earlier runs to include (the (world, size) "
                    "pairs they have are not redone; a world comes from the first file that has it)")
+    p.add_argument("--reuse-direct", metavar="RESULTS_JSON",
+                   help="reuse the end-to-end CNN runs of an earlier comparison_results.json (same draws and CNN "
+                   "settings, checked) and refit only the multi-step side, e.g. after a new segmenter")
     p.add_argument("--direct-budget", type=int, help="CNN training samples per run (default 60000)")
     p.add_argument("--direct-size", type=int, help="CNN input side for the comparison runs (default 128)")
     p.add_argument("--note", action="append", default=[],
@@ -262,7 +265,12 @@ def _compare(args: argparse.Namespace) -> int:
         config.direct_min_epochs = args.direct_min_epochs
     config.notes += args.note
     command = "boneage " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("boneage") else "boneage compare"
-    path = run_compare(config, command=command, real=not args.no_real, merge=args.merge)
+    try:
+        path = run_compare(config, command=command, real=not args.no_real, merge=args.merge,
+                           reuse_direct=args.reuse_direct)
+    except (ValueError, OSError) as exc:
+        print(f"boneage compare: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"report written to {path}")
     return EXIT_OK
 

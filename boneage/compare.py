@@ -119,17 +119,21 @@ class World:
 
     name: str
     pool_features: pd.DataFrame
-    pool_images: np.ndarray  # uint8 (N, S, S)
+    pool_images: np.ndarray | None  # uint8 (N, S, S); None when every CNN run is reused
     pool_ages: np.ndarray
     pool_sex: np.ndarray
     val_features: pd.DataFrame
-    val_images: np.ndarray
+    val_images: np.ndarray | None
     val_ages: np.ndarray
     val_sex: np.ndarray
 
 
-def synthetic_world(pool_size: int, val_size: int, seed: int = 0, image_size: int = 128, progress: bool = True) -> World:
-    """A synthetic world: hands from ``boneage.synth`` (pool and validation from different seeds)."""
+def synthetic_world(pool_size: int, val_size: int, seed: int = 0, image_size: int = 128, progress: bool = True,
+                    images: bool = True) -> World:
+    """A synthetic world: hands from ``boneage.synth`` (pool and validation from different seeds).
+
+    ``images=False`` skips the CNN inputs (every CNN run reused from an earlier run).
+    """
     from tqdm import tqdm
 
     from boneage.measure import feature_names, measure
@@ -141,22 +145,27 @@ def synthetic_world(pool_size: int, val_size: int, seed: int = 0, image_size: in
         for i in tqdm(range(n), disable=not progress, desc=desc, unit="hand"):
             hand = generate_hand(s, i, size=256)
             feats.append(measure(hand.label_map, hand.spacing_mm).features())
-            model_input, _ = prepare_model_input(hand.image, image_size)
-            images.append((model_input * 255).astype(np.uint8))
+            if want_images:
+                model_input, _ = prepare_model_input(hand.image, image_size)
+                images.append((model_input * 255).astype(np.uint8))
             ages.append(hand.bone_age_months)
             sexes.append(hand.sex)
-        return pd.DataFrame(feats, columns=feature_names()), np.stack(images), np.array(ages), np.array(sexes, dtype=object)
+        return (pd.DataFrame(feats, columns=feature_names()), np.stack(images) if want_images else None,
+                np.array(ages), np.array(sexes, dtype=object))
+
+    want_images = images
 
     pf, pi, pa, ps = cohort(pool_size, 10_000 + seed, "synthetic pool")
     vf, vi, va, vs = cohort(val_size, 20_000 + seed, "synthetic validation")
     return World("synthetic", pf, pi, pa, ps, vf, vi, va, vs)
 
 
-def real_world(config: CompareConfig, progress: bool = True) -> World:
+def real_world(config: CompareConfig, progress: bool = True, images: bool = True) -> World:
     """The real world: RSNA training pool and the fixed ``rsna-dev`` validation split.
 
     Multi-step features need every film segmented and measured (cached under the cache dir);
     only ``config.max_measured`` pool films are measured when set (a note says so).
+    ``images=False`` skips decoding the CNN inputs (every CNN run reused from an earlier run).
     """
     from boneage import datasets
     from boneage.direct import cached_images
@@ -182,8 +191,8 @@ def real_world(config: CompareConfig, progress: bool = True) -> World:
     def features(table: pd.DataFrame) -> pd.DataFrame:
         return film_features(table, version, progress=progress, workers=config.workers)
 
-    pool_images = _resize_stack(cached_images(pool), config.direct_input_size)
-    val_images = _resize_stack(cached_images(val), config.direct_input_size)
+    pool_images = _resize_stack(cached_images(pool), config.direct_input_size) if images else None
+    val_images = _resize_stack(cached_images(val), config.direct_input_size) if images else None
     return World(
         "real", features(pool), pool_images, pool["bone_age_months"].to_numpy(float),
         pool["sex"].to_numpy(object), features(val), val_images, val["bone_age_months"].to_numpy(float),
@@ -219,6 +228,9 @@ def _fit_multistep(world: World, idx: np.ndarray, seed: int) -> np.ndarray:
 def _fit_direct(world: World, idx: np.ndarray, config: CompareConfig, seed: int) -> np.ndarray:
     from boneage.direct import TrainConfig, predict_arrays, sex_to_code, train_on_arrays
 
+    if world.pool_images is None or world.val_images is None:
+        raise ValueError(f"{world.name} world was built without CNN inputs (all CNN runs were to be reused)")
+
     tc = TrainConfig(epochs=config.epochs_for(len(idx)), input_size=config.direct_input_size,
                      cache_size=config.direct_input_size, batch_size=min(32, max(4, len(idx) // 4)), seed=seed,
                      device=config.device, widths=(16, 32, 64, 128) if config.quick else (32, 64, 128, 256))
@@ -230,8 +242,17 @@ def _fit_direct(world: World, idx: np.ndarray, config: CompareConfig, seed: int)
     return np.asarray(pred, float)
 
 
-def run_world(world: World, sizes: tuple[int, ...], config: CompareConfig, log: Callable[[str], None] = print) -> list[RunResult]:
-    """Train both methods at every size (with repeats) and score them on the world's validation set."""
+def run_world(world: World, sizes: tuple[int, ...], config: CompareConfig, log: Callable[[str], None] = print,
+              direct_runs: dict[tuple[int, int], tuple[np.ndarray, float]] | None = None) -> list[RunResult]:
+    """Train both methods at every size (with repeats) and score them on the world's validation set.
+
+    Args:
+        direct_runs: CNN predictions (and seconds) per ``(size, repeat)`` from an earlier run with
+            the same draws (:func:`reusable_direct_runs`); given, no CNN is trained here.
+
+    Raises:
+        ValueError: when ``direct_runs`` lacks a ``(size, repeat)`` this run needs.
+    """
     results: list[RunResult] = []
     pool_n = len(world.pool_ages)
     for size in sizes:
@@ -247,15 +268,59 @@ def run_world(world: World, sizes: tuple[int, ...], config: CompareConfig, log: 
             t0 = time.perf_counter()
             ms = _fit_multistep(world, idx, config.seed + r)
             t1 = time.perf_counter()
-            d = _fit_direct(world, idx, config, config.seed + r)
-            t2 = time.perf_counter()
-            for method, pred, secs in (("multistep", ms, t1 - t0), ("direct", d, t2 - t1), ("average", (ms + d) / 2, 0.0)):
+            if direct_runs is None:
+                d = _fit_direct(world, idx, config, config.seed + r)
+                d_secs = time.perf_counter() - t1
+            elif (n, r) in direct_runs:
+                d, d_secs = direct_runs[(n, r)]
+            else:
+                raise ValueError(f"{world.name} n={n} draw {r}: no end-to-end run to reuse; run without reusing them")
+            t2 = t1 + d_secs
+            for method, pred, secs in (("multistep", ms, t1 - t0), ("direct", d, d_secs), ("average", (ms + d) / 2, 0.0)):
                 mae, lo, hi = bootstrap_mae(world.val_ages, pred, seed=r)
                 groups = summarise_errors(world.val_ages, world.val_sex, pred)
                 results.append(RunResult(world.name, n, r, method, mae, lo, hi, groups, secs, pred.tolist()))
             log(f"{world.name} n={n} repeat {r}: multi-step {results[-3].mae:.1f}, end-to-end {results[-2].mae:.1f}, "
                 f"average {results[-1].mae:.1f} months (val n={len(world.val_ages)}; {t2 - t0:.0f} s)")
     return results
+
+
+def reusable_direct_runs(path: str | Path, world: World, config: CompareConfig
+                         ) -> dict[tuple[int, int], tuple[np.ndarray, float]]:
+    """End-to-end CNN runs of an earlier comparison that this one would repeat exactly.
+
+    The CNN sees neither the segmenter nor the measurements, so a run that changed only the
+    multi-step side can reuse them; they are the same runs only with the same draws (seed, pool
+    size, validation set) and the same CNN settings, which are checked.
+
+    Args:
+        path: ``comparison_results.json`` of the earlier run.
+        world: this run's world (its pool size and validation set are compared).
+        config: this run's settings.
+
+    Returns:
+        ``{(size, repeat): (predictions, seconds)}``.
+
+    Raises:
+        ValueError: naming the file and what differs.
+    """
+    blob = json.loads(Path(path).read_text())
+    old = blob.get("worlds", {}).get(world.name)
+    if old is None:
+        raise ValueError(f"{path}: has no {world.name} world to reuse end-to-end runs from")
+    cnn = old.get("cnn") or cnn_settings(blob["config"])
+    checks = (
+        ("seed", blob.get("config", {}).get("seed"), config.seed),
+        ("pool size", int(old["pool_size"]), len(world.pool_ages)),
+        ("CNN settings", cnn, cnn_settings(config)),
+        ("validation ages", old["val_ages"], [float(a) for a in world.val_ages]),
+    )
+    for what, theirs, ours in checks:
+        if theirs != ours:
+            shown = "differ" if what == "validation ages" else f"{theirs!r} there, {ours!r} here"
+            raise ValueError(f"{path}: {world.name} end-to-end runs cannot be reused: {what} {shown}")
+    return {(r["size"], r["repeat"]): (np.asarray(r["predictions"], float), float(r["seconds"]))
+            for r in blob["results"] if r["world"] == world.name and r["method"] == "direct"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,7 +569,8 @@ def _hardware(device: str) -> str:
 
 def run_compare(config: CompareConfig, command: str = "boneage compare", real: bool = True,
                 log: Callable[[str], None] = print, progress: bool = True,
-                merge: str | Path | Iterable[str | Path] | None = None) -> Path:
+                merge: str | Path | Iterable[str | Path] | None = None,
+                reuse_direct: str | Path | None = None) -> Path:
     """Run the comparison and write the report; returns the report path.
 
     Args:
@@ -517,6 +583,9 @@ def run_compare(config: CompareConfig, command: str = "boneage compare", real: b
             this report and the (world, training-set size) pairs they have are not redone, so a run
             can add a world or larger sizes to earlier ones. A world is taken from the first file
             that has it.
+        reuse_direct: ``comparison_results.json`` of an earlier run whose end-to-end CNN runs are
+            reused (same draws and CNN settings, checked; see :func:`reusable_direct_runs`): only
+            the multi-step side is refitted, e.g. after a new segmenter.
     """
     t0 = time.perf_counter()
     worlds: dict[str, WorldSummary] = {}
@@ -544,18 +613,35 @@ def run_compare(config: CompareConfig, command: str = "boneage compare", real: b
 
     # Only (world, size) pairs not merged in are run: a later run can extend an earlier one.
     synthetic_todo = todo("synthetic", config.synthetic_sizes)
+    images = reuse_direct is None
+    if reuse_direct is not None:
+        # A bad file fails now, before any world is built.
+        try:
+            load_results(reuse_direct)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{reuse_direct}: not a readable comparison_results.json ({type(exc).__name__}: {exc})") from None
+
+    def reused(world: World) -> dict[tuple[int, int], tuple[np.ndarray, float]] | None:
+        if reuse_direct is None:
+            return None
+        runs = reusable_direct_runs(reuse_direct, world, config)
+        _, _, _, _, provenance = load_results(reuse_direct)
+        config.notes.append(f"{world.name} world: the end-to-end CNN runs (same draws and settings) are reused from "
+                            f"{provenance or reuse_direct}; only the multi-step side was refitted here")
+        return runs
+
     if synthetic_todo:
         pool = max(config.synthetic_sizes)
-        world = synthetic_world(pool, 120 if config.quick else 600, config.seed, config.direct_input_size, progress)
-        results += run_world(world, synthetic_todo, config, log)
+        world = synthetic_world(pool, 120 if config.quick else 600, config.seed, config.direct_input_size, progress, images)
+        results += run_world(world, synthetic_todo, config, log, reused(world))
         worlds["synthetic"] = WorldSummary.of(world, config)
     real_todo = todo("real", config.sizes)
     if real and real_todo:
         try:
-            world = real_world(config, progress)
+            world = real_world(config, progress, images)
         except (FileNotFoundError, KeyError) as exc:
             config.notes.append(f"real world not run: {exc}")
         else:
-            results += run_world(world, real_todo, config, log)
+            results += run_world(world, real_todo, config, log, reused(world))
             worlds["real"] = WorldSummary.of(world, config)
     return write_report(results, worlds, config, command, earlier_minutes + (time.perf_counter() - t0) / 60)

@@ -48,3 +48,14 @@ def test_unfinished_feature_handler_says_so_and_fails(capsys):
     handler = cli._not_landed("a future feature", "issue: later")
     assert handler(argparse.Namespace(verb="demo")) == cli.EXIT_NOT_AVAILABLE
     assert "not available in this version" in capsys.readouterr().err
+
+
+def test_compare_refuses_an_unreadable_file_of_runs_to_reuse_before_any_work(tmp_path, capsys):
+    bad = tmp_path / "results.json"
+    bad.write_text("{not json")
+    args = ["compare", "--no-real", "--synthetic-sizes", "40", "--out", str(tmp_path / "out"), "--reuse-direct"]
+    assert cli.main([*args, str(bad)]) == cli.EXIT_USAGE
+    assert f"{bad}: not a readable comparison_results.json" in capsys.readouterr().err
+    assert cli.main([*args, str(tmp_path / "missing.json")]) == cli.EXIT_USAGE
+    assert "missing.json: not a readable" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -54,3 +54,40 @@ def test_quick_synthetic_comparison_writes_the_report(tmp_path):
                        merge=[tmp_path / "comparison_results.json", tmp_path / "merged" / "comparison_results.json"]).read_text()
     assert not lines and "| 40 |" in text and "| 120 |" not in text
     assert "merged in (`boneage compare --quick --no-real` at commit `" in text  # provenance of merged results
+
+
+@pytest.mark.slow
+def test_end_to_end_runs_are_reused_only_when_they_are_the_same_runs(tmp_path, monkeypatch):
+    import json
+
+    from boneage import compare
+
+    first = CompareConfig.quick_config(tmp_path / "first")
+    first.synthetic_sizes, first.repeats = (40,), 1
+    first.direct_sample_budget, first.direct_min_epochs, first.direct_max_epochs = 80, 1, 1
+    run_compare(first, real=False, log=lambda m: None, progress=False)
+    earlier = tmp_path / "first" / "comparison_results.json"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a CNN was trained although its run was to be reused")
+
+    monkeypatch.setattr(compare, "_fit_direct", no_training)
+    again = CompareConfig.quick_config(tmp_path / "again")
+    again.synthetic_sizes, again.repeats = (40,), 1
+    again.direct_sample_budget, again.direct_min_epochs, again.direct_max_epochs = 80, 1, 1
+    text = run_compare(again, real=False, log=lambda m: None, progress=False, reuse_direct=earlier).read_text()
+    assert "end-to-end CNN runs (same draws and settings) are reused from" in text
+    old, new = (json.loads(p.read_text())["results"] for p in (earlier, tmp_path / "again" / "comparison_results.json"))
+    pick = lambda rs, m: next(r["predictions"] for r in rs if r["method"] == m)  # noqa: E731
+    assert pick(new, "direct") == pick(old, "direct")
+    assert pick(new, "multistep") == pytest.approx(pick(old, "multistep"))  # same code, same draw
+
+    # Different CNN settings, or a size the earlier run lacks, are refused with the file named.
+    other = CompareConfig.quick_config(tmp_path / "other")
+    other.synthetic_sizes, other.repeats = (40,), 1
+    with pytest.raises(ValueError, match=r"first/comparison_results.json: synthetic end-to-end runs cannot be reused: CNN settings"):
+        run_compare(other, real=False, log=lambda m: None, progress=False, reuse_direct=earlier)
+    again.synthetic_sizes = (20, 40)  # same pool (40 hands), but no earlier run at 20
+    again.out_dir = str(tmp_path / "bigger")
+    with pytest.raises(ValueError, match="no end-to-end run to reuse"):
+        run_compare(again, real=False, log=lambda m: None, progress=False, reuse_direct=earlier)
