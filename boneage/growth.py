@@ -316,6 +316,15 @@ def calibrate_tau(
 # ---------------------------------------------------------------------------------------------
 # Regression
 # ---------------------------------------------------------------------------------------------
+def conformal_half_width(abs_residuals: np.ndarray, coverage: float = 0.90) -> float:
+    """Split-conformal half-width: the ``ceil((n + 1) * coverage) / n`` quantile of held-out
+    absolute residuals, so that ``prediction +- half_width`` covers ``coverage`` of new cases.
+    """
+    n = len(abs_residuals)
+    q = min(1.0, math.ceil((n + 1) * coverage) / n)
+    return float(np.quantile(abs_residuals, q))
+
+
 @dataclass
 class AgeRegression:
     """Gradient-boosted regression of bone age on scale-free features and sex.
@@ -379,10 +388,8 @@ class AgeRegression:
         for train, test in KFold(folds, shuffle=True, random_state=seed).split(x):
             oof[test] = fit_rows(train).predict(x[test])
         residual = np.abs(oof - y)
-        n = len(y)
-        q = min(1.0, math.ceil((n + 1) * 0.90) / n)
         model = fit_rows(np.arange(len(y)))
-        return cls(model, names, float(np.quantile(residual, q)), float(residual.mean()), np.clip(oof, *AGE_RANGE))
+        return cls(model, names, conformal_half_width(residual), float(residual.mean()), np.clip(oof, *AGE_RANGE))
 
     def predict(self, features: pd.DataFrame, sex: np.ndarray) -> np.ndarray:
         """Predicted bone age (months), clipped to :data:`AGE_RANGE`."""
@@ -486,9 +493,7 @@ class LookupBlend:
         best = int(np.argmin(maes))
         w = float(weights[best])
         residual = np.abs(w * reg + (1 - w) * look - y)
-        n = len(y)
-        q = min(1.0, math.ceil((n + 1) * 0.90) / n)
-        return cls(w, float(np.quantile(residual, q)), maes[best],
+        return cls(w, conformal_half_width(residual), maes[best],
                    float(np.mean(np.abs(reg - y))), float(np.mean(np.abs(look - y))))
 
     def combine(self, regression_age: np.ndarray | float, lookup_age: np.ndarray | float
