@@ -141,19 +141,17 @@ def synthetic_world(pool_size: int, val_size: int, seed: int = 0, image_size: in
     from boneage.synth import generate_hand
 
     def cohort(n: int, s: int, desc: str):
-        feats, images, ages, sexes = [], [], [], []
+        feats, inputs, ages, sexes = [], [], [], []
         for i in tqdm(range(n), disable=not progress, desc=desc, unit="hand"):
             hand = generate_hand(s, i, size=256)
             feats.append(measure(hand.label_map, hand.spacing_mm).features())
-            if want_images:
+            if images:
                 model_input, _ = prepare_model_input(hand.image, image_size)
-                images.append((model_input * 255).astype(np.uint8))
+                inputs.append((model_input * 255).astype(np.uint8))
             ages.append(hand.bone_age_months)
             sexes.append(hand.sex)
-        return (pd.DataFrame(feats, columns=feature_names()), np.stack(images) if want_images else None,
+        return (pd.DataFrame(feats, columns=feature_names()), np.stack(inputs) if images else None,
                 np.array(ages), np.array(sexes, dtype=object))
-
-    want_images = images
 
     pf, pi, pa, ps = cohort(pool_size, 10_000 + seed, "synthetic pool")
     vf, vi, va, vs = cohort(val_size, 20_000 + seed, "synthetic validation")
@@ -614,10 +612,11 @@ def run_compare(config: CompareConfig, command: str = "boneage compare", real: b
     # Only (world, size) pairs not merged in are run: a later run can extend an earlier one.
     synthetic_todo = todo("synthetic", config.synthetic_sizes)
     images = reuse_direct is None
+    reuse_provenance = ""
     if reuse_direct is not None:
         # A bad file fails now, before any world is built.
         try:
-            load_results(reuse_direct)
+            reuse_provenance = load_results(reuse_direct)[4] or str(reuse_direct)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{reuse_direct}: not a readable comparison_results.json ({type(exc).__name__}: {exc})") from None
 
@@ -625,9 +624,8 @@ def run_compare(config: CompareConfig, command: str = "boneage compare", real: b
         if reuse_direct is None:
             return None
         runs = reusable_direct_runs(reuse_direct, world, config)
-        _, _, _, _, provenance = load_results(reuse_direct)
         config.notes.append(f"{world.name} world: the end-to-end CNN runs (same draws and settings) are reused from "
-                            f"{provenance or reuse_direct}; only the multi-step side was refitted here")
+                            f"{reuse_provenance}; only the multi-step side was refitted here")
         return runs
 
     if synthetic_todo:

@@ -402,12 +402,18 @@ class AgeRegression:
         return age, np.clip(age - self.half_width_90, *AGE_RANGE), np.clip(age + self.half_width_90, *AGE_RANGE)
 
     def save(self, path: str | Path) -> Path:
-        """Pickle with joblib (scikit-learn models have no portable format)."""
+        """Pickle with joblib (scikit-learn models have no portable format).
+
+        The out-of-fold predictions are left out: they are for fitting, and they are per
+        training film.
+        """
+        import dataclasses
+
         import joblib
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self, path, compress=3)
+        joblib.dump(dataclasses.replace(self, oof=None), path, compress=3)
         return path
 
     @staticmethod

@@ -334,12 +334,15 @@ def _principal_axis(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return major, np.array([-major[1], major[0]])
 
 
-def _largest_fraction(mask: np.ndarray) -> float:
+def _pieces(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected pieces of a mask: ``(piece label per pixel, pixel count of pieces 1..n)``."""
     comps, n = ndimage.label(mask)
-    if n <= 1:
-        return 1.0
-    sizes = np.bincount(comps.ravel())[1:]
-    return float(sizes.max() / sizes.sum())
+    return comps, np.bincount(comps.ravel(), minlength=n + 1)[1:]
+
+
+def _largest_fraction(mask: np.ndarray) -> float:
+    _, sizes = _pieces(mask)
+    return float(sizes.max() / sizes.sum()) if len(sizes) > 1 else 1.0
 
 
 def _wrist_point(labels: np.ndarray) -> np.ndarray | None:
@@ -445,13 +448,11 @@ def _consolidate_shaft(shaft: np.ndarray) -> tuple[np.ndarray, int, bool]:
     Returns:
         ``(mask kept, pieces dropped, ambiguous)``.
     """
-    comps, n = ndimage.label(shaft)
-    if n <= 1:
+    comps, sizes = _pieces(shaft)
+    if len(sizes) <= 1:
         return shaft, 0, False
-    sizes = np.bincount(comps.ravel())[1:]
-    main = int(np.argmax(sizes)) + 1
-    large = np.flatnonzero(sizes > STRAY_FRACTION * sizes[main - 1]) + 1
-    return np.isin(comps, large), n - len(large), len(large) > 1
+    large = np.flatnonzero(sizes > STRAY_FRACTION * sizes.max()) + 1
+    return np.isin(comps, large), len(sizes) - len(large), len(large) > 1
 
 
 def _consolidate_epiphysis(bone: str, shaft: np.ndarray, epiphysis: np.ndarray,
@@ -467,10 +468,10 @@ def _consolidate_epiphysis(bone: str, shaft: np.ndarray, epiphysis: np.ndarray,
     Returns:
         ``(mask kept, pieces dropped, ambiguous)``.
     """
-    comps, n = ndimage.label(epiphysis)
+    comps, sizes = _pieces(epiphysis)
+    n = len(sizes)
     if n <= 1:
         return epiphysis, 0, False
-    sizes = np.bincount(comps.ravel())[1:]
     split = bool(sizes.max() < 0.8 * sizes.sum())
     end = anatomy.epiphysis_end(bone)
     if wrist is None or end is None or shaft.sum() < MIN_PIXELS:

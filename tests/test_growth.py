@@ -97,6 +97,7 @@ def test_regression_learns_and_has_a_conformal_interval(tmp_path):
     assert reg.oof.shape == (600,)
     assert np.mean(np.abs(reg.oof - age[:600])) == pytest.approx(reg.cv_mae)
     again = AgeRegression.load(reg.save(tmp_path / "reg.joblib"))
+    assert again.oof is None and reg.oof is not None  # training-film predictions are not shipped
     np.testing.assert_allclose(again.predict(feats.iloc[:5], sex[:5]), reg.predict(feats.iloc[:5], sex[:5]))
 
 
