@@ -441,6 +441,56 @@ def normalise_sex(value: Any) -> str | None:
     return None
 
 
+def parse_sex(value: Any) -> str | None:
+    """Validate a sex a user gave (argument, manifest cell, form field).
+
+    Args:
+        value: ``M``/``F`` and their spellings (see :func:`normalise_sex`); blank, ``None``, NaN,
+            ``unknown`` or ``U`` mean unknown.
+
+    Returns:
+        ``"M"``, ``"F"`` or ``None`` (unknown).
+
+    Raises:
+        ValueError: for any other value (e.g. ``"X"``), naming it; never silently dropped.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    if text.upper() in ("", "U", "UNKNOWN", "NAN", "NONE", "O", "OTHER"):
+        return None
+    sex = normalise_sex(text)
+    if sex is None:
+        raise ValueError(f"sex {text!r} is not recognised (use M or F, or leave it blank)")
+    return sex
+
+
+def parse_age_months(value: Any) -> float | None:
+    """Validate a chronological age in months a user gave (argument, manifest cell, form field).
+
+    Args:
+        value: a number of months (string or number); blank/``None``/NaN mean unknown.
+
+    Returns:
+        The age in months, or ``None`` (unknown).
+
+    Raises:
+        ValueError: for a value that is not a finite number, or outside 0-25 years, naming it.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    if text == "" or text.lower() in ("nan", "none"):
+        return None
+    try:
+        months = float(text)
+    except ValueError:
+        raise ValueError(f"chronological age {text!r} is not a number of months") from None
+    if not math.isfinite(months) or months < 0 or months > MAX_AGE_MONTHS:
+        raise ValueError(f"chronological age {text} months is outside 0-{MAX_AGE_MONTHS // 12} years")
+    return months
+
+
 def _parse_da(value: Any) -> dt.date | None:
     text = str(value or "").strip().replace(".", "")  # old ACR-NEMA style YYYY.MM.DD
     if not re.fullmatch(r"\d{8}", text):
