@@ -863,7 +863,8 @@ resolution; "squashed 299" resizes the film to 299 x 299 like the `rsna-299` set
   differ from 90%.
 - Trained at {t['config']['input_size']} px: fine physeal detail visible at full resolution is not available to it.
 - Without the sex the estimate is clearly worse (validation MAE {m['validation_sex_unknown']['overall']['mae_months']:.1f} vs
-  {m['validation']['overall']['mae_months']:.1f} months with it): give the sex whenever it is known.
+  {m['validation']['overall']['mae_months']:.1f} months with it, 90% interval coverage {100 * m['validation_sex_unknown']['overall']['coverage_90']:.0f}% vs {100 * m['validation']['overall']['coverage_90']:.0f}%): give the sex
+  whenever it is known (PNG/JPEG files carry none; a result says when the sex was unknown).
 - One conformal factor serves both sexes: validation coverage is {100 * m['validation']['male']['coverage_90']:.0f}% for boys and
   {100 * m['validation']['female']['coverage_90']:.0f}% for girls (nominal 90%).
 - Largest robustness loss: {worst_shift[0].replace('_', ' ')} ({worst_shift[1]:.1f} vs {rob['original']:.1f} months).

@@ -428,6 +428,62 @@ def evaluate(model: MultiStepModel, data: LabelledMeasurements) -> dict:
     }
 
 
+def evaluate_sex_unknown(model: MultiStepModel, data: LabelledMeasurements) -> dict:
+    """Errors of the reported age on the same hands with the sex withheld from the model.
+
+    Every PNG/JPEG without a manifest reaches the model with an unknown sex (both sexes'
+    references averaged, the regression sees a missing sex); users need to know what that costs.
+
+    Args:
+        model: the bundle.
+        data: labelled hands (their true sex is used only to group the errors).
+
+    Returns:
+        :func:`summarise_errors` of the sex-unknown predictions (groups by the true sex).
+    """
+    table = model.predict_table(data.features, [None] * len(data.bone_age_months))
+    return summarise_errors(data.bone_age_months, data.sex, table["age"], table["lower_90"], table["upper_90"])
+
+
+def record_sex_unknown_validation(folder: str | Path = MULTISTEP_DIR, device: str = "cpu") -> dict:
+    """Measure a bundle's sex-unknown validation errors and add them to its ``metrics.json``.
+
+    For a bundle trained before :func:`train_multistep` recorded them; segments only validation
+    films not yet in the feature cache. Run as ``python -m boneage.multistep sex-unknown``.
+
+    Args:
+        folder: the bundle folder (its ``metrics.json`` is updated and its card rewritten).
+        device: torch device for segmenting.
+
+    Returns:
+        ``{"sex_given": ..., "sex_unknown": ...}`` (the latter as written to ``metrics.json``).
+    """
+    from boneage import datasets, models
+
+    folder = Path(folder)
+    metrics = json.loads((folder / METRICS_FILE).read_text())
+    seg_version = metrics.get("segmenter_version") or models.get("segmenter").version
+    dev = datasets.rsna_dev()
+    val_table = dev[dev["split"] == "val"].reset_index(drop=True)
+    segment_fn = load_segmenter_fn(device) if films_not_cached(val_table, seg_version) else None
+    feats = film_features(val_table, seg_version, segment_fn, progress=False)
+    val = LabelledMeasurements(feats, val_table["bone_age_months"].to_numpy(float), val_table["sex"].to_numpy(object),
+                               [str(i) for i in val_table["id"]])
+    model = MultiStepModel.load(folder)
+    given = evaluate(model, val)["final"]
+    unknown = evaluate_sex_unknown(model, val)
+    # The sex-given figures must reproduce the recorded ones, else these films or features differ.
+    recorded = metrics["validation"]["final"]["all"]["mae_months"]
+    if abs(given["all"]["mae_months"] - recorded) > 0.05:
+        raise RuntimeError(f"sex-given validation MAE {given['all']['mae_months']:.2f} does not reproduce the "
+                           f"recorded {recorded:.2f}: features differ, not recording sex-unknown figures")
+    metrics["validation_sex_unknown"] = unknown
+    metrics["validation_sex_unknown_command"] = "python -m boneage.multistep sex-unknown"
+    write_metrics(folder, metrics)
+    write_model_card(folder)
+    return {"sex_given": given, "sex_unknown": unknown}
+
+
 def summarise_errors(y: np.ndarray, sex: np.ndarray, pred: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> dict:
     """MAE with n overall, by sex and by age band (< 6 y, 6-12 y, > 12 y), and coverage."""
     groups = {
@@ -778,6 +834,7 @@ def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_le
         "regression_half_width_90": model.regression.half_width_90 if model.regression else None,
         "blend": asdict(model.blend) if model.blend else None,
         "validation": evaluate(model, val),
+        "validation_sex_unknown": evaluate_sex_unknown(model, val),
         "fraction_tubular_bones_plausible_val": float(np.mean([
             np.isfinite(val.features[f"{b}.epiphysis_present"]).mean() for b in anatomy.TUBULAR_BONES
         ])),
@@ -821,6 +878,27 @@ def write_model_card(folder: str | Path = MULTISTEP_DIR) -> Path:
                   f"  blend {b['cv_mae']:.1f}, regression {b['regression_cv_mae']:.1f}, lookup {b['lookup_cv_mae']:.1f} months); 90% interval =\n"
                   f"  +-{b['half_width_90']:.1f} months (split-conformal from the blend's out-of-fold residuals).")
     reg_mae = m["validation"].get("regression_mae_months")
+    u = m.get("validation_sex_unknown")
+    sex_unknown_text = sex_unknown_limit = ""
+    if u:
+        # Every PNG/JPEG without a manifest is estimated with the sex unknown: say what it costs.
+        u_rows = "\n".join(
+            f"| {label} | {u[key]['n']} | {u[key].get('mae_months', float('nan')):.1f} | "
+            f"{100 * u[key].get('coverage_90', float('nan')):.0f}% |"
+            for key, label in _GROUPS if u.get(key, {}).get("n")
+        )
+        measured_by = (f"\nMeasured after training by `{m['validation_sex_unknown_command']}` (same bundle, same films).\n"
+                       if m.get("validation_sex_unknown_command") else "")
+        sex_unknown_text = f"""
+### Sex unknown (same films, sex withheld from the model)
+| group (true sex) | n | MAE (months) | 90% interval coverage |
+|---|---|---|---|
+{u_rows}
+{measured_by}"""
+        sex_unknown_limit = (
+            f"\n- Without the sex the estimate is clearly worse (validation MAE {u['all']['mae_months']:.1f} vs "
+            f"{v['all']['mae_months']:.1f} months with it,\n  90% interval coverage {100 * u['all']['coverage_90']:.0f}% "
+            f"vs {100 * v['all']['coverage_90']:.0f}%): give the sex whenever it is known (PNG/JPEG files carry none).")
     text = f"""# Model card: multi-step bone-age estimator (`{m['model_version']}`)
 
 **Research and education use only; not a medical device.** The maturity reference and the
@@ -860,13 +938,23 @@ Seed {m['seed']}. {measured}the whole command took {m['minutes_total']:.1f} min 
 
 Reference lookup alone: MAE {m['validation']['lookup_mae_months']:.1f} months{'' if reg_mae is None else f'; regression alone: {reg_mae:.1f} months'}. Fraction of tubular-bone
 measurements usable (plausible) on validation films: {100 * m['fraction_tubular_bones_plausible_val']:.0f}%.
-
+{sex_unknown_text}
 ## Limits
 - Depends entirely on the segmenter's quality on real films; implausible bones are left out, not
   guessed, so films with poor segmentation have wider errors.
 - Validated on RSNA films only (one challenge's hospitals and readers), not an external test set.
-- The mm length reference is a model built from synthetic hands, not population norms.
+- The mm length reference is a model built from synthetic hands, not population norms.{sex_unknown_limit}
 """
     path = folder / "MODEL_CARD.md"
     path.write_text(text)
     return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    # ``python -m boneage.multistep sex-unknown``: add the sex-unknown validation figures to the
+    # shipped bundle's metrics.json (and its card) without retraining.
+    if sys.argv[1:] != ["sex-unknown"]:
+        raise SystemExit("usage: python -m boneage.multistep sex-unknown")
+    print(json.dumps(record_sex_unknown_validation(), indent=2, default=float))
