@@ -15,7 +15,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -26,6 +26,11 @@ MAX_PIXELS = 60_000_000
 SPACING_RANGE_MM = (0.02, 1.0)
 #: Chronological ages outside [0, MAX_AGE_MONTHS] are inconsistent headers and dropped.
 MAX_AGE_MONTHS = 25 * 12
+#: Largest share of NaN/infinite pixels tolerated. A few are dead detector pixels or conversion
+#: glitches: they are set to the image's finite minimum (background, never bone-bright, so no
+#: anatomy is invented) and the result says so. More than this (0.1 %, ~130 x 130 px of an
+#: 18 Mpx film: enough to hide a carpal) means the data are corrupt, and the image is refused.
+MAX_NONFINITE_FRACTION = 0.001
 _DAYS_PER_MONTH = 365.25 / 12
 
 
@@ -80,35 +85,138 @@ class Radiograph:
         """Wrap an in-memory array (bone bright) as a radiograph, scaling it to [0, 1].
 
         Args:
-            pixels: 2-D array; integer arrays are scaled by their dtype's range, float arrays
-                outside [0, 1] by their own min and max.
+            pixels: 2-D array (or RGB/RGBA, converted to luminance), scaled by :func:`to_unit_range`:
+                integer arrays by their real bit depth (0-255 data in a uint16/int64 array is
+                8-bit, 12-bit data in uint16 is 12-bit), float arrays outside [0, 1] by their
+                finite min and max; a few NaN/infinite pixels are filled and noted in
+                ``metadata["nonfinite_pixels"]``.
             spacing_mm: pixel spacing, one number for square pixels or ``(row, col)``.
-            sex: ``"M"``, ``"F"`` or ``None``.
-            chronological_age_months: age at the study, or ``None``.
+            sex: ``"M"``, ``"F"``, their spellings, or blank / ``None`` / ``"unknown"``.
+            chronological_age_months: age at the study (0-25 years), or ``None``.
+
+        Returns:
+            The :class:`Radiograph`.
+
+        Raises:
+            ValueError: for a sex or age that is not valid (see :func:`parse_sex`,
+                :func:`parse_age_months`), naming the value; never silently dropped.
+            ImageReadError: for an array that is not an image or whose pixels cannot be used.
         """
+        # A caller's bad sex or age is an error to report, not a value to drop quietly.
+        sex = parse_sex(sex)
+        age = parse_age_months(chronological_age_months)
         arr = np.asarray(pixels)
-        if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-            arr = _rgb_to_gray(arr)
-        if arr.ndim != 2 or min(arr.shape) < 2:
+        if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))) or min(arr.shape[:2]) < 2:
             raise ImageReadError("<array>", f"expected a 2-D image, got shape {arr.shape}")
-        if np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
-            info = np.iinfo(arr.dtype)
-            out = (arr.astype(np.float64) - max(info.min, 0)) / float(info.max - max(info.min, 0))
-        else:
-            out = arr.astype(np.float64)
-            lo, hi = float(np.nanmin(out)), float(np.nanmax(out))
-            if lo < 0.0 or hi > 1.0:
-                out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+        scaled = to_unit_range(arr, "<array>")
         spacing = None
         if spacing_mm is not None:
             s = (float(spacing_mm), float(spacing_mm)) if np.isscalar(spacing_mm) else tuple(spacing_mm)  # type: ignore[arg-type]
             spacing = _valid_spacing([float(v) for v in s])
-        return cls(
-            pixels=np.clip(np.nan_to_num(out), 0.0, 1.0).astype(np.float32),
-            spacing_mm=spacing,
-            sex=normalise_sex(sex),
-            chronological_age_months=_valid_age(chronological_age_months),
+        metadata: dict[str, Any] = {"grayscale_transform": scaled.note}
+        if scaled.nonfinite:
+            metadata["nonfinite_pixels"] = scaled.nonfinite
+        return cls(pixels=scaled.pixels, spacing_mm=spacing, sex=sex, chronological_age_months=age, metadata=metadata)
+
+
+class ScaledPixels(NamedTuple):
+    """Pixels scaled to [0, 1] by :func:`to_unit_range`.
+
+    Attributes:
+        pixels: 2-D float32 array in [0, 1].
+        note: how they were scaled (e.g. ``"12-bit"``), including any filled pixels.
+        nonfinite: how many NaN/infinite pixels were set to the finite minimum.
+    """
+
+    pixels: np.ndarray
+    note: str
+    nonfinite: int = 0
+
+
+def to_unit_range(values: np.ndarray, label: str = "<array>", declared_bits: int | None = None) -> ScaledPixels:
+    """Scale an image's values to float32 [0, 1] by their real range: the one implementation for
+    arrays given through the API (:meth:`Radiograph.from_array`, :func:`boneage.preprocess.as_pixels`)
+    and for 16-bit / 32-bit integer and floating-point bitmaps.
+
+    Integer data are divided by ``2**bits - 1`` with ``bits`` from :func:`bit_depth` (negative
+    data shifted to start at 0 first), so 0-255 data held in uint16/int32/int64 or 12-bit data in
+    uint16 keep their contrast instead of being divided by the dtype's maximum. Float data already
+    in [0, 1] are kept; others are scaled by their finite min and max. NaN/infinite pixels, up to
+    :data:`MAX_NONFINITE_FRACTION` of the image, are set to the finite minimum (background) and
+    counted; more, or none finite, refuse the image.
+
+    Args:
+        values: 2-D array, or ``(rows, cols, 3|4)`` colour (converted to luminance).
+        label: how to name the input in errors.
+        declared_bits: a bit depth the file declares (PNG sBIT), used when it holds the data.
+
+    Returns:
+        :class:`ScaledPixels`.
+
+    Raises:
+        ImageReadError: for a non-numeric dtype, no finite pixel, or too many non-finite ones.
+    """
+    arr = np.asarray(values)
+    colour = arr.ndim == 3 and arr.shape[-1] in (3, 4)
+    if arr.dtype == np.bool_:
+        gray = _rgb_to_gray(arr) if colour else arr
+        return ScaledPixels(np.asarray(gray, dtype=np.float32), "1-bit")
+    if np.issubdtype(arr.dtype, np.integer):
+        lo, hi = int(arr.min()), int(arr.max())
+        shift = min(lo, 0)
+        bits = bit_depth(hi - shift, declared_bits)
+        # float32 is exact for integers below 2**24 and halves the memory of a large film.
+        work = (arr.astype(np.float32 if hi - shift < 2**24 else np.float64) - shift)
+        if colour:
+            work = _rgb_to_gray(work)
+        note = f"{bits}-bit" + (", colour converted to grayscale (luminance)" if colour else "")
+        return ScaledPixels(np.clip(work / float(2**bits - 1), 0.0, 1.0).astype(np.float32), note)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ImageReadError(label, f"unsupported pixel type {arr.dtype} (expected integers or real numbers)")
+    work = arr.astype(np.promote_types(arr.dtype, np.float32), copy=False)
+    if colour:
+        work = _rgb_to_gray(work)
+    work, nonfinite = fill_nonfinite(work, label)
+    lo, hi = float(work.min()), float(work.max())
+    if 0.0 <= lo and hi <= 1.0:
+        note = "float in [0, 1]"
+    else:
+        work = (work - lo) / (hi - lo) if hi > lo else np.zeros_like(work)
+        note = "float scaled by min/max"
+    if nonfinite:
+        note += f"; {nonfinite:,} NaN/infinite pixel(s) set to the image minimum"
+    return ScaledPixels(np.clip(work, 0.0, 1.0).astype(np.float32), note, nonfinite)
+
+
+def fill_nonfinite(values: np.ndarray, label: str = "<array>") -> tuple[np.ndarray, int]:
+    """Set NaN/infinite pixels to the finite minimum, or refuse an image with too many.
+
+    A single +inf would otherwise stretch every other pixel to 0 (a "blank" image) and a NaN
+    would propagate; filling with the minimum (background) never adds bone-bright structure.
+
+    Args:
+        values: a float array.
+        label: how to name the input in errors.
+
+    Returns:
+        ``(array, count)``: the input itself when every pixel is finite, else a filled copy.
+
+    Raises:
+        ImageReadError: when no pixel is finite, or more than :data:`MAX_NONFINITE_FRACTION` are not.
+    """
+    finite = np.isfinite(values)
+    if finite.all():
+        return values, 0
+    count, total = int(values.size - np.count_nonzero(finite)), int(values.size)
+    if count == total:
+        raise ImageReadError(label, "image has no finite pixel values (all NaN or infinite)")
+    if count > MAX_NONFINITE_FRACTION * total:
+        raise ImageReadError(
+            label,
+            f"{count:,} of {total:,} pixels ({100 * count / total:.2g}%) are NaN or infinite, over the "
+            f"{100 * MAX_NONFINITE_FRACTION:g}% tolerated: the image data are corrupt",
         )
+    return np.where(finite, values, values[finite].min()), count
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,6 +333,7 @@ def _read_dicom(data: bytes, label: str) -> Radiograph:
         raise ImageReadError(label, f"unsupported SamplesPerPixel={samples}")
 
     tsuid = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    nonfinite = 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -256,6 +365,9 @@ def _read_dicom(data: bytes, label: str) -> Radiograph:
             raise ImageReadError(label, f"unsupported photometric interpretation {photometric} for a grayscale image")
         if arr.ndim != 2:
             raise ImageReadError(label, f"unexpected pixel array shape {arr.shape}")
+        if np.issubdtype(arr.dtype, np.floating):
+            # Float Pixel Data may hold NaN/inf: one would break the min/max scaling below.
+            arr, nonfinite = fill_nonfinite(arr, label)
         try:
             pixels, window_note = _dicom_grayscale(arr, ds)
         except ImageReadError:
@@ -285,6 +397,8 @@ def _read_dicom(data: bytes, label: str) -> Radiograph:
         "spacing_source": spacing_source,
         "grayscale_transform": window_note,
     }
+    if nonfinite:
+        metadata["nonfinite_pixels"] = nonfinite
     identifiers = {
         k: str(ds.get(k, "") or "")
         for k in ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID", "SOPInstanceUID")
@@ -593,39 +707,43 @@ def _bitmap_to_unit(img: Any, label: str) -> tuple[np.ndarray, str]:
         else:
             note = "8-bit"
         return (np.asarray(arr, dtype=np.float64) / 255.0).astype(np.float32), note
-    if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(img).astype(np.int64)
-        if arr.min() < 0:
-            arr = arr - arr.min()
-        bits = declared_or_inferred_bits(img, int(arr.max()))
-        return (np.clip(arr / float(2**bits - 1), 0, 1)).astype(np.float32), f"{bits}-bit"
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        finite = arr[np.isfinite(arr)]
-        if finite.size == 0:
-            raise ImageReadError(label, "floating-point image has no finite values")
-        lo, hi = float(finite.min()), float(finite.max())
-        if 0.0 <= lo and hi <= 1.0:
-            out = arr
-        else:
-            out = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-        return np.clip(np.nan_to_num(out), 0, 1).astype(np.float32), "float scaled by min/max"
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        # The same scaling as arrays given through the API (real bit depth; finite range).
+        scaled = to_unit_range(np.asarray(img), label, declared_bits=_png_sbit(img))
+        return scaled.pixels, scaled.note
     raise ImageReadError(label, f"unsupported pixel layout (PIL mode {mode})")
 
 
 def declared_or_inferred_bits(img: Any, max_value: int) -> int:
-    """Bit depth of a 16-bit bitmap: the PNG sBIT chunk when present, else the smallest of
-    8/10/12/14/16 bits that holds the largest value (so 12-bit data in a 16-bit PNG is not dark).
-    """
+    """Bit depth of a 16-bit bitmap: the PNG sBIT chunk when present, else :func:`bit_depth`."""
+    return bit_depth(max_value, _png_sbit(img))
+
+
+def _png_sbit(img: Any) -> int | None:
     sbit = img.info.get("sbit") if hasattr(img, "info") else None
     if isinstance(sbit, (tuple, list)) and sbit:
         sbit = sbit[0]
-    if isinstance(sbit, int) and 1 <= sbit <= 16 and max_value < 2**sbit:
-        return sbit
+    return sbit if isinstance(sbit, int) else None
+
+
+def bit_depth(max_value: int, declared: int | None = None) -> int:
+    """Bit depth of integer pixel data (values from 0 to ``max_value``).
+
+    Args:
+        max_value: the largest value (after shifting the data to start at 0).
+        declared: a depth the file declares (PNG sBIT); used when the data fit in it.
+
+    Returns:
+        ``declared`` when valid, else the smallest of 8/10/12/14/16 bits that holds
+        ``max_value`` (so 12-bit data in a 16-bit container, or 0-255 data in an int64 array,
+        are not dark), else as many bits as ``max_value`` needs.
+    """
+    if declared is not None and 1 <= declared <= 16 and max_value < 2**declared:
+        return declared
     for bits in (8, 10, 12, 14, 16):
         if max_value < 2**bits:
             return bits
-    return 16
+    return int(max_value).bit_length()
 
 
 def _rgb_to_gray(arr: np.ndarray) -> np.ndarray:

@@ -105,31 +105,25 @@ def as_pixels(image: np.ndarray) -> np.ndarray:
     """Validate and convert a 2-D image to float32 in [0, 1].
 
     Args:
-        image: 2-D array; uint8/uint16 are scaled by their range, floats are min-max scaled only
-            when they leave [0, 1].
+        image: 2-D array (or RGB/RGBA, converted to luminance), scaled exactly as
+            :meth:`boneage.io.Radiograph.from_array` scales it (:func:`boneage.io.to_unit_range`):
+            integers by their real bit depth (0-255 data in uint16/int64 is 8-bit, 12-bit data in
+            uint16 is 12-bit), floats by their finite min and max only when they leave [0, 1];
+            a few NaN/infinite pixels are set to the finite minimum.
 
     Returns:
         float32 array in [0, 1].
 
     Raises:
-        ValueError: for a non-2-D, empty or non-finite input.
+        ValueError: for a non-2-D or too small input, a non-numeric dtype, no finite pixel, or
+            more NaN/infinite pixels than :data:`boneage.io.MAX_NONFINITE_FRACTION`.
     """
+    from boneage.io import to_unit_range  # one scaling for API arrays, files and model inputs
+
     arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        arr = arr[..., :3].mean(axis=-1)
-    if arr.ndim != 2 or min(arr.shape) < 8:
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))) or min(arr.shape[:2]) < 8:
         raise ValueError(f"expected a 2-D image of at least 8 x 8 pixels, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError("image contains NaN or infinite values")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < 0.0 or hi > 1.0:
-        arr = (arr - lo) / max(hi - lo, 1e-12)
-    return arr
+    return to_unit_range(arr, "image").pixels
 
 
 def _resize(pixels: np.ndarray, rows: int, cols: int) -> np.ndarray:

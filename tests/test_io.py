@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -397,3 +398,90 @@ def test_folder_and_non_image_dicom(tmp_path):
 def test_public_api_exports():
     assert boneage.load_radiograph is load_radiograph
     assert issubclass(boneage.ImageReadError, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays through the API: scaled by their real range, non-finite pixels, sex and age (issue #17)
+# ---------------------------------------------------------------------------------------------
+def _film_8bit(rows: int = 64, cols: int = 48) -> np.ndarray:
+    """0-255 data: a dark film with a bright block (a stand-in for a hand)."""
+    film = np.full((rows, cols), 20, np.int64)
+    film[10:50, 10:40] = 230
+    return film
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.int64, np.uint32])
+def test_from_array_wide_integer_dtypes_holding_8bit_data_keep_their_contrast(dtype):
+    # Dividing by the dtype's maximum made these nearly black (then rejected as blank).
+    expected = Radiograph.from_array(_film_8bit().astype(np.uint8)).pixels
+    rad = Radiograph.from_array(_film_8bit().astype(dtype))
+    np.testing.assert_allclose(rad.pixels, expected, atol=1e-6)
+    assert rad.pixels.max() == pytest.approx(230 / 255) and rad.metadata["grayscale_transform"] == "8-bit"
+
+
+def test_from_array_12bit_data_in_uint16_uses_the_12bit_range():
+    film = (_film_8bit() * 16).astype(np.uint16)  # up to 3680 of 4095
+    rad = Radiograph.from_array(film)
+    assert rad.pixels.max() == pytest.approx(3680 / 4095, abs=1e-6) and rad.metadata["grayscale_transform"] == "12-bit"
+
+
+def test_from_array_scales_like_a_16bit_png_holding_the_same_data(tmp_path):
+    # One mechanism for arrays and files: the same 12-bit data give the same pixels.
+    film = (_film_8bit() * 16).astype(np.uint16)
+    Image.fromarray(film).save(tmp_path / "f.png")
+    np.testing.assert_array_equal(load_radiograph(tmp_path / "f.png").pixels, Radiograph.from_array(film).pixels)
+
+
+def test_from_array_signed_integers_are_shifted_to_start_at_zero():
+    film = _film_8bit().astype(np.int16) - 100  # -80 .. 130
+    rad = Radiograph.from_array(film)
+    assert rad.pixels.min() == 0.0 and rad.pixels.max() == pytest.approx(210 / 255)
+
+
+def test_from_array_a_few_nonfinite_pixels_are_filled_and_counted():
+    film = _film_8bit().astype(np.float64)
+    clean = Radiograph.from_array(film).pixels
+    film_bad = film.copy()
+    film_bad[0, 0], film_bad[1, 1], film_bad[2, 2] = np.inf, np.nan, -np.inf
+    rad = Radiograph.from_array(film_bad)
+    # One +inf used to stretch every other pixel to 0: a "blank" image.
+    assert rad.pixels.std() > 0.1 and np.isfinite(rad.pixels).all()
+    np.testing.assert_allclose(rad.pixels[3:], clean[3:], atol=1e-6)
+    assert rad.pixels[0, 0] == rad.pixels[1, 1] == rad.pixels[2, 2] == rad.pixels.min()
+    assert rad.metadata["nonfinite_pixels"] == 3 and "NaN/infinite" in rad.metadata["grayscale_transform"]
+
+
+def test_from_array_refuses_images_with_no_or_too_many_finite_pixels():
+    with pytest.raises(ImageReadError, match="no finite pixel"):
+        Radiograph.from_array(np.full((16, 16), np.nan))
+    film = np.random.default_rng(0).random((100, 100))
+    film[:2, :] = np.nan  # 2 % of the image: corrupt data, not a dead pixel
+    with pytest.raises(ImageReadError, match="NaN or infinite"):
+        Radiograph.from_array(film)
+
+
+def test_float_tiff_with_nan_pixels_is_read_like_an_array(tmp_path):
+    film = _film_8bit().astype(np.float32)
+    film[5, 5] = np.nan
+    Image.fromarray(film, mode="F").save(tmp_path / "f.tif")
+    rad = load_radiograph(tmp_path / "f.tif")
+    np.testing.assert_array_equal(rad.pixels, Radiograph.from_array(film).pixels)
+    assert rad.pixels[5, 5] == rad.pixels.min()
+
+
+@pytest.mark.parametrize("sex", ["X", "boy?", 3])
+def test_from_array_rejects_an_unrecognised_sex_by_name(sex):
+    with pytest.raises(ValueError, match=re.escape(repr(str(sex)))):
+        Radiograph.from_array(_film_8bit(), sex=sex)
+
+
+@pytest.mark.parametrize("age", [-5, 400, float("inf"), "ten"])
+def test_from_array_rejects_an_impossible_age_by_value(age):
+    with pytest.raises(ValueError, match="chronological age"):
+        Radiograph.from_array(_film_8bit(), chronological_age_months=age)
+
+
+def test_from_array_blank_or_unknown_sex_and_age_mean_unknown():
+    rad = Radiograph.from_array(_film_8bit(), sex="unknown", chronological_age_months=float("nan"))
+    assert rad.sex is None and rad.chronological_age_months is None
+    assert Radiograph.from_array(_film_8bit(), sex=" m ", chronological_age_months="120").chronological_age_months == 120.0

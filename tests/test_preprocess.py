@@ -112,3 +112,39 @@ def test_marker_robust_window_keeps_bones_bright_next_to_a_large_marker():
     bone = (slice(30, 70), slice(47, 53))
     assert default[bone].mean() < 0.5  # the marker sets the top of the window: the bone is dim
     assert robust[bone].mean() > 0.95  # the bone reaches the top of the window
+
+
+# as_pixels scales exactly like Radiograph.from_array (one implementation, issue #17).
+def _film(dtype=np.int64) -> np.ndarray:
+    film = np.full((40, 30), 20, np.int64)
+    film[8:32, 6:24] = 230
+    return film.astype(dtype)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _film(np.uint16),  # 8-bit data in a 16-bit array
+        lambda: _film(np.int64),
+        lambda: (_film() * 16).astype(np.uint16),  # 12-bit data
+        lambda: _film(np.float64) * 3.0,
+        lambda: np.repeat(_film(np.uint16)[..., None], 3, axis=-1),  # RGB
+    ],
+)
+def test_as_pixels_scales_like_from_array(make):
+    from boneage.io import Radiograph
+
+    arr = make()
+    np.testing.assert_array_equal(as_pixels(arr), Radiograph.from_array(arr).pixels)
+
+
+def test_as_pixels_integer_data_use_their_real_bit_depth():
+    assert as_pixels(_film(np.uint16)).max() == pytest.approx(230 / 255)
+    assert as_pixels((_film() * 16).astype(np.uint16)).max() == pytest.approx(3680 / 4095, abs=1e-6)
+
+
+def test_as_pixels_one_infinite_pixel_does_not_blank_the_image():
+    film = _film(np.float64)
+    film[0, 0] = np.inf
+    out = as_pixels(film)
+    assert np.isfinite(out).all() and out.max() == 1.0 and out.std() > 0.1 and out[0, 0] == 0.0
