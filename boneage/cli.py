@@ -2,7 +2,8 @@
 
 Exit codes (all verbs): 0 success; 1 the run finished but some inputs failed or were rejected;
 2 usage error (bad arguments, missing files named on the command line); 3 the verb's feature is
-not available in this version.
+not available in this version; 4 the output could not be written (records so far intact);
+130 interrupted (Ctrl-C; records so far intact).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ EXIT_OK = 0
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2
 EXIT_NOT_AVAILABLE = 3
+EXIT_OUTPUT_FAILED = 4
+EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -103,39 +106,69 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders (recursive)")
-    p.add_argument("--out", required=True, help="output FILE.csv or FILE.jsonl (JSON adds per-bone detail)")
-    p.add_argument("--manifest", help="CSV with columns path[, sex, chronological_age_months]; overrides headers")
-    p.add_argument("--resume", action="store_true", help="skip inputs already in --out (any status) and append")
+    p.add_argument("--out", required=True,
+                   help="output FILE.csv or FILE.jsonl in an existing folder (JSON adds per-bone detail); "
+                   "locked for the run (FILE.lock)")
+    p.add_argument("--manifest", help="CSV with columns path[, sex, chronological_age_months]; overrides headers; "
+                   "relative paths are read from the manifest's folder")
+    p.add_argument("--resume", action="store_true",
+                   help="skip inputs already in --out and append; records of failed estimation (not of bad files) "
+                   "and a record cut by an interruption are redone")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (models load once per worker)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--keep-identifiers", action="store_true",
                    help="copy PatientID, PatientName, AccessionNumber and UIDs into the records (off by default)")
-    p.add_argument("--sr-dir", help="write a DICOM Comprehensive SR (TID 1500) per ok DICOM input here")
-    p.add_argument("--sc-dir", help="write a DICOM Secondary Capture of the result page per ok DICOM input here")
+    p.add_argument("--sr-dir", help="write a DICOM Comprehensive SR (TID 1500) per ok DICOM input here, named "
+                   "<source SOPInstanceUID>-<hash>.sr.dcm (column sr_path); carries the patient's identifiers")
+    p.add_argument("--sc-dir", help="write a DICOM Secondary Capture of the result page per ok DICOM input here "
+                   "(column sc_path); carries the patient's identifiers")
     p.set_defaults(handler=_predict)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from boneage.batch import UsageError, discover_inputs, output_kind, run_batch
+    from boneage import batch
 
+    notes: list[str] = []
     try:
-        output_kind(args.out)
-        items = discover_inputs(args.inputs, args.manifest)
-    except UsageError as exc:
+        # Settings first: a bad --out or --device fails before a long folder walk.
+        batch.check_run(args.out, workers=args.workers, device=args.device, sr_dir=args.sr_dir, sc_dir=args.sc_dir)
+        items = batch.discover_inputs(args.inputs, args.manifest, notes=notes)
+        _print_notes(notes)
+        if not items:
+            print("boneage predict: no inputs (give files, folders or --manifest)", file=sys.stderr)
+            return EXIT_USAGE
+        counts = batch.run_batch(items, args.out, workers=args.workers, resume=args.resume,
+                                 progress=False if args.quiet else None, device=args.device,
+                                 sr_dir=args.sr_dir, sc_dir=args.sc_dir, keep_identifiers=args.keep_identifiers,
+                                 notes=notes)
+    except batch.UsageError as exc:
+        _print_notes(notes)
         print(f"boneage predict: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not items:
-        print("boneage predict: no inputs (give files, folders or --manifest)", file=sys.stderr)
-        return EXIT_USAGE
-    counts = run_batch(items, args.out, workers=args.workers, resume=args.resume,
-                       progress=False if args.quiet else None, device=args.device,
-                       sr_dir=args.sr_dir, sc_dir=args.sc_dir, keep_identifiers=args.keep_identifiers)
+    except batch.OutputWriteError as exc:
+        print(f"boneage predict: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT_FAILED
+    except KeyboardInterrupt:
+        print(f"\nboneage predict: interrupted; every record in {args.out} is complete: "
+              "rerun the same command with --resume to finish", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _print_notes(notes)
     if not args.quiet:
         print(f"{sum(counts[k] for k in ('ok', 'error', 'rejected'))} written to {args.out}: {counts['ok']} ok, "
               f"{counts['error']} error, {counts['rejected']} rejected"
-              + (f"; {counts['skipped']} already done (--resume)" if counts["skipped"] else ""), file=sys.stderr)
-    return EXIT_OK if counts["error"] == 0 and counts["rejected"] == 0 else EXIT_PARTIAL
+              + (f"; {counts['skipped']} already done (--resume), {counts['skipped_not_ok']} of them not ok"
+                 if counts["skipped"] else "")
+              + (f"; {counts['export_failed']} DICOM export(s) failed (see qc)" if counts["export_failed"] else ""),
+              file=sys.stderr)
+    bad = counts["error"] + counts["rejected"] + counts["export_failed"] + counts["skipped_not_ok"]
+    return EXIT_OK if bad == 0 else EXIT_PARTIAL
+
+
+def _print_notes(notes: list[str]) -> None:
+    """Print notes for the user (once each) to stderr."""
+    while notes:
+        print(f"boneage predict: note: {notes.pop(0)}", file=sys.stderr)
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -376,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
             "pipeline (segment bones, measure them, look the age up in reference tables) and an "
             "end-to-end CNN."
         ),
-        epilog="Exit codes: 0 ok, 1 some inputs failed, 2 usage error, 3 feature not available.",
+        epilog=("Exit codes: 0 ok, 1 some inputs failed, 2 usage error, 3 feature not available, "
+                "4 output could not be written, 130 interrupted."),
     )
     from boneage import __version__
 

@@ -3,7 +3,10 @@ Capture image of the annotated result page, both in the source image's study."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -151,12 +154,13 @@ def result_page(result: BoneAgeResult, pixels: np.ndarray) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
-def secondary_capture(result: BoneAgeResult, pixels: np.ndarray):
+def secondary_capture(result: BoneAgeResult, pixels: np.ndarray, source: str | Path | bytes | None = None):
     """A Secondary Capture (RGB) of the result page, in the source image's study.
 
     Args:
         result: an ok DICOM result.
         pixels: the radiograph pixels (for the page's overlay).
+        source: the source DICOM (path or bytes); default ``result.path``.
 
     Returns:
         ``highdicom.sc.SCImage``.
@@ -164,7 +168,7 @@ def secondary_capture(result: BoneAgeResult, pixels: np.ndarray):
     import highdicom as hd
     from pydicom.uid import generate_uid
 
-    src = _source_dataset(result)
+    src = _source_dataset(result, source)
     page = result_page(result, pixels)
     return hd.sc.SCImage(
         pixel_array=page, photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
@@ -186,28 +190,103 @@ def structured_report_bytes(result: BoneAgeResult, source: str | Path | bytes | 
     return buf.getvalue()
 
 
-def export_for(result: BoneAgeResult, sr_dir: str | Path | None, sc_dir: str | Path | None) -> list[Path]:
-    """Write the SR and/or SC of one ok DICOM result; returns the files written (none for
-    non-DICOM or not-ok results)."""
+def export_file_name(source: str | Path, sop_instance_uid: str, kind: str) -> str:
+    """The file name of a DICOM output: ``<source SOPInstanceUID>-<hash>.<kind>.dcm``.
+
+    The hash is of the source file's real path, so two files never share a name (not even copies
+    of one image, which a manifest may give different ages), while a rerun of the same file gets
+    the same name and replaces its own output.
+
+    Args:
+        source: the source DICOM file.
+        sop_instance_uid: the source's SOPInstanceUID.
+        kind: ``"sr"`` or ``"sc"``.
+
+    Returns:
+        A file name (no folder).
+    """
+    uid = re.sub(r"[^0-9A-Za-z.]", "_", str(sop_instance_uid))[:64] or "unknown"
+    digest = hashlib.sha1(os.path.realpath(source).encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{uid}-{digest}.{kind}.dcm"
+
+
+def _check_replaceable(path: Path, src) -> None:
+    """Refuse to replace an existing file of another patient or study (the name says the same
+    source, but a file is never overwritten on a name's word alone)."""
+    import pydicom
+
+    if not path.exists():
+        return
+    try:
+        old = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:
+        raise ExportError(f"{path} exists and is not a DICOM file; not overwritten") from None
+    # Identifiers are compared, never quoted: the message may reach a de-identified output.
+    for keyword, what in (("PatientID", "patient"), ("PatientName", "patient"), ("StudyInstanceUID", "study")):
+        if str(old.get(keyword, "") or "") != str(src.get(keyword, "") or ""):
+            raise ExportError(f"{path} exists and belongs to another {what} ({keyword} differs); not overwritten")
+
+
+def _save(dataset, path: Path) -> None:
+    """Write a DICOM file atomically: a cut run leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            dataset.save_as(f, enforce_file_format=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def export_for(result: BoneAgeResult, sr_dir: str | Path | None, sc_dir: str | Path | None,
+               source: str | Path | None = None) -> tuple[dict[str, Path], list[str]]:
+    """Write the SR and/or SC of one ok DICOM result, each under a name unique to its source.
+
+    Names come from :func:`export_file_name`. An existing file of the same name is replaced
+    only when it belongs to the same patient and study (a rerun of the same input); otherwise
+    it is kept and the export fails.
+
+    Args:
+        result: the result.
+        sr_dir: folder for the Comprehensive SR, or ``None``.
+        sc_dir: folder for the Secondary Capture, or ``None``.
+        source: the source file (default ``result.path``).
+
+    Returns:
+        ``({"sr": path, "sc": path}, errors)``: the files written, and why a requested one was
+        not. Non-DICOM and not-ok results give neither.
+    """
     from boneage.io import load_radiograph
 
-    written: list[Path] = []
+    written: dict[str, Path] = {}
+    errors: list[str] = []
     if not result.ok or (sr_dir is None and sc_dir is None):
-        return written
+        return written, errors
+    source = Path(str(result.path)) if source is None else Path(source)
     try:
-        src = _source_dataset(result)
+        src = _source_dataset(result, source)
     except ExportError:
-        return written
-    stem = Path(str(result.path)).name
-    if sr_dir is not None:
-        Path(sr_dir).mkdir(parents=True, exist_ok=True)
-        path = Path(sr_dir) / f"{stem}.sr.dcm"
-        structured_report(result).save_as(path, enforce_file_format=True)
-        written.append(path)
-    if sc_dir is not None:
-        Path(sc_dir).mkdir(parents=True, exist_ok=True)
-        path = Path(sc_dir) / f"{stem}.sc.dcm"
-        secondary_capture(result, load_radiograph(result.path).pixels).save_as(path, enforce_file_format=True)
-        written.append(path)
-    del src
-    return written
+        return written, errors  # not DICOM: nothing to export, nothing wrong
+    for kind, folder in (("sr", sr_dir), ("sc", sc_dir)):
+        if folder is None:
+            continue
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            path = Path(folder) / export_file_name(source, src.SOPInstanceUID, kind)
+            _check_replaceable(path, src)
+            if kind == "sr":
+                dataset = structured_report(result, source)
+            else:
+                dataset = secondary_capture(result, load_radiograph(source).pixels, source)
+            _save(dataset, path)
+        except ExportError as exc:
+            errors.append(f"{kind.upper()}: {exc}")
+            continue
+        except Exception as exc:  # one output's failure must not lose the other, nor the estimate
+            errors.append(f"{kind.upper()}: {type(exc).__name__}: {exc}")
+            continue
+        written[kind] = path
+    return written, errors
