@@ -213,3 +213,111 @@ def test_mirrored_hand_is_said(bundle):
     result = BoneAgeEstimator(MirrorSeg(), bundle, FakeDirect()).estimate(hand.image, sex="F")
     assert result.status == "ok"
     assert any("mirrored" in q for q in result.qc) and any("rotated" in q for q in result.qc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue #17: bad arguments, non-finite pixels, one model load across threads, the cost of an
+# unknown sex.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [({"sex": "X"}, "'X'"), ({"chronological_age_months": -5}, "-5"), ({"chronological_age_months": 4000}, "4000"),
+     ({"chronological_age_months": "ten"}, "'ten'"), ({"sex": "M", "chronological_age_months": float("inf")}, "inf")],
+)
+def test_bad_sex_or_age_is_an_error_naming_it_not_used(estimator, kwargs, named):
+    hand = estimator.oracle.add(generate_hand(99, 15, size=SIZE, age_range=(60, 150)))
+    result = estimator.estimate(hand.image, **kwargs)  # never raises
+    assert result.status == "error" and "invalid argument" in result.reason and named in result.reason
+    assert result.multistep.age_months is None and result.direct.age_months is None
+
+
+def test_valid_spellings_of_sex_and_age_are_accepted(estimator):
+    hand = estimator.oracle.add(generate_hand(99, 17, size=SIZE, age_range=(60, 150)))
+    result = estimator.estimate(hand.image, sex=" female ", chronological_age_months="100")
+    assert result.status == "ok" and result.sex == "F" and result.chronological_age_months == 100.0
+    blank = estimator.estimate(hand.image, sex=float("nan"), chronological_age_months="")
+    assert blank.status == "ok" and blank.sex_source == "unknown" and blank.chronological_age_source == "unknown"
+
+
+def test_a_few_nonfinite_pixels_are_estimated_and_said(estimator):
+    hand = estimator.oracle.add(generate_hand(99, 19, size=SIZE, age_range=(60, 150)))
+    image = np.array(hand.image, dtype=np.float64)
+    image[-1, -1] = np.inf  # once made the whole film "blank"
+    result = estimator.estimate(image, sex=hand.sex)
+    assert result.status == "ok", result.reason
+    assert any("NaN/infinite" in q for q in result.qc)
+
+
+def test_module_estimate_loads_the_models_once_across_threads(monkeypatch):
+    import importlib
+    import threading
+    import time
+
+    module = importlib.import_module("boneage.estimate")  # ``boneage.estimate`` is also the function
+    calls = []
+
+    def slow_load(cls, device="cpu"):
+        calls.append(threading.get_ident())
+        time.sleep(0.2)  # long enough for every thread to arrive while the first one loads
+        return cls(None, None, FakeDirect())
+
+    monkeypatch.setattr(module, "_DEFAULT", None)
+    monkeypatch.setattr(BoneAgeEstimator, "load", classmethod(slow_load))
+    barrier = threading.Barrier(4)
+    results = []
+
+    def run():
+        barrier.wait()
+        results.append(module.estimate(generate_hand(1, 2, size=SIZE).image, sex="F"))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 4 and all(r.direct.available for r in results)
+
+
+def _metrics(name):
+    from boneage.paths import MODELS_DIR
+
+    return json.loads((MODELS_DIR / name / "metrics.json").read_text())
+
+
+def test_unknown_sex_note_gives_the_measured_cost(estimator):
+    # The figures come from the shipped models' metrics.json, quoted for those models only.
+    m, d = _metrics("multistep"), _metrics("direct")
+    estimator.versions["multistep"] = m["model_version"]
+    hand = estimator.oracle.add(generate_hand(99, 21, size=SIZE, age_range=(60, 150)))
+    note = estimator.estimate(hand.image).multistep.note
+    unknown, given = m["validation_sex_unknown"]["all"], m["validation"]["final"]["all"]
+    assert note.startswith("sex unknown: less accurate")
+    assert f"validation MAE {unknown['mae_months']:.1f} months vs {given['mae_months']:.1f} with sex given" in note
+    assert f"coverage {100 * unknown['coverage_90']:.0f}% vs {100 * given['coverage_90']:.0f}%" in note
+    assert "give the sex" in note and "references averaged" in note
+    assert estimator.estimate(hand.image, sex="M").multistep.note is None
+
+    from boneage.estimate import sex_unknown_note
+
+    direct_note = sex_unknown_note("direct", d["model_version"], "sex-agnostic mode")
+    assert f"validation MAE {d['validation_sex_unknown']['overall']['mae_months']:.1f} months vs " \
+           f"{d['validation']['overall']['mae_months']:.1f} with sex given" in direct_note
+    # Another model's estimate never quotes the shipped model's figures.
+    other = sex_unknown_note("direct", "my-own-cnn", "sex-agnostic mode")
+    assert "validation MAE" not in other and other.startswith("sex unknown: less accurate") and "give the sex" in other
+
+
+def test_multistep_sex_unknown_figures_reach_the_model_card(bundle, tmp_path):
+    from boneage.multistep import evaluate_sex_unknown, write_model_card
+
+    hands = [generate_hand(12, i, size=SIZE) for i in range(30)]
+    feats, _ = measure_label_maps(((h.label_map, h.spacing_mm) for h in hands), progress=False)
+    data = LabelledMeasurements(feats, np.array([h.bone_age_months for h in hands]),
+                                np.array([h.sex for h in hands]), [str(i) for i in range(30)])
+    unknown = evaluate_sex_unknown(bundle, data)
+    assert unknown["all"]["n"] == 30 and unknown["female"]["n"] + unknown["male"]["n"] == 30
+    metrics = _metrics("multistep")
+    metrics["validation_sex_unknown"] = unknown
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    card = write_model_card(tmp_path).read_text()
+    assert "### Sex unknown" in card and f"validation MAE {unknown['all']['mae_months']:.1f} vs" in card
