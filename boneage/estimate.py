@@ -36,6 +36,13 @@ MIN_TUBULAR_BONES_PRESENT = 13
 #: Two estimates "disagree" when their difference exceeds this multiple of their combined
 #: interval half-widths (intervals are 90%: 1.645 SD each).
 DISAGREEMENT_Z = 1.645
+#: A 90% interval wider than this either side (months) is too uncertain to confirm another
+#: estimate: the shipped models' typical half-widths are 21-29 months, and a CNN shown a film it
+#: cannot read widens its interval to the whole age range, which must not pass for agreement.
+MAX_CONFIRMING_HALF_WIDTH = 36.0
+#: Differences larger than this are never called agreement, even when two wide intervals allow
+#: them: a clinician reads "agree" as "about the same age".
+LARGE_DIFFERENCE_MONTHS = 12.0
 
 
 @dataclass
@@ -74,7 +81,8 @@ class BoneAgeResult:
         chronological_age_months, chronological_age_source: likewise.
         multistep, direct: the two methods' :class:`MethodEstimate`.
         difference_months: direct minus multi-step, when both are available.
-        agreement: ``"agree"``, ``"disagree"`` or ``"n/a"``.
+        agreement: ``"agree"``, ``"disagree"``, ``"inconclusive"`` (allowed only by a wide
+            interval, or a difference over ``LARGE_DIFFERENCE_MONTHS``) or ``"n/a"``.
         sds_note: why no SDS is given (age or sex unknown, outside the Brush table).
         bones: the per-bone table (``boneage.multistep.BoneRow`` dicts).
         carpal_count: ossified carpals seen.
@@ -164,6 +172,39 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
+@dataclass
+class FilmView:
+    """A film as every method reads it (see :meth:`BoneAgeEstimator.view`).
+
+    Attributes:
+        pixels: the film upright (and inverted back when it was a negative), bone bright.
+        label_map: the segmentation of ``pixels``.
+        transform: how ``pixels`` came from the film as given (maps label maps back for overlays).
+        inverted: the film was a negative and was read inverted.
+        hand_probability: the hand check's probability (``None`` when no check ran).
+        notes: QC notes (negative, turned, mirrored).
+        rejection: why the film is not a hand ("" when it is).
+    """
+
+    pixels: np.ndarray
+    label_map: np.ndarray
+    transform: Any
+    inverted: bool
+    hand_probability: float | None
+    notes: list[str] = field(default_factory=list)
+    rejection: str = ""
+
+
+def _orientation_notes(mirrored: bool | None, finger_angle_deg: float | None) -> list[str]:
+    notes = []
+    if mirrored:
+        notes.append("hand seen mirrored (a right hand, or a flipped left-hand film): bones were "
+                     "measured as a mirrored left hand")
+    if finger_angle_deg is not None and abs(finger_angle_deg) > 45:
+        notes.append(f"film rotated: fingers point {finger_angle_deg:+.0f} degrees from up")
+    return notes
+
+
 # ---------------------------------------------------------------------------------------------
 class BoneAgeEstimator:
     """Loads the models once; estimates any number of radiographs.
@@ -175,6 +216,9 @@ class BoneAgeEstimator:
         direct: a :class:`boneage.direct.DirectEstimator` or ``None``.
         versions: model name -> version string for the results.
         load_errors: model name -> why it could not be loaded (reported in every result's QC).
+        handcheck: a :class:`boneage.handcheck.HandCheck` deciding whether a film is a hand, or
+            ``None`` (then a film with fewer than ``MIN_TUBULAR_BONES_PRESENT`` finger bones is
+            refused, a weaker rule).
     """
 
     def __init__(
@@ -184,10 +228,12 @@ class BoneAgeEstimator:
         direct: Any = None,
         versions: dict[str, str] | None = None,
         load_errors: dict[str, str] | None = None,
+        handcheck: Any = None,
     ) -> None:
         self.segmenter = segmenter
         self.multistep = multistep
         self.direct = direct
+        self.handcheck = handcheck
         self.versions = dict(versions or {})
         self.load_errors = dict(load_errors or {})
 
@@ -199,7 +245,7 @@ class BoneAgeEstimator:
         loaded: dict[str, Any] = {}
         versions: dict[str, str] = {}
         errors: dict[str, str] = {}
-        for name in ("segmenter", "multistep", "direct"):
+        for name in ("segmenter", "handcheck", "multistep", "direct"):
             try:
                 entry = models.get(name)
             except KeyError:
@@ -211,10 +257,11 @@ class BoneAgeEstimator:
                 versions[name] = entry.version
             except Exception as exc:  # a broken/missing model must not take the other one down
                 errors[name] = f"{type(exc).__name__}: {exc}"
-        return cls(loaded.get("segmenter"), loaded.get("multistep"), loaded.get("direct"), versions, errors)
+        return cls(loaded.get("segmenter"), loaded.get("multistep"), loaded.get("direct"), versions, errors,
+                   handcheck=loaded.get("handcheck"))
 
     def segment(self, pixels: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """Label map of an image and orientation notes (a mirrored or rotated hand is said).
+        """Label map of an image as given and orientation notes (a mirrored or rotated hand is said).
 
         Args:
             pixels: 2-D image, bone bright.
@@ -228,13 +275,65 @@ class BoneAgeEstimator:
         if with_info is None:
             return np.asarray(self.segmenter(pixels)), []
         info = with_info(pixels)
-        notes = []
-        if info.mirrored:
-            notes.append("hand seen mirrored (a right hand, or a flipped left-hand film): bones were "
-                         "measured as a mirrored left hand")
-        if info.finger_angle_deg is not None and abs(info.finger_angle_deg) > 45:
-            notes.append(f"film rotated: fingers point {info.finger_angle_deg:+.0f} degrees from up")
-        return np.asarray(info.label_map), notes
+        return np.asarray(info.label_map), _orientation_notes(info.mirrored, info.finger_angle_deg)
+
+    def view(self, pixels: np.ndarray) -> FilmView:
+        """Decide once how every method reads a film: is it a hand, is it a negative, which way is up.
+
+        The segmenter reads the film (with its mirror and quarter-turn search); the hand check
+        (:mod:`boneage.handcheck`) decides from that reading whether it is a hand. A film that is
+        not is read once more with its grey scale inverted: a negative hand film becomes a hand,
+        anything else stays rejected. A hand whose fingers do not point up (quarter-turned, or
+        tilted more than ``preprocess.TILT_TOLERANCE_DEG``) is turned upright and read again, so
+        that both the measurements and the end-to-end CNN see it upright.
+
+        Args:
+            pixels: 2-D film, bone bright.
+
+        Returns:
+            :class:`FilmView`; ``rejection`` says why a film is not a hand ("" when it is).
+        """
+        from boneage.preprocess import UprightTransform, film_background, upright_transform
+
+        identity = UprightTransform(0, 0.0, pixels.shape, pixels.shape)  # type: ignore[arg-type]
+        if self.segmenter is None:
+            raise RuntimeError("no segmenter loaded")
+        if not hasattr(self.segmenter, "read"):  # a plain callable (test doubles, custom segmenters)
+            label_map, notes = self.segment(pixels)
+            return FilmView(pixels, label_map, identity, False, None, notes)
+        reading = self.segmenter.read(pixels)
+        probability, figures = self._hand_probability(reading)
+        inverted = False
+        if probability is not None and probability < self.handcheck.threshold:
+            negative = (1.0 - pixels).astype(np.float32)
+            reading_inv = self.segmenter.read(negative)
+            probability_inv, figures_inv = self._hand_probability(reading_inv)
+            if probability_inv >= self.handcheck.threshold and probability_inv > probability:
+                pixels, reading, probability, figures, inverted = negative, reading_inv, probability_inv, figures_inv, True
+            else:
+                found = round(figures["present_share"] * len(anatomy.TUBULAR_BONES))
+                rejection = (f"not recognised as a hand radiograph (hand check {probability:.2f}, needs "
+                             f"{self.handcheck.threshold:.2f}: {found} of 19 finger bones found, "
+                             f"{figures['finger_rays']:.0f} of 5 digits laid out as a finger)")
+                return FilmView(pixels, reading.label_map(), identity, False, probability, [], rejection)
+        notes = ["film read as a negative (bone dark): its grey scale was inverted back"] if inverted else []
+        transform = upright_transform(pixels.shape, reading.finger_angle_deg)
+        if not transform.identity:
+            pixels = transform.apply(pixels, order=1, fill=film_background(pixels)).astype(np.float32)
+            reading = self.segmenter.read(pixels)
+            turn = (transform.total_deg + 180.0) % 360.0 - 180.0
+            notes.append(f"film read upright: turned {turn:+.0f} degrees (counter-clockwise) before both methods read it")
+        notes += _orientation_notes(reading.mirrored, None)
+        return FilmView(pixels, reading.label_map(), transform, inverted, probability, notes)
+
+    def _hand_probability(self, reading: Any) -> tuple[float | None, dict[str, float]]:
+        """Hand-check probability of a :class:`boneage.segment.FilmReading` (``None`` without a check)."""
+        if self.handcheck is None:
+            return None, {}
+        from boneage.handcheck import hand_features
+
+        figures = hand_features(reading.grid.label_map, reading.grid.probabilities, reading.model_input, reading.spacing)
+        return self.handcheck.probability(figures), figures
 
     # ----------------------------------------------------------------------------------------
     def estimate(
@@ -322,16 +421,26 @@ class BoneAgeEstimator:
             result.status, result.reason = "rejected", rejection
             return result
 
-        # Multi-step: segment, measure, look up.
+        # One reading decides for every method: a hand or not, negative or not, which way is up.
+        pixels = rad.pixels
+        if self.segmenter is not None:
+            view = self.view(rad.pixels)
+            result.qc.extend(view.notes)
+            if view.rejection:
+                result.status, result.reason = "rejected", view.rejection
+                return result
+            pixels = view.pixels
+            result.label_map = view.transform.to_original(view.label_map)
+        elif self.direct is not None:
+            result.qc.append("hand check not available without the segmenter: non-hand images cannot be rejected")
+
+        # Multi-step: measure, look up.
         if self.segmenter is not None and self.multistep is not None:
             from boneage.measure import measure
 
-            label_map, notes = self.segment(rad.pixels)
-            result.qc.extend(notes)
-            result.label_map = label_map
-            measurements = measure(label_map, rad.spacing_mm)
+            measurements = measure(view.label_map, _upright_spacing(rad.spacing_mm, view.transform))
             result.carpal_count = measurements.carpal_count
-            rejection, unreliable = self._qc_segmentation(measurements)
+            rejection, unreliable = self._qc_segmentation(measurements, checked=view.hand_probability is not None)
             if rejection:
                 result.status, result.reason = "rejected", rejection
                 return result
@@ -351,10 +460,9 @@ class BoneAgeEstimator:
         else:
             missing = [n for n in ("segmenter", "multistep") if n in self.load_errors or getattr(self, n) is None]
             result.multistep.note = f"multi-step method unavailable ({', '.join(missing)} model missing)"
-            result.qc.append("hand check not available without the segmenter: non-hand images cannot be rejected")
 
         if self.direct is not None:
-            d = self.direct.predict(rad.pixels, result.sex)
+            d = self.direct.predict(pixels, result.sex)
             result.direct = MethodEstimate(
                 "direct", True, d.age_months, d.lower_90, d.upper_90, note=None if d.sex_note is None else sex_unknown_note(
                     "direct", d.model_version, d.sex_note.removeprefix("sex unknown: ")),
@@ -394,11 +502,12 @@ class BoneAgeEstimator:
         return ""
 
     @staticmethod
-    def _qc_segmentation(measurements: Any) -> tuple[str, str]:
-        """``(rejection, unreliable)``: reject films where (almost) no finger bone is found; call
-        the multi-step estimate unreliable when too few bones measure plausibly."""
+    def _qc_segmentation(measurements: Any, checked: bool = False) -> tuple[str, str]:
+        """``(rejection, unreliable)``: without a hand check (``checked`` False), reject films
+        where (almost) no finger bone is found; call the multi-step estimate unreliable when too
+        few bones measure plausibly."""
         present = sum(1 for b in anatomy.TUBULAR_BONES if measurements.bones[b].present)
-        if present < MIN_TUBULAR_BONES_PRESENT:
+        if not checked and present < MIN_TUBULAR_BONES_PRESENT:
             return (f"not recognised as a hand radiograph: only {present} of 19 finger bones found", "")
         plausible = sum(1 for b in anatomy.TUBULAR_BONES if measurements.bones[b].plausible)
         fragmented = sum(1 for b in anatomy.TUBULAR_BONES if "fragmented" in measurements.bones[b].flags)
@@ -414,12 +523,21 @@ class BoneAgeEstimator:
             result.difference_months = float(d.age_months - ms.age_months)  # type: ignore[operator]
             half = [(e.upper_90 - e.lower_90) / 2 / 1.645 for e in (ms, d)]  # type: ignore[operator]
             sd = math.sqrt(half[0] ** 2 + half[1] ** 2)
-            result.agreement = "disagree" if abs(result.difference_months) > DISAGREEMENT_Z * sd else "agree"
-            if result.agreement == "disagree":
+            widest = max(half) * 1.645
+            if abs(result.difference_months) > DISAGREEMENT_Z * sd:
+                result.agreement = "disagree"
                 result.qc.append(
                     f"the two methods disagree by {abs(result.difference_months):.0f} months, more than their "
                     "intervals allow: review the film"
                 )
+            elif widest > MAX_CONFIRMING_HALF_WIDTH or abs(result.difference_months) > LARGE_DIFFERENCE_MONTHS:
+                # Allowed by the intervals, but only because one is wide: neither confirms the other.
+                result.agreement = "inconclusive"
+                why = (f"an interval is +-{widest:.0f} months wide" if widest > MAX_CONFIRMING_HALF_WIDTH
+                       else f"they differ by {abs(result.difference_months):.0f} months")
+                result.qc.append(f"the two methods do not confirm each other ({why}): review the film")
+            else:
+                result.agreement = "agree"
         ca, sex = result.chronological_age_months, result.sex
         if ca is None:
             result.sds_note = "SDS needs the chronological age"
@@ -433,6 +551,18 @@ class BoneAgeEstimator:
                     est.sds = bone_age_sds(est.age_months, ca, sex)  # type: ignore[arg-type]
                 except OutOfReferenceRange as exc:
                     result.sds_note = str(exc)
+
+
+def _upright_spacing(spacing: tuple[float, float] | None, transform: Any) -> tuple[float, float] | None:
+    """Pixel spacing of the upright film: swapped by a quarter turn; unknown when a tilt mixes
+    two different spacings (no such film has been seen; lengths then stay in pixels)."""
+    if spacing is None:
+        return None
+    if transform.quarter_turns % 2:
+        spacing = (spacing[1], spacing[0])
+    if transform.angle_deg and not math.isclose(spacing[0], spacing[1], rel_tol=0.01):
+        return None
+    return spacing
 
 
 def _checked_sex_and_age(sex: Any, age: Any) -> tuple[str | None, float | None]:

@@ -197,3 +197,15 @@ register(
         description="MONAI UNet: radiograph -> label map of every bone (shafts, epiphyses, carpals)",
     )
 )
+
+register(
+    RegisteredModel(
+        name="handcheck",
+        kind="classifier",
+        folder=MODELS_DIR / "handcheck",
+        weights_file="handcheck.json",
+        version="handcheck-1",
+        loader="boneage.handcheck:HandCheck.load",
+        description="logistic regression on the segmenter's reading: is the film a hand radiograph?",
+    )
+)

@@ -237,3 +237,142 @@ def prepare_model_input(
     resized = _resize(crop, size, size)
     model_input = normalise_intensity(resized, window)
     return model_input, CropTransform(row0, col0, row1, col1, size, (pixels.shape[0], pixels.shape[1]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Upright: one orientation decision, used by every method
+# ------------------------------------------------------------------------------------------------
+#: A hand whose fingers lean less than this (degrees) is read as given: the models were trained on
+#: films that lean this much, and resampling a film costs detail.
+TILT_TOLERANCE_DEG = 8.0
+
+
+@dataclass(frozen=True)
+class UprightTransform:
+    """How a film was turned upright, and how to map results back onto it.
+
+    The upright film is ``np.rot90(film, quarter_turns)`` rotated further counter-clockwise by
+    ``angle_deg`` about its centre, on a canvas of the quarter-turned film's own size: the hand
+    sits in the middle of a film, what leaves the canvas is the film's corners, and the models
+    then see the hand framed as on the films they were trained on.
+
+    Attributes:
+        quarter_turns: counter-clockwise quarter turns (``np.rot90``), 0-3.
+        angle_deg: remaining counter-clockwise rotation in degrees (0 when none).
+        original_shape: ``(rows, cols)`` of the film as given.
+        upright_shape: ``(rows, cols)`` of the upright film.
+    """
+
+    quarter_turns: int
+    angle_deg: float
+    original_shape: tuple[int, int]
+    upright_shape: tuple[int, int]
+
+    @property
+    def identity(self) -> bool:
+        """True when the film was read as given."""
+        return self.quarter_turns == 0 and self.angle_deg == 0.0
+
+    @property
+    def total_deg(self) -> float:
+        """The whole counter-clockwise rotation applied, in degrees."""
+        return 90.0 * self.quarter_turns + self.angle_deg
+
+    def _matrix(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        theta = np.deg2rad(self.angle_deg)
+        # (row, col) with rows pointing down: a counter-clockwise turn on screen.
+        rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+        turned = self.original_shape if self.quarter_turns % 2 == 0 else self.original_shape[::-1]
+        centre_in = (np.array(turned, float) - 1) / 2
+        centre_out = (np.array(self.upright_shape, float) - 1) / 2
+        return rot, centre_in, centre_out
+
+    def apply(self, image: np.ndarray, order: int = 1, fill: float = 0.0) -> np.ndarray:
+        """Turn an image of the film's shape upright.
+
+        Args:
+            image: 2-D array of ``original_shape``.
+            order: spline order (1 for pixels, 0 for label maps).
+            fill: value outside the film.
+
+        Returns:
+            Array of ``upright_shape``.
+        """
+        from scipy import ndimage
+
+        out = np.rot90(image, self.quarter_turns)
+        if self.angle_deg == 0.0:
+            return np.ascontiguousarray(out)
+        rot, centre_in, centre_out = self._matrix()
+        # affine_transform maps output coordinates to input ones: the inverse rotation.
+        inverse = rot.T
+        return ndimage.affine_transform(out, inverse, offset=centre_in - inverse @ centre_out,
+                                        output_shape=self.upright_shape, order=order, mode="constant", cval=fill)
+
+    def to_original(self, image: np.ndarray) -> np.ndarray:
+        """Map an upright image (e.g. a label map) back onto the film as given (nearest neighbour).
+
+        Args:
+            image: 2-D array of ``upright_shape``.
+
+        Returns:
+            Array of ``original_shape`` (0 where the upright image has no pixel).
+        """
+        from scipy import ndimage
+
+        out = image
+        if self.angle_deg != 0.0:
+            rot, centre_in, centre_out = self._matrix()
+            turned = self.original_shape if self.quarter_turns % 2 == 0 else self.original_shape[::-1]
+            out = ndimage.affine_transform(image, rot, offset=centre_out - rot @ centre_in,
+                                           output_shape=turned, order=0, mode="constant", cval=0)
+        return np.ascontiguousarray(np.rot90(out, -self.quarter_turns))
+
+
+def upright_transform(shape: tuple[int, int], finger_angle_deg: float | None,
+                      tolerance_deg: float = TILT_TOLERANCE_DEG) -> UprightTransform:
+    """The turn that puts a hand's fingers up.
+
+    Args:
+        shape: ``(rows, cols)`` of the film.
+        finger_angle_deg: direction the fingers point, degrees counter-clockwise from up
+            (:attr:`boneage.segment.FilmReading.finger_angle_deg`); ``None``: read as given.
+        tolerance_deg: a lean up to this is left as it is.
+
+    Returns:
+        :class:`UprightTransform` (the identity when nothing needs turning).
+    """
+    rows, cols = int(shape[0]), int(shape[1])
+    if finger_angle_deg is None or not np.isfinite(finger_angle_deg):
+        return UprightTransform(0, 0.0, (rows, cols), (rows, cols))
+    turn = -float(finger_angle_deg)  # counter-clockwise turn that brings the fingers up
+    quarters = int(np.round(turn / 90.0))
+    rest = turn - 90.0 * quarters
+    if abs(rest) <= tolerance_deg:
+        rest = 0.0
+    quarters %= 4
+    turned = (rows, cols) if quarters % 2 == 0 else (cols, rows)
+    return UprightTransform(quarters, rest, (rows, cols), turned)
+
+
+def film_background(pixels: np.ndarray) -> float:
+    """Grey value of the film's background (median of its outer frame), used to fill turned corners."""
+    x = np.asarray(pixels)
+    k = max(1, min(x.shape) // 50)
+    frame = np.concatenate([x[:k].ravel(), x[-k:].ravel(), x[:, :k].ravel(), x[:, -k:].ravel()])
+    return float(np.median(frame))
+
+
+def rotate_film(pixels: np.ndarray, angle_deg: float) -> tuple[np.ndarray, UprightTransform]:
+    """Rotate a film counter-clockwise by ``angle_deg`` (same canvas as :class:`UprightTransform`,
+    corners filled with its background): used to make turned and tilted films.
+
+    Args:
+        pixels: 2-D film.
+        angle_deg: counter-clockwise rotation in degrees.
+
+    Returns:
+        ``(rotated, transform)``.
+    """
+    transform = upright_transform(pixels.shape, -angle_deg, tolerance_deg=0.0)
+    return transform.apply(pixels, order=1, fill=film_background(pixels)).astype(np.float32), transform

@@ -29,27 +29,23 @@ DISCLAIMER = (
 # ---------------------------------------------------------------------------------------------
 # Words for a reader
 # ---------------------------------------------------------------------------------------------
-#: Differences larger than this are pointed out even when the two intervals allow them: a clinician
-#: reads "agree" as "about the same age", and two wide intervals can allow years of difference.
-LARGE_DIFFERENCE_MONTHS = 12.0
-
-
 def agreement_text(result: BoneAgeResult) -> tuple[str, str]:
-    """How the two estimates relate, in words for a reader.
+    """How the two estimates relate, in words for a reader (the decision is the result's own
+    ``agreement``, made in :mod:`boneage.estimate`).
 
     Args:
         result: a finished result.
 
     Returns:
         ``(kind, sentence)``; kind is ``"disagree"``, ``"wide"`` (allowed by the intervals but
-        large), ``"agree"`` or ``"n/a"`` (fewer than two estimates).
+        large, or allowed only by a wide interval), ``"agree"`` or ``"n/a"`` (fewer than two estimates).
     """
     diff = result.difference_months
     if result.agreement == "n/a" or diff is None:
         return "n/a", "Only one estimate is available: no comparison."
     if result.agreement == "disagree":
         return "disagree", f"Methods disagree by {abs(diff):.0f} months — more than their intervals allow."
-    if abs(diff) > LARGE_DIFFERENCE_MONTHS:
+    if result.agreement != "agree":
         return "wide", (f"The methods differ by {diff:+.0f} months; their intervals are wide enough to allow it, "
                         "so neither confirms the other. Review the film.")
     return "agree", f"Methods agree (difference {diff:+.0f} months, within their intervals)."
@@ -278,3 +274,41 @@ def sds_range_note(sex: str | None) -> str:
     except OutOfReferenceRange:
         return "The Brush SD is sex-specific: give the sex to get an SDS."
     return f"The Brush SD table covers chronological ages {lo:.0f}-{hi:.0f} months."
+
+
+# ---------------------------------------------------------------------------------------------
+# Display copies
+# ---------------------------------------------------------------------------------------------
+#: Long side (px) of the images a viewer keeps and shows: sharp on any screen and ~10 MB as float32,
+#: where a 20-Mpx film at full size is ~80 MB.
+DISPLAY_LONG_SIDE = 1600
+
+
+def display_copy(pixels: np.ndarray, label_map: np.ndarray | None = None,
+                 long_side: int = DISPLAY_LONG_SIDE) -> tuple[np.ndarray, np.ndarray | None]:
+    """A radiograph and its label map reduced for display, so that a viewer keeps a few MB per
+    case instead of the full-size film.
+
+    Pixels are averaged over step x step blocks (no aliasing); labels take every step-th pixel
+    (label ids must not be averaged). Both come out the same shape, and are copies: nothing of the
+    full-size arrays is kept alive.
+
+    Args:
+        pixels: 2-D image in [0, 1].
+        label_map: same-shape label ids, or ``None``.
+        long_side: the longest side wanted, in px; smaller images are copied as they are.
+
+    Returns:
+        ``(pixels, label_map)``: float32 pixels, and the label map or ``None``.
+    """
+    pixels = np.asarray(pixels, dtype=np.float32)
+    labels = None if label_map is None else np.asarray(label_map)
+    step = max(1, math.ceil(max(pixels.shape) / long_side))
+    rows, cols = (pixels.shape[0] // step) * step, (pixels.shape[1] // step) * step
+    if step == 1 or rows == 0 or cols == 0:
+        small = np.ascontiguousarray(pixels[::step, ::step]).copy()
+    else:
+        small = pixels[:rows, :cols].reshape(rows // step, step, cols // step, step).mean(axis=(1, 3), dtype=np.float32)
+    if labels is not None:
+        labels = np.ascontiguousarray(labels[: small.shape[0] * step : step, : small.shape[1] * step : step]).copy()
+    return small, labels

@@ -172,6 +172,36 @@ class GridReading:
     score: float
 
 
+@dataclass
+class FilmReading:
+    """A film read by the segmenter on its model grid (see :meth:`Segmenter.read`).
+
+    Attributes:
+        grid: the chosen :class:`GridReading` (label map and probabilities, model grid).
+        model_input: the float32 ``size x size`` input it was read from.
+        transform: model grid -> film coordinates.
+        mirrored: the hand is seen mirrored (``None`` when it cannot be told).
+        finger_angle_deg: direction the fingers point, degrees counter-clockwise from "up".
+        seconds: wall time.
+    """
+
+    grid: GridReading
+    model_input: np.ndarray
+    transform: CropTransform
+    mirrored: bool | None
+    finger_angle_deg: float | None
+    seconds: float
+
+    @property
+    def spacing(self) -> tuple[float, float]:
+        """``(row, col)`` film pixels per model pixel (true directions on squashed grids)."""
+        return (self.transform.row_scale, self.transform.col_scale)
+
+    def label_map(self) -> np.ndarray:
+        """The label map on the film's own pixel grid (uint8)."""
+        return self.transform.mask_to_original(self.grid.label_map).astype(np.uint8)
+
+
 class Segmenter:
     """The trained bone segmentation network (CPU inference).
 
@@ -300,41 +330,40 @@ class Segmenter:
             best = upright  # a turned reading must be clearly better than the film as given
         return best
 
-    def segment_model_grid(self, model_input: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0),
-                           orientations: bool = True) -> tuple[np.ndarray, bool | None, float | None]:
-        """Cleaned label map of a prepared input and the hand's orientation (see :meth:`read_model_grid`).
+    def read(self, image: Any, orientations: bool = True) -> FilmReading:
+        """Segment one radiograph on the model grid, with everything later stages decide from.
 
         Args:
-            model_input: float32 array from :func:`prepare_model_input`.
-            spacing: ``(row, col)`` original pixels per model pixel.
-            orientations: search mirrored and quarter-turned readings.
+            image: a :class:`boneage.io.Radiograph` or a 2-D array (bone bright).
+            orientations: search mirrored and quarter-turned readings (see :meth:`read_model_grid`).
 
         Returns:
-            ``(label_map, mirrored, finger_angle_deg)`` in the input's own orientation.
+            :class:`FilmReading`.
         """
+        start = time.perf_counter()
+        pixels = getattr(image, "pixels", image)
+        model_input, transform = prepare_model_input(pixels, self.config.size, window=self.config.window)
+        spacing = (transform.row_scale, transform.col_scale)
         reading = self.read_model_grid(model_input, spacing, orientations)
         mirrored, angle = hand_orientation(reading.label_map, spacing)
         if mirrored is None and orientations:
             mirrored = reading.mirrored
-        return reading.label_map, mirrored, angle
+        return FilmReading(reading, model_input, transform, mirrored, angle, time.perf_counter() - start)
 
     def segment_with_info(self, image: Any, orientations: bool = True) -> SegmentationResult:
         """Segment one radiograph and report its orientation.
 
         Args:
             image: a :class:`boneage.io.Radiograph` or a 2-D array (bone bright).
-            orientations: search mirrored and quarter-turned readings (see :meth:`segment_model_grid`).
+            orientations: search mirrored and quarter-turned readings (see :meth:`read_model_grid`).
 
         Returns:
             :class:`SegmentationResult` with the label map at the input's own size.
         """
         start = time.perf_counter()
-        pixels = getattr(image, "pixels", image)
-        model_input, transform = prepare_model_input(pixels, self.config.size, window=self.config.window)
-        spacing = (transform.row_scale, transform.col_scale)
-        small, mirrored, angle = self.segment_model_grid(model_input, spacing, orientations)
-        label_map = transform.mask_to_original(small)
-        return SegmentationResult(label_map.astype(np.uint8), mirrored, angle, time.perf_counter() - start)
+        reading = self.read(image, orientations)
+        return SegmentationResult(reading.label_map(), reading.mirrored, reading.finger_angle_deg,
+                                  time.perf_counter() - start)
 
     def segment(self, image: Any) -> np.ndarray:
         """Label map (uint8, :mod:`boneage.anatomy` ids) of one radiograph at its own size.
