@@ -137,3 +137,59 @@ def test_real_shipped_models_on_the_example():
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics.get("End-to-end") not in (None, "", "—")
+
+
+def test_two_uploads_of_one_name_are_two_cases_with_their_own_downloads(fake_app, monkeypatch):
+    import hashlib
+
+    from streamlit.elements.widgets.button import ButtonMixin
+
+    file_names: list[str] = []
+    original = ButtonMixin.download_button
+
+    def recording(self, label, data, file_name=None, *args, **kwargs):
+        file_names.append(file_name)
+        return original(self, label, data, file_name, *args, **kwargs)
+
+    monkeypatch.setattr(ButtonMixin, "download_button", recording)
+    hands = [generate_hand(31, i, size=256, age_range=(100, 140)) for i in (5, 6)]
+    data = [_png(h.image) for h in hands]
+    for d, h in zip(data, hands):
+        _teach(fake_app.oracle, d, h)
+    at = fake_app.run()
+    at.sidebar.file_uploader[0].set_value([("hand.png", data[0], "image/png"), ("hand.png", data[1], "image/png")]).run()
+    assert not at.exception
+    assert at.radio[0].options == ["hand.png", "hand.png (2)"]
+    first = list(file_names)
+    file_names.clear()
+    at.radio[0].set_value(f"1-{hashlib.sha1(data[1]).hexdigest()[:12]}").run()
+    assert not at.exception
+    assert at.header[0].value == "hand.png (2)" and len(at.metric) == 2
+    second = list(file_names)
+    assert len(first) == len(second) == 2 and not set(first) & set(second)  # no download overwrites another
+    assert all(n.startswith("hand-") for n in first + second)
+
+
+def test_repeated_large_uploads_keep_memory_bounded(fake_app):
+    """Each upload used to stay in the app's caches at full size (up to 64 of them); a viewer must
+    keep a bounded amount whatever the number of uploads."""
+    import gc
+    import tracemalloc
+
+    side = 2000  # 4 Mpx: 16 MB as float32 (a 20-Mpx film is 80 MB)
+    ramp = np.tile(np.linspace(0.1, 0.9, side, dtype=np.float32), (side, 1))
+    at = fake_app.run()
+    used = []
+    tracemalloc.start()
+    try:
+        for i in range(8):
+            film = ramp.copy()
+            film[100 + 40 * i: 140 + 40 * i] = 0.95  # each upload a different film
+            at.sidebar.file_uploader[0].set_value((f"film{i}.png", _png(film), "image/png")).run()
+            assert not at.exception
+            gc.collect()
+            used.append(tracemalloc.get_traced_memory()[0] / 1e6)
+    finally:
+        tracemalloc.stop()
+    # After the caches fill (films kept: 2, results kept: 4), more uploads add nothing lasting.
+    assert used[-1] - used[4] < 12, [round(u) for u in used]
