@@ -388,7 +388,9 @@ def test_pool_workers_ignore_ctrl_c(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "interrupted" in out and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "interrupted" in out, (out, err)
+    for noise in ("Traceback", "KeyboardInterrupt", "PoolWorker"):  # a worker's report starts "Process SpawnPoolWorker-1:"
+        assert noise not in err, err
 
 
 def test_device_without_cuda_is_refused_before_any_work(folder, direct_only, tmp_path, monkeypatch, capsys):
