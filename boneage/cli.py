@@ -175,7 +175,7 @@ def _print_notes(notes: list[str]) -> None:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train a model (segmenter, direct CNN, regression)",
+        help="train a model (segmenter, direct CNN, regression, hand check)",
         description="Train one of the project's models; the shipped weights are reproduced this way.",
     )
     models = p.add_subparsers(dest="model", metavar="MODEL", required=True)
@@ -213,6 +213,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     _add_train_direct_arguments(direct)
     direct.set_defaults(handler=_train_direct)
+    handcheck = models.add_parser(
+        "handcheck",
+        help="is-this-a-hand check over the segmenter's reading (needs the segmenter)",
+        description=(
+            "Read real training-split hands, synthetic hands, generated non-hand images and negative "
+            "films with the shipped segmenter, fit the hand check and set its threshold on a hold-out; "
+            "writes data/models/handcheck/ (features cached outside the repo)."
+        ),
+    )
+    from boneage.training.handcheck import add_train_arguments as add_handcheck_arguments
+
+    add_handcheck_arguments(handcheck)
+    handcheck.set_defaults(handler=_train_handcheck)
 
 
 def _train_segmenter(args: argparse.Namespace) -> int:
@@ -242,6 +255,12 @@ def _add_train_direct_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train_direct(args: argparse.Namespace) -> int:
     from boneage.direct import train_command
+
+    return train_command(args)
+
+
+def _train_handcheck(args: argparse.Namespace) -> int:
+    from boneage.training.handcheck import train_command
 
     return train_command(args)
 

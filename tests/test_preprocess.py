@@ -148,3 +148,50 @@ def test_as_pixels_one_infinite_pixel_does_not_blank_the_image():
     film[0, 0] = np.inf
     out = as_pixels(film)
     assert np.isfinite(out).all() and out.max() == 1.0 and out.std() > 0.1 and out[0, 0] == 0.0
+
+
+# --- upright: one orientation decision -------------------------------------------------------
+from boneage.preprocess import TILT_TOLERANCE_DEG, film_background, rotate_film, upright_transform  # noqa: E402
+
+
+@pytest.mark.parametrize("angle", [0.0, 90.0, -90.0, 180.0, 15.0, -20.0, 110.0])
+def test_upright_transform_round_trips_a_label_map(angle):
+    labels = np.zeros((90, 60), np.uint8)
+    labels[30:60, 25:35] = 3
+    t = upright_transform(labels.shape, angle, tolerance_deg=0.0)
+    up = t.apply(labels, order=0)
+    assert up.shape == t.upright_shape
+    back = t.to_original(up)
+    assert back.shape == labels.shape
+    assert (back == labels).mean() > 0.99
+
+
+def test_upright_transform_turns_the_fingers_up():
+    # A bar pointing right (fingers at -90 degrees: clockwise of up) becomes a bar pointing up.
+    img = np.zeros((80, 80), np.float32)
+    img[38:42, 40:75] = 1.0
+    img[35:45, 70:75] = 1.0  # the "tip" end
+    t = upright_transform(img.shape, -90.0)
+    assert t.quarter_turns == 1 and t.angle_deg == 0.0
+    up = t.apply(img)
+    rows = np.nonzero(up > 0.5)[0]
+    tip_rows = np.nonzero(up[:, 35:45].sum(1) > 5)[0]
+    assert rows.max() - rows.min() > 30 and tip_rows.mean() < 40  # vertical, tip at the top
+
+
+def test_a_small_lean_is_left_alone_and_a_tilt_is_undone():
+    assert upright_transform((50, 40), TILT_TOLERANCE_DEG - 1).identity
+    assert upright_transform((50, 40), None).identity
+    t = upright_transform((50, 40), 20.0)
+    assert t.quarter_turns == 0 and t.angle_deg == pytest.approx(-20.0)
+
+
+def test_rotate_film_fills_corners_with_the_background():
+    img = np.full((60, 40), 0.1, np.float32)
+    img[20:40, 15:25] = 0.9
+    turned, _ = rotate_film(img, 30.0)
+    assert turned.shape == img.shape and film_background(img) == pytest.approx(0.1)
+    assert turned[0, 0] == pytest.approx(0.1, abs=1e-3)
+    # Rotating back restores the centre.
+    back, _ = rotate_film(turned, -30.0)
+    assert np.abs(back[25:35, 17:23] - 0.9).max() < 0.05
