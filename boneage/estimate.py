@@ -26,12 +26,9 @@ MODEL_AGE_RANGE = (0.0, 228.0)
 MAX_CHRONOLOGICAL_AGE_MONTHS = 240.0
 #: A hand shows 19 tubular bones; fewer plausible ones than this and it is not a usable hand.
 MIN_TUBULAR_BONES_FOR_A_HAND = 10
-#: Fewer finger bones than this found at all, and the film is not a hand. Set with segmenter-3 and
-#: checked again with segmenter-4 by ``benchmarks/bench_hand_check.py --split train --n 300``:
-#: real train-split hands show a median of 19 and a minimum of 13 (segmenter-4: 14); the non-hand
-#: CR fixtures show 6 (chest) and 12 (tibia). 13 rejects both fixtures and no train-split hand;
-#: the margin is thin (one bone).
-#: ``measure.finger_rays`` is not used to reject: digit identity on real films is still imperfect.
+#: Without the hand check (:mod:`boneage.handcheck`, shipped as ``handcheck``) only this weaker rule
+#: is left: fewer finger bones than this found at all, and the film is not a hand. Real hands show
+#: a median of 19 and at least 13; the tibia fixture shows 12, so the margin is one bone.
 MIN_TUBULAR_BONES_PRESENT = 13
 #: Two estimates "disagree" when their difference exceeds this multiple of their combined
 #: interval half-widths (intervals are 90%: 1.645 SD each).
