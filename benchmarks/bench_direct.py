@@ -64,8 +64,9 @@ def main() -> None:
         import os
         from pathlib import Path
 
-        from boneage.direct import METRICS_FILE, cpu_name, write_model_card
+        from boneage.direct import METRICS_FILE
         from boneage.paths import MODELS_DIR
+        from boneage.training.direct import cpu_name, write_model_card
 
         folder = Path(args.weights) if args.weights else MODELS_DIR / "direct"
         folder = folder if folder.is_dir() else folder.parent

@@ -4,8 +4,8 @@ Usage:
     .venv/bin/python benchmarks/bench_multistep_synthetic.py [--train 400] [--test 150] [--size 512]
 
 Synthetic hands are drawn from a training seed and from the evaluation seed the segmenter never
-saw (``boneage.segment.EVAL_SEED``). A multi-step bundle (maturity reference + regression) is fitted
-on the training hands' measurements and scored on the evaluation hands, twice: measuring the
+saw (``boneage.training.segmenter.EVAL_SEED``). A multi-step bundle (maturity reference +
+regression) is fitted on the training hands' measurements and scored on the evaluation hands, twice: measuring the
 **segmenter's** label maps (the real pipeline) and measuring the **true** label maps (perfect
 segmentation, the method's upper bound). Prints the final (blended) MAE in months, each estimator's
 alone, the blend weight, 90% coverage and the share of finger bones measured plausibly.
@@ -30,9 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from boneage import anatomy
-    from boneage.multistep import LabelledMeasurements, evaluate, fit_bundle, measure_label_maps
-    from boneage.segment import EVAL_SEED, Segmenter
+    from boneage.segment import Segmenter
     from boneage.synth import generate_hand
+    from boneage.training.multistep import LabelledMeasurements, evaluate, fit_bundle, measure_label_maps
+    from boneage.training.segmenter import EVAL_SEED
 
     segmenter = Segmenter.load()
     cohorts = {}

@@ -180,7 +180,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     models = p.add_subparsers(dest="model", metavar="MODEL", required=True)
     seg = models.add_parser("segmenter", help="bone segmentation network (trained on synthetic hands)")
-    from boneage.segment import add_train_arguments  # light import (no torch)
+    from boneage.training.segmenter import add_train_arguments  # light import (no torch)
 
     add_train_arguments(seg)
     seg.set_defaults(handler=_train_segmenter)
@@ -229,14 +229,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _train_segmenter(args: argparse.Namespace) -> int:
-    from boneage.segment import train_command
+    from boneage.training.segmenter import train_command
 
     return train_command(args)
 
 
 def _add_train_direct_arguments(parser: argparse.ArgumentParser) -> None:
-    # Kept here (not imported from boneage.direct) so that parsing never imports torch; the
-    # defaults equal boneage.direct.TrainConfig's (a test checks it).
+    # Kept here (not imported from boneage.training.direct) so that parsing never imports torch;
+    # the defaults equal boneage.training.direct.TrainConfig's (a test checks it).
     parser.add_argument("--epochs", type=int, default=22, help="epochs (default 22, the shipped weights)")
     parser.add_argument("--size", type=int, default=224, help="network input side in px (default 224)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -254,7 +254,7 @@ def _add_train_direct_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_direct(args: argparse.Namespace) -> int:
-    from boneage.direct import train_command
+    from boneage.training.direct import train_command
 
     return train_command(args)
 
@@ -298,8 +298,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from boneage.compare import CompareConfig, run_compare
     from boneage.paths import DOCS_DIR
+    from boneage.training.compare import CompareConfig, run_compare
 
     out = args.out or str(DOCS_DIR)
     config = CompareConfig.quick_config(out) if args.quick else CompareConfig(out_dir=out)
@@ -358,7 +358,8 @@ def _add_reference(sub: argparse._SubParsersAction) -> None:
 def _train_multistep(args: argparse.Namespace) -> int:
     import json
 
-    from boneage.multistep import MULTISTEP_DIR, train_multistep, write_model_card
+    from boneage.multistep import MULTISTEP_DIR
+    from boneage.training.multistep import train_multistep, write_model_card
 
     out = args.out or MULTISTEP_DIR
     metrics = train_multistep(out, seed=args.seed, synthetic_lengths=args.synthetic_lengths,
@@ -369,7 +370,7 @@ def _train_multistep(args: argparse.Namespace) -> int:
 
 
 def _reference_build(args: argparse.Namespace) -> int:
-    from boneage.multistep import build_reference_command
+    from boneage.training.multistep import build_reference_command
 
     try:
         path = build_reference_command(args.data, args.out, bandwidth_months=args.bandwidth)

@@ -21,7 +21,7 @@ from scipy import ndimage
 from boneage import anatomy
 
 #: Bumped whenever a change here changes the numbers measured from the same label map (it keys
-#: cached film features, see :func:`boneage.multistep.film_features`).
+#: cached film features, see :func:`boneage.training.multistep.film_features`).
 MEASURE_VERSION = "measure-3"
 #: Fewer pixels than this (at the label map's resolution) and a structure counts as absent.
 MIN_PIXELS = 4

@@ -15,8 +15,9 @@ import pytest
 
 from boneage.estimate import BoneAgeEstimator, BoneAgeResult
 from boneage.io import Radiograph
-from boneage.multistep import LabelledMeasurements, MultiStepModel, evaluate, fit_bundle, measure_label_maps
+from boneage.multistep import MultiStepModel
 from boneage.synth import generate_hand
+from boneage.training.multistep import LabelledMeasurements, evaluate, fit_bundle, measure_label_maps
 from conftest import TESTS_DATA
 
 SIZE = 256
@@ -167,6 +168,30 @@ def test_disagreement_is_flagged(bundle):
     assert result.agreement == "disagree" and any("disagree" in q for q in result.qc)
 
 
+@dataclass
+class WideDirect(FakeDirect):
+    """A CNN shown a film it cannot read: an interval over the whole age range."""
+
+    def predict(self, pixels, sex=None):
+        from boneage.direct import DirectPrediction
+
+        return DirectPrediction(self.age, 0.0, 203.0, sex, None, "fake-direct")
+
+
+def test_a_wide_interval_does_not_pass_for_agreement(bundle):
+    oracle = Oracle()
+    hand = oracle.add(generate_hand(99, 9, size=SIZE, age_range=(100, 140)))
+    first = BoneAgeEstimator(oracle, bundle, FakeDirect()).estimate(hand.image, sex=hand.sex)
+    assert first.multistep.available
+    # The same age as the multi-step method, but with an interval that allows anything.
+    result = BoneAgeEstimator(oracle, bundle, WideDirect(age=first.multistep.age_months + 2)).estimate(hand.image, sex=hand.sex)
+    assert result.agreement == "inconclusive"
+    assert any("do not confirm each other" in q for q in result.qc)
+    from boneage.report import agreement_text
+
+    assert agreement_text(result)[0] == "wide"
+
+
 def test_missing_models_are_reported_not_fatal():
     est = BoneAgeEstimator(None, None, FakeDirect(), load_errors={"segmenter": "weights missing"})
     result = est.estimate(generate_hand(1, 1, size=SIZE).image, sex="F")
@@ -308,7 +333,7 @@ def test_unknown_sex_note_gives_the_measured_cost(estimator):
 
 
 def test_multistep_sex_unknown_figures_reach_the_model_card(bundle, tmp_path):
-    from boneage.multistep import evaluate_sex_unknown, write_model_card
+    from boneage.training.multistep import evaluate_sex_unknown, write_model_card
 
     hands = [generate_hand(12, i, size=SIZE) for i in range(30)]
     feats, _ = measure_label_maps(((h.label_map, h.spacing_mm) for h in hands), progress=False)

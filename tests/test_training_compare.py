@@ -1,11 +1,12 @@
-"""The comparison machinery on a tiny synthetic world (the real runs are a command, not a test)."""
+"""The comparison machinery (boneage.training.compare) on a tiny synthetic world (the real runs are a
+command, not a test)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from boneage.compare import CompareConfig, agreement, bootstrap_mae, run_compare
+from boneage.training.compare import CompareConfig, agreement, bootstrap_mae, run_compare
 
 
 def test_bootstrap_ci_contains_the_mae():
@@ -60,7 +61,7 @@ def test_quick_synthetic_comparison_writes_the_report(tmp_path):
 def test_end_to_end_runs_are_reused_only_when_they_are_the_same_runs(tmp_path, monkeypatch):
     import json
 
-    from boneage import compare
+    from boneage.training import compare
 
     first = CompareConfig.quick_config(tmp_path / "first")
     first.synthetic_sizes, first.repeats = (40,), 1

@@ -18,7 +18,6 @@ version for tests and smoke runs.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -28,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from boneage.multistep import LabelledMeasurements, fit_bundle, summarise_errors
 from boneage.paths import DOCS_DIR, REPO_DIR
+from boneage.training.multistep import LabelledMeasurements, fit_bundle, summarise_errors
 
 REAL_SIZES = (50, 100, 200, 400, 1000, 3000, 0)  # 0 = the whole pool
 SYNTHETIC_SIZES = (50, 100, 200, 400, 1000, 3000, 10000)
@@ -166,8 +165,8 @@ def real_world(config: CompareConfig, progress: bool = True, images: bool = True
     ``images=False`` skips decoding the CNN inputs (every CNN run reused from an earlier run).
     """
     from boneage import datasets
-    from boneage.direct import cached_images
-    from boneage.multistep import film_features
+    from boneage.training.direct import cached_images
+    from boneage.training.multistep import film_features
 
     dev = datasets.rsna_dev()
     # True-aspect development films first, then the 299 x 299 films (their lost aspect ratio
@@ -224,7 +223,8 @@ def _fit_multistep(world: World, idx: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _fit_direct(world: World, idx: np.ndarray, config: CompareConfig, seed: int) -> np.ndarray:
-    from boneage.direct import TrainConfig, predict_arrays, sex_to_code, train_on_arrays
+    from boneage.direct import predict_arrays, sex_to_code
+    from boneage.training.direct import TrainConfig, train_on_arrays
 
     if world.pool_images is None or world.val_images is None:
         raise ValueError(f"{world.name} world was built without CNN inputs (all CNN runs were to be reused)")

@@ -1,0 +1,824 @@
+"""Training of the end-to-end CNN (:mod:`boneage.direct` is its inference half).
+
+``boneage train direct`` and ``python -m boneage.training.direct``.
+
+* Data: ``rsna-299`` + the ``rsna-dev`` training split, decoded once through
+  :func:`boneage.preprocess.prepare_model_input` into a uint8 cache under
+  :func:`boneage.paths.cache_dir` at :data:`boneage.direct.CACHE_SIZE` px.
+* Sex: the code is set to 0 for :data:`SEX_DROPOUT` of the samples, so the same network has an
+  honest sex-agnostic mode.
+* Loss: L1 on the location + Laplace negative log-likelihood on the scale (location detached).
+* Uncertainty: the Laplace scale, conformally calibrated on a calibration hold-out of the
+  *training* split of ``rsna-dev`` (never trained on, never the validation split) so that
+  ``location +- factor * scale`` covers 90% there; coverage is then reported on the validation split.
+* Augmentation (on the fly, batch-wise in torch): rotation, zoom, aspect jitter, translation,
+  horizontal flip (the RSNA films are left hands; a flip makes a plausible right hand), gamma,
+  contrast, brightness, Gaussian noise and random down-up resampling (resolution jitter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from boneage.direct import (
+    AGE_RANGE_MONTHS,
+    CACHE_SIZE,
+    INPUT_SIZE,
+    INTENSITY_CENTRE,
+    INTENSITY_SCALE,
+    METRICS_FILE,
+    MODEL_VERSION,
+    WEIGHTS_FILE,
+    BoneAgeNet,
+    clipped_interval,
+    predict_arrays,
+    sex_to_code,
+)
+from boneage.models import cpu_has_fast_bf16
+from boneage.preprocess import prepare_model_input
+
+#: Fraction of training samples whose sex code is hidden (set to 0 = unknown).
+SEX_DROPOUT = 0.2
+#: Nominal coverage of the reported interval.
+INTERVAL_LEVEL = 0.9
+#: Number of ``rsna-dev`` *training-split* images held out for calibration and TTA choice.
+CALIBRATION_HOLDOUT = 200
+_CACHE_VERSION = "v1"
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation
+# ----------------------------------------------------------------------------------------------
+def augment_batch(images_uint8: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Random radiograph-plausible augmentation of a uint8 ``(B, S, S)`` batch.
+
+    Geometry: rotation +-20 deg, zoom 0.8-1.2, aspect jitter 0.75-1.33, translation +-8%,
+    horizontal flip p=0.5. Intensity: gamma 0.67-1.5, contrast 0.8-1.2, brightness +-0.08, noise
+    sigma 0-0.03, down-up resampling (p=0.3) to 50-90% resolution.
+
+    Args:
+        images_uint8: uint8 tensor ``(B, S, S)``.
+        size: output side.
+        generator: torch RNG (seeded by the caller, for reproducibility).
+
+    Returns:
+        float tensor ``(B, 1, size, size)``, normalised like :func:`boneage.direct.images_to_tensor`.
+    """
+    b = images_uint8.shape[0]
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, generator=generator)
+
+    x = images_uint8.float().div_(255.0).unsqueeze(1)
+    angle = uniform(-20.0, 20.0) * math.pi / 180.0
+    zoom = torch.exp(uniform(math.log(0.8), math.log(1.2)))
+    aspect = torch.exp(uniform(math.log(0.75), math.log(1.333)))
+    flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
+    sx = flip * torch.sqrt(aspect) / zoom  # sampling-grid scales (output -> input coordinates)
+    sy = 1.0 / (torch.sqrt(aspect) * zoom)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = cos * sx
+    theta[:, 0, 1] = -sin * sy
+    theta[:, 1, 0] = sin * sx
+    theta[:, 1, 1] = cos * sy
+    theta[:, 0, 2] = uniform(-0.16, 0.16)
+    theta[:, 1, 2] = uniform(-0.16, 0.16)
+    grid = F.affine_grid(theta, [b, 1, size, size], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    down = torch.rand(b, generator=generator) < 0.3
+    if bool(down.any()):
+        factor = float(uniform(0.5, 0.9)[0])
+        small = max(16, int(size * factor))
+        idx = torch.nonzero(down).flatten()
+        low = F.interpolate(x[idx], size=(small, small), mode="bilinear", align_corners=False, antialias=True)
+        x[idx] = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+
+    gamma = torch.exp(uniform(math.log(0.67), math.log(1.5))).view(b, 1, 1, 1)
+    x = x.clamp_(0.0, 1.0).pow_(gamma)
+    contrast = uniform(0.8, 1.2).view(b, 1, 1, 1)
+    brightness = uniform(-0.08, 0.08).view(b, 1, 1, 1)
+    x = (x - 0.5) * contrast + 0.5 + brightness
+    noise_sigma = uniform(0.0, 0.03).view(b, 1, 1, 1)
+    x = x + noise_sigma * torch.randn(x.shape, generator=generator)
+    return (x.clamp_(0.0, 1.0) - INTENSITY_CENTRE) / INTENSITY_SCALE
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache of decoded, preprocessed training images
+# ----------------------------------------------------------------------------------------------
+def _decode_one(path_and_size: tuple[str, int]) -> np.ndarray:
+    from PIL import Image
+
+    path, size = path_and_size
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("L"))
+    model_input, _ = prepare_model_input(pixels, size)
+    return np.round(model_input * 255.0).astype(np.uint8)
+
+
+def decode_images(paths: list[str], size: int = CACHE_SIZE, workers: int = 2, desc: str = "decode") -> np.ndarray:
+    """Decode and preprocess image files into a uint8 ``(N, size, size)`` array (parallel).
+
+    Args:
+        paths: image files.
+        size: output side.
+        workers: processes; 1 decodes in this process.
+        desc: progress-bar label.
+
+    Returns:
+        uint8 array, one preprocessed image per path, in order.
+    """
+    from tqdm import tqdm
+
+    out = np.empty((len(paths), size, size), dtype=np.uint8)
+    jobs = [(str(p), size) for p in paths]
+    if workers <= 1:
+        for i, job in enumerate(tqdm(jobs, desc=desc, mininterval=5)):
+            out[i] = _decode_one(job)
+        return out
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(workers) as pool:
+        for i, arr in enumerate(tqdm(pool.imap(_decode_one, jobs, chunksize=32), total=len(jobs), desc=desc, mininterval=5)):
+            out[i] = arr
+    return out
+
+
+def cached_images(labels, size: int = CACHE_SIZE, workers: int = 2) -> np.ndarray:
+    """The preprocessed uint8 images for a label table, decoded once and kept under the cache dir.
+
+    The cache file is keyed by the sources, the ids and the size; it is derived from
+    research-only images and lives outside the repository.
+
+    Args:
+        labels: DataFrame with ``id``, ``path`` and ``source`` columns.
+        size: image side.
+        workers: decoding processes.
+
+    Returns:
+        uint8 ``(N, size, size)`` in the table's row order.
+    """
+    import hashlib
+
+    from boneage.paths import cache_dir
+
+    key = hashlib.sha1(
+        ("|".join(f"{s}:{i}" for s, i in zip(labels["source"], labels["id"])) + f"|{size}|{_CACHE_VERSION}").encode()
+    ).hexdigest()[:16]
+    file = cache_dir() / f"direct_images_{size}_{key}.npy"
+    if file.is_file():
+        return np.load(file)
+    images = decode_images([str(p) for p in labels["path"]], size=size, workers=workers)
+    tmp = file.with_suffix(".tmp.npy")
+    np.save(tmp, images)
+    os.replace(tmp, file)
+    return images
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (written into the weights and metrics)."""
+
+    epochs: int = 22
+    input_size: int = INPUT_SIZE
+    cache_size: int = CACHE_SIZE
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"
+    out: str = ""
+    max_minutes: float | None = None
+    limit: int | None = None
+    workers: int = 2
+    bf16: bool = True
+    threads: int | None = None
+    init: str | None = None
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``/``"cuda"`` as given.
+
+    Raises:
+        ValueError: when CUDA is asked for and not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@dataclass
+class TrainResult:
+    """A trained network and the facts of its training."""
+
+    model: BoneAgeNet
+    target_mean: float
+    target_sd: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def train_on_arrays(
+    images: np.ndarray,
+    ages_months: np.ndarray,
+    sex_codes: np.ndarray,
+    config: TrainConfig,
+    monitor: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    log=print,
+) -> TrainResult:
+    """Train a :class:`BoneAgeNet` on uint8 image arrays.
+
+    Args:
+        images: uint8 ``(N, S, S)`` preprocessed images.
+        ages_months: ``(N,)`` bone ages.
+        sex_codes: ``(N,)`` +1/-1 (0 allowed).
+        config: the run's settings (epochs, sizes, seed, device, time limit).
+        monitor: optional ``(images, ages, sex_codes)`` evaluated after each epoch (MAE logged
+            only; never used to choose anything automatically).
+        log: printing function.
+
+    Returns:
+        :class:`TrainResult`.
+    """
+    from tqdm import tqdm
+
+    device = resolve_device(config.device)
+    if device.type == "cpu":
+        torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    use_bf16 = config.bf16 and (device.type == "cuda" or cpu_has_fast_bf16())
+
+    target_mean = float(np.mean(ages_months))
+    target_sd = float(np.std(ages_months)) or 1.0
+    init_state = None
+    if config.init:
+        # Continue from earlier weights (a second, shorter schedule): keep their standardisation.
+        checkpoint = torch.load(config.init, map_location="cpu", weights_only=True)
+        init_state = {k: v.float() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()}
+        target_mean, target_sd = float(checkpoint["target_mean"]), float(checkpoint["target_sd"])
+        log(f"initialised from {config.init}")
+    targets = torch.as_tensor((ages_months - target_mean) / target_sd, dtype=torch.float32)
+    codes = torch.as_tensor(sex_codes, dtype=torch.float32)
+    image_tensor = torch.from_numpy(np.ascontiguousarray(images))
+
+    model = BoneAgeNet(widths=tuple(config.widths))
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    n = len(images)
+    steps_per_epoch = max(1, n // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
+    )
+    history: list[dict] = []
+    start = time.time()
+    stopped_early = False
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        running, seen = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", mininterval=10, unit="step")
+        for step in bar:
+            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            x = augment_batch(image_tensor[idx], config.input_size, generator)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = targets[idx].to(device)
+            code = codes[idx].clone()
+            code[torch.rand(len(idx), generator=generator) < SEX_DROPOUT] = 0.0
+            with _autocast(device, use_bf16):
+                location, log_scale = model(x, code.to(device))
+            location, log_scale = location.float(), log_scale.float()
+            error = (y - location).abs()
+            loss = error.mean() + (log_scale + error.detach() / log_scale.exp()).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += float(error.detach().sum()) * target_sd
+            seen += len(idx)
+            if step % 20 == 0:
+                bar.set_postfix(mae_months=f"{running / max(seen, 1):.1f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+            if config.max_minutes is not None and time.time() - start > 60.0 * config.max_minutes:
+                stopped_early = True
+                break
+        record = {"epoch": epoch + 1, "train_mae_months": running / max(seen, 1), "minutes": (time.time() - start) / 60}
+        if monitor is not None:
+            loc, _ = predict_arrays(model, monitor[0], monitor[2], target_mean, target_sd, config.input_size, device)
+            record["monitor_mae_months"] = float(np.mean(np.abs(loc - monitor[1])))
+        history.append(record)
+        log(json.dumps(record))
+        if stopped_early:
+            log(f"stopped after {config.max_minutes} minutes (--max-minutes); saving what was trained")
+            break
+    return TrainResult(model.eval(), target_mean, target_sd, history, time.time() - start, stopped_early)
+
+
+def conformal_factor(ages: np.ndarray, locations: np.ndarray, scales: np.ndarray, level: float = INTERVAL_LEVEL) -> float:
+    """Split-conformal factor k so that ``|age - location| <= k * scale`` holds with ``level`` coverage.
+
+    Uses the finite-sample quantile ``ceil((n + 1) * level) / n`` of the normalised residuals.
+    """
+    scores = np.sort(np.abs(ages - locations) / scales)
+    n = len(scores)
+    rank = min(n - 1, int(math.ceil((n + 1) * level)) - 1)
+    return float(scores[rank])
+
+
+def evaluate_predictions(ages: np.ndarray, sexes: np.ndarray, predictions: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> dict:
+    """MAE overall, by sex and by age band, and interval coverage.
+
+    Args:
+        ages: true bone ages (months).
+        sexes: ``"M"``/``"F"`` per case.
+        predictions, lower, upper: estimates and interval bounds (months).
+
+    Returns:
+        Nested dict of ``{"n": ..., "mae_months": ..., "coverage_90": ...}`` per group.
+    """
+
+    def group(mask: np.ndarray) -> dict:
+        if not mask.any():
+            return {"n": 0}
+        err = np.abs(predictions[mask] - ages[mask])
+        return {
+            "n": int(mask.sum()),
+            "mae_months": round(float(err.mean()), 2),
+            "rmse_months": round(float(np.sqrt((err**2).mean())), 2),
+            "coverage_90": round(float(((ages[mask] >= lower[mask]) & (ages[mask] <= upper[mask])).mean()), 3),
+            "mean_interval_width_months": round(float((upper[mask] - lower[mask]).mean()), 1),
+        }
+
+    sexes = np.asarray(sexes)
+    return {
+        "overall": group(np.ones(len(ages), dtype=bool)),
+        "male": group(sexes == "M"),
+        "female": group(sexes == "F"),
+        "age_under_6y": group(ages < 72),
+        "age_6_to_12y": group((ages >= 72) & (ages <= 144)),
+        "age_over_12y": group(ages > 144),
+    }
+
+
+def save_weights(path: Path, result: TrainResult, config: TrainConfig, calibration: dict) -> None:
+    """Write the fp16 state dict, the standardisation, the calibration and the config."""
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in result.model.state_dict().items()}
+    torch.save(
+        {
+            "version": MODEL_VERSION,
+            "state_dict": state,
+            "target_mean": result.target_mean,
+            "target_sd": result.target_sd,
+            "calibration": calibration,
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        },
+        path,
+    )
+
+
+def _robustness_variants(pixels: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Shifted copies of a uint8 film: borders, a marker, lower resolution, lost aspect ratio."""
+    from PIL import Image
+
+    rows, cols = pixels.shape
+    pad_r, pad_c = rows // 6, cols // 6
+    black = np.pad(pixels, ((pad_r, pad_r), (pad_c, pad_c)), constant_values=0)
+    grey = np.pad(pixels, ((pad_r, pad_r), (pad_c, pad_c)), constant_values=128)
+    marked = pixels.copy()
+    h, w = rows // 8, cols // 10
+    r0, c0 = int(rng.integers(0, rows - h)), int(rng.integers(0, cols // 4))
+    marked[r0:r0 + h, c0:c0 + w] = 255
+    small = np.asarray(Image.fromarray(pixels).resize((max(8, cols * 2 // 5), max(8, rows * 2 // 5)), Image.Resampling.BILINEAR))
+    squashed = np.asarray(Image.fromarray(pixels).resize((299, 299), Image.Resampling.BILINEAR))
+    return {"black_border": black, "grey_border": grey, "bright_marker": marked, "downscaled_40pct": small, "squashed_299": squashed}
+
+
+def train(config: TrainConfig, log=print) -> dict:
+    """The ``boneage train direct`` run: data, training, calibration, validation, weights.
+
+    Trains on ``rsna-299`` + the ``rsna-dev`` training split minus :data:`CALIBRATION_HOLDOUT`
+    films; calibrates the interval and decides flip-TTA on that hold-out; reports metrics on the
+    fixed validation split (never used for any choice).
+
+    Args:
+        config: run settings; ``config.out`` is the output folder.
+
+    Returns:
+        The metrics dict (also written to ``OUT/metrics.json``).
+    """
+    from boneage.datasets import rsna_299, rsna_dev
+    from boneage.paths import MODELS_DIR
+
+    out = Path(config.out) if config.out else MODELS_DIR / "direct"
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    if device.type == "cpu":
+        torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    wall_start = time.time()
+
+    dev = rsna_dev()
+    dev_train = dev[dev["split"] == "train"].reset_index(drop=True)
+    val = dev[dev["split"] == "val"].reset_index(drop=True)
+    holdout_rng = np.random.default_rng(config.seed + 1)
+    holdout_idx = np.sort(holdout_rng.choice(len(dev_train), size=min(CALIBRATION_HOLDOUT, len(dev_train) // 4), replace=False))
+    calib = dev_train.iloc[holdout_idx].reset_index(drop=True)
+    fit_dev = dev_train.drop(index=holdout_idx).reset_index(drop=True)
+    import pandas as pd
+
+    fit = pd.concat([fit_dev, rsna_299()], ignore_index=True)
+    if config.limit:
+        fit = fit.sample(n=min(config.limit, len(fit)), random_state=config.seed).reset_index(drop=True)
+        calib = calib.iloc[: max(8, min(len(calib), config.limit))].reset_index(drop=True)
+        val = val.iloc[: max(8, min(len(val), config.limit))].reset_index(drop=True)
+    log(f"training on {len(fit)} films ({(fit['source'] == 'rsna-dev').sum()} rsna-dev, {(fit['source'] == 'rsna-299').sum()} rsna-299); "
+        f"calibration hold-out {len(calib)}; validation {len(val)}; device {device}")
+
+    fit_images = cached_images(fit, config.cache_size, config.workers)
+    calib_images = cached_images(calib, config.cache_size, config.workers)
+    val_images = cached_images(val, config.cache_size, config.workers)
+    codes = lambda df: np.array([sex_to_code(s) for s in df["sex"]], dtype=np.float32)  # noqa: E731
+    calib_ages = calib["bone_age_months"].to_numpy(dtype=np.float64)
+    val_ages = val["bone_age_months"].to_numpy(dtype=np.float64)
+
+    result = train_on_arrays(
+        fit_images, fit["bone_age_months"].to_numpy(dtype=np.float64), codes(fit), config,
+        monitor=(calib_images, calib_ages, codes(calib)), log=log,
+    )
+    # Evaluate exactly what is shipped: the fp16 weights loaded back into float32.
+    model = BoneAgeNet(widths=tuple(config.widths))
+    model.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in result.model.state_dict().items()})
+    model.eval()
+    fp32_loc, _ = predict_arrays(result.model.float().cpu(), val_images, codes(val), result.target_mean, result.target_sd, config.input_size)
+
+    def run(images, sex_codes, tta):
+        return predict_arrays(model, images, sex_codes, result.target_mean, result.target_sd, config.input_size, flip_tta=tta)
+
+    # Calibration hold-out: choose TTA, fit the conformal factors (sex known / unknown).
+    calib_plain, calib_plain_scale = run(calib_images, codes(calib), False)
+    calib_tta, calib_tta_scale = run(calib_images, codes(calib), True)
+    mae_plain = float(np.mean(np.abs(calib_plain - calib_ages)))
+    mae_tta = float(np.mean(np.abs(calib_tta - calib_ages)))
+    use_tta = mae_tta < mae_plain - 0.1
+    unknown = np.zeros(len(calib))
+    calib_loc, calib_scale = (calib_tta, calib_tta_scale) if use_tta else (calib_plain, calib_plain_scale)
+    calib_loc_u, calib_scale_u = run(calib_images, unknown, use_tta)
+    calibration = {
+        "level": INTERVAL_LEVEL,
+        "factor_sex_known": conformal_factor(calib_ages, calib_loc, calib_scale),
+        "factor_sex_unknown": conformal_factor(calib_ages, calib_loc_u, calib_scale_u),
+        "flip_tta": bool(use_tta),
+        "holdout_n": len(calib),
+        "holdout_mae_months_plain": round(mae_plain, 2),
+        "holdout_mae_months_flip_tta": round(mae_tta, 2),
+        "holdout_ids": [int(i) for i in calib["id"]],
+    }
+    log(f"calibration: {json.dumps({k: v for k, v in calibration.items() if k != 'holdout_ids'})}")
+    weights_path = out / WEIGHTS_FILE
+    save_weights(weights_path, result, config, calibration)
+
+    # Validation split: report only.
+    val_sexes = val["sex"].to_numpy()
+    loc, scale = run(val_images, codes(val), use_tta)
+    pred, lower, upper = clipped_interval(loc, scale, calibration["factor_sex_known"])
+    loc_u, scale_u = run(val_images, np.zeros(len(val)), use_tta)
+    pred_u, lower_u, upper_u = clipped_interval(loc_u, scale_u, calibration["factor_sex_unknown"])
+    other_tta_loc, _ = run(val_images, codes(val), not use_tta)
+    metrics: dict = {
+        "model_version": MODEL_VERSION,
+        "validation_split": "rsna-dev split == 'val' (boneage.datasets, SPLIT_SEED 20261125)",
+        "validation": evaluate_predictions(val_ages, val_sexes, pred, lower, upper),
+        "validation_sex_unknown": evaluate_predictions(val_ages, val_sexes, pred_u, lower_u, upper_u),
+        # fp32 location without TTA (compare with the fp16 weights' other-TTA-setting MAE when flip-TTA is on).
+        "validation_mae_fp32_weights": round(float(np.mean(np.abs(np.clip(fp32_loc, *AGE_RANGE_MONTHS) - val_ages))), 3),
+        "validation_mae_fp16_weights": round(float(np.mean(np.abs(pred - val_ages))), 3),
+        "validation_mae_other_tta_setting": round(float(np.mean(np.abs(np.clip(other_tta_loc, *AGE_RANGE_MONTHS) - val_ages))), 2),
+        "predict_mean_baseline_mae_months": round(float(np.mean(np.abs(val_ages - result.target_mean))), 2),
+        "calibration": {k: v for k, v in calibration.items() if k != "holdout_ids"},
+    }
+
+    # Robustness: the same validation films with borders, a marker, lower resolution, lost aspect.
+    from PIL import Image
+
+    rng = np.random.default_rng(config.seed)
+    variant_images: dict[str, list[np.ndarray]] = {}
+    for path in val["path"]:
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("L"))
+        for name, shifted in _robustness_variants(pixels, rng).items():
+            prepared, _ = prepare_model_input(shifted, config.cache_size)
+            variant_images.setdefault(name, []).append(np.round(prepared * 255).astype(np.uint8))
+    metrics["robustness_validation_mae_months"] = {"original": metrics["validation"]["overall"]["mae_months"]}
+    for name, imgs in variant_images.items():
+        v_loc, _ = run(np.stack(imgs), codes(val), use_tta)
+        metrics["robustness_validation_mae_months"][name] = round(float(np.mean(np.abs(np.clip(v_loc, *AGE_RANGE_MONTHS) - val_ages))), 2)
+
+    metrics["training"] = {
+        "command": "boneage train direct " + " ".join(_config_to_argv(config)),
+        "n_training_films": len(fit),
+        "n_rsna_dev_training_films": int((fit["source"] == "rsna-dev").sum()),
+        "n_rsna_299_training_films": int((fit["source"] == "rsna-299").sum()),
+        "epochs_completed": len(result.history),
+        "stopped_early_by_max_minutes": result.stopped_early,
+        "training_minutes": round(result.seconds / 60, 1),
+        "total_wall_minutes": round((time.time() - wall_start) / 60, 1),
+        "device": str(device),
+        "hardware": _hardware(device),
+        "bf16_autocast": bool(config.bf16 and (device.type == "cuda" or cpu_has_fast_bf16())),
+        "torch": torch.__version__,
+        "history": result.history,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+    }
+    if config.init:
+        previous_metrics = Path(config.init).parent / METRICS_FILE
+        if previous_metrics.is_file():
+            previous = json.loads(previous_metrics.read_text())
+            metrics["training"]["previous_stage"] = {
+                key: previous["training"].get(key)
+                for key in ("command", "epochs_completed", "training_minutes", "total_wall_minutes", "hardware", "history",
+                            "stopped_early_by_max_minutes", "note")
+            }
+            metrics["training"]["previous_stage"]["validation_mae_months"] = previous["validation"]["overall"]["mae_months"]
+            metrics["training"]["previous_stage"]["holdout_mae_months"] = previous["calibration"]["holdout_mae_months_plain"]
+    metrics["weights_file"] = WEIGHTS_FILE
+    metrics["weights_bytes"] = weights_path.stat().st_size
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    write_model_card(out)
+    log(json.dumps({k: metrics[k] for k in ("validation", "validation_sex_unknown", "robustness_validation_mae_months")}, indent=2))
+    return metrics
+
+
+_GROUP_LABELS = (
+    ("overall", "all"),
+    ("male", "male"),
+    ("female", "female"),
+    ("age_under_6y", "bone age < 6 y"),
+    ("age_6_to_12y", "6-12 y"),
+    ("age_over_12y", "> 12 y"),
+)
+
+
+def _metrics_table(groups: dict) -> str:
+    lines = ["| group | n | MAE (months) | RMSE (months) | 90% interval coverage | mean interval width (months) |",
+             "|---|---|---|---|---|---|"]
+    for key, label in _GROUP_LABELS:
+        g = groups.get(key, {"n": 0})
+        if not g.get("n"):
+            lines.append(f"| {label} | 0 | - | - | - | - |")
+            continue
+        lines.append(f"| {label} | {g['n']} | {g['mae_months']:.1f} | {g['rmse_months']:.1f} | "
+                     f"{100 * g['coverage_90']:.1f}% | {g['mean_interval_width_months']:.0f} |")
+    return "\n".join(lines)
+
+
+def write_model_card(folder: str | Path | None = None) -> Path:
+    """Write ``MODEL_CARD.md`` beside the weights from their ``metrics.json``.
+
+    Args:
+        folder: the model folder (default ``data/models/direct``).
+
+    Returns:
+        The card's path.
+    """
+    from boneage.paths import MODELS_DIR
+
+    folder = Path(folder) if folder else MODELS_DIR / "direct"
+    m = json.loads((folder / METRICS_FILE).read_text())
+    t = m["training"]
+    cal = m["calibration"]
+    rob = m["robustness_validation_mae_months"]
+    speed = m.get("inference", {})
+    params = sum(p.numel() for p in BoneAgeNet(widths=tuple(t["config"]["widths"])).parameters())
+    worst_shift = max(((k, v) for k, v in rob.items() if k != "original"), key=lambda kv: kv[1])
+    robustness_rows = "\n".join(f"| {k.replace('_', ' ')} | {v:.1f} |" for k, v in rob.items())
+    previous = t.get("previous_stage")
+    history = [dict(h, stage=1) for h in previous["history"]] + [dict(h, stage=2) for h in t["history"]] if previous else t["history"]
+    commands = (previous["command"] + "\n" if previous else "") + t["command"]
+    stage_note = (
+        f"Two stages: the first command trains from scratch ({previous['epochs_completed']} epochs, "
+        f"{previous['training_minutes']:.0f} min; its own validation MAE {previous['validation_mae_months']:.1f}, hold-out MAE "
+        f"{previous['holdout_mae_months']:.1f}), the second continues from its weights with a new, shorter one-cycle schedule. "
+        if previous else ""
+    )
+    speed_line = (f"{speed['seconds_per_image']:.3f} s per image on {speed['hardware']} ({speed['note']})"
+                  if speed else "see `benchmarks/bench_direct.py`")
+    text = f"""# Model card: end-to-end bone-age CNN (`{m['model_version']}`)
+
+**Research and education use only. Not a medical device; not for clinical decisions.** The
+weights were trained on RSNA Pediatric Bone Age Challenge images, whose terms allow research and
+education use only, no commercial use (cite Halabi SS, Prevedello LM, Kalpathy-Cramer J, et al.
+The RSNA Pediatric Bone Age Machine Learning Challenge. *Radiology* 2019;290:498-503).
+
+## What it does
+Left-hand PA radiograph (+ sex when known) -> bone age in months with a 90% interval.
+`boneage.direct.DirectEstimator.load().predict(radiograph_or_array, sex)`; registered as
+`boneage.models.get("direct")`. When the sex is unknown the same network runs with its sex input
+set to "unknown" (it was trained with the sex hidden for {int(100 * SEX_DROPOUT)}% of samples), the
+result says so (`sex_used=None`, `sex_note`) and its interval is calibrated separately; a sex is
+never assumed.
+
+## Model
+- Narrow MONAI 2-D ResNet-18 (`monai.networks.nets.ResNet`, basic blocks 2-2-2-2, widths
+  {'-'.join(str(w) for w in t['config']['widths'])}, `conv1_t_stride=2`), {params / 1e6:.2f} M parameters, from scratch
+  (no pretrained weights, no synthetic pretraining), + an MLP head on [pooled features, sex code
+  (+1 M / -1 F / 0 unknown), |sex code|] giving a location and a Laplace scale.
+- Loss: L1 on the location + Laplace negative log-likelihood for the scale (location detached).
+- Weights: `{m['weights_file']}`, fp16 ({m['weights_bytes'] / 1e6:.1f} MB), loaded back into float32.
+  Validation MAE without TTA: fp32 weights {m['validation_mae_fp32_weights']:.2f} vs the shipped fp16 weights
+  {(m['validation_mae_other_tta_setting'] if cal['flip_tta'] else m['validation_mae_fp16_weights']):.2f} months (fp16 storage loses nothing).
+
+## Input and preprocessing (`boneage/preprocess.py`, shared with the multi-step method)
+Uniform borders trimmed (content bounding box + 3% margin), crop squashed to a
+{t['config']['cache_size']} x {t['config']['cache_size']} square **ignoring the aspect ratio** (the same for every film, so a film that
+lost its aspect ratio looks like any other), percentile window (0.5-99.5%) to [0, 1], resized to
+{t['config']['input_size']} x {t['config']['input_size']} for the network. Orientation is not corrected (fingers up expected; trained with +-20 deg).
+
+## Training data
+- `rsna-299`: {t['n_rsna_299_training_films']} films (squashed to 299 x 299 by a public mirror).
+- `rsna-dev` training split: {t['n_rsna_dev_training_films']} films; a further {cal['holdout_n']} films of the
+  training split were held out (never trained on) to calibrate the interval and to decide test-time
+  augmentation.
+- The project's fixed validation split (`rsna-dev`, `split == "val"`) was used for nothing but the
+  numbers below.
+- Augmentation: rotation +-20 deg, zoom 0.8-1.2, aspect jitter 0.75-1.33, translation +-8%,
+  horizontal flip (p = 0.5; left hands become plausible right hands), gamma 0.67-1.5, contrast
+  0.8-1.2, brightness +-0.08, Gaussian noise, random down-up resampling (resolution jitter).
+
+## Reproduce
+```
+{commands}
+```
+{stage_note}Seed {t['config']['seed']}; {'last stage ' if previous else ''}{t['epochs_completed']} epochs (batch {t['config']['batch_size']}, AdamW lr {t['config']['learning_rate']}, weight decay
+{t['config']['weight_decay']}, one-cycle schedule){', stopped by --max-minutes' if t['stopped_early_by_max_minutes'] else ''}; bf16 autocast: {t['bf16_autocast']}.
+Hardware: {t['hardware']} (device `{t['device']}`), torch {t['torch']}. Training time
+{t['training_minutes'] + (previous['training_minutes'] if previous else 0):.0f} min, whole command{'s' if previous else ''} {t['total_wall_minutes'] + (previous['total_wall_minutes'] if previous else 0):.0f} min (first run also decodes the images
+into a uint8 cache under `~/.cache/boneage`, outside the repository). On a GPU use `--device cuda`
+(the numbers will differ slightly from these CPU-trained weights).{(chr(10) + t['note']) if t.get('note') else ''}
+
+## Validation metrics (fixed `rsna-dev` validation split, sex given)
+{_metrics_table(m['validation'])}
+
+Predicting the training mean for everyone gives MAE {m['predict_mean_baseline_mae_months']:.1f} months on this split.
+
+### Sex unknown (same films, sex input set to unknown)
+{_metrics_table(m['validation_sex_unknown'])}
+
+### Uncertainty
+The network's Laplace scale is multiplied by a split-conformal factor fitted on the
+{cal['holdout_n']}-film calibration hold-out of the training split: {cal['factor_sex_known']:.2f} (sex known),
+{cal['factor_sex_unknown']:.2f} (sex unknown); the interval is location +- factor x scale (clipped to 0-240
+months). Coverage above is measured on the validation split, which played no part in the fit.
+
+### Test-time augmentation
+Flip-TTA on the calibration hold-out: MAE {cal['holdout_mae_months_plain']:.2f} plain vs {cal['holdout_mae_months_flip_tta']:.2f} with flip;
+rule "keep if it gains > 0.1 month" -> flip-TTA **{'on' if cal['flip_tta'] else 'off'}**. (Validation MAE with the other
+setting: {m['validation_mae_other_tta_setting']:.2f}.)
+
+### Robustness (validation films, modified before preprocessing; MAE in months)
+| validation films | MAE |
+|---|---|
+{robustness_rows}
+
+Borders are 1/6 of each side on every edge (black = 0, grey = 128); the marker is a white
+rectangle (1/8 x 1/10 of the film) near the left edge; "downscaled" is 40% of the original
+resolution; "squashed 299" resizes the film to 299 x 299 like the `rsna-299` set.
+
+### Learning curve (training MAE under augmentation; MAE on the calibration hold-out of the training split)
+| epoch | train MAE | hold-out MAE | minutes |
+|---|---|---|---|
+""" + "\n".join(f"| {str(h['stage']) + '.' if 'stage' in h else ''}{h['epoch']} | {h['train_mae_months']:.1f} | {h.get('monitor_mae_months', float('nan')):.1f} | {h['minutes']:.0f} |" for h in history) + f"""
+
+## Speed
+{speed_line}.
+
+## Limits
+- Validated only on RSNA films of the same challenge (same hospitals, scanners and radiologist
+  labels) -- a held-out split, not an external test set. Expect larger errors on other scanners
+  and populations, and on young children (few in the data: see n for < 6 y).
+- The labels are single radiologist readings (Greulich-Pyle style); the model inherits their bias
+  and noise (inter-reader differences are several months).
+- Input must be a left-hand PA film with fingers roughly up; no hand detection or rejection of
+  non-hand images happens here.
+- The interval is calibrated on {cal['holdout_n']} films: its coverage in small subgroups (e.g. < 6 y) can
+  differ from 90%.
+- Trained at {t['config']['input_size']} px: fine physeal detail visible at full resolution is not available to it.
+- Without the sex the estimate is clearly worse (validation MAE {m['validation_sex_unknown']['overall']['mae_months']:.1f} vs
+  {m['validation']['overall']['mae_months']:.1f} months with it, 90% interval coverage {100 * m['validation_sex_unknown']['overall']['coverage_90']:.0f}% vs {100 * m['validation']['overall']['coverage_90']:.0f}%): give the sex
+  whenever it is known (PNG/JPEG files carry none; a result says when the sex was unknown).
+- One conformal factor serves both sexes: validation coverage is {100 * m['validation']['male']['coverage_90']:.0f}% for boys and
+  {100 * m['validation']['female']['coverage_90']:.0f}% for girls (nominal 90%).
+- Largest robustness loss: {worst_shift[0].replace('_', ' ')} ({worst_shift[1]:.1f} vs {rob['original']:.1f} months).
+- Ages < 6 y are only {m['validation']['age_under_6y']['n']} validation films: their MAE is imprecise.
+"""
+    path = folder / "MODEL_CARD.md"
+    path.write_text(text)
+    return path
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def cpu_name() -> str:
+    """The CPU model name (from ``/proc/cpuinfo`` where available)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _config_to_argv(config: TrainConfig) -> list[str]:
+    argv = ["--epochs", str(config.epochs), "--size", str(config.input_size), "--seed", str(config.seed), "--device", config.device]
+    if config.out:
+        argv += ["--out", config.out]
+    if config.max_minutes is not None:
+        argv += ["--max-minutes", str(config.max_minutes)]
+    if config.threads:
+        argv += ["--threads", str(config.threads)]
+    if config.learning_rate != TrainConfig.learning_rate:
+        argv += ["--lr", str(config.learning_rate)]
+    if config.init:
+        argv += ["--init", config.init]
+    if config.limit:
+        argv += ["--limit", str(config.limit)]
+    return argv
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line (used by ``boneage train direct`` and ``python -m boneage.training.direct``)
+# ----------------------------------------------------------------------------------------------
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``train direct`` options to a parser."""
+    defaults = TrainConfig()
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"epochs (default {defaults.epochs})")
+    parser.add_argument("--size", type=int, default=defaults.input_size, help=f"network input side in px (default {defaults.input_size})")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default 0)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto: cuda when available)")
+    parser.add_argument("--out", default="", help="output folder (default data/models/direct)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this long and save")
+    parser.add_argument("--limit", type=int, default=None, help="train on only N films (quick checks)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="decoding processes")
+    parser.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
+    parser.add_argument("--init", default=None, help="start from these weights (a second training stage)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Build a :class:`TrainConfig` from parsed ``train direct`` arguments."""
+    return TrainConfig(epochs=args.epochs, input_size=args.size, seed=args.seed, device=args.device, out=args.out,
+                       max_minutes=args.max_minutes, limit=args.limit, batch_size=args.batch_size,
+                       workers=args.workers, bf16=not args.no_bf16, threads=args.threads,
+                       learning_rate=args.lr, init=args.init)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """Handler of ``boneage train direct``; returns the exit code."""
+    from boneage.datasets import DataUnavailableError
+
+    try:
+        train(config_from_args(args))
+    except DataUnavailableError as exc:
+        print(f"boneage train direct: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"boneage train direct: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="python -m boneage.training.direct", description="Train the end-to-end CNN.")
+    add_train_arguments(_parser)

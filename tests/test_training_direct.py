@@ -1,0 +1,101 @@
+"""End-to-end CNN training (boneage.training.direct): augmentation, a tiny training run, calibration,
+metrics and the ``boneage train direct`` arguments."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from boneage import direct
+from boneage.direct import DirectEstimator, images_to_tensor, predict_arrays
+from boneage.training import direct as training
+from boneage.training.direct import (
+    TrainConfig,
+    augment_batch,
+    conformal_factor,
+    evaluate_predictions,
+    save_weights,
+    train_on_arrays,
+)
+from conftest import SMALL_DIRECT_WIDTHS, random_films
+
+
+def test_augmentation_shapes_and_determinism():
+    batch = torch.from_numpy(random_films(4, 40)[0])
+    a = augment_batch(batch, 32, torch.Generator().manual_seed(3))
+    b = augment_batch(batch, 32, torch.Generator().manual_seed(3))
+    assert a.shape == (4, 1, 32, 32) and torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    plain = images_to_tensor(batch.numpy(), 32)
+    assert plain.shape == (4, 1, 32, 32)
+
+
+def test_tiny_training_run_and_fp16_round_trip(tmp_path):
+    images, ages, sexes = random_films(32)
+    config = TrainConfig(epochs=1, input_size=32, cache_size=48, batch_size=8, seed=1, device="cpu", limit=32,
+                         widths=SMALL_DIRECT_WIDTHS, bf16=False)
+    result = train_on_arrays(images, ages, sexes, config, monitor=(images[:8], ages[:8], sexes[:8]), log=lambda *_: None)
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["monitor_mae_months"])
+    loc, scale = predict_arrays(result.model, images, sexes, result.target_mean, result.target_sd, 32)
+    assert np.isfinite(loc).all() and (scale > 0).all()
+    calibration = {"factor_sex_known": conformal_factor(ages, loc, scale), "factor_sex_unknown": 2.5, "flip_tta": False}
+    path = tmp_path / direct.WEIGHTS_FILE
+    save_weights(path, result, config, calibration)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    estimator = DirectEstimator.load(tmp_path)
+    loc16, _ = predict_arrays(estimator.model, images, sexes, estimator.target_mean, estimator.target_sd, 32)
+    assert np.abs(loc16 - loc).max() < 0.5  # months: fp16 storage loses nothing that matters
+
+    male = estimator.predict(images[0], "M")
+    unknown = estimator.predict(images[0].astype(np.float32) / 255.0, None)
+    assert male.sex_used == "M" and male.sex_note is None
+    assert unknown.sex_used is None and "sex unknown" in unknown.sex_note
+    for p in (male, unknown):
+        assert 0.0 <= p.lower_90 <= p.age_months <= p.upper_90 <= 240.0
+
+
+def test_conformal_factor_covers_its_level():
+    rng = np.random.default_rng(0)
+    ages = rng.normal(size=2000)
+    scales = rng.uniform(0.5, 2.0, size=2000)
+    locations = ages + rng.laplace(size=2000) * scales
+    k = conformal_factor(ages[:1000], locations[:1000], scales[:1000], 0.9)
+    covered = np.abs(ages[1000:] - locations[1000:]) <= k * scales[1000:]
+    assert 0.87 <= covered.mean() <= 0.93
+
+
+def test_evaluate_predictions_groups():
+    ages = np.array([30.0, 100.0, 180.0, 60.0])
+    metrics = evaluate_predictions(ages, np.array(["M", "F", "M", "F"]), ages + 2, ages - 5, ages + 5)
+    assert metrics["overall"]["mae_months"] == 2.0 and metrics["overall"]["coverage_90"] == 1.0
+    assert metrics["age_under_6y"]["n"] == 2 and metrics["age_6_to_12y"]["n"] == 1 and metrics["age_over_12y"]["n"] == 1
+    assert metrics["male"]["n"] == 2
+
+
+def test_cli_train_direct_arguments():
+    from boneage.cli import build_parser
+
+    args = build_parser().parse_args(["train", "direct", "--epochs", "3", "--size", "128", "--limit", "32", "--device", "cpu",
+                                      "--max-minutes", "1.5", "--seed", "7", "--out", "x"])
+    config = training.config_from_args(args)
+    assert (config.epochs, config.input_size, config.limit, config.device, config.max_minutes, config.seed, config.out) == (
+        3, 128, 32, "cpu", 1.5, 7, "x")
+    assert args.handler is not None
+    # The CLI's defaults are the library's defaults (the shipped command relies on them).
+    defaults = training.config_from_args(build_parser().parse_args(["train", "direct"]))
+    assert defaults == TrainConfig()
+    parser = argparse.ArgumentParser()
+    training.add_train_arguments(parser)
+    assert training.config_from_args(parser.parse_args([])) == TrainConfig()
+
+
+def test_resolve_device():
+    assert training.resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert training.resolve_device("auto").type == "cpu"
+        with pytest.raises(ValueError):
+            training.resolve_device("cuda")

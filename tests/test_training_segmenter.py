@@ -1,0 +1,224 @@
+"""Tests of the segmenter's training (boneage.training.segmenter): augmentation, loss, training runs,
+self-training targets, evaluation and the model card."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from boneage import anatomy, segment
+from boneage.paths import rsna_dev_dir
+from boneage.preprocess import prepare_model_input
+from boneage.synth import generate_hand
+from boneage.training import segmenter
+
+torch = pytest.importorskip("torch")
+
+SHIPPED = segment.SEGMENTER_DIR / segment.WEIGHTS_FILE
+needs_weights = pytest.mark.skipif(not SHIPPED.is_file(), reason="segmenter weights not trained/shipped yet")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> segment.Segmenter:
+    return segment.Segmenter.load()
+
+
+def test_label_map_to_model_inverts_mask_to_original() -> None:
+    hand = generate_hand(1000, 0, size=256)
+    _, transform = prepare_model_input(hand.image, 128)
+    small = segmenter.label_map_to_model(hand.label_map, transform)
+    assert small.shape == (128, 128)
+    back = transform.mask_to_original(small)
+    assert back.shape == hand.label_map.shape
+    # Round trip through a coarser grid keeps most bone pixels.
+    bone = hand.label_map > 0
+    assert segmenter.dice(back > 0, bone) > 0.8
+
+
+def test_augmentation_keeps_image_and_labels_aligned() -> None:
+    rng = np.random.default_rng(0)
+    hand = generate_hand(1000, 1, size=256)
+    for _ in range(4):
+        x, y = segmenter.augment_hand(rng, hand.image, hand.label_map, 96)
+        assert x.shape == y.shape == (96, 96)
+        assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+        assert set(np.unique(y)) <= set(range(anatomy.NUM_CLASSES))
+        if (y > 0).any() and (y == 0).any():
+            # Labelled bone is bright (alignment sanity check; film frames can be brighter still).
+            assert x[y > 0].mean() > np.percentile(x, 25)
+
+
+def test_tiny_training_decreases_loss() -> None:
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    pairs = [segmenter.augment_hand(rng, generate_hand(1000, i, size=192).image,
+                                  generate_hand(1000, i, size=192).label_map, 64) for i in range(2)]
+    x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
+    y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None].astype(np.int64))
+    net = segment.build_network(segment.NetworkConfig(size=64, channels=(8, 16, 32, 64, 128)))
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = loss_fn(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_train_writes_loadable_fp16_weights(tmp_path: Path) -> None:
+    config = segmenter.TrainConfig(out=str(tmp_path), steps=2, size=64, crop=64, batch_size=2, workers=0,
+                                 channels=(4, 8, 16, 32, 64), real_intensity=False, progress=False)
+    path = segmenter.train(config)
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    assert all(v.dtype == torch.float16 for v in blob["state_dict"].values() if v.is_floating_point())
+    model = segment.Segmenter.load(path)
+    image = generate_hand(7, 0, size=160).image
+    assert model.segment(image).shape == image.shape
+    assert json.loads((tmp_path / "train_log.json").read_text())["meta"]["steps_done"] >= 1
+
+
+def test_reproduce_command_repeats_non_default_settings() -> None:
+    config = asdict(segmenter.TrainConfig(out="/runs/s2", init="/runs/s1/segmenter.pt", bf16=False,
+                                        pseudo_labels="/runs/p.npz", pseudo_fraction=0.5))
+    line = segmenter._train_command_line(config)
+    assert line.startswith("boneage train segmenter --out /runs/s2")
+    assert "--init /runs/s1/segmenter.pt" in line and "--pseudo-fraction 0.5" in line
+    assert line.endswith("--no-bf16")
+    assert "--no-bf16" not in segmenter._train_command_line(asdict(segmenter.TrainConfig()))
+
+
+def test_model_card_describes_each_stage_as_trained() -> None:
+    def stage(**cfg) -> dict:
+        return {"train_config": asdict(segmenter.TrainConfig(**cfg)), "steps_done": 10, "wall_minutes": 1.0,
+                "bf16_autocast": False}
+
+    second = stage(out="/runs/s2", init="/runs/s1/segmenter.pt", bf16=False, real_bone_look_p=0.5)
+    second["init_meta"] = stage(out="/runs/s1", bf16=False)
+    card = segmenter.model_card({"weights_meta": second, "synthetic": {"n_images": 2, "seed": segmenter.EVAL_SEED}})
+    assert "in stage(s) 2 also a real film's bone look" in card
+    assert "fp32 (the CPU had no native bf16" in card
+    assert "boneage train segmenter --out /runs/s1 --no-bf16   # stage 1" in card
+    plain = segmenter.model_card({"weights_meta": stage(), "synthetic": {"n_images": 2, "seed": segmenter.EVAL_SEED}})
+    assert "bone look" not in plain
+    # Stages trained on different CPUs: each stage's precision is said, not the first one's for all.
+    third = stage(out="/runs/s3", init="/runs/s2/segmenter.pt")
+    third["bf16_autocast"] = True
+    third["init_meta"] = second
+    mixed = segmenter.model_card({"weights_meta": third, "synthetic": {"n_images": 2, "seed": segmenter.EVAL_SEED}})
+    assert "stage(s) 1, 2 in fp32" in mixed and "stage(s) 3 with bf16 autocast" in mixed
+
+
+def test_masked_loss_matches_monai_and_skips_ignored_pixels() -> None:
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, anatomy.NUM_CLASSES, 24, 24)
+    target = torch.randint(0, anatomy.NUM_CLASSES, (2, 1, 24, 24))
+    expected = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)(logits, target)
+    assert torch.allclose(segmenter.masked_dice_ce_loss(logits, target), expected, atol=1e-5)
+    # Ignored pixels carry no signal: changing the logits there changes neither loss nor gradient.
+    ignored = target.clone()
+    ignored[:, :, :12] = segmenter.IGNORE
+    other = logits.clone()
+    other[:, :, :12] = torch.randn_like(other[:, :, :12]) * 5
+    a, b = logits.clone().requires_grad_(), other.clone().requires_grad_()
+    loss_a, loss_b = segmenter.masked_dice_ce_loss(a, ignored), segmenter.masked_dice_ce_loss(b, ignored)
+    assert torch.allclose(loss_a, loss_b, atol=1e-5)
+    loss_a.backward()
+    assert float(a.grad[:, :, :12].abs().max()) == 0.0
+
+
+def test_augmentation_keeps_ignore_labels() -> None:
+    rng = np.random.default_rng(3)
+    hand = generate_hand(1000, 2, size=256)
+    labels = hand.label_map.copy()
+    labels[np.isin(labels, anatomy.bone_labels("metacarpal_3"))] = segmenter.IGNORE
+    for _ in range(4):
+        _, y = segmenter.augment_hand(rng, hand.image, labels, 96)
+        assert set(np.unique(y)) <= set(range(anatomy.NUM_CLASSES)) | {segmenter.IGNORE}
+        assert not np.isin(y, anatomy.bone_labels("metacarpal_3")).any()
+
+
+def test_pseudo_label_target_trusts_good_bones_and_ignores_the_rest() -> None:
+    hand = generate_hand(1000, 5, size=384, bone_age_months=150)
+    labels = hand.label_map
+    probs = np.zeros((anatomy.NUM_CLASSES, *labels.shape), np.float32)
+    np.put_along_axis(probs, labels[None].astype(np.int64), 1.0, axis=0)
+    bounds = segmenter.length_ratio_bounds(n=40)
+    target, trusted = segmenter.pseudo_label_target(labels, probs, (1.0, 1.0), bounds)
+    assert len([b for b in trusted if b in anatomy.TUBULAR_BONES]) >= 17
+    assert (target[labels == 0] == 0).all()  # confident background stays background
+    # Relabel the fourth proximal phalanx as the third: both become untrusted and ignored.
+    broken = labels.copy()
+    for a, b in zip(anatomy.bone_labels("proximal_phalanx_4"), anatomy.bone_labels("proximal_phalanx_3")):
+        broken[labels == a] = b
+    target, trusted = segmenter.pseudo_label_target(broken, probs, (1.0, 1.0), bounds)
+    assert "proximal_phalanx_3" not in trusted
+    assert (target[np.isin(broken, anatomy.bone_labels("proximal_phalanx_3"))] == segmenter.IGNORE).all()
+    assert "metacarpal_2" in trusted
+    # A label that spilled across a joint (the second metacarpal's head taken as part of the
+    # proximal phalanx) makes both out of proportion with their neighbours: neither is trusted.
+    from skimage.morphology import convex_hull_image
+
+    spilled = labels.copy()
+    mc2 = np.isin(labels, anatomy.bone_labels("metacarpal_2"))
+    rows = np.nonzero(mc2)[0]
+    head = mc2 & (np.arange(labels.shape[0])[:, None] < np.percentile(rows, 12))  # fingers point up
+    pp2 = np.isin(labels, anatomy.bone_labels("proximal_phalanx_2"))
+    joined = convex_hull_image(pp2 | head) & ((labels == 0) | pp2 | head)
+    spilled[joined] = anatomy.shaft_label("proximal_phalanx_2")  # one piece across the joint
+    _, trusted = segmenter.pseudo_label_target(spilled, probs, (1.0, 1.0), bounds)
+    assert "proximal_phalanx_2" not in trusted and "metacarpal_3" in trusted
+    # The first round's check (third metacarpal alone, wide range) lets that spill pass.
+    loose = segmenter.length_ratio_bounds(n=40, check="metacarpal3")
+    _, trusted = segmenter.pseudo_label_target(spilled, probs, (1.0, 1.0), loose)
+    assert "proximal_phalanx_2" in trusted
+    # Unsure background is ignored, not taught as background.
+    unsure = probs.copy()
+    unsure[0, :10, :10] = 0.5
+    target, _ = segmenter.pseudo_label_target(labels, unsure, (1.0, 1.0), bounds)
+    assert (target[:10, :10][labels[:10, :10] == 0] == segmenter.IGNORE).all()
+
+
+def test_train_refuses_the_evaluation_seed(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        segmenter.train(segmenter.TrainConfig(out=str(tmp_path), seed=segmenter.EVAL_SEED, steps=1))
+
+
+def test_keypoint_lengths_parse(tmp_path: Path) -> None:
+    csv = tmp_path / "kp.csv"
+    csv.write_text("id,keypoint,x,y,visible\n1,forefinger1,0,0,2\n1,forefinger2,0,30,2\n1,forefinger3,0,50,2\n"
+                   "1707,forefinger1,0,0,0\n")
+    lengths = segmenter.keypoint_lengths(csv)
+    assert lengths == {1: {"proximal_phalanx_2": 30.0, "middle_phalanx_2": 20.0}}
+
+
+@needs_weights
+def test_shipped_weights_segment_an_unseen_synthetic_hand(shipped: segment.Segmenter) -> None:
+    metrics = segmenter.evaluate_synthetic(shipped, n=2, seed=segmenter.EVAL_SEED)
+    # The real number (40 hands) is in the model card; this is a modest floor.
+    assert metrics["tubular_dice_mean"] > 0.7
+    hand = generate_hand(segmenter.EVAL_SEED, 0)
+    assert shipped.segment(hand.image).shape == hand.image.shape
+
+
+@needs_weights
+@pytest.mark.skipif(not (rsna_dev_dir() / "hand_keypoints.csv").is_file(),
+                    reason="real rsna-dev keypoints not available (../shared/data/rsna-dev absent)")
+def test_real_keypoint_phalanx_lengths(shipped: segment.Segmenter) -> None:
+    # All 41 annotated films (~15 s): the shipped weights and measuring rules must keep the issue's
+    # bars (segmenter-4 with measure-3: 96.6 % of bones measured, median error 5.8 %); segmenter-3
+    # with measure-1 (73 %, 7.8 %) fails this.
+    metrics = segmenter.evaluate_keypoints(shipped)
+    assert metrics["n_images"] == 41 and metrics["bones_expected"] == 328
+    assert metrics["measured_fraction"] >= 0.95
+    assert metrics["rel_error_median"] <= 0.08
