@@ -822,3 +822,4 @@ def train_command(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     _parser = argparse.ArgumentParser(prog="python -m boneage.training.direct", description="Train the end-to-end CNN.")
     add_train_arguments(_parser)
+    sys.exit(train_command(_parser.parse_args()))
