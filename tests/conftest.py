@@ -8,9 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from boneage import segment
 from boneage.paths import rsna_dev_dir
 
 TESTS_DATA = Path(__file__).parent / "data"
+#: The shipped segmenter's weights; tests that need them skip where they are absent.
+SEGMENTER_WEIGHTS = segment.SEGMENTER_DIR / segment.WEIGHTS_FILE
+needs_segmenter_weights = pytest.mark.skipif(not SEGMENTER_WEIGHTS.is_file(),
+                                             reason="segmenter weights not trained/shipped yet")
 #: Channel widths of a tiny end-to-end CNN (seconds to train on a CPU).
 SMALL_DIRECT_WIDTHS = (8, 16, 16, 32)
 
@@ -104,6 +109,12 @@ def dicom_factory(tmp_path):
         return write_dicom(tmp_path / f"img{next(counter)}.dcm", ramp() if pixels is None else pixels, **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def shipped_segmenter() -> segment.Segmenter:
+    """The shipped segmenter, loaded once per test module."""
+    return segment.Segmenter.load()
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def test_inference_modules_are_short(inference_run: dict) -> None:
     assert {name for name in PENDING_SPLIT if lines.get(name, 0) <= MAX_LINES} == set()
 
 
-@pytest.mark.parametrize("module", ["boneage.training.segmenter", "boneage.training.direct", "boneage.training.multistep"])
+@pytest.mark.parametrize("module", [f"boneage.training.{name}" for name in ("segmenter", "direct", "multistep")])
 def test_training_entry_points_run_as_modules(module: str) -> None:
     # The model cards quote these commands (``python -m boneage.training.X ...``) to reproduce the weights.
     done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=300)

@@ -16,17 +16,9 @@ from boneage import anatomy, segment
 from boneage.cli import main as cli_main
 from boneage.synth import generate_hand
 from boneage.training.segmenter import EVAL_SEED, dice
+from conftest import SEGMENTER_WEIGHTS, needs_segmenter_weights
 
 torch = pytest.importorskip("torch")
-
-SHIPPED = segment.SEGMENTER_DIR / segment.WEIGHTS_FILE
-needs_weights = pytest.mark.skipif(not SHIPPED.is_file(), reason="segmenter weights not trained/shipped yet")
-
-
-@pytest.fixture(scope="module")
-def shipped() -> segment.Segmenter:
-    return segment.Segmenter.load()
-
 
 def test_network_outputs_every_class() -> None:
     net = segment.build_network(segment.NetworkConfig(size=64, channels=(4, 8, 16, 32, 64)))
@@ -51,29 +43,30 @@ def test_clean_label_map_removes_stray_fragments() -> None:
     assert (cleaned == label).sum() == (labels == label).sum() - 4
 
 
-@needs_weights
-def test_orientation_search_reads_mirrored_films(shipped: segment.Segmenter) -> None:
+@needs_segmenter_weights
+def test_orientation_search_reads_mirrored_films(shipped_segmenter: segment.Segmenter) -> None:
     hand = generate_hand(EVAL_SEED, 3, size=384)
     whole = lambda labels, bone: np.isin(labels, anatomy.bone_labels(bone))  # noqa: E731
-    plain = shipped.segment_with_info(hand.image)
+    plain = shipped_segmenter.segment_with_info(hand.image)
     assert plain.mirrored is False and abs(plain.finger_angle_deg) < 45
     # A right hand (the mirrored film): labelled as the same anatomical bones, and said.
-    mirrored = shipped.segment_with_info(np.ascontiguousarray(hand.image[:, ::-1]))
+    mirrored = shipped_segmenter.segment_with_info(np.ascontiguousarray(hand.image[:, ::-1]))
     assert mirrored.mirrored is True
     truth = hand.label_map[:, ::-1]
     assert dice(whole(mirrored.label_map, "metacarpal_1"), whole(truth, "metacarpal_1")) > 0.7
     assert dice(whole(mirrored.label_map, "metacarpal_5"), whole(truth, "metacarpal_5")) > 0.7
     # Without the search the network reads the film as given (left hand, upright).
-    assert shipped.segment_with_info(hand.image, orientations=False).mirrored is False
+    assert shipped_segmenter.segment_with_info(hand.image, orientations=False).mirrored is False
 
 
-@needs_weights
+@needs_segmenter_weights
 @pytest.mark.parametrize("quarter_turns", [1, 2, 3])
-def test_orientation_search_turns_a_sideways_film_back(shipped: segment.Segmenter, quarter_turns: int) -> None:
+def test_orientation_search_turns_a_sideways_film_back(shipped_segmenter: segment.Segmenter,
+                                                        quarter_turns: int) -> None:
     hand = generate_hand(EVAL_SEED, 3, size=384)
     whole = lambda labels, bone: np.isin(labels, anatomy.bone_labels(bone))  # noqa: E731
     # A film turned by quarters (1: fingers pointing left, 2: down): turned back, segmented, said.
-    turned = shipped.segment_with_info(np.ascontiguousarray(np.rot90(hand.image, quarter_turns)))
+    turned = shipped_segmenter.segment_with_info(np.ascontiguousarray(np.rot90(hand.image, quarter_turns)))
     expected_angle = 90.0 * quarter_turns if quarter_turns < 3 else -90.0
     assert turned.finger_angle_deg is not None
     assert abs((turned.finger_angle_deg - expected_angle + 180) % 360 - 180) < 30
@@ -81,17 +74,18 @@ def test_orientation_search_turns_a_sideways_film_back(shipped: segment.Segmente
     assert dice(whole(turned.label_map, "proximal_phalanx_3"), whole(truth, "proximal_phalanx_3")) > 0.7
 
 
-@needs_weights
-def test_a_film_that_is_no_hand_in_any_orientation_is_not_turned(shipped: segment.Segmenter) -> None:
+@needs_segmenter_weights
+def test_a_film_that_is_no_hand_in_any_orientation_is_not_turned(shipped_segmenter: segment.Segmenter) -> None:
     # Smooth noise reads as no hand at any quarter turn: the search runs (score below the trigger).
     # For this seed a turned reading scores a little higher (1.7 against 1.5) but not by the margin,
     # so the film is kept as given.
     rng = np.random.default_rng(0)
     noise = ndimage.gaussian_filter(rng.random((384, 384)), 8).astype(np.float32)
-    model_input, _ = segment.prepare_model_input(noise, shipped.config.size, window=shipped.config.window)
-    as_given = shipped.read_model_grid(model_input, orientations=False)
+    config = shipped_segmenter.config
+    model_input, _ = segment.prepare_model_input(noise, config.size, window=config.window)
+    as_given = shipped_segmenter.read_model_grid(model_input, orientations=False)
     assert as_given.score < segment.QUARTER_TURN_TRIGGER
-    assert shipped.read_model_grid(model_input).turns == 0
+    assert shipped_segmenter.read_model_grid(model_input).turns == 0
 
 
 def test_thumb_divergence_tells_thumb_from_little_finger() -> None:
@@ -104,20 +98,20 @@ def test_thumb_divergence_tells_thumb_from_little_finger() -> None:
     assert segment.thumb_divergence_deg(np.zeros((16, 16), np.uint8)) is None
 
 
-@needs_weights
+@needs_segmenter_weights
 def test_shipped_weights_are_registered_and_small() -> None:
     from boneage import models
 
     entry = models.get("segmenter")
-    assert entry.weights_path == SHIPPED
+    assert entry.weights_path == SEGMENTER_WEIGHTS
     assert entry.version == segment.VERSION
     # The shipped file must be the weights of this code's version, not an older file left behind.
-    assert torch.load(SHIPPED, map_location="cpu", weights_only=False)["version"] == segment.VERSION
-    assert SHIPPED.stat().st_size < 15e6
+    assert torch.load(SEGMENTER_WEIGHTS, map_location="cpu", weights_only=False)["version"] == segment.VERSION
+    assert SEGMENTER_WEIGHTS.stat().st_size < 15e6
     assert (segment.SEGMENTER_DIR / "MODEL_CARD.md").is_file()
 
 
-@needs_weights
+@needs_segmenter_weights
 def test_segment_cli_writes_one_label_map_per_input(tmp_path: Path) -> None:
     images = tmp_path / "in"
     images.mkdir()

@@ -15,17 +15,9 @@ from boneage.paths import rsna_dev_dir
 from boneage.preprocess import prepare_model_input
 from boneage.synth import generate_hand
 from boneage.training import segmenter
+from conftest import needs_segmenter_weights
 
 torch = pytest.importorskip("torch")
-
-SHIPPED = segment.SEGMENTER_DIR / segment.WEIGHTS_FILE
-needs_weights = pytest.mark.skipif(not SHIPPED.is_file(), reason="segmenter weights not trained/shipped yet")
-
-
-@pytest.fixture(scope="module")
-def shipped() -> segment.Segmenter:
-    return segment.Segmenter.load()
-
 
 def test_label_map_to_model_inverts_mask_to_original() -> None:
     hand = generate_hand(1000, 0, size=256)
@@ -202,23 +194,23 @@ def test_keypoint_lengths_parse(tmp_path: Path) -> None:
     assert lengths == {1: {"proximal_phalanx_2": 30.0, "middle_phalanx_2": 20.0}}
 
 
-@needs_weights
-def test_shipped_weights_segment_an_unseen_synthetic_hand(shipped: segment.Segmenter) -> None:
-    metrics = segmenter.evaluate_synthetic(shipped, n=2, seed=segmenter.EVAL_SEED)
+@needs_segmenter_weights
+def test_shipped_weights_segment_an_unseen_synthetic_hand(shipped_segmenter: segment.Segmenter) -> None:
+    metrics = segmenter.evaluate_synthetic(shipped_segmenter, n=2, seed=segmenter.EVAL_SEED)
     # The real number (40 hands) is in the model card; this is a modest floor.
     assert metrics["tubular_dice_mean"] > 0.7
     hand = generate_hand(segmenter.EVAL_SEED, 0)
-    assert shipped.segment(hand.image).shape == hand.image.shape
+    assert shipped_segmenter.segment(hand.image).shape == hand.image.shape
 
 
-@needs_weights
+@needs_segmenter_weights
 @pytest.mark.skipif(not (rsna_dev_dir() / "hand_keypoints.csv").is_file(),
                     reason="real rsna-dev keypoints not available (../shared/data/rsna-dev absent)")
-def test_real_keypoint_phalanx_lengths(shipped: segment.Segmenter) -> None:
+def test_real_keypoint_phalanx_lengths(shipped_segmenter: segment.Segmenter) -> None:
     # All 41 annotated films (~15 s): the shipped weights and measuring rules must keep the issue's
     # bars (segmenter-4 with measure-3: 96.6 % of bones measured, median error 5.8 %); segmenter-3
     # with measure-1 (73 %, 7.8 %) fails this.
-    metrics = segmenter.evaluate_keypoints(shipped)
+    metrics = segmenter.evaluate_keypoints(shipped_segmenter)
     assert metrics["n_images"] == 41 and metrics["bones_expected"] == 328
     assert metrics["measured_fraction"] >= 0.95
     assert metrics["rel_error_median"] <= 0.08
