@@ -94,7 +94,6 @@ def build_network(config: NetworkConfig | None = None) -> Any:
     )
 
 
-
 # ------------------------------------------------------------------------------------------------
 # Inference
 # ------------------------------------------------------------------------------------------------
@@ -574,8 +573,6 @@ def segment_paths(inputs: Iterable[str | Path], out_dir: str | Path, segmenter: 
             note = " (mirrored: right hand or flipped film)" if result.mirrored else ""
             print(f"{path} -> {out / (path.stem + '.png')} [{result.seconds:.2f} s]{note}", file=sys.stderr)
     return written, failed
-
-
 
 
 def segment_command(args: argparse.Namespace) -> int:

@@ -1189,7 +1189,6 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m boneage.training.segmenter train|pseudo|eval ...``."""
     parser = argparse.ArgumentParser(prog="python -m boneage.training.segmenter")
