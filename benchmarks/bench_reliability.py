@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         accepted.setdefault(kind, []).append(int(result.status == "ok"))
     total = sum(sum(v) for v in accepted.values())
     n = sum(len(v) for v in accepted.values())
-    print(f"\nnon-hand images (seed {args.seed}) accepted as hands: {total} of {n} "
-          f"({(time.perf_counter() - start) / max(n, 1):.2f} s each)")
+    if n:
+        print(f"\nnon-hand images (seed {args.seed}) accepted as hands: {total} of {n} "
+              f"({(time.perf_counter() - start) / max(n, 1):.2f} s each)")
     for kind, flags in accepted.items():
         print(f"  {kind:14s} {sum(flags)} of {len(flags)}")
     for path in sorted((REPO_DIR / "tests" / "data").glob("*.dcm")):
@@ -64,43 +65,49 @@ def main(argv: list[str] | None = None) -> int:
 
     # Real validation hands.
     dev = datasets.rsna_dev()
-    val = dev[dev.split == "val"].head(args.n_val)
+    val = dev[dev.split == "val"].head(max(args.n_val, args.n_turn))
     base: dict[int, tuple[float | None, float | None]] = {}
     rejected, errors = [], {"multistep": [], "direct": []}
     for _, row in tqdm(list(val.iterrows()), desc="validation hands", unit="film"):
         result = est.estimate(str(row.path), sex=row.sex)
+        base[row.id] = (result.multistep.age_months, result.direct.age_months)
+        if len(base) > args.n_val:
+            continue  # only a base for the turned films
         if not result.ok:
             rejected.append(f"{row.id}: {result.reason}")
-        base[row.id] = (result.multistep.age_months, result.direct.age_months)
         for method in errors:
             age = getattr(result, method).age_months
             if age is not None:
                 errors[method].append(abs(age - row.bone_age_months))
-    print(f"\nreal validation hands rejected: {len(rejected)} of {len(val)}")
+    print(f"\nreal validation hands rejected: {len(rejected)} of {min(len(val), args.n_val)}")
     for line in rejected:
         print("  ", line)
     for method, errs in errors.items():
-        print(f"  {method:9s} MAE {np.mean(errs):.2f} months on {len(errs)} films (sex given)")
+        if errs:
+            print(f"  {method:9s} MAE {np.mean(errs):.2f} months on {len(errs)} films (sex given)")
 
     # Negatives, turns and tilts of the first films.
     films = val.head(args.n_turn)
+    if films.empty:
+        return 0
     variants = {"negative": None, "turn 90": 90, "turn 180": 180, "turn 270": 270,
                 "tilt +10": 10, "tilt -10": -10, "tilt +20": 20, "tilt -20": -20}
     print(f"\nchanges against the film as given ({len(films)} validation films), months: mean / max")
     for name, angle in variants.items():
         changes: dict[str, list[float]] = {"multistep": [], "direct": []}
-        not_ok = 0
+        not_ok: list[str] = []
         for _, row in tqdm(list(films.iterrows()), desc=name, unit="film", leave=False):
             pixels = load_radiograph(row.path).pixels
             pixels = 1.0 - pixels if angle is None else rotate_film(pixels, angle)[0]
             result = est.estimate(pixels, sex=row.sex)
-            not_ok += not result.ok
+            if not result.ok:
+                not_ok.append(f"{row.id} ({result.reason[:70]})")
             for k, method in enumerate(changes):
                 age = getattr(result, method).age_months
                 if age is not None and base[row.id][k] is not None:
                     changes[method].append(abs(age - base[row.id][k]))
         text = "  ".join(f"{m} {np.mean(c):5.1f} / {np.max(c):5.1f}" if c else f"{m} n/a" for m, c in changes.items())
-        print(f"  {name:9s} {text}   (not ok: {not_ok})")
+        print(f"  {name:9s} {text}   (not ok: {len(not_ok)}{': ' if not_ok else ''}{'; '.join(not_ok)})")
     return 0
 
 

@@ -30,6 +30,10 @@ MIN_TUBULAR_BONES_FOR_A_HAND = 10
 #: is left: fewer finger bones than this found at all, and the film is not a hand. Real hands show
 #: a median of 19 and at least 13; the tibia fixture shows 12, so the margin is one bone.
 MIN_TUBULAR_BONES_PRESENT = 13
+#: Test-time augmentation of the multi-step method: besides the film as read, it is segmented
+#: and measured tilted by these angles (degrees) and the ages averaged (see
+#: :meth:`boneage.segment.Segmenter.reread_tilted`).
+MULTISTEP_TILTS_DEG = (-6.0, 6.0)
 #: Two estimates "disagree" when their difference exceeds this multiple of their combined
 #: interval half-widths (intervals are 90%: 1.645 SD each).
 DISAGREEMENT_Z = 1.645
@@ -181,6 +185,8 @@ class FilmView:
         hand_probability: the hand check's probability (``None`` when no check ran).
         notes: QC notes (negative, turned, mirrored).
         rejection: why the film is not a hand ("" when it is).
+        reading: the segmenter's :class:`boneage.segment.FilmReading` of ``pixels`` (``None``
+            for a segmenter without ``read``).
     """
 
     pixels: np.ndarray
@@ -190,6 +196,7 @@ class FilmView:
     hand_probability: float | None
     notes: list[str] = field(default_factory=list)
     rejection: str = ""
+    reading: Any = None
 
 
 def _orientation_notes(mirrored: bool | None, finger_angle_deg: float | None) -> list[str]:
@@ -216,6 +223,8 @@ class BoneAgeEstimator:
         handcheck: a :class:`boneage.handcheck.HandCheck` deciding whether a film is a hand, or
             ``None`` (then a film with fewer than ``MIN_TUBULAR_BONES_PRESENT`` finger bones is
             refused, a weaker rule).
+        multistep_tilts: extra tilts (degrees) at which the film is segmented and measured again,
+            the multi-step age being the mean over all views (``()``: one view, faster).
     """
 
     def __init__(
@@ -226,11 +235,13 @@ class BoneAgeEstimator:
         versions: dict[str, str] | None = None,
         load_errors: dict[str, str] | None = None,
         handcheck: Any = None,
+        multistep_tilts: tuple[float, ...] = MULTISTEP_TILTS_DEG,
     ) -> None:
         self.segmenter = segmenter
         self.multistep = multistep
         self.direct = direct
         self.handcheck = handcheck
+        self.multistep_tilts = tuple(multistep_tilts)
         self.versions = dict(versions or {})
         self.load_errors = dict(load_errors or {})
 
@@ -302,6 +313,12 @@ class BoneAgeEstimator:
         probability, figures = self._hand_probability(reading)
         inverted = False
         if probability is not None and probability < self.handcheck.threshold:
+            # An upside-down hand can read as a poor upright one: read every quarter turn.
+            reading_all = self.segmenter.read(pixels, every_turn=True)
+            probability_all, figures_all = self._hand_probability(reading_all)
+            if probability_all > probability:
+                reading, probability, figures = reading_all, probability_all, figures_all
+        if probability is not None and probability < self.handcheck.threshold:
             negative = (1.0 - pixels).astype(np.float32)
             reading_inv = self.segmenter.read(negative)
             probability_inv, figures_inv = self._hand_probability(reading_inv)
@@ -312,7 +329,7 @@ class BoneAgeEstimator:
                 rejection = (f"not recognised as a hand radiograph (hand check {probability:.2f}, needs "
                              f"{self.handcheck.threshold:.2f}: {found} of 19 finger bones found, "
                              f"{figures['finger_rays']:.0f} of 5 digits laid out as a finger)")
-                return FilmView(pixels, reading.label_map(), identity, False, probability, [], rejection)
+                return FilmView(pixels, reading.label_map(), identity, False, probability, [], rejection, reading)
         notes = ["film read as a negative (bone dark): its grey scale was inverted back"] if inverted else []
         transform = upright_transform(pixels.shape, reading.finger_angle_deg)
         if not transform.identity:
@@ -321,7 +338,7 @@ class BoneAgeEstimator:
             turn = (transform.total_deg + 180.0) % 360.0 - 180.0
             notes.append(f"film read upright: turned {turn:+.0f} degrees (counter-clockwise) before both methods read it")
         notes += _orientation_notes(reading.mirrored, None)
-        return FilmView(pixels, reading.label_map(), transform, inverted, probability, notes)
+        return FilmView(pixels, reading.label_map(), transform, inverted, probability, notes, "", reading)
 
     def _hand_probability(self, reading: Any) -> tuple[float | None, dict[str, float]]:
         """Hand-check probability of a :class:`boneage.segment.FilmReading` (``None`` without a check)."""
@@ -435,7 +452,8 @@ class BoneAgeEstimator:
         if self.segmenter is not None and self.multistep is not None:
             from boneage.measure import measure
 
-            measurements = measure(view.label_map, _upright_spacing(rad.spacing_mm, view.transform))
+            spacing = _upright_spacing(rad.spacing_mm, view.transform)
+            measurements = measure(view.label_map, spacing)
             result.carpal_count = measurements.carpal_count
             rejection, unreliable = self._qc_segmentation(measurements, checked=view.hand_probability is not None)
             if rejection:
@@ -443,6 +461,13 @@ class BoneAgeEstimator:
                 return result
             ms = self.multistep.estimate(measurements, result.sex)
             result.bones = [row.to_dict() for row in ms.bones]
+            if view.reading is not None and self.multistep_tilts:
+                # Test-time augmentation: the same film read tilted a few degrees each way; the
+                # reported age, interval included, is the mean over the views.
+                views = [ms] + [self.multistep.estimate(measure(self.segmenter.reread_tilted(view.reading, tilt), spacing),
+                                                         result.sex) for tilt in self.multistep_tilts]
+                ms.age_months, ms.lower_90, ms.upper_90 = (
+                    float(np.mean([getattr(v, k) for v in views])) for k in ("age_months", "lower_90", "upper_90"))
             if unreliable:
                 # A poor segmentation withholds the multi-step number, not the whole film.
                 result.multistep.note = f"multi-step withheld: {unreliable}"

@@ -235,7 +235,7 @@ class Segmenter:
         return self.predict_probabilities(model_input).argmax(0).astype(np.uint8)
 
     def read_model_grid(self, model_input: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0),
-                        orientations: bool = True) -> GridReading:
+                        orientations: bool = True, every_turn: bool = False) -> GridReading:
         """Cleaned label map of a prepared input, with the orientation search.
 
         The network was trained on left hands only (digit identity must never hinge on telling a
@@ -250,6 +250,9 @@ class Segmenter:
             model_input: float32 array from :func:`prepare_model_input`.
             spacing: ``(row, col)`` original pixels per model pixel (true directions on squashed grids).
             orientations: try the mirrored image and quarter turns (otherwise segment as given).
+            every_turn: read every quarter turn whatever the first reading looks like (used when
+                the hand check doubts the first reading: an upside-down hand can read as a poor
+                upright one).
 
         Returns:
             :class:`GridReading`: label map and probabilities in the input's own orientation.
@@ -277,7 +280,9 @@ class Segmenter:
                 break
             upright = best
             _, angle = hand_orientation(best.label_map, spacing)
-            if angle is not None and abs(angle) > 60:
+            if every_turn:
+                candidates = [(mirror, turns) for turns in (1, 2, 3) for mirror in (False, True)]
+            elif angle is not None and abs(angle) > 60:
                 # Fingers pointing sideways or down: try the quarter turn that puts them up. They
                 # point ``angle`` degrees counter-clockwise of up; np.rot90 turns counter-clockwise,
                 # so turning back by the nearest quarter is -round(angle / 90).
@@ -293,12 +298,13 @@ class Segmenter:
             best = upright  # a turned reading must be clearly better than the film as given
         return best
 
-    def read(self, image: Any, orientations: bool = True) -> FilmReading:
+    def read(self, image: Any, orientations: bool = True, every_turn: bool = False) -> FilmReading:
         """Segment one radiograph on the model grid, with everything later stages decide from.
 
         Args:
             image: a :class:`boneage.io.Radiograph` or a 2-D array (bone bright).
             orientations: search mirrored and quarter-turned readings (see :meth:`read_model_grid`).
+            every_turn: read every quarter turn (see :meth:`read_model_grid`).
 
         Returns:
             :class:`FilmReading`.
@@ -307,11 +313,39 @@ class Segmenter:
         pixels = getattr(image, "pixels", image)
         model_input, transform = prepare_model_input(pixels, self.config.size, window=self.config.window)
         spacing = (transform.row_scale, transform.col_scale)
-        reading = self.read_model_grid(model_input, spacing, orientations)
+        reading = self.read_model_grid(model_input, spacing, orientations, every_turn)
         mirrored, angle = hand_orientation(reading.label_map, spacing)
         if mirrored is None and orientations:
             mirrored = reading.mirrored
         return FilmReading(reading, model_input, transform, mirrored, angle, time.perf_counter() - start)
+
+    def reread_tilted(self, reading: FilmReading, angle_deg: float) -> np.ndarray:
+        """Segment a film's model input again, tilted by ``angle_deg``, in the orientation its
+        reading chose: one view of test-time augmentation. A chain of discrete decisions
+        (an epiphysis found or not, fused or not) can flip with a few degrees of tilt; averaging
+        the ages of a few tilted views steadies the multi-step estimate.
+
+        Args:
+            reading: the film's :class:`FilmReading`.
+            angle_deg: counter-clockwise tilt of the model input, degrees.
+
+        Returns:
+            uint8 label map on the film's own pixel grid (tilted back).
+        """
+        from scipy import ndimage
+
+        grid = reading.grid
+        x = reading.model_input[:, ::-1] if grid.mirrored else reading.model_input
+        x = np.rot90(x, grid.turns)
+        fill = float(np.median(np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])))
+        tilted = ndimage.rotate(x, angle_deg, reshape=False, order=1, mode="constant", cval=fill)
+        probs = self.predict_probabilities(np.ascontiguousarray(tilted, dtype=np.float32))
+        labels = ndimage.rotate(probs.argmax(0).astype(np.uint8), -angle_deg, reshape=False, order=0)
+        labels = clean_label_map(close_label_map(labels))
+        labels = np.rot90(labels, -grid.turns)
+        if grid.mirrored:
+            labels = labels[:, ::-1]
+        return reading.transform.mask_to_original(np.ascontiguousarray(labels)).astype(np.uint8)
 
     def segment_with_info(self, image: Any, orientations: bool = True) -> SegmentationResult:
         """Segment one radiograph and report its orientation.
