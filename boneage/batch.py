@@ -1,10 +1,11 @@
 """Batch estimation over files, folders and manifests, written record by record.
 
 Used by ``boneage predict`` (and by nothing else with logic of its own): inputs are discovered,
-each is estimated by a :class:`~boneage.estimate.BoneAgeEstimator` (one per worker process,
-models loaded once per worker), and every record is appended whole and flushed to the output as
-soon as it completes, so an interrupted run loses nothing and ``resume`` can skip what is done.
-The output is locked for the whole run (``<out>.lock``), so two runs never interleave in it.
+each is estimated by an engine of :mod:`boneage.engines` (this process, a process pool or Ray
+actors; models loaded once per worker), and every record is appended whole and flushed to the
+output as soon as it completes, so an interrupted run loses nothing and ``resume`` can skip what
+is done. The output is locked for the whole run (``<out>.lock``), so two runs never interleave in
+it. ``boneage serve`` writes its records with the same :class:`RecordWriter` and :class:`OutputLock`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import fcntl
 import io
 import json
 import os
-import signal
 import socket
 import sys
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boneage import engines
+from boneage.engines import EngineUnavailableError, Outcome  # noqa: F401  (part of this module's API)
 from boneage.estimate import BoneAgeEstimator, BoneAgeResult
 from boneage.io import parse_age_months, parse_sex
 
@@ -42,13 +44,15 @@ class OutputWriteError(RuntimeError):
 
 
 #: Reasons of ``error`` records that the run itself caused, not the input (set in
-#: :meth:`boneage.estimate.BoneAgeEstimator.estimate`): ``--resume`` redoes them. An unreadable
-#: file (an ``ImageReadError``'s reason) is not among them: redoing it would give the same answer.
-#: "unexpected error reading" is: it is a reader bug or a lack of memory, not a verdict on the file.
+#: :meth:`boneage.estimate.BoneAgeEstimator.estimate`, and by :mod:`boneage.dicomweb` for a server
+#: that did not answer): ``--resume`` redoes them. An unreadable file (an ``ImageReadError``'s
+#: reason) is not among them: redoing it would give the same answer. "unexpected error reading"
+#: is: it is a reader bug or a lack of memory, not a verdict on the file.
 RUN_FAILURE_REASONS = (
     "estimation failed",
     "no bone-age model is available",
     "unexpected error reading the image",
+    "DICOMweb: cannot",
 )
 
 #: Columns added to every record after the result's own: the DICOM files written for it.
@@ -143,6 +147,39 @@ def discover_inputs(inputs: Iterable[str], manifest: str | None = None,
         first[identity] = item
         unique.append(item)
     return unique
+
+
+@contextmanager
+def predict_inputs(inputs: Iterable[str] = (), manifest: str | None = None, *, dicomweb: str | None = None,
+                   studies: Iterable[str] = (), study_list: str | None = None, dicomweb_cache: str | None = None,
+                   resume_from: str | Path | None = None, notes: list[str] | None = None) -> Iterator[list[InputItem]]:
+    """Every input of a ``predict`` run: files, folders, a manifest and DICOMweb studies.
+
+    Args:
+        inputs, manifest, notes: as for :func:`discover_inputs`.
+        dicomweb: a DICOMweb root URL; its ``studies`` and ``study_list`` are fetched (see
+            :func:`boneage.dicomweb.study_inputs`) into ``dicomweb_cache`` or a temporary folder
+            that is removed when the ``with`` block ends.
+        resume_from: the output of a run being resumed: instances already recorded there are not
+            fetched again.
+
+    Yields:
+        The inputs, files first.
+
+    Raises:
+        UsageError: a bad manifest, study list or DICOMweb setting.
+    """
+    items = discover_inputs(inputs, manifest, notes=notes)
+    if dicomweb is None:
+        if studies or study_list:
+            raise UsageError("--study/--studies need --dicomweb URL")
+        yield items
+        return
+    from boneage.dicomweb import study_inputs
+
+    skip = done_paths(resume_from) if resume_from is not None else set()
+    with study_inputs(dicomweb, studies, study_list, dicomweb_cache, skip=skip, notes=notes) as fetched:
+        yield items + fetched
 
 
 def read_manifest(path: str) -> list[InputItem]:
@@ -264,12 +301,17 @@ def check_device(device: str) -> None:
 
 
 def check_run(out: str | Path, *, workers: int = 1, device: str = "cpu", sr_dir: str | Path | None = None,
-              sc_dir: str | Path | None = None) -> None:
+              sc_dir: str | Path | None = None, engine: str = "local") -> None:
     """Every check of a batch run's settings, so that a bad one fails before any work.
 
     Raises:
         UsageError: naming the bad setting.
+        EngineUnavailableError: the engine's package is not installed.
     """
+    try:
+        engines.check_engine(engine)
+    except ValueError as exc:  # a bad name; a missing package raises EngineUnavailableError (exit 3)
+        raise UsageError(str(exc)) from None
     if workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {workers})")
     check_output(out)
@@ -637,66 +679,6 @@ def _replace_file(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------------------------------------
 # Running
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    """One input's result and what was written for it besides its record.
-
-    Attributes:
-        result: the estimate.
-        exports: ``{"sr_path": ..., "sc_path": ...}`` of the DICOM files written.
-        export_errors: why a requested DICOM export was not written.
-    """
-
-    result: BoneAgeResult
-    exports: dict[str, str] = field(default_factory=dict)
-    export_errors: list[str] = field(default_factory=list)
-
-
-_WORKER_ESTIMATOR: BoneAgeEstimator | None = None
-_WORKER_EXPORTS: tuple[str | None, str | None] = (None, None)
-
-
-def _worker_init(device: str, exports: tuple[str | None, str | None]) -> None:
-    global _WORKER_ESTIMATOR, _WORKER_EXPORTS
-    # Ctrl-C is the main process's to handle (it ends the workers): no traceback per worker.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
-
-    torch.set_num_threads(1)  # one thread per worker: workers are the parallelism
-    _WORKER_ESTIMATOR = BoneAgeEstimator.load(device=device)
-    _WORKER_EXPORTS = exports
-
-
-def _worker_run(item: InputItem) -> Outcome:
-    assert _WORKER_ESTIMATOR is not None
-    return _run_one(_WORKER_ESTIMATOR, item, _WORKER_EXPORTS)
-
-
-def _run_one(estimator: BoneAgeEstimator, item: InputItem,
-             exports: tuple[str | None, str | None] = (None, None)) -> Outcome:
-    if item.error:
-        result = BoneAgeResult(path=item.path, status="error", reason=item.error, versions=dict(estimator.versions))
-        return Outcome(result)
-    result = estimator.estimate(
-        item.file, sex=item.sex, chronological_age_months=item.chronological_age_months,
-        name=item.path, sex_source="manifest", age_source="manifest",
-    )
-    result.qc.extend(item.notes)
-    outcome = Outcome(result)
-    if result.ok and (exports[0] or exports[1]):
-        from boneage.dicom_export import export_for
-
-        try:
-            written, errors = export_for(result, *exports, source=item.file)
-        except Exception as exc:  # an export failure must not lose the estimate
-            written, errors = {}, [f"{type(exc).__name__}: {exc}"]
-        outcome.exports = {f"{kind}_path": str(path) for kind, path in written.items()}
-        outcome.export_errors = errors
-        result.qc.extend(f"DICOM export failed ({e})" for e in errors)
-    result.label_map = None  # not needed in the output; keeps inter-process traffic small
-    return outcome
-
-
 def run_batch(
     items: list[InputItem],
     out: str | Path,
@@ -711,6 +693,8 @@ def run_batch(
     keep_identifiers: bool = False,
     on_result: Callable[[BoneAgeResult], None] | None = None,
     notes: list[str] | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> Counter:
     """Estimate every input and write one record per input as it completes.
 
@@ -721,7 +705,7 @@ def run_batch(
         items: from :func:`discover_inputs`.
         out: ``.csv`` or ``.jsonl`` output file, in an existing folder.
         estimator: an estimator to use in-process (default: load the shipped models).
-        workers: parallel worker processes (each loads the models once); 1 = in-process.
+        workers: parallel worker processes, or Ray actors (each loads the models once); 1 = in-process.
         resume: skip inputs already recorded in ``out`` and append; records of the run's own
             failures (:data:`RUN_FAILURE_REASONS`) and a record cut by an interruption are redone.
         progress: show a progress bar (default: only when stderr is a terminal).
@@ -731,6 +715,9 @@ def run_batch(
         keep_identifiers: copy patient/study identifiers from DICOM headers into the records.
         on_result: optional callback ``(BoneAgeResult) -> None``.
         notes: when given, receives lines for the user (a stale lock taken over, records redone).
+        engine: ``local`` or ``ray`` (see :func:`boneage.engines.results`); records, resume and
+            the one-record-per-input rule are the same for both.
+        ray_address: the Ray cluster to use (default: the one joined, else a new local instance).
 
     Returns:
         Counter of statuses written in this run, plus ``"skipped"`` (resumed inputs),
@@ -740,10 +727,11 @@ def run_batch(
     Raises:
         UsageError: a bad setting, or the output is locked by another run or damaged.
         OutputWriteError: the output could not be written.
+        EngineUnavailableError: the engine's package is not installed.
     """
     from tqdm import tqdm
 
-    check_run(out, workers=workers, device=device, sr_dir=sr_dir, sc_dir=sc_dir)
+    check_run(out, workers=workers, device=device, sr_dir=sr_dir, sc_dir=sc_dir, engine=engine)
     kind = output_kind(out)
     counts: Counter = Counter()
     with OutputLock(out) as lock:
@@ -762,7 +750,8 @@ def run_batch(
             show = sys.stderr.isatty() if progress is None else progress
             bar = tqdm(total=len(todo), disable=not show, unit="img", desc="boneage predict", file=sys.stderr)
             exports = (str(sr_dir) if sr_dir else None, str(sc_dir) if sc_dir else None)
-            results = _results(todo, estimator, workers, device, exports)
+            results = engines.results(todo, engine=engine, estimator=estimator, workers=workers, device=device,
+                                      exports=exports, ray_address=ray_address)
             try:
                 for outcome in results:
                     result = outcome.result
@@ -778,38 +767,3 @@ def run_batch(
                 bar.close()
     return counts
 
-
-def _results(todo: list[InputItem], estimator: BoneAgeEstimator | None, workers: int, device: str,
-             exports: tuple[str | None, str | None]) -> Iterator[Outcome]:
-    if workers <= 1 or len(todo) <= 1:
-        est = estimator or BoneAgeEstimator.load(device=device)
-        for item in todo:
-            yield _run_one(est, item, exports)
-        return
-    with _start_pool(workers, _worker_init, (device, exports)) as pool:
-        yield from pool.imap_unordered(_worker_run, todo, chunksize=1)
-
-
-def _start_pool(workers: int, initializer: Callable[..., None], initargs: tuple) -> Any:
-    """A spawn pool of workers that ignore Ctrl-C.
-
-    The ignored SIGINT is inherited through the workers' exec, so even a worker still starting
-    up prints no traceback; the main process handles the interrupt and terminates the pool.
-
-    Args:
-        workers: processes.
-        initializer, initargs: run once in each worker (:func:`_worker_init` loads the models).
-
-    Returns:
-        A ``multiprocessing.pool.Pool`` (terminated when its ``with`` block ends).
-    """
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")  # torch and fork do not mix safely
-    main = threading.current_thread() is threading.main_thread()  # signals are the main thread's
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-    try:
-        return ctx.Pool(workers, initializer=initializer, initargs=initargs)
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)

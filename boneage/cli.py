@@ -123,6 +123,19 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    "<source SOPInstanceUID>-<hash>.sr.dcm (column sr_path); carries the patient's identifiers")
     p.add_argument("--sc-dir", help="write a DICOM Secondary Capture of the result page per ok DICOM input here "
                    "(column sc_path); carries the patient's identifiers")
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="where films are estimated: local (this machine; --workers processes) or ray (--workers "
+                   "actors on a Ray cluster; needs the cluster extra)")
+    p.add_argument("--ray-address", help="Ray cluster to join (auto, HOST:6379 or ray://HOST:10001); "
+                   "default: start a local Ray instance")
+    p.add_argument("--dicomweb", metavar="URL", help="read studies from this DICOMweb server (its root, e.g. "
+                   "http://pacs:8042/dicom-web); each image instance is one record, keyed by its WADO-RS URL")
+    p.add_argument("--study", action="append", default=[], metavar="UID",
+                   help="a StudyInstanceUID to read from --dicomweb (repeatable)")
+    p.add_argument("--studies", metavar="FILE", help="study UIDs to read from --dicomweb: one per line, or a CSV "
+                   "with a study column")
+    p.add_argument("--dicomweb-cache", metavar="DIR", help="keep the fetched DICOMweb files here (patient data; "
+                   "default a temporary folder removed after the run)")
     p.set_defaults(handler=_predict)
 
 
@@ -132,16 +145,22 @@ def _predict(args: argparse.Namespace) -> int:
     notes: list[str] = []
     try:
         # Settings first: a bad --out or --device fails before a long folder walk.
-        batch.check_run(args.out, workers=args.workers, device=args.device, sr_dir=args.sr_dir, sc_dir=args.sc_dir)
-        items = batch.discover_inputs(args.inputs, args.manifest, notes=notes)
-        _print_notes(notes)
-        if not items:
-            print("boneage predict: no inputs (give files, folders or --manifest)", file=sys.stderr)
-            return EXIT_USAGE
-        counts = batch.run_batch(items, args.out, workers=args.workers, resume=args.resume,
-                                 progress=False if args.quiet else None, device=args.device,
-                                 sr_dir=args.sr_dir, sc_dir=args.sc_dir, keep_identifiers=args.keep_identifiers,
-                                 notes=notes)
+        batch.check_run(args.out, workers=args.workers, device=args.device, sr_dir=args.sr_dir, sc_dir=args.sc_dir,
+                        engine=args.engine)
+        with batch.predict_inputs(args.inputs, args.manifest, dicomweb=args.dicomweb, studies=args.study,
+                                  study_list=args.studies, dicomweb_cache=args.dicomweb_cache,
+                                  resume_from=args.out if args.resume else None, notes=notes) as items:
+            _print_notes(notes)
+            if not items:
+                print("boneage predict: no inputs (give files, folders, --manifest or --dicomweb)", file=sys.stderr)
+                return EXIT_USAGE
+            counts = batch.run_batch(items, args.out, workers=args.workers, resume=args.resume,
+                                     progress=False if args.quiet else None, device=args.device,
+                                     sr_dir=args.sr_dir, sc_dir=args.sc_dir, keep_identifiers=args.keep_identifiers,
+                                     notes=notes, engine=args.engine, ray_address=args.ray_address)
+    except batch.EngineUnavailableError as exc:
+        print(f"boneage predict: {exc}", file=sys.stderr)
+        return EXIT_NOT_AVAILABLE
     except batch.UsageError as exc:
         _print_notes(notes)
         print(f"boneage predict: {exc}", file=sys.stderr)
@@ -163,6 +182,44 @@ def _predict(args: argparse.Namespace) -> int:
               file=sys.stderr)
     bad = counts["error"] + counts["rejected"] + counts["export_failed"] + counts["skipped_not_ok"]
     return EXIT_OK if bad == 0 else EXIT_PARTIAL
+
+
+# --- serve -------------------------------------------------------------------------------------
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="a DICOM node: receive hand radiographs from a PACS, send back SR results",
+        description=(
+            "Run a DICOM Storage SCP (C-ECHO answered). Every image received is estimated; an ok hand's DICOM SR "
+            "(and with --sc its Secondary Capture) is sent by C-STORE to --destination; every image gets a record "
+            "in --results (the columns of predict). Received images and unsent results wait on disk (--spool), so "
+            "nothing is lost across a restart; SIGTERM stops it gracefully. Settings by flags or --config TOML "
+            "(same names, '_' for '-'; a flag wins)."
+        ),
+    )
+    p.add_argument("--config", help="TOML file of settings (top level or a [serve] table)")
+    p.add_argument("--aet", help="this node's AE title (default BONEAGE)")
+    p.add_argument("--port", type=int, help="port to listen on (default 11112)")
+    p.add_argument("--bind", help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all)")
+    p.add_argument("--destination", metavar="AET@HOST:PORT", help="where SR/SC results are sent (the PACS)")
+    p.add_argument("--results", metavar="FILE", help="records file, .csv or .jsonl (appended; locked while running)")
+    p.add_argument("--spool", metavar="DIR", help="received images and unsent results (patient data; "
+                   "default RESULTS.spool)")
+    p.add_argument("--sc", action="store_const", const=True, help="also send a Secondary Capture of the result page")
+    p.add_argument("--keep-identifiers", action="store_const", const=True,
+                   help="copy patient identifiers into the records (off by default)")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--max-queue", type=int, help="most images waiting; beyond, C-STORE is answered 'out of resources' "
+                   "(default 32)")
+    p.add_argument("--max-associations", type=int, help="most associations at once (default 4)")
+    p.add_argument("--calling-aets", nargs="+", metavar="AET", help="accept images only from these AE titles")
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from boneage.serve import serve_command
+
+    return serve_command(vars(args))
 
 
 def _print_notes(notes: list[str]) -> None:
@@ -436,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"boneage {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for add in (_add_synth, _add_segment, _add_predict, _add_train, _add_compare, _add_reference, _add_app):
+    for add in (_add_synth, _add_segment, _add_predict, _add_serve, _add_train, _add_compare, _add_reference, _add_app):
         add(sub)
     return parser
 
