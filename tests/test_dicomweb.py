@@ -54,8 +54,10 @@ def test_predict_reads_studies_from_dicomweb_one_record_per_image(tmp_path, pacs
     out, sr_dir = tmp_path / "out.csv", tmp_path / "sr"
     studies = tmp_path / "studies.txt"
     studies.write_text(f"# studies to read\n{_uid(CHEST)}\n1.2.3.4.5.999\n")
+    cache = tmp_path / "cache"
     code = cli.main(["predict", "--dicomweb", root, "--study", _uid(hand), "--study", "not-a-uid",
-                     "--studies", str(studies), "--out", str(out), "--sr-dir", str(sr_dir), "--quiet"])
+                     "--studies", str(studies), "--out", str(out), "--sr-dir", str(sr_dir), "--quiet",
+                     "--dicomweb-cache", str(cache)])
     assert code == cli.EXIT_PARTIAL
     assert "non-image instance(s)" in capsys.readouterr().err  # the SR in the hand's study is no input
     rows = {r["path"]: r for r in csv.DictReader(out.open())}
@@ -70,6 +72,8 @@ def test_predict_reads_studies_from_dicomweb_one_record_per_image(tmp_path, pacs
     assert unknown["status"] == "error" and unknown["reason"].startswith("DICOMweb")
     assert any(r["status"] == "error" and "'not-a-uid' is not a DICOM UID" in r["reason"] for r in rows.values())
     assert len(rows) == 4
+    kept = cache / _uid(hand) / _uid(hand, "SeriesInstanceUID") / f"{_uid(hand, 'SOPInstanceUID')}.dcm"
+    assert pydicom.dcmread(kept).SOPInstanceUID == _uid(hand, "SOPInstanceUID")  # fetched as stored
 
     # --resume fetches nothing already recorded and writes no record twice.
     fetched = []
