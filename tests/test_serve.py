@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
