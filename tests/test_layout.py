@@ -20,12 +20,13 @@ MAX_LINES = 800
 #: (batch.py was split: its engines are in engines.py, issue #21.)
 PENDING_SPLIT: set[str] = set()
 
-# What ``boneage predict``, ``boneage segment``, the app and the Python API run: the estimator on
-# an example film, plus the modules that write its results (CSV/JSON, DICOM SR/SC, the report page).
+# What ``boneage predict``, ``boneage segment``, ``boneage serve``, the app and the Python API run: the
+# estimator on an example film, plus the modules that feed it films and write its results (CSV/JSON,
+# DICOM SR/SC, the report page, the engines, the DICOM node and DICOMweb input).
 _ESTIMATE_A_FILM = """
 import json, sys
 import boneage
-from boneage import batch, dicom_export, report
+from boneage import batch, dicom_export, dicomweb, engines, report, serve
 from boneage.examples import load_example
 
 result = boneage.BoneAgeEstimator.load().estimate(load_example("synthetic_hand_4y"))
