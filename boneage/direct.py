@@ -170,6 +170,25 @@ def predict_arrays(
     return np.concatenate(locations) * target_sd + target_mean, np.concatenate(scales) * target_sd
 
 
+#: Test-time augmentation: the prepared input is also read tilted by these angles (degrees) and
+#: the locations and scales averaged. Chosen on the calibration hold-out of the training split
+#: (MAE 10.66 -> 10.55 months); it also halves the spread a few degrees of film tilt causes.
+TTA_TILTS_DEG = (-6.0, 0.0, 6.0)
+
+
+def tilted_views(prepared: np.ndarray, tilts: tuple[float, ...] = TTA_TILTS_DEG) -> np.ndarray:
+    """The prepared ``S x S`` input (floats in [0, 1]) at each tilt, as uint8 ``(len(tilts), S, S)``.
+
+    Corners that a tilt uncovers are filled with the input's border median (film background).
+    """
+    from scipy import ndimage
+
+    fill = float(np.median(np.concatenate([prepared[0], prepared[-1], prepared[:, 0], prepared[:, -1]])))
+    views = [prepared if t == 0 else ndimage.rotate(prepared, t, reshape=False, order=1, mode="constant", cval=fill)
+             for t in tilts]
+    return np.stack([np.round(np.clip(v, 0.0, 1.0) * 255.0).astype(np.uint8) for v in views])
+
+
 def clipped_interval(locations: np.ndarray, scales: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Estimate and interval ``location +- factor * scale``, each clipped to :data:`AGE_RANGE_MONTHS`."""
     lo, hi = AGE_RANGE_MONTHS
@@ -212,10 +231,13 @@ class DirectEstimator:
         calibration: conformal factors and the TTA choice.
         input_size: network input side; ``cache_size`` is the preprocessing side.
         version: model version string.
+        tilts: test-time tilts in degrees (see :data:`TTA_TILTS_DEG`; ``(0.0,)`` for one view).
     """
 
     def __init__(self, model: BoneAgeNet, target_mean: float, target_sd: float, calibration: dict,
-                 input_size: int = INPUT_SIZE, cache_size: int = CACHE_SIZE, version: str = MODEL_VERSION) -> None:
+                 input_size: int = INPUT_SIZE, cache_size: int = CACHE_SIZE, version: str = MODEL_VERSION,
+                 tilts: tuple[float, ...] = TTA_TILTS_DEG) -> None:
+        self.tilts = tuple(tilts)
         self.model = model.eval()
         self.target_mean = target_mean
         self.target_sd = target_sd
@@ -267,10 +289,11 @@ class DirectEstimator:
             sex = getattr(image, "sex", None)
         code = sex_to_code(sex)
         prepared, _ = prepare_model_input(np.asarray(pixels), self.cache_size)
-        uint8 = np.round(prepared * 255.0).astype(np.uint8)[None]
+        uint8 = tilted_views(prepared, self.tilts)
         device = next(self.model.parameters()).device
-        loc, scale = predict_arrays(self.model, uint8, np.array([code]), self.target_mean, self.target_sd,
+        loc, scale = predict_arrays(self.model, uint8, np.full(len(uint8), code), self.target_mean, self.target_sd,
                                     self.input_size, device, flip_tta=bool(self.calibration.get("flip_tta", False)))
+        loc, scale = loc.mean(keepdims=True), scale.mean(keepdims=True)
         factor = self.calibration["factor_sex_known" if code != 0 else "factor_sex_unknown"]
         age, lower, upper = clipped_interval(loc, scale, factor)
         sex_used = None if code == 0 else ("M" if code > 0 else "F")
