@@ -312,7 +312,7 @@ class BoneAgeEstimator:
         reading = self.segmenter.read(pixels)
         probability, figures = self._hand_probability(reading)
         inverted = False
-        if probability is not None and probability < self.handcheck.threshold:
+        if probability is not None and probability < self.handcheck.threshold and not reading.grid.every_turn_read:
             # An upside-down hand can read as a poor upright one: read every quarter turn.
             reading_all = self.segmenter.read(pixels, every_turn=True)
             probability_all, figures_all = self._hand_probability(reading_all)
@@ -464,8 +464,11 @@ class BoneAgeEstimator:
             if view.reading is not None and self.multistep_tilts:
                 # Test-time augmentation: the same film read tilted a few degrees each way; the
                 # reported age, interval included, is the mean over the views.
-                views = [ms] + [self.multistep.estimate(measure(self.segmenter.reread_tilted(view.reading, tilt), spacing),
-                                                         result.sex) for tilt in self.multistep_tilts]
+                # The tilted views are segmented in one forward pass (faster than one pass each).
+                many = getattr(self.segmenter, "reread_tilted_many", None)
+                tilted = (many(view.reading, self.multistep_tilts) if many is not None else
+                          [self.segmenter.reread_tilted(view.reading, tilt) for tilt in self.multistep_tilts])
+                views = [ms] + [self.multistep.estimate(measure(labels, spacing), result.sex) for labels in tilted]
                 ms.age_months, ms.lower_90, ms.upper_90 = (
                     float(np.mean([getattr(v, k) for v in views])) for k in ("age_months", "lower_90", "upper_90"))
             if unreliable:

@@ -126,6 +126,7 @@ class GridReading:
         mirrored: the mirrored image gave this reading.
         turns: quarter turns (``np.rot90``) applied before segmenting.
         score: :func:`orientation_score` of the reading.
+        every_turn_read: the search read every quarter turn (so a second search can add nothing).
     """
 
     label_map: np.ndarray
@@ -133,6 +134,7 @@ class GridReading:
     mirrored: bool
     turns: int
     score: float
+    every_turn_read: bool = False
 
 
 @dataclass
@@ -177,9 +179,13 @@ class Segmenter:
         import torch
 
         self.network = network.to(device).eval()
+        self.device = torch.device(device)
+        if self.device.type == "cpu":
+            # Channels-last takes oneDNN's fast path for the UNet's transposed convolutions: about
+            # 4 times faster on CPU than the default layout, same numbers (within float rounding).
+            self.network = self.network.to(memory_format=torch.channels_last)
         self.config = config
         self.meta = meta or {}
-        self.device = torch.device(device)
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu") -> Segmenter:
@@ -208,6 +214,44 @@ class Segmenter:
         network.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
         return cls(network, config, meta=blob.get("meta", {}), device=device)
 
+    def _logits(self, model_inputs: np.ndarray) -> Any:
+        """Network logits of a batch of prepared inputs.
+
+        Args:
+            model_inputs: float32 ``(B, size, size)`` arrays from :func:`prepare_model_input`.
+
+        Returns:
+            float32 torch tensor ``(B, NUM_CLASSES, size, size)`` on the CPU (call under inference mode).
+        """
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(model_inputs, dtype=np.float32))[:, None].to(self.device)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        # Back to the default layout: softmax, argmax and numpy views over classes are faster on it.
+        return self.network(x).to("cpu", torch.float32).contiguous()
+
+    def predict_batch(self, model_inputs: np.ndarray, probabilities: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Label maps (and softmax probabilities) of several prepared inputs in one forward pass.
+
+        Args:
+            model_inputs: float32 ``(B, size, size)`` arrays from :func:`prepare_model_input`.
+            probabilities: also return the probabilities (the tilted re-reads need labels only).
+
+        Returns:
+            ``(labels, probs)``: uint8 ``(B, size, size)`` arg-max labels and float32
+            ``(B, NUM_CLASSES, size, size)`` probabilities (``None`` when not asked for).
+        """
+        import torch
+
+        with torch.inference_mode():
+            logits = self._logits(model_inputs)
+            if not probabilities:
+                # Softmax is monotonic: the arg-max of the logits is the label (ties aside).
+                return logits.argmax(1).to(torch.uint8).numpy(), None
+            probs = torch.softmax(logits, 1)
+            return probs.argmax(1).to(torch.uint8).numpy(), probs.numpy()
+
     def predict_probabilities(self, model_input: np.ndarray) -> np.ndarray:
         """Class probabilities in model-input geometry for a prepared ``size x size`` input.
 
@@ -217,11 +261,7 @@ class Segmenter:
         Returns:
             float32 ``(NUM_CLASSES, size, size)`` softmax probabilities.
         """
-        import torch
-
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.float32))[None, None].to(self.device)
-            return torch.softmax(self.network(x), 1)[0].to("cpu", torch.float32).numpy()
+        return self.predict_batch(np.asarray(model_input)[None])[1][0]
 
     def predict_model_grid(self, model_input: np.ndarray) -> np.ndarray:
         """Label map in model-input geometry for a prepared ``size x size`` input (no orientation search).
@@ -261,12 +301,17 @@ class Segmenter:
         if orientations:
             candidates.append((True, 0))
         best = upright = None
+        every_turn_read = False
         for round_ in range(2):
-            for mirror, turns in candidates:
-                x = model_input[:, ::-1] if mirror else model_input
-                x = np.rot90(x, turns)
-                probs = self.predict_probabilities(np.ascontiguousarray(x))
-                labels = clean_label_map(close_label_map(probs.argmax(0).astype(np.uint8)))
+            # The candidates of a round are segmented together, at most two per forward pass
+            # (batching is faster; two bounds the memory of the probabilities).
+            inputs = [np.rot90(model_input[:, ::-1] if mirror else model_input, turns) for mirror, turns in candidates]
+            outputs: list[tuple[np.ndarray, np.ndarray]] = []
+            for start in range(0, len(inputs), 2):
+                batch_labels, batch_probs = self.predict_batch(np.stack(inputs[start:start + 2]))
+                outputs += list(zip(batch_labels, batch_probs))
+            for (mirror, turns), (raw_labels, probs) in zip(candidates, outputs):
+                labels = clean_label_map(close_label_map(raw_labels))
                 turned = spacing[::-1] if turns % 2 else spacing
                 score = orientation_score(labels, probs, turned) - (MIRROR_MARGIN if mirror else 0.0)
                 # Back to the input's own orientation (label ids stay anatomical).
@@ -280,6 +325,7 @@ class Segmenter:
                 break
             upright = best
             _, angle = hand_orientation(best.label_map, spacing)
+            every_turn_read = every_turn or (angle is None or abs(angle) <= 60) and best.score < QUARTER_TURN_TRIGGER
             if every_turn:
                 candidates = [(mirror, turns) for turns in (1, 2, 3) for mirror in (False, True)]
             elif angle is not None and abs(angle) > 60:
@@ -296,6 +342,7 @@ class Segmenter:
                 break
         if upright is not None and best.turns and best.score < upright.score + QUARTER_TURN_MARGIN:
             best = upright  # a turned reading must be clearly better than the film as given
+        best.every_turn_read = every_turn_read
         return best
 
     def read(self, image: Any, orientations: bool = True, every_turn: bool = False) -> FilmReading:
@@ -332,20 +379,38 @@ class Segmenter:
         Returns:
             uint8 label map on the film's own pixel grid (tilted back).
         """
+        return self.reread_tilted_many(reading, (angle_deg,))[0]
+
+    def reread_tilted_many(self, reading: FilmReading, angles_deg: Iterable[float]) -> list[np.ndarray]:
+        """:meth:`reread_tilted` for several tilts, segmented in one forward pass.
+
+        Args:
+            reading: the film's :class:`FilmReading`.
+            angles_deg: counter-clockwise tilts of the model input, degrees.
+
+        Returns:
+            One uint8 label map per tilt, on the film's own pixel grid (tilted back).
+        """
         from scipy import ndimage
 
+        angles = [float(a) for a in angles_deg]
+        if not angles:
+            return []
         grid = reading.grid
         x = reading.model_input[:, ::-1] if grid.mirrored else reading.model_input
         x = np.rot90(x, grid.turns)
         fill = float(np.median(np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])))
-        tilted = ndimage.rotate(x, angle_deg, reshape=False, order=1, mode="constant", cval=fill)
-        probs = self.predict_probabilities(np.ascontiguousarray(tilted, dtype=np.float32))
-        labels = ndimage.rotate(probs.argmax(0).astype(np.uint8), -angle_deg, reshape=False, order=0)
-        labels = clean_label_map(close_label_map(labels))
-        labels = np.rot90(labels, -grid.turns)
-        if grid.mirrored:
-            labels = labels[:, ::-1]
-        return reading.transform.mask_to_original(np.ascontiguousarray(labels)).astype(np.uint8)
+        tilted = np.stack([ndimage.rotate(x, a, reshape=False, order=1, mode="constant", cval=fill) for a in angles])
+        raw, _ = self.predict_batch(tilted.astype(np.float32, copy=False), probabilities=False)
+        maps = []
+        for angle, labels in zip(angles, raw):
+            labels = ndimage.rotate(labels, -angle, reshape=False, order=0)
+            labels = clean_label_map(close_label_map(labels))
+            labels = np.rot90(labels, -grid.turns)
+            if grid.mirrored:
+                labels = labels[:, ::-1]
+            maps.append(reading.transform.mask_to_original(np.ascontiguousarray(labels)).astype(np.uint8))
+        return maps
 
     def segment_with_info(self, image: Any, orientations: bool = True) -> SegmentationResult:
         """Segment one radiograph and report its orientation.
