@@ -37,6 +37,8 @@ INPUT_SIZE = 224
 AGE_RANGE_MONTHS = (0.0, 240.0)
 #: Name of the weights file inside a model folder.
 WEIGHTS_FILE = "direct_cnn.pt"
+#: Traced network beside the weights (``python -m boneage.training.export``): starts without MONAI.
+TRACED_FILE = "direct_cnn.ts.pt"
 METRICS_FILE = "metrics.json"
 MODEL_VERSION = "direct-cnn-1"
 #: Intensity normalisation of the network input: ``(x - centre) / scale`` for x in [0, 1].
@@ -247,12 +249,14 @@ class DirectEstimator:
         self.version = version
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "cpu") -> DirectEstimator:
+    def load(cls, path: str | Path | None = None, device: str = "cpu", traced: bool = True) -> DirectEstimator:
         """Load weights (fp16 on disk) into a float32 model.
 
         Args:
             path: a weights file or a folder holding :data:`WEIGHTS_FILE`; default the shipped one.
             device: ``"cpu"`` (default) or ``"cuda"``.
+            traced: use the traced network beside the weights (:data:`TRACED_FILE`) when it was
+                traced from them (same numbers, starts without importing MONAI).
 
         Raises:
             FileNotFoundError: when the weights are missing.
@@ -266,9 +270,17 @@ class DirectEstimator:
             raise FileNotFoundError(f"direct CNN weights not found at {path}; run `boneage train direct`")
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         config = checkpoint["config"]
-        model = BoneAgeNet(widths=tuple(config.get("widths", (32, 64, 128, 256))))
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()})
+        model = None
+        if traced:
+            from boneage.models import load_traced
+
+            model = load_traced(path.with_name(TRACED_FILE), path)
+        if model is None:
+            model = BoneAgeNet(widths=tuple(config.get("widths", (32, 64, 128, 256))))
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()})
         model.to(device)
+        if torch.device(device).type == "cpu":
+            model = model.to(memory_format=torch.channels_last)  # oneDNN's faster convolution path on CPU
         return cls(model, checkpoint["target_mean"], checkpoint["target_sd"], checkpoint["calibration"],
                    config.get("input_size", INPUT_SIZE), config.get("cache_size", CACHE_SIZE), checkpoint.get("version", MODEL_VERSION))
 

@@ -41,6 +41,8 @@ from boneage.preprocess import MARKER_ROBUST_WINDOW, CropTransform, prepare_mode
 #: Folder of the shipped segmenter (weights, model card, metrics).
 SEGMENTER_DIR = MODELS_DIR / "segmenter"
 WEIGHTS_FILE = "segmenter.pt"
+#: Traced network beside the weights (``python -m boneage.training.export``): starts without MONAI.
+TRACED_FILE = "segmenter.ts.pt"
 VERSION = "segmenter-4"
 #: Image file suffixes accepted when a folder is given to :func:`segment_paths`.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
@@ -188,12 +190,14 @@ class Segmenter:
         self.meta = meta or {}
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "cpu") -> Segmenter:
+    def load(cls, path: str | Path | None = None, device: str = "cpu", traced: bool = True) -> Segmenter:
         """Load weights written by :func:`boneage.training.segmenter.save_weights` (fp16 state dict + config).
 
         Args:
             path: weights file (default the shipped ``data/models/segmenter/segmenter.pt``).
             device: torch device.
+            traced: use the traced network beside the weights (:data:`TRACED_FILE`) when it was
+                traced from them (same numbers, starts without importing MONAI).
 
         Returns:
             A ready :class:`Segmenter` (fp32 on CPU).
@@ -210,8 +214,14 @@ class Segmenter:
         config = NetworkConfig(size=int(cfg["size"]), channels=tuple(cfg["channels"]),
                                num_res_units=int(cfg["num_res_units"]), norm=str(cfg["norm"]),
                                window=tuple(cfg.get("window", MARKER_ROBUST_WINDOW)))
-        network = build_network(config)
-        network.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+        network = None
+        if traced:
+            from boneage.models import load_traced
+
+            network = load_traced(path.with_name(TRACED_FILE), path)
+        if network is None:
+            network = build_network(config)
+            network.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
         return cls(network, config, meta=blob.get("meta", {}), device=device)
 
     def _logits(self, model_inputs: np.ndarray) -> Any:
