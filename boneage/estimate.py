@@ -464,10 +464,10 @@ class BoneAgeEstimator:
             if view.reading is not None and self.multistep_tilts:
                 # Test-time augmentation: the same film read tilted a few degrees each way; the
                 # reported age, interval included, is the mean over the views.
-                # The tilted views are segmented in one forward pass (faster than one pass each).
+                # Each tilted label map is measured as it is made (one film-sized map at a time).
                 many = getattr(self.segmenter, "reread_tilted_many", None)
                 tilted = (many(view.reading, self.multistep_tilts) if many is not None else
-                          [self.segmenter.reread_tilted(view.reading, tilt) for tilt in self.multistep_tilts])
+                          (self.segmenter.reread_tilted(view.reading, tilt) for tilt in self.multistep_tilts))
                 views = [ms] + [self.multistep.estimate(measure(labels, spacing), result.sex) for labels in tilted]
                 ms.age_months, ms.lower_90, ms.upper_90 = (
                     float(np.mean([getattr(v, k) for v in views])) for k in ("age_months", "lower_90", "upper_90"))

@@ -109,6 +109,8 @@ class Radiograph:
         if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))) or min(arr.shape[:2]) < 2:
             raise ImageReadError("<array>", f"expected a 2-D image, got shape {arr.shape}")
         scaled = to_unit_range(arr, "<array>")
+        # The caller keeps its array: a radiograph never shares memory with it.
+        film = scaled.pixels.copy() if np.shares_memory(scaled.pixels, arr) else scaled.pixels
         spacing = None
         if spacing_mm is not None:
             s = (float(spacing_mm), float(spacing_mm)) if np.isscalar(spacing_mm) else tuple(spacing_mm)  # type: ignore[arg-type]
@@ -116,7 +118,7 @@ class Radiograph:
         metadata: dict[str, Any] = {"grayscale_transform": scaled.note}
         if scaled.nonfinite:
             metadata["nonfinite_pixels"] = scaled.nonfinite
-        return cls(pixels=scaled.pixels, spacing_mm=spacing, sex=sex, chronological_age_months=age, metadata=metadata)
+        return cls(pixels=film, spacing_mm=spacing, sex=sex, chronological_age_months=age, metadata=metadata)
 
 
 class ScaledPixels(NamedTuple):
@@ -166,11 +168,16 @@ def to_unit_range(values: np.ndarray, label: str = "<array>", declared_bits: int
         shift = min(lo, 0)
         bits = bit_depth(hi - shift, declared_bits)
         # float32 is exact for integers below 2**24 and halves the memory of a large film.
-        work = (arr.astype(np.float32 if hi - shift < 2**24 else np.float64) - shift)
+        work = arr.astype(np.float32 if hi - shift < 2**24 else np.float64)
+        if shift:
+            work -= shift
         if colour:
             work = _rgb_to_gray(work)
         note = f"{bits}-bit" + (", colour converted to grayscale (luminance)" if colour else "")
-        return ScaledPixels(np.clip(work / float(2**bits - 1), 0.0, 1.0).astype(np.float32), note)
+        # In place: one film-sized array rather than four (a 7,000 x 7,500 film is 210 MB in float32).
+        work /= float(2**bits - 1)
+        np.clip(work, 0.0, 1.0, out=work)
+        return ScaledPixels(work.astype(np.float32, copy=False), note)
     if not np.issubdtype(arr.dtype, np.floating):
         raise ImageReadError(label, f"unsupported pixel type {arr.dtype} (expected integers or real numbers)")
     work = arr.astype(np.promote_types(arr.dtype, np.float32), copy=False)
@@ -178,6 +185,10 @@ def to_unit_range(values: np.ndarray, label: str = "<array>", declared_bits: int
         work = _rgb_to_gray(work)
     work, nonfinite = fill_nonfinite(work, label)
     lo, hi = float(work.min()), float(work.max())
+    if 0.0 <= lo and hi <= 1.0 and work.dtype == np.float32 and not nonfinite:
+        # Already what is asked for: no film-sized copy (the model-input preparation calls this on
+        # a radiograph's own pixels, twice per film).
+        return ScaledPixels(work, "float in [0, 1]")
     if 0.0 <= lo and hi <= 1.0:
         note = "float in [0, 1]"
     else:
@@ -688,6 +699,10 @@ def _read_bitmap(data: bytes, label: str) -> Radiograph:
     )
 
 
+#: float32(v / 255) for every 8-bit value v, computed in float64 as before.
+_UINT8_TO_UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+
+
 def _bitmap_to_unit(img: Any, label: str) -> tuple[np.ndarray, str]:
     """Scale a PIL image to float32 [0, 1] by its real bit depth."""
     mode = img.mode
@@ -706,6 +721,10 @@ def _bitmap_to_unit(img: Any, label: str) -> tuple[np.ndarray, str]:
             note = "colour converted to grayscale (luminance)"
         else:
             note = "8-bit"
+        if arr.dtype == np.uint8:
+            # A look-up table gives exactly float32(v / 255.0) with one film-sized array instead of
+            # a float64 copy, its quotient and the float32 result (1 GB for a 7,000 x 7,500 film).
+            return _UINT8_TO_UNIT[arr], note
         return (np.asarray(arr, dtype=np.float64) / 255.0).astype(np.float32), note
     if mode.startswith("I;16") or mode in ("I", "F"):
         # The same scaling as arrays given through the API (real bit depth; finite range).
