@@ -266,14 +266,18 @@ class Segmenter:
             labels = logits.argmax(-1).to(torch.uint8).numpy()
             if not probabilities:
                 return labels, None
-            # Probabilities class-first and contiguous (their per-pixel maximum, all that the
-            # orientation score and the hand check read, is then a fast reduction), computed in
-            # place: one (B, classes, size, size) array at a time rather than three.
-            probs = logits.permute(0, 3, 1, 2).contiguous()
-            del logits
-            probs.sub_(probs.amax(1, keepdim=True)).exp_()
-            probs.div_(probs.sum(1, keepdim=True))
-            return labels, probs.numpy()
+            # Softmax in place over the contiguous class axis (one logits-sized array, not three),
+            # then class-first and contiguous: their per-pixel maximum, all that the orientation
+            # score and the hand check read, is then a fast reduction. numpy's 2-D transposing copy
+            # is about three times faster than torch's permute copy of the same array.
+            logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+            logits.div_(logits.sum(-1, keepdim=True))
+            hwc = logits.numpy()
+            batch, rows, cols, classes = hwc.shape
+            probs = np.empty((batch, classes, rows, cols), dtype=np.float32)
+            for i in range(batch):
+                probs[i].reshape(classes, rows * cols)[...] = hwc[i].reshape(rows * cols, classes).T
+            return labels, probs
 
     def predict_probabilities(self, model_input: np.ndarray) -> np.ndarray:
         """Class probabilities in model-input geometry for a prepared ``size x size`` input.
