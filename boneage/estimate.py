@@ -30,6 +30,8 @@ MIN_TUBULAR_BONES_FOR_A_HAND = 10
 #: is left: fewer finger bones than this found at all, and the film is not a hand. Real hands show
 #: a median of 19 and at least 13; the tibia fixture shows 12, so the margin is one bone.
 MIN_TUBULAR_BONES_PRESENT = 13
+#: A film turned upright by at least this much (degrees) is said in the result's QC notes.
+NOTED_TURN_DEG = 10.0
 #: Test-time augmentation of the multi-step method: besides the film as read, it is segmented
 #: and measured tilted by these angles (degrees) and the ages averaged (see
 #: :meth:`boneage.segment.Segmenter.reread_tilted`). On 40 validation films tilted 10 degrees the
@@ -338,7 +340,8 @@ class BoneAgeEstimator:
             pixels = transform.apply(pixels, order=1, fill=film_background(pixels)).astype(np.float32)
             reading = self.segmenter.read(pixels)
             turn = (transform.total_deg + 180.0) % 360.0 - 180.0
-            notes.append(f"film read upright: turned {turn:+.0f} degrees (counter-clockwise) before both methods read it")
+            if abs(turn) >= NOTED_TURN_DEG:  # straightening an ordinary lean is routine, not news
+                notes.append(f"film read upright: turned {turn:+.0f} degrees (counter-clockwise) before both methods read it")
         notes += _orientation_notes(reading.mirrored, None)
         return FilmView(pixels, reading.label_map(), transform, inverted, probability, notes, "", reading)
 
