@@ -5,5 +5,6 @@ One module per model, each importing its inference half (network, constants, loa
 :mod:`~boneage.training.direct` (``boneage train direct``), :mod:`~boneage.training.multistep`
 (``boneage train multistep``, ``boneage reference build``), :mod:`~boneage.training.handcheck` with
 :mod:`~boneage.training.negatives` (``boneage train handcheck``), and :mod:`~boneage.training.compare`
-(``boneage compare``: learning curves of both methods).
+(``boneage compare``: learning curves of both methods); :mod:`~boneage.training.export`
+(``python -m boneage.training.export``: traced copies of the networks beside their weights).
 """
