@@ -294,7 +294,8 @@ class BoneAgeEstimator:
 
         The segmenter reads the film (with its mirror and quarter-turn search); the hand check
         (:mod:`boneage.handcheck`) decides from that reading whether it is a hand. A film that is
-        not is read once more with its grey scale inverted: a negative hand film becomes a hand,
+        not is read again at every quarter turn (an upside-down hand can read as a poor upright
+        one), then once more with its grey scale inverted: a negative hand film becomes a hand,
         anything else stays rejected. A hand whose fingers do not point up (quarter-turned, or
         tilted more than ``preprocess.TILT_TOLERANCE_DEG``) is turned upright and read again, so
         that both the measurements and the end-to-end CNN see it upright.
