@@ -53,14 +53,30 @@ def hand_features(label_map: np.ndarray, probabilities: np.ndarray, model_input:
         negative film reads dark bone); ``bone_contrast_border`` the same against the image's
         outer frame (film background).
     """
-    from boneage.measure import finger_rays
-    from boneage.segment import thumb_divergence_deg
+    from boneage.segment import reading_figures
 
     labels = np.asarray(label_map)
     bone = labels > 0
     feats = dict.fromkeys(FEATURES, 0.0)
     if not bone.any():
         return feats
+    feats.update(reading_figures(labels, probabilities, spacing))
+    boxes = ndimage.find_objects(labels.astype(np.int32), max_label=anatomy.NUM_CLASSES - 1)
+
+    def found(name: str) -> bool:
+        return any(boxes[i - 1] is not None for i in anatomy.bone_labels(name))
+
+    x = np.asarray(model_input, dtype=np.float32)
+    frame = np.concatenate([x[:4].ravel(), x[-4:].ravel(), x[:, :4].ravel(), x[:, -4:].ravel()])
+    bone_mean = float(x[bone].mean())
+    feats.update(
+        bone_fraction=float(bone.mean()),
+        carpal_count=float(sum(found(b) for b in anatomy.CARPALS)),
+        forearm_count=float(sum(found(b) for b in anatomy.FOREARM)),
+        bone_contrast=bone_mean - float(np.median(x[~bone])) if (~bone).any() else 0.0,
+        bone_contrast_border=bone_mean - float(np.median(frame)),
+    )
+    return feats
     boxes = ndimage.find_objects(labels.astype(np.int32), max_label=anatomy.NUM_CLASSES - 1)
     whole = present = 0
     for name in anatomy.TUBULAR_BONES:

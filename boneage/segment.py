@@ -641,26 +641,52 @@ def orientation_score(label_map: np.ndarray, probabilities: np.ndarray,
     Returns:
         The score.
     """
+    f = reading_figures(label_map, probabilities, spacing)
+    return f["finger_rays"] + f["thumb_side"] + f["whole_share"] + 0.5 * f["confidence"]
+
+
+def reading_figures(label_map: np.ndarray, probabilities: np.ndarray,
+                    spacing: tuple[float, float] = (1.0, 1.0)) -> dict[str, float]:
+    """How hand-like a reading is: the figures :func:`orientation_score` adds up and the hand check
+    (:func:`boneage.handcheck.hand_features`) starts from.
+
+    Args:
+        label_map: cleaned label map (model grid).
+        probabilities: ``(NUM_CLASSES, H, W)`` softmax probabilities it came from.
+        spacing: ``(row, col)`` pixel size of the grid.
+
+    Returns:
+        ``finger_rays`` (digits laid out as a finger, 0-5), ``thumb_side`` (+1 the thumb diverges
+        more than the little finger, -1 less, 0 unknown), ``whole_share`` / ``present_share``
+        (tubular bones in one piece / found, of 19) and ``confidence`` (mean top probability on
+        bone pixels); all 0 for a reading with no bone.
+    """
     from scipy import ndimage
 
     from boneage.measure import finger_rays
 
+    figures = dict.fromkeys(("finger_rays", "thumb_side", "whole_share", "present_share", "confidence"), 0.0)
     bone = label_map > 0
     if not bone.any():
-        return 0.0
-    confidence = float(probabilities.max(0)[bone].mean())
+        return figures
     boxes = ndimage.find_objects(label_map.astype(np.int32), max_label=anatomy.NUM_CLASSES - 1)
-    whole = 0
+    whole = present = 0
     for bone_name in anatomy.TUBULAR_BONES:
         label = anatomy.shaft_label(bone_name)
         box = boxes[label - 1]
         if box is None:
             continue
-        _, n = ndimage.label(label_map[box] == label)
-        whole += n == 1
+        present += 1
+        whole += ndimage.label(label_map[box] == label)[1] == 1
     divergence = thumb_divergence_deg(label_map, spacing)
-    thumb = 0.0 if divergence is None else float(np.sign(divergence))
-    return finger_rays(label_map) + thumb + whole / len(anatomy.TUBULAR_BONES) + 0.5 * confidence
+    figures.update(
+        finger_rays=float(finger_rays(label_map)),
+        thumb_side=0.0 if divergence is None else float(np.sign(divergence)),
+        whole_share=whole / len(anatomy.TUBULAR_BONES),
+        present_share=present / len(anatomy.TUBULAR_BONES),
+        confidence=float(probabilities.max(0)[bone].mean()),
+    )
+    return figures
 
 
 def _iter_inputs(inputs: Iterable[str | Path]) -> Iterator[Path]:

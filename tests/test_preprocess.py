@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from boneage.preprocess import CropTransform, as_pixels, hand_bounding_box, normalise_intensity, prepare_model_input
+from boneage.preprocess import TILT_TOLERANCE_DEG, film_background, rotate_film, upright_transform
 
 
 def _synthetic_hand(rows: int = 300, cols: int = 220, seed: int = 0) -> np.ndarray:
@@ -151,7 +152,6 @@ def test_as_pixels_one_infinite_pixel_does_not_blank_the_image():
 
 
 # --- upright: one orientation decision -------------------------------------------------------
-from boneage.preprocess import TILT_TOLERANCE_DEG, film_background, rotate_film, upright_transform  # noqa: E402
 
 
 @pytest.mark.parametrize("angle", [0.0, 90.0, -90.0, 180.0, 15.0, -20.0, 110.0])
