@@ -172,3 +172,18 @@ def digit_bones(d: int) -> tuple[str, ...]:
         raise ValueError(f"digit must be 1..5, got {d}")
     rows = (METACARPALS, PROXIMAL_PHALANGES, MIDDLE_PHALANGES, DISTAL_PHALANGES)
     return tuple(b for row in rows for b in row if b.endswith(f"_{d}"))
+
+
+#: The bones whose appearance the per-bone maturity method reads (the RUS set of TW3 and
+#: BoneXpert: radius, ulna and the tubular bones of rays 1, 3 and 5).
+RUS_BONES: tuple[str, ...] = (
+    "radius", "ulna",
+    "metacarpal_1", "metacarpal_3", "metacarpal_5",
+    "proximal_phalanx_1", "proximal_phalanx_3", "proximal_phalanx_5",
+    "middle_phalanx_3", "middle_phalanx_5",
+    "distal_phalanx_1", "distal_phalanx_3", "distal_phalanx_5",
+)
+#: Name of the one crop that covers the carpus (the carpals read together, as in TW3's carpal score).
+CARPAL_REGION = "carpals"
+#: Every per-bone maturity crop, in network order (the network's bone-identity input indexes this).
+MATURITY_REGIONS: tuple[str, ...] = RUS_BONES + (CARPAL_REGION,)

@@ -283,6 +283,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     add_handcheck_arguments(handcheck)
     handcheck.set_defaults(handler=_train_handcheck)
+    perbone = models.add_parser(
+        "perbone",
+        help="per-bone maturity network over aligned bone crops (needs the segmenter)",
+        description=(
+            "Cut aligned bone crops of every labelled film with the shipped segmenter (cached outside "
+            "the repo), train the per-bone network on rsna-299 + the rsna-dev training split, calibrate "
+            "on the shared hold-out of the training split, report the validation split; resumable. "
+            "Writes data/models/perbone/."
+        ),
+    )
+    from boneage.training.perbone import add_train_arguments as add_perbone_arguments
+
+    add_perbone_arguments(perbone)
+    perbone.set_defaults(handler=_train_perbone)
 
 
 def _train_segmenter(args: argparse.Namespace) -> int:
@@ -312,6 +326,12 @@ def _add_train_direct_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train_direct(args: argparse.Namespace) -> int:
     from boneage.training.direct import train_command
+
+    return train_command(args)
+
+
+def _train_perbone(args: argparse.Namespace) -> int:
+    from boneage.training.perbone import train_command
 
     return train_command(args)
 

@@ -58,6 +58,24 @@ CALIBRATION_HOLDOUT = 200
 _CACHE_VERSION = "v1"
 
 
+def calibration_holdout(dev_train, seed: int = 0):
+    """Split the ``rsna-dev`` training split into the calibration hold-out and the films to fit.
+
+    The hold-out (:data:`CALIBRATION_HOLDOUT` films, drawn with ``seed + 1``) is shared by every
+    learnt method, so the combined estimate can be stacked on films no method trained on.
+
+    Args:
+        dev_train: the training split's label table (as :func:`boneage.datasets.rsna_dev` orders it).
+        seed: the training seed.
+
+    Returns:
+        ``(holdout, fit)`` label tables.
+    """
+    rng = np.random.default_rng(seed + 1)
+    idx = np.sort(rng.choice(len(dev_train), size=min(CALIBRATION_HOLDOUT, len(dev_train) // 4), replace=False))
+    return dev_train.iloc[idx].reset_index(drop=True), dev_train.drop(index=idx).reset_index(drop=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # Augmentation
 # ----------------------------------------------------------------------------------------------
@@ -445,10 +463,7 @@ def train(config: TrainConfig, log=print) -> dict:
     dev = rsna_dev()
     dev_train = dev[dev["split"] == "train"].reset_index(drop=True)
     val = dev[dev["split"] == "val"].reset_index(drop=True)
-    holdout_rng = np.random.default_rng(config.seed + 1)
-    holdout_idx = np.sort(holdout_rng.choice(len(dev_train), size=min(CALIBRATION_HOLDOUT, len(dev_train) // 4), replace=False))
-    calib = dev_train.iloc[holdout_idx].reset_index(drop=True)
-    fit_dev = dev_train.drop(index=holdout_idx).reset_index(drop=True)
+    calib, fit_dev = calibration_holdout(dev_train, config.seed)
     import pandas as pd
 
     fit = pd.concat([fit_dev, rsna_299()], ignore_index=True)

@@ -1,0 +1,492 @@
+"""Per-bone maturity: aligned bone crops, a small network that ages each bone, a robust consensus.
+
+The third method, between the measured multi-step pipeline and the end-to-end CNN (the
+BoneXpert idea): the segmenter locates each bone of the RUS set and the carpus; each is cut from
+the film at its native resolution, aligned to the bone (long axis vertical, epiphysis end up,
+scaled to the bone's length with a fixed margin, so every film's bone looks alike whatever the
+film's size); one network shared by all bones (bone identity and sex as inputs) gives each bone
+an age and a scale; bones that disagree with the consensus are down-weighted and said; the
+consensus gets a calibrated 90% interval. RUS and carpal ages are reported apart too.
+
+Data flow: ``FilmReading`` (segmenter) + film pixels -> :func:`bone_crops` -> :class:`BoneCrops`
+-> :class:`PerBoneEstimator.predict` -> :class:`PerBoneEstimate`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from boneage import anatomy
+
+#: Crop size (rows, cols): rows run along the bone, epiphysis end at the top.
+CROP_SHAPE = (64, 48)
+#: Version of the crop geometry; caches and weights are keyed by it.
+CROP_VERSION = "crops-1"
+#: Tubular bones: crop height = this x bone length (a margin of 12.5% at each end).
+TUBULAR_LENGTH_MARGIN = 1.25
+#: Radius/ulna and carpus are scaled to the third metacarpal (a forearm bone's visible length
+#: depends on the collimation, the metacarpal's does not).
+FOREARM_HEIGHT_PER_MC3 = 0.9
+CARPAL_HEIGHT_PER_MC3 = 1.0
+#: Smallest label area (model-grid pixels) for a bone to be cropped.
+MIN_BONE_PIXELS = 12
+#: ``rsna-299`` films were squashed to a square; their originals were 0.64-0.98 (median 0.79)
+#: wide-to-tall (measured on the 1,180 ``rsna-dev`` films). Training restores this median aspect
+#: before reading them; the leftover error is within the aspect jitter of training.
+RSNA_299_WIDTH_TO_HEIGHT = 0.79
+
+
+@dataclass
+class BoneCrops:
+    """The aligned crops of one film.
+
+    Attributes:
+        images: uint8 ``(len(MATURITY_REGIONS), *CROP_SHAPE)``; zeros where a bone has no crop.
+        present: bool per region, True where the crop was cut.
+        film_pixels_per_crop_pixel: the crop's scale on the film (> 1: the film is finer).
+    """
+
+    images: np.ndarray
+    present: np.ndarray
+    film_pixels_per_crop_pixel: np.ndarray
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        return anatomy.MATURITY_REGIONS
+
+
+def _film_points(label_map: np.ndarray, labels: list[int], transform: Any) -> np.ndarray | None:
+    """Film (row, col) coordinates of the model-grid pixels carrying any of ``labels``."""
+    mask = np.isin(label_map, labels)
+    if mask.sum() < MIN_BONE_PIXELS:
+        return None
+    rows, cols = np.nonzero(mask)
+    r, c = transform.to_original(rows, cols)
+    return np.stack([r, c], axis=1)
+
+
+@dataclass
+class _BoneAxis:
+    centre: np.ndarray  # film (row, col) of the middle of the bone's extent
+    axis: np.ndarray  # unit vector along the bone, pointing distally
+    length: float  # extent along the axis (film pixels)
+    proximal_end: np.ndarray
+    distal_end: np.ndarray
+
+
+def _bone_axis(points: np.ndarray, distal_hint: np.ndarray) -> _BoneAxis:
+    mean = points.mean(axis=0)
+    cov = np.cov((points - mean).T)
+    _, vecs = np.linalg.eigh(cov)
+    axis = vecs[:, -1]
+    if float(axis @ distal_hint) < 0:
+        axis = -axis
+    along = (points - mean) @ axis
+    lo, hi = np.percentile(along, [1, 99])
+    centre = mean + axis * (lo + hi) / 2
+    return _BoneAxis(centre, axis, float(hi - lo), mean + axis * lo, mean + axis * hi)
+
+
+def _sample(film: np.ndarray, centre: np.ndarray, up: np.ndarray, height: float, width: float,
+            mirrored: bool) -> tuple[np.ndarray, float]:
+    """Cut a ``CROP_SHAPE`` crop: ``up`` (film unit vector) points to the crop's top row."""
+    rows_out, cols_out = CROP_SHAPE
+    scale_r, scale_c = height / rows_out, width / cols_out
+    right = np.array([-up[1], up[0]])  # up rotated a quarter turn: the crop's +column direction
+    if float(np.cross(up, right)) > 0:
+        right = -right
+    # A left hand seen from the front has its thumb on the right of an upright film; a mirrored
+    # reading is flipped back so every crop looks like a left hand's.
+    if mirrored:
+        right = -right
+    u = (np.arange(rows_out) - (rows_out - 1) / 2) * scale_r  # top row = +up
+    v = (np.arange(cols_out) - (cols_out - 1) / 2) * scale_c
+    rr = centre[0] - up[0] * u[:, None] + right[0] * v[None, :]
+    cc = centre[1] - up[1] * u[:, None] + right[1] * v[None, :]
+    scale = max(scale_r, scale_c)
+    # Only the patch under the crop is smoothed (anti-aliasing before a large down-sampling).
+    r0 = max(int(np.floor(rr.min())) - 4, 0)
+    r1 = min(int(np.ceil(rr.max())) + 5, film.shape[0])
+    c0 = max(int(np.floor(cc.min())) - 4, 0)
+    c1 = min(int(np.ceil(cc.max())) + 5, film.shape[1])
+    if r1 <= r0 or c1 <= c0:
+        return np.zeros(CROP_SHAPE, np.uint8), scale
+    patch = np.asarray(film[r0:r1, c0:c1], dtype=np.float32)
+    if scale > 1.5:
+        patch = ndimage.gaussian_filter(patch, sigma=0.4 * scale, mode="nearest")
+    fill = float(np.median(patch))
+    crop = ndimage.map_coordinates(patch, [rr - r0, cc - c0], order=1, mode="constant", cval=fill)
+    return normalise_crop(crop), scale
+
+
+def normalise_crop(crop: np.ndarray) -> np.ndarray:
+    """Window a crop on its own 1st-99th percentiles to uint8 (a film's exposure and window do not
+    reach the network; a crop has no markers)."""
+    lo, hi = np.percentile(crop, [1, 99])
+    if hi - lo < 1e-6:
+        return np.zeros(crop.shape, np.uint8)
+    return np.clip((crop - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def bone_crops(film: np.ndarray, label_map: np.ndarray, transform: Any, mirrored: bool | None = None,
+               finger_angle_deg: float | None = None) -> BoneCrops:
+    """Cut the aligned crops of :data:`anatomy.MATURITY_REGIONS` from a film.
+
+    Args:
+        film: 2-D film the label map was read from (any scale; bone bright).
+        label_map: the segmenter's label map on its model grid.
+        transform: model grid -> film coordinates (``boneage.preprocess.CropTransform``).
+        mirrored: the hand is seen mirrored (its crops are flipped back to a left hand's).
+        finger_angle_deg: where the fingers point, degrees counter-clockwise from up (``None``:
+            up); used only where the bones themselves cannot tell which end is distal.
+
+    Returns:
+        :class:`BoneCrops`.
+    """
+    n = len(anatomy.MATURITY_REGIONS)
+    images = np.zeros((n, *CROP_SHAPE), np.uint8)
+    present = np.zeros(n, bool)
+    scales = np.zeros(n, np.float32)
+    angle = np.deg2rad(finger_angle_deg or 0.0)
+    hand_up = np.array([-np.cos(angle), -np.sin(angle)])  # (row, col): fingers' direction
+    points = {b: _film_points(label_map, anatomy.bone_labels(b), transform)
+              for b in anatomy.FOREARM + anatomy.TUBULAR_BONES}
+    wrist_parts = [points[b] for b in anatomy.FOREARM if points[b] is not None]
+    carpal_points = _film_points(label_map, [anatomy.bone_labels(c)[0] for c in anatomy.CARPALS], transform)
+    if carpal_points is not None:
+        wrist_parts.append(carpal_points)
+    wrist = np.concatenate(wrist_parts).mean(axis=0) if wrist_parts else None
+    metacarpals = [points[b] for b in anatomy.METACARPALS[1:] if points[b] is not None]
+    hand_centre = np.concatenate(metacarpals).mean(axis=0) if metacarpals else None
+    if wrist is not None and hand_centre is not None and np.linalg.norm(hand_centre - wrist) > 1e-6:
+        hand_up = (hand_centre - wrist) / np.linalg.norm(hand_centre - wrist)
+
+    axes: dict[str, _BoneAxis] = {}
+    for bone, pts in points.items():
+        if pts is None:
+            continue
+        if bone in anatomy.FOREARM:
+            hint = hand_up
+        elif wrist is not None:
+            hint = pts.mean(axis=0) - wrist
+        else:
+            hint = hand_up
+        axes[bone] = _bone_axis(pts, hint)
+    mc3 = axes.get("metacarpal_3")
+    unit = mc3.length if mc3 is not None else (
+        float(np.median([axes[b].length for b in anatomy.METACARPALS[1:] if b in axes]))
+        if any(b in axes for b in anatomy.METACARPALS[1:]) else None)
+    mirrored = bool(mirrored)
+    aspect = CROP_SHAPE[1] / CROP_SHAPE[0]
+    for i, region in enumerate(anatomy.MATURITY_REGIONS):
+        if region == anatomy.CARPAL_REGION:
+            ends = [axes[b].distal_end for b in anatomy.FOREARM if b in axes]
+            bases = [axes[b].proximal_end for b in anatomy.METACARPALS[1:] if b in axes]
+            if unit is None or not ends or not bases:
+                continue
+            centre = (np.mean(ends, axis=0) + np.mean(bases, axis=0)) / 2
+            height = CARPAL_HEIGHT_PER_MC3 * unit
+            images[i], scales[i] = _sample(film, centre, hand_up, height, height * aspect, mirrored)
+            present[i] = True
+            continue
+        ax = axes.get(region)
+        if ax is None:
+            continue
+        up = ax.axis if anatomy.epiphysis_end(region) == "distal" else -ax.axis
+        if region in anatomy.FOREARM:
+            if unit is None:
+                continue
+            height = FOREARM_HEIGHT_PER_MC3 * unit
+            # The distal end sits 15% below the top edge: epiphysis, physis and metaphysis in view.
+            centre = ax.distal_end - ax.axis * (0.5 - 0.15) * height
+        else:
+            height = TUBULAR_LENGTH_MARGIN * ax.length
+            centre = ax.centre
+        if height < 4:
+            continue
+        images[i], scales[i] = _sample(film, centre, up, height, height * aspect, mirrored)
+        present[i] = True
+    return BoneCrops(images, present, scales)
+
+
+def crops_from_reading(film: np.ndarray, reading: Any) -> BoneCrops:
+    """:func:`bone_crops` of a :class:`boneage.segment.FilmReading` of ``film``."""
+    return bone_crops(film, reading.grid.label_map, reading.transform, reading.mirrored, reading.finger_angle_deg)
+
+
+# ------------------------------------------------------------------------------------------------
+# Network
+# ------------------------------------------------------------------------------------------------
+import torch  # noqa: E402  (the crop half above needs no torch)
+from torch import nn  # noqa: E402
+
+#: Standardised age target: ``(months - AGE_CENTRE) / AGE_SCALE``.
+AGE_CENTRE, AGE_SCALE = 120.0, 50.0
+#: Plausible output range (months).
+AGE_RANGE_MONTHS = (0.0, 240.0)
+WEIGHTS_FILE = "perbone.pt"
+CALIBRATION_FILE = "calibration.json"
+METRICS_FILE = "metrics.json"
+MODEL_VERSION = "perbone-1"
+
+
+class PerBoneNet(nn.Module):
+    """One small MONAI ResNet shared by every bone; bone identity and sex join at the head.
+
+    Input: a batch of aligned crops ``(B, 1, *CROP_SHAPE)`` in [0, 1], the region index of each
+    (into :data:`anatomy.MATURITY_REGIONS`) and a sex code (+1 male, -1 female, 0 unknown).
+    Output: location and log Laplace scale of the standardised age, per crop.
+
+    Args:
+        widths: channel widths of the four ResNet stages.
+        head_width: hidden width of the head.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), head_width: int = 128) -> None:
+        super().__init__()
+        from monai.networks.nets import ResNet
+
+        self.widths = tuple(widths)
+        self.backbone = ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=list(widths), spatial_dims=2,
+                               n_input_channels=1, conv1_t_size=5, conv1_t_stride=1, feed_forward=False)
+        regions = len(anatomy.MATURITY_REGIONS)
+        self.region_embedding = nn.Embedding(regions, 16)
+        self.head = nn.Sequential(
+            nn.Linear(widths[-1] + 16 + 2, head_width), nn.ReLU(inplace=True),
+            nn.Linear(head_width, head_width), nn.ReLU(inplace=True),
+            nn.Linear(head_width, 2),
+        )
+
+    def forward(self, crops: torch.Tensor, regions: torch.Tensor, sex_code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone((crops - 0.5) / 0.25)
+        sex = sex_code.view(-1, 1).to(features.dtype)
+        out = self.head(torch.cat([features, self.region_embedding(regions).to(features.dtype), sex, sex.abs()], dim=1))
+        return out[:, 0], out[:, 1].clamp(-6.0, 3.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Consensus of the bones
+# ------------------------------------------------------------------------------------------------
+#: A bone whose age lies more than this many of its own scales from the consensus of the others
+#: is dropped from the consensus (and said).
+DISAGREEMENT_SCALES = 3.0
+#: Fewest RUS bones with an age for a per-bone estimate (fewer: the method is withheld).
+MIN_RUS_BONES = 7
+
+
+def sex_to_code(sex: str | None) -> float:
+    """+1 male, -1 female, 0 unknown (the network's sex input)."""
+    return {"M": 1.0, "F": -1.0}.get(sex or "", 0.0)
+
+
+def consensus(ages: np.ndarray, scales: np.ndarray, usable: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Robust consensus of per-bone ages.
+
+    A weighted median (weights 1 / scale) gives a first consensus; each bone's distance from the
+    median of the *others* in units of its own scale decides whether it disagrees
+    (:data:`DISAGREEMENT_SCALES`); the rest are averaged with weights 1 / scale^2.
+
+    Args:
+        ages: per-bone ages (months).
+        scales: per-bone Laplace scales (months, > 0).
+        usable: which bones have an age.
+
+    Returns:
+        ``(age, scale, kept)``: the consensus age, the mean scale of the kept bones (the film's
+        scale before calibration: bone errors within a film are correlated, so they are not
+        divided by the square root of their number), and which bones were kept.
+    """
+    idx = np.flatnonzero(usable)
+    kept = np.zeros(len(ages), bool)
+    if len(idx) == 0:
+        return float("nan"), float("nan"), kept
+    a, s = ages[idx], scales[idx]
+    centre = _weighted_median(a, 1.0 / s)
+    keep = np.abs(a - centre) <= DISAGREEMENT_SCALES * s
+    if keep.sum() < max(1, (len(idx) + 1) // 2):  # never drop the majority
+        keep = np.abs(a - centre) <= np.sort(np.abs(a - centre))[(len(idx) - 1) // 2]
+    w = 1.0 / s[keep] ** 2
+    kept[idx[keep]] = True
+    return float(np.sum(w * a[keep]) / np.sum(w)), float(np.mean(s[keep])), kept
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, cum[-1] / 2.0)])
+
+
+# ------------------------------------------------------------------------------------------------
+# Estimator
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class BoneMaturity:
+    """One bone's (or the carpus's) own age.
+
+    Attributes:
+        region: bone name, or ``"carpals"``.
+        age_months, lower_90, upper_90: the bone's age and its calibrated 90% interval.
+        used: the bone counted in the consensus (False: it disagreed with the others).
+    """
+
+    region: str
+    age_months: float
+    lower_90: float
+    upper_90: float
+    used: bool = True
+
+
+@dataclass
+class PerBoneEstimate:
+    """The per-bone method's answer for one film.
+
+    Attributes:
+        age_months, lower_90, upper_90: consensus of every cropped region (RUS bones and carpus)
+            and its calibrated 90% interval (``None`` when withheld).
+        rus_age_months, rus_lower_90, rus_upper_90: consensus of the RUS bones alone.
+        carpal_age_months, carpal_lower_90, carpal_upper_90: the carpal region's age alone.
+        bones: region -> :class:`BoneMaturity`, for every region with a crop.
+        dropped: regions left out of the consensus because they disagreed.
+        note: why the estimate is withheld, or a caveat (sex unknown, bones dropped).
+        sex_used: the sex fed to the network (``None``: sex-agnostic).
+        model_version: weights version.
+    """
+
+    age_months: float | None
+    lower_90: float | None
+    upper_90: float | None
+    rus_age_months: float | None = None
+    rus_lower_90: float | None = None
+    rus_upper_90: float | None = None
+    carpal_age_months: float | None = None
+    carpal_lower_90: float | None = None
+    carpal_upper_90: float | None = None
+    bones: dict[str, BoneMaturity] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    note: str | None = None
+    sex_used: str | None = None
+    model_version: str = MODEL_VERSION
+
+    @property
+    def available(self) -> bool:
+        return self.age_months is not None
+
+
+def _clip_interval(centre: float, half: float) -> tuple[float, float, float]:
+    lo_r, hi_r = AGE_RANGE_MONTHS
+    c = float(np.clip(centre, lo_r, hi_r))
+    return c, float(max(lo_r, c - half)), float(min(hi_r, c + half))
+
+
+class PerBoneEstimator:
+    """The trained per-bone network and its calibration.
+
+    Example:
+        >>> est = PerBoneEstimator.load()                                   # doctest: +SKIP
+        >>> est.predict(view.pixels, view.reading, "F").age_months         # doctest: +SKIP
+    """
+
+    def __init__(self, network: PerBoneNet, calibration: dict, device: str = "cpu") -> None:
+        self.network = network.eval()
+        self.calibration = calibration
+        self.device = torch.device(device)
+        self.model_version = calibration.get("model_version", MODEL_VERSION)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "cpu") -> PerBoneEstimator:
+        """Load weights (fp16 on disk, float32 in memory) and calibration from a model folder.
+
+        Raises:
+            FileNotFoundError: when the folder has no weights.
+        """
+        from boneage.paths import MODELS_DIR
+
+        folder = Path(path) if path is not None else MODELS_DIR / "perbone"
+        weights = folder / WEIGHTS_FILE if folder.is_dir() else folder
+        if not weights.is_file():
+            raise FileNotFoundError(f"per-bone maturity weights not found: {weights}")
+        checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+        network = PerBoneNet(tuple(checkpoint["widths"]))
+        network.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
+        calibration = dict(checkpoint.get("calibration", {}))
+        cal_file = weights.parent / CALIBRATION_FILE
+        if cal_file.is_file():
+            calibration.update(json.loads(cal_file.read_text()))
+        return cls(network.to(device).to(memory_format=torch.channels_last), calibration, device)
+
+    @torch.inference_mode()
+    def bone_ages(self, crops: BoneCrops, sex: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """Every cropped region's age and Laplace scale (months; NaN where no crop)."""
+        n = len(anatomy.MATURITY_REGIONS)
+        ages = np.full(n, np.nan)
+        scales = np.full(n, np.nan)
+        idx = np.flatnonzero(crops.present)
+        if len(idx) == 0:
+            return ages, scales
+        x = torch.from_numpy(crops.images[idx]).float().div_(255.0).unsqueeze(1)
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        regions = torch.from_numpy(idx).long().to(self.device)
+        code = torch.full((len(idx),), sex_to_code(sex), device=self.device)
+        loc, log_scale = self.network(x, regions, code)
+        ages[idx] = loc.float().cpu().numpy() * AGE_SCALE + AGE_CENTRE
+        scales[idx] = np.exp(log_scale.float().cpu().numpy()) * AGE_SCALE
+        return ages, scales
+
+    def predict_crops(self, crops: BoneCrops, sex: str | None = None) -> PerBoneEstimate:
+        """The per-bone estimate of a film's crops.
+
+        Args:
+            crops: :func:`bone_crops` of the film.
+            sex: ``"M"``, ``"F"`` or ``None`` (unknown: the network's sex-agnostic mode and the
+                sex-unknown calibration).
+
+        Returns:
+            :class:`PerBoneEstimate`.
+        """
+        key = "sex_known" if sex in ("M", "F") else "sex_unknown"
+        cal = self.calibration.get(key, {})
+        ages, scales = self.bone_ages(crops, sex)
+        usable = np.isfinite(ages)
+        rus = np.arange(len(anatomy.RUS_BONES))
+        if usable[rus].sum() < MIN_RUS_BONES:
+            return PerBoneEstimate(None, None, None, note=(
+                f"per-bone method withheld: only {int(usable[rus].sum())} of {len(rus)} RUS bones were found "
+                f"(needs {MIN_RUS_BONES})"), sex_used=sex if key == "sex_known" else None,
+                model_version=self.model_version)
+        bias = cal.get("bias", [0.0, 1.0])  # consensus -> age: a + b * consensus (hold-out fit)
+        age, scale, kept = consensus(ages, scales, usable)
+        age = bias[0] + bias[1] * age
+        c, lo, hi = _clip_interval(age, cal.get("film_factor", 1.645) * scale)
+        rus_usable = usable.copy()
+        rus_usable[len(anatomy.RUS_BONES):] = False
+        rus_age, rus_scale, _ = consensus(ages, scales, rus_usable)
+        rc, rlo, rhi = _clip_interval(bias[0] + bias[1] * rus_age, cal.get("rus_factor", 1.645) * rus_scale)
+        bone_factor = cal.get("bone_factor", 1.645)
+        bones = {}
+        for i, region in enumerate(anatomy.MATURITY_REGIONS):
+            if usable[i]:
+                bc, blo, bhi = _clip_interval(ages[i], bone_factor * scales[i])
+                bones[region] = BoneMaturity(region, bc, blo, bhi, bool(kept[i]))
+        carpal = bones.get(anatomy.CARPAL_REGION)
+        dropped = [r for r, b in bones.items() if not b.used]
+        notes = []
+        if dropped:
+            notes.append("left out of the consensus because they disagree with the other bones: "
+                         + ", ".join(anatomy.display_name(r) for r in dropped))
+        if key == "sex_unknown":
+            notes.append("sex unknown: the network's sex-agnostic reading, with its own wider interval")
+        return PerBoneEstimate(
+            c, lo, hi, rc, rlo, rhi,
+            carpal.age_months if carpal else None, carpal.lower_90 if carpal else None,
+            carpal.upper_90 if carpal else None, bones, dropped, "; ".join(notes) or None,
+            sex if key == "sex_known" else None, self.model_version)
+
+    def predict(self, film: np.ndarray, reading: Any, sex: str | None = None) -> PerBoneEstimate:
+        """Crop a film by its segmenter reading and estimate (see :meth:`predict_crops`)."""
+        return self.predict_crops(crops_from_reading(film, reading), sex)

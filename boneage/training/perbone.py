@@ -1,0 +1,600 @@
+"""Training of the per-bone maturity network (``boneage train perbone``).
+
+Stages, each resumable:
+1. **Crops**: every labelled film (``rsna-dev`` and ``rsna-299``) is read by the shipped
+   segmenter and its aligned bone crops cut (:func:`boneage.perbone.crops_from_reading`); the
+   crops are cached per film in shards of :data:`SHARD_FILMS` under the cache dir, keyed by the
+   segmenter and crop versions (uint8, outside the repository: they are research-only images).
+   ``rsna-299`` films are first widened back to the median true aspect
+   (:data:`boneage.perbone.RSNA_299_WIDTH_TO_HEIGHT`).
+2. **Network**: :class:`boneage.perbone.PerBoneNet` trained on the ``rsna-dev`` training split
+   minus the calibration hold-out (the same 200 films the CNN holds out, so that the combined
+   estimate can be stacked on films no method trained on) plus ``rsna-299``; checkpointed every
+   few minutes, so an interrupted run continues where it stopped.
+3. **Calibration**: the per-bone consensus's interval and the combined estimate's stacking
+   weights are fitted on that hold-out; the fixed validation split is only reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from boneage import anatomy
+
+#: Films per cache shard (one shard is the unit of resumption of the crop stage).
+SHARD_FILMS = 256
+
+_SEGMENTER = None
+
+
+def crop_cache_dir() -> Path:
+    """Where the crops of this segmenter and crop geometry are cached."""
+    from boneage.paths import cache_dir
+    from boneage.perbone import CROP_VERSION
+    from boneage.segment import VERSION
+
+    path = cache_dir() / "perbone" / f"{VERSION}_{CROP_VERSION}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def read_training_film(path: str, source: str) -> np.ndarray:
+    """A training film as the crop stage reads it (``rsna-299`` widened back to a true aspect)."""
+    from PIL import Image
+
+    from boneage.perbone import RSNA_299_WIDTH_TO_HEIGHT
+
+    with Image.open(path) as img:
+        img = img.convert("L")
+        if source == "rsna-299":
+            img = img.resize((round(img.height * RSNA_299_WIDTH_TO_HEIGHT), img.height), Image.BILINEAR)
+        return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _crop_one(job: tuple[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    global _SEGMENTER
+    import torch
+
+    from boneage.perbone import CROP_SHAPE, crops_from_reading
+    from boneage.segment import Segmenter
+
+    if _SEGMENTER is None:
+        torch.set_num_threads(1)
+        _SEGMENTER = Segmenter.load()
+    path, source = job
+    n = len(anatomy.MATURITY_REGIONS)
+    try:
+        film = read_training_film(path, source)
+        crops = crops_from_reading(film, _SEGMENTER.read(film))
+        return crops.images, crops.present, crops.film_pixels_per_crop_pixel
+    except Exception:  # noqa: BLE001 - an unreadable training film is skipped (present all False)
+        return np.zeros((n, *CROP_SHAPE), np.uint8), np.zeros(n, bool), np.zeros(n, np.float32)
+
+
+def build_crop_cache(labels, workers: int = 2, log=print) -> dict[str, np.ndarray]:
+    """Cut (or load) the crops of every film of a label table.
+
+    Args:
+        labels: DataFrame with ``id``, ``path`` and ``source``.
+        workers: processes (each loads the segmenter once, one torch thread each).
+        log: progress messages.
+
+    Returns:
+        dict with ``images`` uint8 ``(N, R, H, W)``, ``present`` bool ``(N, R)`` and ``scale``
+        float32 ``(N, R)``, in the table's row order.
+    """
+    from tqdm import tqdm
+
+    from boneage.perbone import CROP_SHAPE
+
+    folder = crop_cache_dir()
+    keys = [f"{s}:{i}" for s, i in zip(labels["source"], labels["id"])]
+    paths = [str(p) for p in labels["path"]]
+    sources = list(labels["source"])
+    # Shards are keyed by their films (sorted keys), so a different table reuses what it can.
+    order = np.argsort(keys, kind="stable")
+    shards = [order[i:i + SHARD_FILMS] for i in range(0, len(order), SHARD_FILMS)]
+    n = len(anatomy.MATURITY_REGIONS)
+    images = np.zeros((len(keys), n, *CROP_SHAPE), np.uint8)
+    present = np.zeros((len(keys), n), bool)
+    scale = np.zeros((len(keys), n), np.float32)
+    todo = []
+    import hashlib
+
+    for shard in shards:
+        name = hashlib.sha1("|".join(keys[i] for i in shard).encode()).hexdigest()[:16]
+        file = folder / f"shard_{name}.npz"
+        if file.is_file():
+            with np.load(file) as z:
+                images[shard], present[shard], scale[shard] = z["images"], z["present"], z["scale"]
+        else:
+            todo.append((shard, file))
+    if not todo:
+        return {"images": images, "present": present, "scale": scale}
+    total = sum(len(s) for s, _ in todo)
+    log(f"cutting bone crops of {total} films ({len(todo)} shards) with {workers} workers into {folder}")
+    import multiprocessing as mp
+
+    bar = tqdm(total=total, desc="crops", unit="film", mininterval=10)
+    ctx = mp.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        for shard, file in todo:
+            jobs = [(paths[i], sources[i]) for i in shard]
+            for j, (im, pr, sc) in enumerate(pool.imap(_crop_one, jobs, chunksize=8)):
+                images[shard[j]], present[shard[j]], scale[shard[j]] = im, pr, sc
+                bar.update(1)
+            tmp = file.with_suffix(".tmp.npz")
+            np.savez(tmp, images=images[shard], present=present[shard], scale=scale[shard])
+            os.replace(tmp, file)
+    bar.close()
+    return {"images": images, "present": present, "scale": scale}
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation
+# ----------------------------------------------------------------------------------------------
+def augment_crops(crops: "torch.Tensor", generator: "torch.Generator") -> "torch.Tensor":
+    """Random pose, aspect, flip, resolution and exposure of a batch of crops.
+
+    The aspect jitter (0.85-1.18 across the bone) covers what the median-aspect correction of the
+    squashed ``rsna-299`` films leaves; down-up resampling teaches that a film's resolution is
+    not its maturity.
+
+    Args:
+        crops: float ``(B, 1, H, W)`` in [0, 1].
+        generator: torch random generator.
+
+    Returns:
+        Augmented float ``(B, 1, H, W)`` in [0, 1].
+    """
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    b = crops.shape[0]
+    u = lambda lo, hi: torch.rand(b, generator=generator) * (hi - lo) + lo  # noqa: E731
+    angle = u(-10, 10) * math.pi / 180
+    zoom = u(0.9, 1.12)
+    aspect = torch.exp(u(math.log(0.85), math.log(1.18)))
+    flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = cos / zoom * aspect * flip
+    theta[:, 0, 1] = -sin / zoom
+    theta[:, 1, 0] = sin / zoom * aspect * flip
+    theta[:, 1, 1] = cos / zoom
+    theta[:, 0, 2] = u(-0.06, 0.06)
+    theta[:, 1, 2] = u(-0.06, 0.06)
+    grid = F.affine_grid(theta, list(crops.shape), align_corners=False)
+    out = F.grid_sample(crops, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Resolution: a third of the crops are down-sampled 1.5-3x and back.
+    low = torch.rand(b, generator=generator) < 0.33
+    if low.any():
+        h, w = out.shape[-2:]
+        factor = float(u(1.5, 3.0)[0])
+        small = F.interpolate(out[low], size=(max(8, int(h / factor)), max(6, int(w / factor))), mode="area")
+        out[low] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    gamma = torch.exp(u(math.log(0.7), math.log(1.4))).view(b, 1, 1, 1)
+    contrast = u(0.8, 1.2).view(b, 1, 1, 1)
+    bright = u(-0.06, 0.06).view(b, 1, 1, 1)
+    out = out.clamp(0, 1) ** gamma
+    out = (out - 0.5) * contrast + 0.5 + bright
+    out = out + torch.randn(out.shape, generator=generator) * u(0.0, 0.03).view(b, 1, 1, 1)
+    return out.clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Settings of ``boneage train perbone`` (all recorded in the model card)."""
+
+    epochs: int = 16
+    batch: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    ema: float = 0.999
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    seed: int = 0
+    threads: int = 2
+    workers: int = 2
+    sex_dropout: float = 0.2
+    crop_fraction: float = 1.0
+    checkpoint_minutes: float = 3.0
+    max_minutes: float = 0.0
+    limit: int = 0
+    out: str = ""
+
+
+def _laplace_loss(loc, log_scale, target):
+    import torch
+
+    l1 = (loc - target).abs()
+    nll = log_scale + (loc.detach() - target).abs() * torch.exp(-log_scale)
+    return l1.mean() + nll.mean()
+
+
+def predict_crop_arrays(network, images: np.ndarray, present: np.ndarray, sex_codes: np.ndarray,
+                        batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-region ages and scales (months) of many films' crops (NaN where no crop).
+
+    Args:
+        network: :class:`boneage.perbone.PerBoneNet` (eval mode).
+        images: uint8 ``(N, R, H, W)``.
+        present: bool ``(N, R)``.
+        sex_codes: ``(N,)`` sex codes (+1/-1/0).
+
+    Returns:
+        ``(ages, scales)``, each ``(N, R)``.
+    """
+    import torch
+
+    from boneage.perbone import AGE_CENTRE, AGE_SCALE
+
+    films, regions = np.nonzero(present)
+    ages = np.full(present.shape, np.nan)
+    scales = np.full(present.shape, np.nan)
+    network.eval()
+    with torch.inference_mode():
+        for start in range(0, len(films), batch):
+            f, r = films[start:start + batch], regions[start:start + batch]
+            x = torch.from_numpy(images[f, r]).float().div_(255.0).unsqueeze(1).contiguous(memory_format=torch.channels_last)
+            loc, log_scale = network(x, torch.from_numpy(r).long(), torch.from_numpy(sex_codes[f]).float())
+            ages[f, r] = loc.float().numpy() * AGE_SCALE + AGE_CENTRE
+            scales[f, r] = np.exp(log_scale.float().numpy()) * AGE_SCALE
+    return ages, scales
+
+
+def film_consensus(ages: np.ndarray, scales: np.ndarray, rus_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`boneage.perbone.consensus` of every film: ``(age, scale, kept)`` arrays."""
+    from boneage.perbone import MIN_RUS_BONES, consensus
+
+    n_rus = len(anatomy.RUS_BONES)
+    out_age = np.full(len(ages), np.nan)
+    out_scale = np.full(len(ages), np.nan)
+    kept = np.zeros(ages.shape, bool)
+    for i in range(len(ages)):
+        usable = np.isfinite(ages[i])
+        if usable[:n_rus].sum() < MIN_RUS_BONES:
+            continue
+        if rus_only:
+            usable[n_rus:] = False
+        out_age[i], out_scale[i], kept[i] = consensus(ages[i], scales[i], usable)
+    return out_age, out_scale, kept
+
+
+def _checkpoint_path(out: Path) -> Path:
+    return out / "checkpoint.pt"
+
+
+def train_network(images: np.ndarray, present: np.ndarray, targets: np.ndarray, sex_codes: np.ndarray,
+                  config: TrainConfig, out: Path, monitor=None, log=print):
+    """Train :class:`boneage.perbone.PerBoneNet` on every present crop; resumable.
+
+    Every ``config.checkpoint_minutes`` (and at each epoch's end) the network, its EMA copy, the
+    optimiser, the schedule and the random state are saved to ``OUT/checkpoint.pt``; a run started
+    again with the same settings continues from there.
+
+    Args:
+        images, present: the films' crops (:func:`build_crop_cache`).
+        targets: bone age (months) per film.
+        sex_codes: +1/-1 per film (hidden at random during training).
+        config: settings.
+        out: output folder (checkpoint).
+        monitor: optional callable(ema_network) -> str, logged after each epoch.
+        log: progress messages.
+
+    Returns:
+        The EMA network (eval mode).
+    """
+    import copy
+    import math
+
+    import torch
+    from tqdm import tqdm
+
+    from boneage.models import cpu_has_fast_bf16
+    from boneage.perbone import AGE_CENTRE, AGE_SCALE, PerBoneNet
+
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    films, regions = np.nonzero(present)
+    per_epoch = int(len(films) * config.crop_fraction)
+    steps_per_epoch = max(1, per_epoch // config.batch)
+    total_steps = steps_per_epoch * config.epochs
+    network = PerBoneNet(config.widths).to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(network).eval()
+    optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=0.15)
+    generator = torch.Generator().manual_seed(config.seed)
+    start_epoch, start_step = 0, 0
+    ckpt = _checkpoint_path(out)
+    settings = {k: v for k, v in asdict(config).items() if k not in ("max_minutes", "checkpoint_minutes", "out", "threads", "workers")}
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state["settings"] == settings and state["n_crops"] == len(films):
+            network.load_state_dict(state["network"])
+            ema.load_state_dict(state["ema"])
+            optimiser.load_state_dict(state["optimiser"])
+            schedule.load_state_dict(state["schedule"])
+            generator.set_state(state["generator"])
+            start_epoch, start_step = state["epoch"], state["step"]
+            log(f"resuming from {ckpt}: epoch {start_epoch + 1}, step {start_step}")
+        else:
+            log(f"{ckpt} is from other settings; starting afresh")
+
+    def save(epoch: int, step: int) -> None:
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"settings": settings, "n_crops": len(films), "network": network.state_dict(), "ema": ema.state_dict(),
+                    "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                    "generator": generator.get_state(), "epoch": epoch, "step": step}, tmp)
+        os.replace(tmp, ckpt)
+
+    bf16 = cpu_has_fast_bf16()
+    y_all = torch.from_numpy(((targets - AGE_CENTRE) / AGE_SCALE).astype(np.float32))
+    codes_all = torch.from_numpy(sex_codes.astype(np.float32))
+    began = time.time()
+    last_save = time.time()
+    for epoch in range(start_epoch, config.epochs):
+        # The epoch's order is drawn from a generator seeded by (seed, epoch): a resumed epoch
+        # replays the same order and skips the steps already done.
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(films))[: steps_per_epoch * config.batch]
+        network.train()
+        bar = tqdm(range(start_step, steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", mininterval=10,
+                   initial=start_step, total=steps_per_epoch)
+        running = []
+        for step in bar:
+            sel = order[step * config.batch:(step + 1) * config.batch]
+            f, r = films[sel], regions[sel]
+            x = torch.from_numpy(images[f, r]).float().div_(255.0).unsqueeze(1)
+            x = augment_crops(x, generator).contiguous(memory_format=torch.channels_last)
+            code = codes_all[f] * (torch.rand(len(f), generator=generator) >= config.sex_dropout).float()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loc, log_scale = network(x, torch.from_numpy(r).long(), code)
+            loss = _laplace_loss(loc.float(), log_scale.float(), y_all[f])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            decay = min(config.ema, (1 + step + epoch * steps_per_epoch) / (10 + step + epoch * steps_per_epoch))
+            with torch.no_grad():
+                for pe, pn in zip(ema.parameters(), network.parameters()):
+                    pe.mul_(decay).add_(pn.detach(), alpha=1 - decay)
+                for be, bn in zip(ema.buffers(), network.buffers()):
+                    be.copy_(bn)
+            running.append(float((loc.detach().float() - y_all[f]).abs().mean()) * AGE_SCALE)
+            if len(running) % 50 == 0:
+                bar.set_postfix(mae_months=f"{np.mean(running[-50:]):.1f}")
+            if time.time() - last_save > config.checkpoint_minutes * 60:
+                save(epoch, step + 1)
+                last_save = time.time()
+            if config.max_minutes and time.time() - began > config.max_minutes * 60:
+                save(epoch, step + 1)
+                log(f"stopped after {config.max_minutes} minutes at epoch {epoch + 1} step {step + 1}; run again to continue")
+                return None
+        bar.close()
+        start_step = 0
+        save(epoch + 1, 0)
+        last_save = time.time()
+        message = monitor(ema) if monitor is not None else ""
+        log(f"epoch {epoch + 1}/{config.epochs}: training crop MAE {np.mean(running):.1f} months {message} "
+            f"({(time.time() - began) / 60:.1f} min)")
+    return ema.eval()
+
+
+def conformal(residual_ratio: np.ndarray, level: float = 0.9) -> float:
+    """Split-conformal factor: the ``level`` quantile (finite-sample corrected) of |error| / scale."""
+    r = np.sort(residual_ratio[np.isfinite(residual_ratio)])
+    if len(r) == 0:
+        return 1.645
+    k = min(len(r) - 1, int(np.ceil((len(r) + 1) * level)) - 1)
+    return float(r[k])
+
+
+def calibrate(ages: np.ndarray, scales: np.ndarray, targets: np.ndarray) -> dict:
+    """Interval factors (film, RUS, single bone) from hold-out films (one sex mode).
+
+    Args:
+        ages, scales: per-region network outputs ``(N, R)`` on the hold-out.
+        targets: their bone ages.
+
+    Returns:
+        dict with ``film_factor``, ``rus_factor``, ``bone_factor`` and ``bias`` ([0, 1]: none).
+    """
+    film_age, film_scale, _ = film_consensus(ages, scales)
+    rus_age, rus_scale, _ = film_consensus(ages, scales, rus_only=True)
+    bone = np.abs(ages - targets[:, None]) / scales
+    return {
+        "film_factor": conformal(np.abs(film_age - targets) / film_scale),
+        "rus_factor": conformal(np.abs(rus_age - targets) / rus_scale),
+        "bone_factor": conformal(bone.ravel()),
+        "bias": [0.0, 1.0],
+    }
+
+
+def evaluate(ages: np.ndarray, scales: np.ndarray, targets: np.ndarray, sexes: np.ndarray, cal: dict) -> dict:
+    """MAE, bias and 90% coverage of the consensus (and RUS, carpal, per region) on some films."""
+    film_age, film_scale, kept = film_consensus(ages, scales)
+    rus_age, rus_scale, _ = film_consensus(ages, scales, rus_only=True)
+    ok = np.isfinite(film_age)
+    half = cal["film_factor"] * film_scale
+    err = film_age - targets
+    groups = {"all": ok, "female": ok & (sexes == "F"), "male": ok & (sexes == "M"),
+              "bone age < 6 y": ok & (targets < 72), "6-12 y": ok & (targets >= 72) & (targets <= 144),
+              "> 12 y": ok & (targets > 144)}
+    table = {}
+    for name, m in groups.items():
+        if m.sum() == 0:
+            continue
+        table[name] = {"n": int(m.sum()), "mae": round(float(np.abs(err[m]).mean()), 2),
+                       "bias": round(float(err[m].mean()), 2),
+                       "coverage": round(float((np.abs(err[m]) <= half[m]).mean()), 3),
+                       "width": round(float(2 * half[m].mean()), 1)}
+    regions = {}
+    for j, region in enumerate(anatomy.MATURITY_REGIONS):
+        m = np.isfinite(ages[:, j])
+        if m.sum():
+            regions[region] = {"n": int(m.sum()), "mae": round(float(np.abs(ages[m, j] - targets[m]).mean()), 2),
+                               "kept": round(float(kept[m, j].mean()), 3)}
+    carpal = np.isfinite(ages[:, -1])
+    rus_ok = np.isfinite(rus_age)
+    n_rus = len(anatomy.RUS_BONES)
+    return {
+        "groups": table,
+        "rus_mae": round(float(np.abs(rus_age[rus_ok] - targets[rus_ok]).mean()), 2),
+        "rus_coverage": round(float((np.abs(rus_age[rus_ok] - targets[rus_ok]) <= cal["rus_factor"] * rus_scale[rus_ok]).mean()), 3),
+        "carpal_mae": round(float(np.abs(ages[carpal, -1] - targets[carpal]).mean()), 2) if carpal.any() else None,
+        "regions": regions,
+        "films_with_estimate": round(float(ok.mean()), 3),
+        "rus_bones_with_age": round(float(np.isfinite(ages[:, :n_rus]).mean()), 3),
+        "mean_dropped_per_film": round(float((np.isfinite(ages) & ~kept)[ok].sum(1).mean()), 2),
+    }
+
+
+def train(config: TrainConfig, log=print) -> dict | None:
+    """The ``boneage train perbone`` run: crops, network, calibration, validation, weights.
+
+    Args:
+        config: settings; ``config.out`` is the output folder (default the shipped model folder).
+
+    Returns:
+        The metrics (also ``OUT/metrics.json``), or ``None`` when ``max_minutes`` cut the run
+        (run the same command again to continue).
+    """
+    import json
+
+    import pandas as pd
+    import torch
+
+    from boneage.datasets import rsna_299, rsna_dev
+    from boneage.paths import MODELS_DIR
+    from boneage.perbone import CALIBRATION_FILE, MODEL_VERSION, WEIGHTS_FILE, sex_to_code
+    from boneage.training.direct import calibration_holdout
+
+    out = Path(config.out) if config.out else MODELS_DIR / "perbone"
+    out.mkdir(parents=True, exist_ok=True)
+    wall = time.time()
+    dev = rsna_dev()
+    dev_train = dev[dev["split"] == "train"].reset_index(drop=True)
+    val = dev[dev["split"] == "val"].reset_index(drop=True)
+    holdout, fit_dev = calibration_holdout(dev_train, config.seed)
+    fit = pd.concat([fit_dev, rsna_299()], ignore_index=True)
+    if config.limit:
+        fit = fit.sample(n=min(config.limit, len(fit)), random_state=config.seed).reset_index(drop=True)
+        holdout = holdout.iloc[: max(8, min(len(holdout), config.limit // 4))].reset_index(drop=True)
+        val = val.iloc[: max(8, min(len(val), config.limit // 4))].reset_index(drop=True)
+    log(f"per-bone network: {len(fit)} films to fit ({(fit['source'] == 'rsna-dev').sum()} rsna-dev, "
+        f"{(fit['source'] == 'rsna-299').sum()} rsna-299), hold-out {len(holdout)}, validation {len(val)}")
+    tables = {"fit": fit, "holdout": holdout, "val": val}
+    data = {k: build_crop_cache(v, workers=config.workers, log=log) for k, v in tables.items()}
+    codes = {k: np.array([sex_to_code(s) for s in v["sex"]], np.float32) for k, v in tables.items()}
+    targets = {k: v["bone_age_months"].to_numpy(np.float64) for k, v in tables.items()}
+
+    def monitor(network) -> str:
+        a, s = predict_crop_arrays(network, data["holdout"]["images"], data["holdout"]["present"], codes["holdout"])
+        age, _, _ = film_consensus(a, s)
+        ok = np.isfinite(age)
+        return f"hold-out consensus MAE {np.abs(age[ok] - targets['holdout'][ok]).mean():.2f}"
+
+    train_start = time.time()
+    network = train_network(data["fit"]["images"], data["fit"]["present"], targets["fit"], codes["fit"], config, out, monitor, log)
+    if network is None:
+        return None
+    train_minutes = (time.time() - train_start) / 60
+    # fp16 storage; everything below is computed with the weights as shipped.
+    state = {k: v.half() if v.is_floating_point() else v for k, v in network.state_dict().items()}
+    network.load_state_dict({k: v.float() for k, v in state.items()})
+    calibration: dict = {"model_version": MODEL_VERSION, "holdout_n": len(holdout)}
+    outputs = {}
+    for mode in ("sex_known", "sex_unknown"):
+        for split in ("holdout", "val"):
+            c = codes[split] if mode == "sex_known" else np.zeros_like(codes[split])
+            outputs[mode, split] = predict_crop_arrays(network, data[split]["images"], data[split]["present"], c)
+        calibration[mode] = calibrate(*outputs[mode, "holdout"], targets["holdout"])
+    sexes = {k: v["sex"].to_numpy() for k, v in tables.items()}
+    metrics = {
+        "model_version": MODEL_VERSION,
+        "validation": {mode: evaluate(*outputs[mode, "val"], targets["val"], sexes["val"], calibration[mode])
+                       for mode in ("sex_known", "sex_unknown")},
+        "holdout": {mode: evaluate(*outputs[mode, "holdout"], targets["holdout"], sexes["holdout"], calibration[mode])
+                    for mode in ("sex_known", "sex_unknown")},
+        "calibration": calibration,
+        "training": {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+                     "n_fit_films": len(fit), "n_fit_rsna_dev": int((fit["source"] == "rsna-dev").sum()),
+                     "n_fit_rsna_299": int((fit["source"] == "rsna-299").sum()),
+                     "n_fit_crops": int(data["fit"]["present"].sum()),
+                     "fit_crop_share": round(float(data["fit"]["present"].mean()), 3),
+                     "train_minutes": round(train_minutes, 1), "wall_minutes": round((time.time() - wall) / 60, 1),
+                     "torch": torch.__version__},
+    }
+    torch.save({"state_dict": state, "widths": list(config.widths), "model_version": MODEL_VERSION}, out / WEIGHTS_FILE)
+    (out / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    v = metrics["validation"]["sex_known"]["groups"]["all"]
+    log(f"validation (sex known): MAE {v['mae']} months, coverage {v['coverage']:.1%}, bias {v['bias']}")
+    return metrics
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``boneage train perbone``."""
+    d = TrainConfig()
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--batch", type=int, default=d.batch, help="crops per step")
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--threads", type=int, default=d.threads, help="torch threads")
+    parser.add_argument("--workers", type=int, default=d.workers, help="processes that cut crops")
+    parser.add_argument("--crop-fraction", type=float, default=d.crop_fraction, help="share of the crops seen per epoch")
+    parser.add_argument("--max-minutes", type=float, default=0.0, help="stop (resumably) after this long")
+    parser.add_argument("--limit", type=int, default=0, help="only N films (smoke test)")
+    parser.add_argument("--out", default="", help="output folder (default data/models/perbone)")
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """``boneage train perbone``."""
+    config = TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
+                         workers=args.workers, crop_fraction=args.crop_fraction, max_minutes=args.max_minutes,
+                         limit=args.limit, out=args.out)
+    metrics = train(config)
+    return 0 if metrics is not None else 3
+
+
+def crops_command(args: argparse.Namespace) -> int:
+    """``python -m boneage.training.perbone crops``: fill the crop cache for every labelled film."""
+    from boneage.datasets import rsna_299, rsna_dev
+    import pandas as pd
+
+    labels = pd.concat([rsna_dev(), rsna_299()], ignore_index=True)
+    if args.limit:
+        labels = labels.iloc[: args.limit]
+    start = time.time()
+    data = build_crop_cache(labels, workers=args.workers)
+    share = data["present"][:, : len(anatomy.RUS_BONES)].mean()
+    print(f"{len(labels)} films, RUS bones cropped {share:.1%}, {time.time() - start:.0f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m boneage.training.perbone")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("crops", help="cut and cache the bone crops of every labelled film")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--limit", type=int, default=0, help="only the first N films (smoke test)")
+    p.set_defaults(func=crops_command)
+    t = sub.add_parser("train", help="train the per-bone network (same as `boneage train perbone`)")
+    add_train_arguments(t)
+    t.set_defaults(func=train_command)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
