@@ -297,6 +297,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     add_perbone_arguments(perbone)
     perbone.set_defaults(handler=_train_perbone)
+    combined = models.add_parser(
+        "combined",
+        help="stacking of the three methods into the combined estimate (needs the other models)",
+        description=(
+            "Refit the multi-step bundle without the shared calibration hold-out, estimate the hold-out "
+            "films with every method (sex given and withheld), fit the stacking weights and interval "
+            "factors, report the validation split. Writes data/models/combined/."
+        ),
+    )
+    from boneage.training.combine import add_train_arguments as add_combined_arguments
+
+    add_combined_arguments(combined)
+    combined.set_defaults(handler=_train_combined)
 
 
 def _train_segmenter(args: argparse.Namespace) -> int:
@@ -332,6 +345,12 @@ def _train_direct(args: argparse.Namespace) -> int:
 
 def _train_perbone(args: argparse.Namespace) -> int:
     from boneage.training.perbone import train_command
+
+    return train_command(args)
+
+
+def _train_combined(args: argparse.Namespace) -> int:
+    from boneage.training.combine import train_command
 
     return train_command(args)
 

@@ -316,6 +316,7 @@ def train_network(images: np.ndarray, present: np.ndarray, targets: np.ndarray, 
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=0.15)
     generator = torch.Generator().manual_seed(config.seed)
     start_epoch, start_step = 0, 0
+    out.mkdir(parents=True, exist_ok=True)
     ckpt = _checkpoint_path(out)
     settings = {k: v for k, v in asdict(config).items() if k not in ("max_minutes", "checkpoint_minutes", "out", "threads", "workers")}
     if ckpt.is_file():

@@ -1,0 +1,131 @@
+"""Training of the per-bone maturity network: augmentation, resumable training, calibration, crop cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from boneage import anatomy
+from boneage.perbone import CROP_SHAPE
+from boneage.training import perbone as tp
+
+N_REGIONS = len(anatomy.MATURITY_REGIONS)
+
+
+def _toy_crops(n_films: int = 12, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ages = rng.uniform(20, 200, n_films)
+    images = np.zeros((n_films, N_REGIONS, *CROP_SHAPE), np.uint8)
+    for i, a in enumerate(ages):
+        # Brightness grows with age: a learnable toy signal.
+        images[i] = np.clip(rng.normal(a, 10, (N_REGIONS, *CROP_SHAPE)), 0, 255)
+    present = rng.random((n_films, N_REGIONS)) > 0.1
+    codes = np.where(rng.random(n_films) < 0.5, 1.0, -1.0).astype(np.float32)
+    return images, present, ages, codes
+
+
+def test_augment_crops_keeps_shape_range_and_is_seeded():
+    x = torch.rand(6, 1, *CROP_SHAPE)
+    a = tp.augment_crops(x.clone(), torch.Generator().manual_seed(3))
+    b = tp.augment_crops(x.clone(), torch.Generator().manual_seed(3))
+    c = tp.augment_crops(x.clone(), torch.Generator().manual_seed(4))
+    assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _config(tmp_path, **kw):
+    base = dict(epochs=2, batch=16, widths=(4, 8, 8, 8), threads=1, checkpoint_minutes=100.0, out=str(tmp_path))
+    base.update(kw)
+    return tp.TrainConfig(**base)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    images, present, ages, codes = _toy_crops()
+    whole = tp.train_network(images, present, ages, codes, _config(tmp_path / "a"), tmp_path / "a", log=lambda *_: None)
+    (tmp_path / "b").mkdir()
+    logs: list[str] = []
+    cut = tp.train_network(images, present, ages, codes, _config(tmp_path / "b", max_minutes=1e-9), tmp_path / "b",
+                           log=logs.append)
+    assert cut is None and (tmp_path / "b" / "checkpoint.pt").is_file()
+    resumed = tp.train_network(images, present, ages, codes, _config(tmp_path / "b"), tmp_path / "b", log=logs.append)
+    assert any("resuming" in line for line in logs)
+    for (k, v1), v2 in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(v1.float(), v2.float(), atol=1e-5), k
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
+    images, present, ages, codes = _toy_crops()
+    (tmp_path / "a").mkdir()
+    tp.train_network(images, present, ages, codes, _config(tmp_path, max_minutes=1e-9), tmp_path, log=lambda *_: None)
+    logs: list[str] = []
+    tp.train_network(images, present, ages, codes, _config(tmp_path, epochs=1, lr=1e-3), tmp_path, log=logs.append)
+    assert any("other settings" in line for line in logs)
+
+
+def test_conformal_factor_covers_the_level():
+    ratio = np.linspace(0.01, 1.0, 100)
+    f = tp.conformal(ratio, 0.9)
+    assert 0.89 <= (ratio <= f).mean() <= 0.93
+
+
+def test_calibration_and_evaluation_of_consensus():
+    rng = np.random.default_rng(1)
+    n = 300
+    y = rng.uniform(10, 220, n)
+    film_error = rng.normal(0, 6, n)
+    ages = y[:, None] + film_error[:, None] + rng.normal(0, 8, (n, N_REGIONS))
+    ages[:, 3] += 80  # one bone always far off: the consensus must drop it
+    scales = np.full((n, N_REGIONS), 8.0)
+    cal = tp.calibrate(ages, scales, y)
+    metrics = tp.evaluate(ages, scales, y, np.where(rng.random(n) < 0.5, "F", "M"), cal)
+    g = metrics["groups"]["all"]
+    assert g["mae"] < 10 and 0.85 <= g["coverage"] <= 0.95
+    assert metrics["regions"][anatomy.MATURITY_REGIONS[3]]["kept"] < 0.05
+    assert metrics["films_with_estimate"] == 1.0
+
+
+def test_crop_cache_is_built_once_and_reused(tmp_path, monkeypatch):
+    import pandas as pd
+    from PIL import Image
+
+    from boneage.synth import generate_hand
+
+    monkeypatch.setenv("BONEAGE_CACHE", str(tmp_path / "cache"))
+    rows = []
+    for i, age in enumerate((60.0, 150.0)):
+        hand = generate_hand(7, i, size=384, bone_age_months=age, sex="F")
+        path = tmp_path / f"{i}.png"
+        Image.fromarray((np.clip(hand.image, 0, 1) * 255).astype(np.uint8)).save(path)
+        rows.append({"id": i, "path": path, "source": "rsna-dev"})
+    table = pd.DataFrame(rows)
+    first = tp.build_crop_cache(table, workers=1, log=lambda *_: None)
+    assert first["images"].shape == (2, N_REGIONS, *CROP_SHAPE)
+    assert first["present"][:, : len(anatomy.RUS_BONES)].mean() > 0.8
+
+    def refuse(job):
+        raise AssertionError("a cached film was cropped again")
+
+    monkeypatch.setattr(tp, "_crop_one", refuse)
+    again = tp.build_crop_cache(table, workers=1, log=lambda *_: None)
+    assert np.array_equal(first["images"], again["images"])
+
+
+def test_rsna_299_films_are_widened_back(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "f.png"
+    Image.fromarray(np.zeros((299, 299), np.uint8)).save(path)
+    assert tp.read_training_film(str(path), "rsna-299").shape == (299, 236)
+    assert tp.read_training_film(str(path), "rsna-dev").shape == (299, 299)
+
+
+@pytest.mark.parametrize("fraction", [1.0])
+def test_train_arguments_match_config(fraction):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    tp.add_train_arguments(parser)
+    args = parser.parse_args([])
+    d = tp.TrainConfig()
+    assert (args.epochs, args.batch, args.lr, args.crop_fraction) == (d.epochs, d.batch, d.lr, fraction)
