@@ -37,7 +37,7 @@ CARPAL_HEIGHT_PER_MC3 = 1.0
 #: Smallest label area (model-grid pixels) for a bone to be cropped.
 MIN_BONE_PIXELS = 12
 #: ``rsna-299`` films were squashed to a square; their originals were 0.64-0.98 (median 0.79)
-#: wide-to-tall (measured on the 1,180 ``rsna-dev`` films). Training restores this median aspect
+#: wide-to-tall (median 0.79 over the 977 ``rsna-dev`` training-split films). Training restores this aspect
 #: before reading them; the leftover error is within the aspect jitter of training.
 RSNA_299_WIDTH_TO_HEIGHT = 0.79
 
