@@ -390,6 +390,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--note", action="append", default=[],
                    help="a line for the report's notes, e.g. the command that made merged results (repeatable)")
     p.add_argument("--direct-min-epochs", type=int, help="fewest CNN epochs per run, even past the budget (default 3)")
+    p.add_argument("--add-perbone", metavar="RESULTS_JSON",
+                   help="add per-bone maturity curves (same real-world draws) to this earlier comparison_results.json "
+                   "and rewrite the report; nothing else is retrained")
+    p.add_argument("--perbone-budget", type=int, default=250_000, help="crops seen per per-bone run (default 250000)")
+    p.add_argument("--perbone-repeats", type=int, default=1, help="draws per size for the per-bone runs (default 1)")
     p.set_defaults(handler=_compare)
 
 
@@ -413,6 +418,16 @@ def _compare(args: argparse.Namespace) -> int:
         config.direct_min_epochs = args.direct_min_epochs
     config.notes += args.note
     command = "boneage " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("boneage") else "boneage compare"
+    if args.add_perbone:
+        from boneage.training.compare import add_perbone_command
+
+        try:
+            path = add_perbone_command(args.add_perbone, out, args.perbone_budget, args.perbone_repeats, command)
+        except (ValueError, OSError, KeyError) as exc:
+            print(f"boneage compare: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"report written to {path}")
+        return EXIT_OK
     try:
         path = run_compare(config, command=command, real=not args.no_real, merge=args.merge,
                            reuse_direct=args.reuse_direct)

@@ -92,3 +92,28 @@ def test_end_to_end_runs_are_reused_only_when_they_are_the_same_runs(tmp_path, m
     again.out_dir = str(tmp_path / "bigger")
     with pytest.raises(ValueError, match="no end-to-end run to reuse"):
         run_compare(again, real=False, log=lambda m: None, progress=False, reuse_direct=earlier)
+
+
+@pytest.mark.slow
+def test_perbone_curves_join_an_earlier_comparison(tmp_path, monkeypatch, rsna_dev):
+    """Per-bone runs use the same draws as the earlier runs and land in the report's tables."""
+    monkeypatch.setenv("BONEAGE_CACHE", str(tmp_path / "cache"))
+    from boneage import datasets
+    from boneage.training import compare
+
+    dev = datasets.rsna_dev()
+    pool = dev[dev.split == "train"].head(24).reset_index(drop=True)
+    val = dev[dev.split == "val"].head(6).reset_index(drop=True)
+    monkeypatch.setattr(compare, "real_pool_tables", lambda seed: (pool, val))
+    y = val["bone_age_months"].to_numpy(float)
+    earlier = [compare.RunResult("real", 20, 0, m, 10.0, 8.0, 12.0, {}, 1.0, (y + off).tolist())
+               for m, off in (("multistep", 10.0), ("direct", -10.0), ("average", 0.0))]
+    new = compare.perbone_runs(earlier, seed=0, crop_budget=400, min_epochs=1, max_epochs=1, widths=(4, 8, 8, 8),
+                               log=lambda *_: None)
+    assert [r.method for r in new] == ["perbone", "average3"]
+    pb = np.asarray(new[0].predictions)
+    assert len(pb) == len(y) and np.all(np.isfinite(pb))
+    # "average3" is the mean of the three methods' ages of the same draw.
+    assert np.allclose(new[1].predictions, (y + 10 + y - 10 + pb) / 3)
+    table = compare.summary_table(earlier + new, "real")
+    assert {"perbone", "average3"} <= set(table.columns)

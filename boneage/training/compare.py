@@ -31,6 +31,8 @@ from boneage.paths import DOCS_DIR, REPO_DIR
 from boneage.training.multistep import LabelledMeasurements, fit_bundle, summarise_errors
 
 REAL_SIZES = (50, 100, 200, 400, 1000, 3000, 0)  # 0 = the whole pool
+#: Methods in report order ("average": of multi-step and CNN; "average3": of all three, real world only).
+METHOD_ORDER = ("multistep", "direct", "average", "perbone", "average3")
 SYNTHETIC_SIZES = (50, 100, 200, 400, 1000, 3000, 10000)
 
 
@@ -100,7 +102,7 @@ class RunResult:
     world: str  # "real" or "synthetic"
     size: int
     repeat: int
-    method: str  # "multistep", "direct", "average"
+    method: str  # one of METHOD_ORDER
     mae: float
     ci_low: float
     ci_high: float
@@ -330,7 +332,7 @@ def summary_table(results: list[RunResult], world: str) -> pd.DataFrame:
     sub = [r for r in results if r.world == world]
     for size in sorted({r.size for r in sub}):
         row = {"n_train": size}
-        for method in ("multistep", "direct", "average"):
+        for method in METHOD_ORDER:
             rs = [r for r in sub if r.size == size and r.method == method]
             if not rs:
                 continue
@@ -355,8 +357,11 @@ def _plot_learning_curves(results: list[RunResult], path: Path) -> None:
     fig, axes = plt.subplots(1, len(worlds), figsize=(6 * len(worlds), 4.2), squeeze=False)
     for ax, world in zip(axes[0], worlds):
         for method, colour, label in (("multistep", "#d62728", "multi-step"), ("direct", "#2ca02c", "end-to-end CNN"),
-                                      ("average", "#7f7f7f", "average of both")):
+                                      ("average", "#7f7f7f", "average of both"), ("perbone", "#1f77b4", "per-bone maturity"),
+                                      ("average3", "#9467bd", "average of all three")):
             rs = [r for r in results if r.world == world and r.method == method]
+            if not rs:
+                continue
             sizes = sorted({r.size for r in rs})
             mean = [np.mean([r.mae for r in rs if r.size == s]) for s in sizes]
             lo = [min(r.ci_low for r in rs if r.size == s) for s in sizes]
@@ -481,7 +486,7 @@ def write_report(results: list[RunResult], worlds: dict[str, WorldSummary], conf
                            f"{name} world, trained on {largest} films")
         agree = agreement(world.val_ages, ms, d)
         table = summary_table(results, name)
-        main_cols = ["n_train", "multistep", "direct", "average"]
+        main_cols = ["n_train", *METHOD_ORDER]
         group_cols = [c for c in table.columns if c not in main_cols]
         winner = _winners(rs)
         closer = agree["multistep_closer_when_disagree"]
@@ -643,3 +648,102 @@ def run_compare(config: CompareConfig, command: str = "boneage compare", real: b
             results += run_world(world, real_todo, config, log, reused(world))
             worlds["real"] = WorldSummary.of(world, config)
     return write_report(results, worlds, config, command, earlier_minutes + (time.perf_counter() - t0) / 60)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-bone maturity curves, added to an earlier comparison on the same draws
+# ---------------------------------------------------------------------------------------------
+def real_pool_tables(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The real world's training pool (in draw order) and validation table, as :func:`real_world` orders them."""
+    from boneage import datasets
+
+    dev = datasets.rsna_dev()
+    train_dev = dev[dev.split == "train"].sample(frac=1.0, random_state=seed)
+    squashed = datasets.rsna_299().sample(frac=1.0, random_state=seed)
+    return pd.concat([train_dev, squashed], ignore_index=True), dev[dev.split == "val"].reset_index(drop=True)
+
+
+def perbone_runs(results: list[RunResult], seed: int, crop_budget: int = 250_000, min_epochs: int = 2,
+                 max_epochs: int = 20, max_repeats: int = 1, limit_pool: int | None = None,
+                 widths: tuple[int, ...] = (16, 32, 64, 128), log: Callable[[str], None] = print) -> list[RunResult]:
+    """Train the per-bone network on the same real-world draws as earlier runs and score it.
+
+    For every real-world training size in ``results`` (and each of its first ``max_repeats``
+    draws), the per-bone network is trained on exactly that draw's films (their cached crops) for
+    ``crop_budget`` crops (epochs clipped to ``min_epochs``-``max_epochs``) and its consensus scored
+    on the validation split; "average3" is the mean of multi-step, CNN and per-bone ages of the
+    same draw (a stand-in for the stacked estimate, whose weights need a hold-out per size).
+
+    Returns:
+        The new :class:`RunResult` rows (methods ``perbone`` and ``average3``).
+    """
+    import tempfile
+
+    from boneage.direct import sex_to_code
+    from boneage.training.perbone import TrainConfig as PerBoneConfig
+    from boneage.training.perbone import build_crop_cache, film_consensus, predict_crop_arrays, train_network
+
+    pool, val = real_pool_tables(seed)
+    if limit_pool:
+        pool = pool.head(limit_pool).reset_index(drop=True)
+    pool_crops, val_crops = build_crop_cache(pool, log=log), build_crop_cache(val, log=log)
+    pool_ages = pool["bone_age_months"].to_numpy(float)
+    pool_codes = np.array([sex_to_code(x) for x in pool["sex"]], np.float32)
+    val_ages = val["bone_age_months"].to_numpy(float)
+    val_sex = val["sex"].to_numpy(object)
+    val_codes = np.array([sex_to_code(x) for x in val_sex], np.float32)
+    real = [r for r in results if r.world == "real"]
+    if real and len(real[0].predictions) != len(val_ages):
+        raise ValueError("the earlier real-world results were scored on another validation set")
+    out: list[RunResult] = []
+    for size in sorted({r.size for r in real if r.method == "multistep"}):
+        n = min(size, len(pool))
+        draws = sorted({r.repeat for r in real if r.size == size and r.method == "multistep"})[:max_repeats]
+        for rep in draws:
+            idx = np.random.default_rng([seed, rep]).permutation(len(pool))[:n]
+            crops = int(pool_crops["present"][idx].sum())
+            epochs = int(np.clip(round(crop_budget / max(crops, 1)), min_epochs, max_epochs))
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp:
+                config = PerBoneConfig(epochs=epochs, batch=min(256, max(16, crops // 8)), widths=widths, seed=seed + rep,
+                                       checkpoint_minutes=1e9, out=tmp)
+                network = train_network(pool_crops["images"][idx], pool_crops["present"][idx], pool_ages[idx],
+                                        pool_codes[idx], config, Path(tmp), log=lambda *_: None)
+            ages, scales = predict_crop_arrays(network, val_crops["images"], val_crops["present"], val_codes)
+            pred, _, _ = film_consensus(ages, scales)
+            # A film without enough bones gets the draw's median age (scored, never dropped).
+            pred = np.where(np.isfinite(pred), pred, float(np.median(pool_ages[idx])))
+            secs = time.perf_counter() - t0
+            mae, lo, hi = bootstrap_mae(val_ages, pred, seed=rep)
+            out.append(RunResult("real", size, rep, "perbone", mae, lo, hi, summarise_errors(val_ages, val_sex, pred),
+                                 secs, pred.tolist()))
+            others = {r.method: np.asarray(r.predictions) for r in real if r.size == size and r.repeat == rep}
+            if "multistep" in others and "direct" in others:
+                avg = (others["multistep"] + others["direct"] + pred) / 3
+                mae3, lo3, hi3 = bootstrap_mae(val_ages, avg, seed=rep)
+                out.append(RunResult("real", size, rep, "average3", mae3, lo3, hi3,
+                                     summarise_errors(val_ages, val_sex, avg), 0.0, avg.tolist()))
+            log(f"real n={size} draw {rep}: per-bone {mae:.1f} months ({epochs} epochs, {secs:.0f} s)"
+                + (f", average of three {out[-1].mae:.1f}" if out[-1].method == "average3" else ""))
+    return out
+
+
+def add_perbone_command(results_path: str | Path, out_dir: str | Path, crop_budget: int, max_repeats: int,
+                        command: str, log: Callable[[str], None] = print) -> Path:
+    """Add per-bone curves to a saved comparison and rewrite its report (see :func:`perbone_runs`)."""
+    results, worlds, notes, minutes, provenance = load_results(results_path)
+    blob = json.loads(Path(results_path).read_text())
+    known = set(CompareConfig.__dataclass_fields__)
+    config = CompareConfig(**{k: (tuple(v) if isinstance(v, list) and k != "notes" else v)
+                              for k, v in blob.get("config", {}).items() if k in known})
+    config.out_dir = str(out_dir)
+    config.notes = [n for n in notes if "per-bone" not in n]
+    t0 = time.perf_counter()
+    results = [r for r in results if r.method not in ("perbone", "average3")]
+    new = perbone_runs(results, config.seed, crop_budget=crop_budget, max_repeats=max_repeats, log=log)
+    config.notes.append(
+        f"Per-bone maturity curves (real world) added by `{command}`: the per-bone network trained on the same draws "
+        f"(first {max_repeats} draw(s) per size) for about {crop_budget} crops each (2-20 epochs); 'average3' is the "
+        "mean of the three methods' ages, a stand-in for the stacked estimate. The other methods' runs are those of "
+        f"the earlier run{(' ' + provenance) if provenance else ''}.")
+    return write_report(results + new, worlds, config, command, minutes + (time.perf_counter() - t0) / 60)
