@@ -62,7 +62,7 @@ def run_estimate(digest: str, name: str, sex: str | None, age: float | None,
     return result, pixels
 
 
-def sidebar() -> tuple[list[Case], bool, float]:
+def sidebar() -> tuple[list[Case], bool, float, bool]:
     st.sidebar.title("boneage")
     st.sidebar.caption(f"version {__version__} · research software, not a medical device")
     uploads = st.sidebar.file_uploader(
@@ -83,8 +83,12 @@ def sidebar() -> tuple[list[Case], bool, float]:
         cases.append(Case(f"example-{name}", name, f"example-{name}"))
     st.sidebar.divider()
     show_overlay = st.sidebar.toggle("Bone overlay", value=True)
+    by_age = st.sidebar.toggle(
+        "Colour by each bone's age vs the combined estimate", value=False,
+        help="Each bone's own age (per-bone method) against the combined estimate: blue younger, red older, "
+             f"full colour at {report.MATURITY_FULL_SCALE_MONTHS:.0f} months apart; bones without an age stay uncoloured.")
     opacity = st.sidebar.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05)
-    return cases, show_overlay, opacity
+    return cases, show_overlay, opacity, by_age
 
 
 def case_labels(cases: list[Case]) -> dict[str, str]:
@@ -113,49 +117,66 @@ def patient_inputs(key: str, rad: Radiograph) -> tuple[str | None, float | None]
     return SEX_OPTIONS[sex_label], age
 
 
+def show_estimate(col, est, label: str) -> None:
+    """One estimate as a metric with its interval, SDS and notes."""
+    if est.available:
+        col.metric(label, report.years_months(est.age_months),
+                   delta=None if est.sds is None else f"SDS {est.sds:+.2f}", delta_color="off",
+                   help=f"90% interval {report.years_months(est.lower_90)} – {report.years_months(est.upper_90)}")
+        col.caption(f"90% interval: {report.years_months(est.lower_90)} – {report.years_months(est.upper_90)}")
+        if est.note:
+            col.caption(est.note)
+    else:
+        col.metric(label, "—")
+        col.caption(est.note or "not available")
+
+
 def show_result(result: BoneAgeResult, pixels: np.ndarray, case: Case, source_format: str,
-                show_overlay: bool, opacity: float) -> None:
+                show_overlay: bool, opacity: float, by_age: bool = False) -> None:
     if result.status != "ok":
         (st.error if result.status == "error" else st.warning)(f"**{result.status.upper()}** — {result.reason}")
         for note in result.qc:
             st.caption(note)
         return
-    c1, c2, c3 = st.columns(3)
-    for col, est, label in ((c1, result.multistep, "Multi-step"), (c2, result.direct, "End-to-end")):
-        if est.available:
-            col.metric(label, report.years_months(est.age_months),
-                       delta=None if est.sds is None else f"SDS {est.sds:+.2f}", delta_color="off",
-                       help=f"90% interval {report.years_months(est.lower_90)} – {report.years_months(est.upper_90)}")
-            col.caption(f"90% interval: {report.years_months(est.lower_90)} – {report.years_months(est.upper_90)}")
-        else:
-            col.metric(label, "—")
-            col.caption(est.note or "not available")
-        if est.note and est.available:
-            col.caption(est.note)
+    # The headline is the combined estimate; each method stands beside it.
+    columns = st.columns([4, 3, 3, 3])
+    show_estimate(columns[0], result.combined, "Combined")
+    for col, est in zip(columns[1:], (result.multistep, result.perbone, result.direct)):
+        show_estimate(col, est, report.method_label(est.method))
+    rus_carpal = report.rus_carpal_text(result)
+    if rus_carpal:
+        columns[2].caption(rus_carpal)
     kind, sentence = report.agreement_text(result)
-    {"disagree": c3.error, "wide": c3.warning, "agree": c3.success}.get(kind, c3.caption)(sentence)
+    {"disagree": st.error, "wide": st.warning, "agree": st.success}.get(kind, st.caption)(sentence)
     if result.sds_note:
-        c3.caption(result.sds_note)
+        st.caption(result.sds_note)
     for note in result.qc:
         st.caption(f"QC: {note}")
 
+    colours = report.maturity_colours(result) if by_age else None
     left, right = st.columns([3, 2])
     with left:
-        st.plotly_chart(report.figure_overlay(pixels, result.label_map if show_overlay else None, opacity),
+        if by_age and colours is None:
+            st.caption("No bone has its own age on this film (per-bone method unavailable): bones coloured by identity.")
+        st.plotly_chart(report.figure_overlay(pixels, result.label_map if show_overlay else None, opacity,
+                                              colours=colours),
                         use_container_width=True, config={"scrollZoom": True, "displaylogo": False},
                         key=f"overlay-{case.key}")
         with st.expander("Bone colours"):
-            st.dataframe(report.legend_rows(result.label_map), hide_index=True)
+            if colours is not None:
+                st.dataframe(report.maturity_legend_rows(result), hide_index=True)
+            else:
+                st.dataframe(report.legend_rows(result.label_map), hide_index=True)
     with right:
         st.subheader("Bone age chart")
         st.plotly_chart(report.figure_bone_age_chart(result), use_container_width=True, key=f"chart-{case.key}")
         st.caption(report.sds_range_note(result.sex))
-    st.subheader("Per-bone measurements")
+    st.subheader("Per-bone measurements and each bone's own age")
     rows = report.bone_table_rows(result)
     if rows:
         st.dataframe(rows, hide_index=True, use_container_width=True)
     else:
-        st.caption("No per-bone table: the multi-step method did not run.")
+        st.caption("No per-bone table: neither the multi-step nor the per-bone method ran.")
     # Download names carry the bytes' digest: two uploads of one name never give the same file name.
     stem = Path(case.name).stem or "case"
     if case.data is not None:
@@ -176,7 +197,7 @@ def show_result(result: BoneAgeResult, pixels: np.ndarray, case: Case, source_fo
 
 
 def main() -> None:
-    cases, show_overlay, opacity = sidebar()
+    cases, show_overlay, opacity, by_age = sidebar()
     tab_case, tab_compare, tab_about = st.tabs(["Estimate", "Comparison of the methods", "About"])
     with tab_case:
         if not cases:
@@ -198,7 +219,7 @@ def main() -> None:
                 continue
             sex, age = patient_inputs(case.key, rad)
             result, pixels = run_estimate(case.digest, case.name, sex, age, rad)
-            show_result(result, pixels, case, rad.source_format, show_overlay, opacity)
+            show_result(result, pixels, case, rad.source_format, show_overlay, opacity, by_age)
     with tab_compare:
         comparison = DOCS_DIR / "comparison.md"
         if comparison.is_file():
@@ -209,10 +230,13 @@ def main() -> None:
             st.info("The comparison report (`boneage compare`) has not been generated in this version yet.")
     with tab_about:
         st.markdown(
-            "Two estimates are offered because they fail differently. **Multi-step** segments every hand "
+            "Three methods are offered because they fail differently. **Multi-step** segments every hand "
             "bone, measures it (epiphysis size, fusion, carpal ossification, lengths in mm when the image is "
             "calibrated) and reads the age off reference tables — every step can be checked in the per-bone "
-            "table. **End-to-end** is one CNN from pixels to age. When they disagree, review the film.\n\n"
+            "table. **Per-bone** cuts each bone of the RUS set and the carpus from the film and ages each "
+            "with one network; bones that disagree with the others are left out and said. **End-to-end** "
+            "is one CNN from pixels to age. **Combined**, the headline, is their weighted mean with weights "
+            "fitted on films none of them trained on. When the methods disagree, review the film.\n\n"
             + report.DISCLAIMER
         )
 

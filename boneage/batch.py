@@ -599,6 +599,13 @@ class RecordWriter:
             if self._fields is not None and contents.header != self._fields:
                 missing = [c for c in self._fields if c not in contents.header]
                 extra = [c for c in contents.header if c not in self._fields]
+                identifiers = set(columns(keep_identifiers=True)) - set(columns())
+                if missing and not extra and not identifiers & set(missing):
+                    # Columns this version added (e.g. the per-bone and combined estimates): no
+                    # option of this run gives the old set, and one file must not mix the two.
+                    raise UsageError(
+                        f"output {self.path} was written by an earlier version of boneage, without the columns "
+                        f"{', '.join(missing)}; this version cannot append to it: give a new output file")
                 raise UsageError(
                     f"output {self.path} has other columns than this run writes (missing: {', '.join(missing) or '-'}; "
                     f"extra: {', '.join(extra) or '-'}); resume with the options of the first run, or use a new --out")

@@ -12,12 +12,24 @@ from pathlib import Path
 import numpy as np
 
 from boneage import __version__
-from boneage.estimate import BoneAgeResult, MethodEstimate
+from boneage.estimate import BoneAgeResult
 
 #: LOINC code the issue and RSNA use for bone age.
 BONE_AGE_LOINC = ("37362-1", "LN", "XR Bone age")
 #: Private scheme for the interval limits (no standard code exists for them).
 PRIVATE_SCHEME = "99BONEAGE"
+#: Algorithm name of each method's measurement group, headline (combined) first.
+ALGORITHM_NAMES = {
+    "combined": "boneage combined (stacked multi-step, per-bone, end-to-end)",
+    "multistep": "boneage multi-step",
+    "perbone": "boneage per-bone maturity",
+    "direct": "boneage end-to-end CNN",
+}
+#: Private codes of the per-bone method's partial ages (measurements in its group).
+PERBONE_PART_CODES = {
+    "perbone_rus": ("BA-RUS", "Bone age, RUS bones"),
+    "perbone_carpal": ("BA-CARPAL", "Bone age, carpal region"),
+}
 
 
 class ExportError(ValueError):
@@ -46,10 +58,13 @@ def _source_dataset(result: BoneAgeResult, source: str | Path | bytes | None = N
 
 
 def structured_report(result: BoneAgeResult, source: str | Path | bytes | None = None):
-    """A DICOM Comprehensive SR (TID 1500 Measurement Report) with both methods' bone ages.
+    """A DICOM Comprehensive SR (TID 1500 Measurement Report) with every method's bone age.
 
-    Each method is one measurement group: bone age (LOINC 37362-1, months) and its 90% limits,
-    the algorithm identification (name, version) and a reference to the source image.
+    Each available estimate is one measurement group, the combined (headline) one first, then
+    multi-step, per-bone and end-to-end: bone age (LOINC 37362-1, months) and its 90% limits, the
+    SDS when known, the algorithm identification (name, version; the combined one's parameters
+    are its stacking weights) and a reference to the source image. The per-bone group also
+    carries the RUS-bones-only and carpal-region ages (private codes ``BA-RUS``, ``BA-CARPAL``).
 
     Args:
         result: an ``ok`` result of a DICOM input.
@@ -69,12 +84,14 @@ def structured_report(result: BoneAgeResult, source: str | Path | bytes | None =
     bone_age = hd.sr.CodedConcept(*BONE_AGE_LOINC)
     months = hd.sr.CodedConcept("mo", "UCUM", "month")
     groups = []
-    for est in (result.multistep, result.direct):
+    for est in (result.combined, result.multistep, result.perbone, result.direct):
         if not est.available:
             continue
         algorithm = hd.sr.AlgorithmIdentification(
-            name=f"boneage {'multi-step' if est.method == 'multistep' else 'end-to-end CNN'}",
+            name=ALGORITHM_NAMES[est.method],
             version=est.model_version or __version__,
+            parameters=([f"weight of {m}: {w:.2f}" for m, w in result.combined_weights.items()]
+                        if est.method == "combined" and result.combined_weights else None),
         )
         measurements = [
             hd.sr.Measurement(name=bone_age, value=float(est.age_months), unit=months, algorithm_id=algorithm),
@@ -89,6 +106,13 @@ def structured_report(result: BoneAgeResult, source: str | Path | bytes | None =
                 value=float(est.sds), unit=hd.sr.CodedConcept("{SD}", "UCUM", "standard deviation"),
                 algorithm_id=algorithm,
             ))
+        if est.method == "perbone":
+            for part in (result.perbone_rus, result.perbone_carpal):
+                if part.available:
+                    code, meaning = PERBONE_PART_CODES[part.method]
+                    measurements.append(hd.sr.Measurement(name=hd.sr.CodedConcept(code, PRIVATE_SCHEME, meaning),
+                                                          value=float(part.age_months), unit=months,
+                                                          algorithm_id=algorithm))
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"bone age {est.method}"),
             algorithm_id=algorithm,
@@ -117,13 +141,13 @@ def structured_report(result: BoneAgeResult, source: str | Path | bytes | None =
 
 
 def result_page(result: BoneAgeResult, pixels: np.ndarray) -> np.ndarray:
-    """The annotated result page as an RGB image (overlay, both estimates, SDS, disclaimer)."""
+    """The annotated result page as an RGB image (overlay, the combined estimate and each method's, SDS, disclaimer)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from boneage.report import DISCLAIMER, estimate_text, overlay_rgb
+    from boneage.report import DISCLAIMER, estimate_text, method_label, overlay_rgb
 
     fig = plt.figure(figsize=(10, 7.5), dpi=100)
     ax = fig.add_axes([0.0, 0.0, 0.55, 1.0])
@@ -132,15 +156,22 @@ def result_page(result: BoneAgeResult, pixels: np.ndarray) -> np.ndarray:
     lines = [
         "BONE AGE (research software)",
         "",
+        f"Combined: {estimate_text(result.combined)}",
         f"Multi-step: {estimate_text(result.multistep)}",
+        f"Per-bone: {estimate_text(result.perbone)}",
         f"End-to-end: {estimate_text(result.direct)}",
+    ]
+    for part, label in ((result.perbone_rus, "RUS bones"), (result.perbone_carpal, "carpal region")):
+        if part.available:
+            lines.append(f"  {label}: {estimate_text(part)}")
+    lines += [
         f"Agreement: {result.agreement}",
         "",
         f"Sex: {result.sex or 'unknown'} ({result.sex_source})",
     ]
-    for est, name in ((result.multistep, "Multi-step"), (result.direct, "End-to-end")):
+    for est in (result.combined, result.multistep, result.perbone, result.direct):
         if est.sds is not None:
-            lines.append(f"SDS {name}: {est.sds:+.2f} (Brush SD)")
+            lines.append(f"SDS {method_label(est.method)}: {est.sds:+.2f} (Brush SD)")
     if result.sds_note:
         lines.append(result.sds_note)
     lines += [""] + [f"QC: {q}" for q in result.qc[:4]]

@@ -1,8 +1,8 @@
-"""One radiograph in, one :class:`BoneAgeResult` out: both methods, QC, SDS, versions.
+"""One radiograph in, one :class:`BoneAgeResult` out: three methods, their combination, QC, SDS, versions.
 
 :class:`BoneAgeEstimator` loads the shipped models once and is what the CLI, the app and the
-Python API all call; :func:`estimate` is the one-shot convenience. The result type is the only
-one that flows to every front end and report.
+Python API all call; :func:`estimate` is the one-shot convenience. The result type
+(:mod:`boneage.result`, re-exported here) is the only one that flows to every front end and report.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,17 @@ import numpy as np
 from boneage import anatomy
 from boneage.io import ImageReadError, Radiograph, load_radiograph, normalise_sex, parse_age_months, parse_sex
 from boneage.references import OutOfReferenceRange, bone_age_sds
+from boneage.result import (  # noqa: F401  (the result types are re-exported: their historical home)
+    COMPARED_METHODS,
+    DISAGREEMENT_Z,
+    LARGE_DIFFERENCE_MONTHS,
+    MAX_CONFIRMING_HALF_WIDTH,
+    METHOD_NAMES,
+    BoneAgeResult,
+    MethodComparison,
+    MethodEstimate,
+    compare_methods,
+)
 
 #: Bone ages (months) the models were trained to cover (RSNA labels: 0-228).
 MODEL_AGE_RANGE = (0.0, 228.0)
@@ -38,143 +49,6 @@ NOTED_TURN_DEG = 10.0
 #: mean change of the multi-step age was 7.5 months with one view, 5.3 with -6/+6 and 4.1 with
 #: these four (no labels used; ``benchmarks/bench_reliability.py``).
 MULTISTEP_TILTS_DEG = (-8.0, -4.0, 4.0, 8.0)
-#: Two estimates "disagree" when their difference exceeds this multiple of their combined
-#: interval half-widths (intervals are 90%: 1.645 SD each).
-DISAGREEMENT_Z = 1.645
-#: A 90% interval wider than this either side (months) is too uncertain to confirm another
-#: estimate: the shipped models' typical half-widths are 21-29 months, and a CNN shown a film it
-#: cannot read widens its interval to the whole age range, which must not pass for agreement.
-MAX_CONFIRMING_HALF_WIDTH = 36.0
-#: Differences larger than this are never called agreement, even when two wide intervals allow
-#: them: a clinician reads "agree" as "about the same age".
-LARGE_DIFFERENCE_MONTHS = 12.0
-
-
-@dataclass
-class MethodEstimate:
-    """One method's answer.
-
-    Attributes:
-        method: ``"multistep"`` or ``"direct"``.
-        available: False when the method could not run (model missing, image rejected ...).
-        age_months, lower_90, upper_90: estimate and 90% interval (``None`` when unavailable).
-        sds: bone-age SDS against chronological age (Brush SD), when both are known.
-        note: why it is unavailable, or a caveat (e.g. sex unknown).
-        model_version: weights version.
-    """
-
-    method: str
-    available: bool = False
-    age_months: float | None = None
-    lower_90: float | None = None
-    upper_90: float | None = None
-    sds: float | None = None
-    note: str | None = None
-    model_version: str | None = None
-
-
-@dataclass
-class BoneAgeResult:
-    """Everything known about one radiograph after estimation.
-
-    Attributes:
-        path: the input exactly as given (the user's own key), or a name for uploads.
-        status: ``"ok"``, ``"error"`` (unreadable) or ``"rejected"`` (QC refused it).
-        reason: why it is error/rejected ("" when ok).
-        sex, sex_source: ``"M"``/``"F"``/``None`` and where it came from (``header``,
-            ``user``, ``manifest``, ``unknown``).
-        chronological_age_months, chronological_age_source: likewise.
-        multistep, direct: the two methods' :class:`MethodEstimate`.
-        difference_months: direct minus multi-step, when both are available.
-        agreement: ``"agree"``, ``"disagree"``, ``"inconclusive"`` (allowed only by a wide
-            interval, or a difference over ``LARGE_DIFFERENCE_MONTHS``) or ``"n/a"``.
-        sds_note: why no SDS is given (age or sex unknown, outside the Brush table).
-        bones: the per-bone table (``boneage.multistep.BoneRow`` dicts).
-        carpal_count: ossified carpals seen.
-        qc: notes from quality control (mirrored image, hand check, ...).
-        spacing_mm: pixel spacing used for mm lengths, or ``None``.
-        image_shape: ``(rows, cols)`` of the input at full resolution.
-        versions: model name -> version string.
-        label_map: the segmentation at full resolution (not serialised; for overlays).
-        identifiers: patient/study identifiers from the header; serialised only on request.
-    """
-
-    path: str | None
-    status: str = "ok"
-    reason: str = ""
-    sex: str | None = None
-    sex_source: str = "unknown"
-    chronological_age_months: float | None = None
-    chronological_age_source: str = "unknown"
-    multistep: MethodEstimate = field(default_factory=lambda: MethodEstimate("multistep"))
-    direct: MethodEstimate = field(default_factory=lambda: MethodEstimate("direct"))
-    difference_months: float | None = None
-    agreement: str = "n/a"
-    sds_note: str | None = None
-    bones: list[dict] = field(default_factory=list)
-    carpal_count: int | None = None
-    qc: list[str] = field(default_factory=list)
-    spacing_mm: tuple[float, float] | None = None
-    image_shape: tuple[int, int] | None = None
-    versions: dict[str, str] = field(default_factory=dict)
-    label_map: np.ndarray | None = field(default=None, repr=False)
-    identifiers: dict[str, str] = field(default_factory=dict, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self, include_bones: bool = True, keep_identifiers: bool = False) -> dict[str, Any]:
-        """JSON-ready dict (NaN -> None); the label map is left out, and so are patient
-        identifiers unless ``keep_identifiers``."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("label_map", "identifiers")}
-        if keep_identifiers:
-            d["identifiers"] = dict(self.identifiers)
-        if not include_bones:
-            d.pop("bones")
-        return _json_ready(d)
-
-    def to_row(self, keep_identifiers: bool = False) -> dict[str, Any]:
-        """A flat record for CSV / JSON Lines (one per input); identifiers only on request."""
-        row: dict[str, Any] = {
-            "path": self.path,
-            "status": self.status,
-            "reason": self.reason,
-            "sex": self.sex,
-            "sex_source": self.sex_source,
-            "chronological_age_months": self.chronological_age_months,
-            "chronological_age_source": self.chronological_age_source,
-        }
-        for est in (self.multistep, self.direct):
-            row[f"{est.method}_age_months"] = est.age_months
-            row[f"{est.method}_lower_90"] = est.lower_90
-            row[f"{est.method}_upper_90"] = est.upper_90
-            row[f"{est.method}_sds"] = est.sds
-        row["difference_months"] = self.difference_months
-        row["agreement"] = self.agreement
-        row["carpal_count"] = self.carpal_count
-        row["spacing_mm"] = self.spacing_mm[0] if self.spacing_mm else None
-        row["qc"] = "; ".join(self.qc)
-        row["versions"] = ";".join(f"{k}={v}" for k, v in sorted(self.versions.items()))
-        if keep_identifiers:
-            for key in ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID", "SOPInstanceUID"):
-                row[key] = self.identifiers.get(key)
-        return _json_ready(row)
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 @dataclass
@@ -229,6 +103,9 @@ class BoneAgeEstimator:
             refused, a weaker rule).
         multistep_tilts: extra tilts (degrees) at which the film is segmented and measured again,
             the multi-step age being the mean over all views (``()``: one view, faster).
+        perbone: a :class:`boneage.perbone.PerBoneEstimator` or ``None`` (per-bone method off;
+            it needs a segmenter with ``read``).
+        combiner: a :class:`boneage.combine.Combiner` or ``None`` (no combined estimate).
     """
 
     def __init__(
@@ -240,10 +117,14 @@ class BoneAgeEstimator:
         load_errors: dict[str, str] | None = None,
         handcheck: Any = None,
         multistep_tilts: tuple[float, ...] = MULTISTEP_TILTS_DEG,
+        perbone: Any = None,
+        combiner: Any = None,
     ) -> None:
         self.segmenter = segmenter
         self.multistep = multistep
         self.direct = direct
+        self.perbone = perbone
+        self.combiner = combiner
         self.handcheck = handcheck
         self.multistep_tilts = tuple(multistep_tilts)
         self.versions = dict(versions or {})
@@ -257,20 +138,20 @@ class BoneAgeEstimator:
         loaded: dict[str, Any] = {}
         versions: dict[str, str] = {}
         errors: dict[str, str] = {}
-        for name in ("segmenter", "handcheck", "multistep", "direct"):
+        for name in ("segmenter", "handcheck", "multistep", "perbone", "direct", "combined"):
             try:
                 entry = models.get(name)
             except KeyError:
                 errors[name] = "not registered in this version"
                 continue
             try:
-                kwargs = {"device": device} if name in ("segmenter", "direct") else {}
+                kwargs = {"device": device} if name in ("segmenter", "perbone", "direct") else {}
                 loaded[name] = models.load(name, **kwargs)
                 versions[name] = entry.version
             except Exception as exc:  # a broken/missing model must not take the other one down
                 errors[name] = f"{type(exc).__name__}: {exc}"
         return cls(loaded.get("segmenter"), loaded.get("multistep"), loaded.get("direct"), versions, errors,
-                   handcheck=loaded.get("handcheck"))
+                   handcheck=loaded.get("handcheck"), perbone=loaded.get("perbone"), combiner=loaded.get("combined"))
 
     def segment(self, pixels: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """Label map of an image as given and orientation notes (a mirrored or rotated hand is said).
@@ -443,6 +324,7 @@ class BoneAgeEstimator:
 
         # One reading decides for every method: a hand or not, negative or not, which way is up.
         pixels = rad.pixels
+        view: FilmView | None = None
         if self.segmenter is not None:
             view = self.view(rad.pixels)
             result.qc.extend(view.notes)
@@ -492,6 +374,8 @@ class BoneAgeEstimator:
             missing = [n for n in ("segmenter", "multistep") if n in self.load_errors or getattr(self, n) is None]
             result.multistep.note = f"multi-step method unavailable ({', '.join(missing)} model missing)"
 
+        self._estimate_perbone(result, view)
+
         if self.direct is not None:
             d = self.direct.predict(pixels, result.sex)
             result.direct = MethodEstimate(
@@ -502,14 +386,75 @@ class BoneAgeEstimator:
         else:
             result.direct.note = "end-to-end model unavailable"
 
-        if not result.multistep.available and not result.direct.available:
+        if not any(e.available for e in (result.multistep, result.perbone, result.direct)):
             result.status = "error"
             result.reason = "no bone-age model is available in this installation: " + "; ".join(
                 f"{k}: {v}" for k, v in self.load_errors.items()
             )
             return result
+        self._combine(result)
         self._compare_and_score(result)
         return result
+
+    def _estimate_perbone(self, result: BoneAgeResult, view: FilmView | None) -> None:
+        """The per-bone method: its consensus, RUS and carpal ages into ``result``, each bone's
+        own age into ``result.bones``.
+
+        Args:
+            result: the result being filled (its ``bones`` already hold the multi-step table, if any).
+            view: the film as every method reads it (``None`` without a segmenter).
+        """
+        maturity: dict[str, Any] = {}
+        if self.perbone is None or self.segmenter is None:
+            missing = [n for n in ("segmenter", "perbone") if n in self.load_errors or getattr(self, n) is None]
+            result.perbone.note = f"per-bone method unavailable ({', '.join(missing)} model missing)"
+        elif view is None or view.reading is None:
+            result.perbone.note = ("per-bone method unavailable: this segmenter gives no reading of the film "
+                                   "to cut the bones from")
+        else:
+            est = self.perbone.predict(view.pixels, view.reading, result.sex)
+            version = est.model_version
+            if not est.available:
+                # Too few bones found: the per-bone number is withheld, not the whole film.
+                result.perbone = MethodEstimate("perbone", note=est.note, model_version=version)
+                result.qc.append(est.note)
+            else:
+                maturity = est.bones
+                result.perbone = MethodEstimate("perbone", True, est.age_months, est.lower_90, est.upper_90,
+                                                note=_perbone_note(est.note, version, result.sex), model_version=version)
+                result.perbone_rus = MethodEstimate(
+                    "perbone_rus", est.rus_age_months is not None, est.rus_age_months, est.rus_lower_90,
+                    est.rus_upper_90, model_version=version,
+                    note=None if est.rus_age_months is not None else "no RUS consensus")
+                carpal = est.bones.get(anatomy.CARPAL_REGION)
+                result.perbone_carpal = MethodEstimate(
+                    "perbone_carpal", carpal is not None, est.carpal_age_months, est.carpal_lower_90,
+                    est.carpal_upper_90, model_version=version,
+                    note=("carpal region not found" if carpal is None else None if carpal.used
+                          else "left out of the per-bone consensus: it disagrees with the RUS bones"))
+        _add_bone_maturity(result.bones, maturity)
+
+    def _combine(self, result: BoneAgeResult) -> None:
+        """The combined (stacked) estimate of the methods that gave an age."""
+        if self.combiner is None:
+            result.combined.note = "combined estimate unavailable (combined model missing)"
+            return
+        estimates = {e.method: (e.age_months, e.lower_90, e.upper_90)
+                     for e in (result.multistep, result.perbone, result.direct) if e.available}
+        combined = self.combiner.combine(estimates, result.sex) if estimates else None
+        if combined is None:
+            names = " + ".join(METHOD_NAMES[m] for m in estimates) or "no method"
+            result.combined.note = f"combined estimate unavailable: no stacking weights for {names}"
+            return
+        version = getattr(self.combiner, "model_version", None) or self.versions.get("combined")
+        note = "stacked: " + ", ".join(f"{METHOD_NAMES[m]} {combined.weights[m]:.2f}"
+                                       for m in COMPARED_METHODS if m in combined.weights)
+        if result.sex is None:
+            note += "; " + sex_unknown_note("combined", version,
+                                            "the sex-unknown stacking weights over the methods' sex-unknown ages")
+        result.combined = MethodEstimate("combined", True, combined.age_months, combined.lower_90, combined.upper_90,
+                                         note=note, model_version=version)
+        result.combined_weights = {m: float(combined.weights[m]) for m in COMPARED_METHODS if m in combined.weights}
 
     # ----------------------------------------------------------------------------------------
     def _qc_image(self, rad: Radiograph, result: BoneAgeResult) -> str:
@@ -552,23 +497,20 @@ class BoneAgeEstimator:
         ms, d = result.multistep, result.direct
         if ms.available and d.available:
             result.difference_months = float(d.age_months - ms.age_months)  # type: ignore[operator]
-            half = [(e.upper_90 - e.lower_90) / 2 / 1.645 for e in (ms, d)]  # type: ignore[operator]
-            sd = math.sqrt(half[0] ** 2 + half[1] ** 2)
-            widest = max(half) * 1.645
-            if abs(result.difference_months) > DISAGREEMENT_Z * sd:
-                result.agreement = "disagree"
-                result.qc.append(
-                    f"the two methods disagree by {abs(result.difference_months):.0f} months, more than their "
-                    "intervals allow: review the film"
-                )
-            elif widest > MAX_CONFIRMING_HALF_WIDTH or abs(result.difference_months) > LARGE_DIFFERENCE_MONTHS:
-                # Allowed by the intervals, but only because one is wide: neither confirms the other.
-                result.agreement = "inconclusive"
-                why = (f"an interval is +-{widest:.0f} months wide" if widest > MAX_CONFIRMING_HALF_WIDTH
-                       else f"they differ by {abs(result.difference_months):.0f} months")
-                result.qc.append(f"the two methods do not confirm each other ({why}): review the film")
-            else:
-                result.agreement = "agree"
+        available = [getattr(result, m) for m in COMPARED_METHODS if getattr(result, m).available]
+        result.comparisons = [compare_methods(a, b) for i, a in enumerate(available) for b in available[i + 1:]]
+        verdicts = {c.verdict for c in result.comparisons}
+        for verdict in ("disagree", "inconclusive", "agree"):  # the worst pair decides
+            if verdict in verdicts:
+                result.agreement = verdict
+                break
+        for c in result.comparisons:
+            pair = f"{METHOD_NAMES[c.first]} and {METHOD_NAMES[c.second]}"
+            if c.verdict == "disagree":
+                result.qc.append(f"{pair} disagree by {abs(c.difference_months):.0f} months, more than their "
+                                 "intervals allow: review the film")
+            elif c.verdict == "inconclusive":
+                result.qc.append(f"{pair} do not confirm each other ({c.why}): review the film")
         ca, sex = result.chronological_age_months, result.sex
         if ca is None:
             result.sds_note = "SDS needs the chronological age"
@@ -576,12 +518,53 @@ class BoneAgeEstimator:
         if sex is None:
             result.sds_note = "SDS needs the sex (the Brush SD is sex-specific)"
             return
-        for est in (ms, d):
+        for est in (ms, result.perbone, d, result.combined):
             if est.available:
                 try:
                     est.sds = bone_age_sds(est.age_months, ca, sex)  # type: ignore[arg-type]
                 except OutOfReferenceRange as exc:
                     result.sds_note = str(exc)
+
+
+#: What the per-bone network does without the sex (its sex input set to "unknown").
+PERBONE_SEX_UNKNOWN_HOW = "the network's sex-agnostic reading, with its own wider interval"
+
+
+def _perbone_note(note: str | None, model_version: str | None, sex: str | None) -> str | None:
+    """The per-bone estimate's caveats, its own sex-unknown remark replaced by the measured one.
+
+    Args:
+        note: :attr:`boneage.perbone.PerBoneEstimate.note` (caveats joined by ``"; "``).
+        model_version: the per-bone weights' version.
+        sex: the sex the estimate was made with (``None``: unknown).
+
+    Returns:
+        The note, or ``None`` when there is nothing to say.
+    """
+    parts = [p for p in (note or "").split("; ") if p and not p.startswith("sex unknown")]
+    if sex is None:
+        parts.append(sex_unknown_note("perbone", model_version, PERBONE_SEX_UNKNOWN_HOW))
+    return "; ".join(parts) or None
+
+
+#: The per-bone fields each row of :attr:`BoneAgeResult.bones` carries.
+MATURITY_FIELDS = ("maturity_age_months", "maturity_lower_90", "maturity_upper_90", "maturity_used")
+
+
+def _add_bone_maturity(rows: list[dict], maturity: dict[str, Any]) -> None:
+    """Give every row of the per-bone table its bone's own age from the per-bone method.
+
+    Args:
+        rows: the multi-step per-bone table (dicts, changed in place); when it is empty (no
+            multi-step method) rows of the per-bone method's RUS bones are added.
+        maturity: bone -> :class:`boneage.perbone.BoneMaturity` (empty: the method gave none).
+    """
+    if not rows:
+        rows.extend({"bone": bone, "present": True} for bone in anatomy.RUS_BONES if bone in maturity)
+    for row in rows:
+        bone = maturity.get(row["bone"])
+        values = (None,) * 4 if bone is None else (bone.age_months, bone.lower_90, bone.upper_90, bone.used)
+        row.update(zip(MATURITY_FIELDS, values))
 
 
 def _upright_spacing(spacing: tuple[float, float] | None, transform: Any) -> tuple[float, float] | None:
@@ -623,7 +606,7 @@ def sex_unknown_note(method: str, model_version: str | None, how: str) -> str:
     they are quoted only when ``model_version`` is that model's, never for another model.
 
     Args:
-        method: ``"multistep"`` or ``"direct"`` (the registry name).
+        method: the registry name (``"multistep"``, ``"perbone"``, ``"direct"``, ``"combined"``).
         model_version: the version of the model that made the estimate (``None``: unknown).
         how: what the method did without the sex (e.g. "both sexes' references averaged").
 
@@ -653,17 +636,31 @@ def _sex_unknown_figures(method: str, model_version: str) -> tuple[float, float,
         return None
     if metrics.get("model_version") != model_version:
         return None  # figures of another model: do not quote them
-    # multistep: validation.final.all; direct: validation.overall.
-    given_groups = metrics.get("validation", {})
-    given_groups = given_groups.get("final", given_groups)
-    given = given_groups.get("all") or given_groups.get("overall")
-    unknown_groups = metrics.get("validation_sex_unknown") or {}
-    unknown = unknown_groups.get("all") or unknown_groups.get("overall")
+    validation = metrics.get("validation") or {}
+    if "sex_known" in validation:
+        # perbone: validation.<mode>.groups.all; combined: validation.<mode>.combined.all.
+        group = "combined" if method == "combined" else "groups"
+        given = ((validation.get("sex_known") or {}).get(group) or {}).get("all")
+        unknown = ((validation.get("sex_unknown") or {}).get(group) or {}).get("all")
+    else:
+        # multistep: validation.final.all; direct: validation.overall.
+        given_groups = validation.get("final", validation)
+        given = given_groups.get("all") or given_groups.get("overall")
+        unknown_groups = metrics.get("validation_sex_unknown") or {}
+        unknown = unknown_groups.get("all") or unknown_groups.get("overall")
     try:
-        return (float(unknown["mae_months"]), float(given["mae_months"]),
-                float(unknown["coverage_90"]), float(given["coverage_90"]))
+        return (float(_first(unknown, "mae_months", "mae")), float(_first(given, "mae_months", "mae")),
+                float(_first(unknown, "coverage_90", "coverage")), float(_first(given, "coverage_90", "coverage")))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _first(figures: dict, *keys: str) -> Any:
+    """The value of the first of ``keys`` in ``figures`` (metrics files name the same figure differently)."""
+    for key in keys:
+        if key in figures:
+            return figures[key]
+    raise KeyError(keys[0])
 
 
 _DEFAULT: BoneAgeEstimator | None = None

@@ -2,8 +2,9 @@
 
 Each entry names a weights file under :data:`boneage.paths.MODELS_DIR`, its model card, its
 metrics file, a version string and a loader (``"module:callable"``, imported lazily so that
-listing models never imports torch). The end-to-end CNN is registered here; the segmenter and
-the growth-table regression register themselves the same way with :func:`register`.
+listing models never imports torch). Every shipped model is registered at the end of this module:
+the segmenter, the hand check, the multi-step bundle, the end-to-end CNN, the per-bone maturity
+network and the stacking of the three methods (``combined``).
 
 Example:
     >>> from boneage import models
@@ -207,6 +208,33 @@ register(
         version="handcheck-1",
         loader="boneage.handcheck:HandCheck.load",
         description="logistic regression on the segmenter's reading: is the film a hand radiograph?",
+    )
+)
+
+
+register(
+    RegisteredModel(
+        name="perbone",
+        kind="regressor",
+        folder=MODELS_DIR / "perbone",
+        weights_file="perbone.pt",
+        version="perbone-1",
+        loader="boneage.perbone:PerBoneEstimator.load",
+        description="per-bone maturity: aligned crops of the RUS bones and the carpus -> each bone's age -> "
+                    "robust consensus with a calibrated 90% interval",
+    )
+)
+
+register(
+    RegisteredModel(
+        name="combined",
+        kind="stacking",
+        folder=MODELS_DIR / "combined",
+        weights_file="stacking.json",
+        version="combined-1",
+        loader="boneage.combine:Combiner.load",
+        description="stacking of the multi-step, per-bone and end-to-end ages (weights per available subset) "
+                    "-> the combined estimate with a calibrated 90% interval",
     )
 )
 

@@ -99,7 +99,7 @@ def _sample(film: np.ndarray, centre: np.ndarray, up: np.ndarray, height: float,
     rows_out, cols_out = CROP_SHAPE
     scale_r, scale_c = height / rows_out, width / cols_out
     right = np.array([-up[1], up[0]])  # up rotated a quarter turn: the crop's +column direction
-    if float(np.cross(up, right)) > 0:
+    if float(up[0] * right[1] - up[1] * right[0]) > 0:  # 2-D cross product (np.cross of 2-vectors is deprecated)
         right = -right
     # A left hand seen from the front has its thumb on the right of an upright film; a mirrored
     # reading is flipped back so every crop looks like a left hand's.

@@ -436,7 +436,8 @@ class DicomNode:
             self._queued = max(0, self._queued - 1)
         took = time.monotonic() - started
         if result.ok:
-            ages = ", ".join(f"{e.method} {e.age_months:.0f} mo" for e in (result.multistep, result.direct) if e.available)
+            ages = ", ".join(f"{e.method} {e.age_months:.0f} mo" for e in
+                             (result.combined, result.multistep, result.perbone, result.direct) if e.available)
             log.info("%s: ok (%s) in %.1f s; %s queued for sending", key, ages or "no estimate", took,
                      " and ".join(k.upper() for k in sorted(k[:2] for k in exports)) or "nothing")
             self._send_now.set()

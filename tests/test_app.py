@@ -55,7 +55,7 @@ def _teach(oracle: Oracle, data: bytes, hand) -> None:
     oracle.add(Decoded)
 
 
-def test_upload_alone_shows_both_estimates_and_the_table(fake_app):
+def test_upload_alone_shows_every_estimate_and_the_table(fake_app):
     hand = generate_hand(31, 2, size=256, age_range=(100, 140))
     data = _png(hand.image)
     _teach(fake_app.oracle, data, hand)
@@ -63,9 +63,10 @@ def test_upload_alone_shows_both_estimates_and_the_table(fake_app):
     at.sidebar.file_uploader[0].set_value(("hand.png", data, "image/png")).run()
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert set(metrics) == {"Multi-step", "End-to-end"}
+    assert set(metrics) == {"Combined", "Multi-step", "Per-bone", "End-to-end"}
     assert metrics["End-to-end"] == "10 y 10 mo"  # the fake CNN's 130 months
     assert metrics["Multi-step"] not in ("", "—")
+    assert metrics["Combined"] == metrics["Per-bone"] == "—"  # those models are not in this estimator
     table = at.dataframe[-1].value
     assert len(table) >= 15 and "z-score" in table.columns and "implied age" in table.columns
 
@@ -86,7 +87,7 @@ def test_example_case_opens_with_one_click(fake_app):
     at.sidebar.button[0].click().run()
     assert not at.exception
     labels = [m.label for m in at.metric]
-    assert labels == ["Multi-step", "End-to-end"]
+    assert labels == ["Combined", "Multi-step", "Per-bone", "End-to-end"]
     assert at.selectbox[0].value in ("Female", "Male")  # the example's sex is filled in
 
 
@@ -164,7 +165,7 @@ def test_two_uploads_of_one_name_are_two_cases_with_their_own_downloads(fake_app
     file_names.clear()
     at.radio[0].set_value(f"1-{hashlib.sha1(data[1]).hexdigest()[:12]}").run()
     assert not at.exception
-    assert at.header[0].value == "hand.png (2)" and len(at.metric) == 2
+    assert at.header[0].value == "hand.png (2)" and len(at.metric) == 4
     second = list(file_names)
     assert len(first) == len(second) == 2 and not set(first) & set(second)  # no download overwrites another
     assert all(n.startswith("hand-") for n in first + second)
@@ -193,3 +194,43 @@ def test_repeated_large_uploads_keep_memory_bounded(fake_app):
         tracemalloc.stop()
     # After the caches fill (films kept: 2, results kept: 4), more uploads add nothing lasting.
     assert used[-1] - used[4] < 12, [round(u) for u in used]
+
+
+def test_combined_headline_per_bone_ages_and_the_age_overlay(monkeypatch, bundle):  # noqa: F811
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from boneage.combine import Combiner
+    from boneage.report import years_months
+    from test_combine import STACKING
+    from test_estimate import ReadingOracle
+    from test_perbone import fixed_perbone
+
+    oracle = ReadingOracle()
+    est = BoneAgeEstimator(oracle, bundle, FakeDirect(130.0), versions={"multistep": "t", "direct": "t"},
+                           multistep_tilts=(), perbone=fixed_perbone({"metacarpal_3": 150.0}, scale_months=20.0),
+                           combiner=Combiner(STACKING, "combined-test"))
+    monkeypatch.setattr(BoneAgeEstimator, "load", classmethod(lambda cls, device="cpu": est))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    hand = generate_hand(31, 2, size=256, age_range=(100, 140))
+    data = _png(hand.image)
+    _teach(oracle, data, hand)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.sidebar.file_uploader[0].set_value(("hand.png", data, "image/png")).run()
+    at.selectbox[0].set_value("Female").run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert list(metrics) == ["Combined", "Multi-step", "Per-bone", "End-to-end"]
+    assert "—" not in metrics.values()
+    expected = est.estimate(load_radiograph(data, name="hand.png"), sex="F").combined.age_months
+    assert metrics["Combined"] == years_months(expected)
+    assert any("stacked: multi-step 0.20, per-bone 0.35, end-to-end 0.45" in c.value for c in at.caption)
+    table = at.dataframe[-1].value
+    assert "own age" in table.columns and "implied age" in table.columns
+    assert (table["own age"] == years_months(150.0)).sum() == 1
+    toggle = next(t for t in at.sidebar.toggle if t.label.startswith("Colour by each bone's age"))
+    toggle.set_value(True).run()
+    assert not at.exception
+    legend = next(d.value for d in at.dataframe if "vs combined (months)" in d.value.columns)
+    assert "Metacarpal 3" in set(legend["bone"])

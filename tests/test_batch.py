@@ -461,3 +461,42 @@ def test_manifest_bad_values_are_reported_never_silently_used_or_dropped(folder,
     assert "nan" not in out.read_text()
     counts = run_batch(discover_inputs([], str(manifest)), out, progress=False, resume=True)
     assert counts["skipped"] == 3 and len(out.read_text().splitlines()) == 3  # the no-path line is done too
+
+
+#: Columns the per-bone method and the combined estimate added to the CSV.
+NEW_COLUMNS = ["perbone_age_months", "perbone_lower_90", "perbone_upper_90", "perbone_sds", "combined_age_months",
+               "combined_lower_90", "combined_upper_90", "combined_sds", "perbone_rus_age_months",
+               "perbone_carpal_age_months"]
+
+
+def test_csv_has_the_per_bone_and_combined_columns(folder, direct_only, tmp_path):
+    from boneage.estimate import MethodEstimate
+
+    out = tmp_path / "out.csv"
+    run_batch([InputItem(str(folder / "a" / "hand.png"))], out, progress=False)
+    header = next(csv.reader(out.open()))
+    assert header == batch.columns() and set(NEW_COLUMNS) <= set(header)
+    assert header.index("direct_sds") < header.index("perbone_age_months")  # the older columns keep their places
+    result = direct_only.estimate(str(folder / "a" / "hand.png"))
+    result.perbone = MethodEstimate("perbone", True, 110.0, 95.0, 125.0, sds=0.4)
+    result.combined = MethodEstimate("combined", True, 104.0, 92.0, 116.0, sds=-0.1)
+    result.perbone_rus = MethodEstimate("perbone_rus", True, 112.0, 96.0, 128.0)
+    result.perbone_carpal = MethodEstimate("perbone_carpal", True, 90.0, 70.0, 110.0)
+    row = batch.record(result, "csv")
+    assert [row[c] for c in NEW_COLUMNS] == [110.0, 95.0, 125.0, 0.4, 104.0, 92.0, 116.0, -0.1, 112.0, 90.0]
+    assert list(row) == batch.columns()
+
+
+def test_resuming_a_csv_of_the_older_column_set_is_refused_clearly(folder, direct_only, tmp_path):
+    out = tmp_path / "out.csv"
+    run_batch([InputItem(str(folder / "a" / "hand.png"))], out, progress=False)
+    rows = list(csv.DictReader(out.open()))
+    older = [c for c in batch.columns() if c not in NEW_COLUMNS]
+    with out.open("w", newline="") as f:  # the file an earlier version wrote
+        writer = csv.DictWriter(f, older, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    before = out.read_bytes()
+    with pytest.raises(batch.UsageError, match="earlier version of boneage.*perbone_age_months.*new output file"):
+        run_batch(discover_inputs([str(folder)]), out, progress=False, resume=True)
+    assert out.read_bytes() == before  # left as it was

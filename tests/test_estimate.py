@@ -346,3 +346,227 @@ def test_multistep_sex_unknown_figures_reach_the_model_card(bundle, tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     card = write_model_card(tmp_path).read_text()
     assert "### Sex unknown" in card and f"validation MAE {unknown['all']['mae_months']:.1f} vs" in card
+
+
+# ------------------------------------------------------------------------------------------------
+# The per-bone method and the combined estimate (test doubles: no shipped weights or numbers)
+# ------------------------------------------------------------------------------------------------
+class ReadingOracle(Oracle):
+    """An oracle that also *reads* a film (as :meth:`boneage.segment.Segmenter.read` does), so the
+    per-bone method can crop the bones from its reading; tilted re-reads give the same map."""
+
+    def read(self, pixels, orientations=True, every_turn=False):
+        from types import SimpleNamespace
+
+        from test_perbone import IdentityTransform, OracleReading
+
+        return OracleReading(SimpleNamespace(label_map=self(pixels), every_turn_read=True), IdentityTransform())
+
+    def reread_tilted(self, reading, angle_deg):
+        return reading.grid.label_map
+
+
+def _three_methods(bundle, perbone=None, direct=None, multistep=True):
+    from boneage.combine import Combiner
+    from test_combine import STACKING
+    from test_perbone import fixed_perbone
+
+    oracle = ReadingOracle()
+    est = BoneAgeEstimator(oracle, bundle if multistep else None, direct, versions={"multistep": "t", "direct": "t"},
+                           multistep_tilts=(), perbone=perbone or fixed_perbone(default=126.0),
+                           combiner=Combiner(STACKING, STACKING["model_version"]))
+    est.oracle = oracle
+    return est
+
+
+def test_per_bone_and_combined_estimates_on_a_synthetic_hand(bundle):
+    from boneage import anatomy
+
+    est = _three_methods(bundle, direct=FakeDirect(120.0))
+    hand = est.oracle.add(generate_hand(99, 3, size=512, age_range=(100, 140)))
+    rad = Radiograph.from_array(hand.image, spacing_mm=hand.spacing_mm)
+    result = est.estimate(rad, sex=hand.sex, chronological_age_months=hand.chronological_age_months)
+    assert result.status == "ok", result.reason
+    ms, pb, d, c = result.multistep, result.perbone, result.direct, result.combined
+    assert ms.available and pb.available and d.available and c.available
+    assert pb.age_months == pytest.approx(126.0, abs=0.01) and pb.lower_90 < 126.0 < pb.upper_90
+    assert pb.model_version == "perbone-test" and c.model_version == "combined-test"
+    # The combined age is the stacking's weighted mean of the three.
+    assert c.age_months == pytest.approx(0.2 * ms.age_months + 0.35 * 126.0 + 0.45 * 120.0, abs=0.01)
+    assert c.note == "stacked: multi-step 0.20, per-bone 0.35, end-to-end 0.45"
+    assert result.combined_weights == {"multistep": 0.2, "perbone": 0.35, "direct": 0.45}
+    assert result.perbone_rus.age_months == pytest.approx(126.0, abs=0.01)
+    assert result.perbone_carpal.available and result.perbone_carpal.age_months == pytest.approx(126.0, abs=0.01)
+    # Every row of the per-bone table says its bone's own age where the bone was aged.
+    rows = {b["bone"]: b for b in result.bones}
+    assert len(rows) == 29
+    for bone in anatomy.RUS_BONES:
+        assert rows[bone]["maturity_age_months"] == pytest.approx(126.0, abs=0.01) and rows[bone]["maturity_used"]
+        assert rows[bone]["maturity_lower_90"] < 126.0 < rows[bone]["maturity_upper_90"]
+    assert rows["capitate"]["maturity_age_months"] is None and rows["metacarpal_2"]["maturity_used"] is None
+    # Every pair is compared; the historical difference stays direct minus multi-step.
+    assert [(x.first, x.second) for x in result.comparisons] == [
+        ("multistep", "perbone"), ("multistep", "direct"), ("perbone", "direct")]
+    assert result.difference_months == pytest.approx(120.0 - ms.age_months)
+    assert pb.sds is not None and c.sds is not None
+    row = result.to_row()
+    assert row["perbone_age_months"] == pytest.approx(126.0, abs=0.01) and row["combined_age_months"] == c.age_months
+    assert row["perbone_rus_age_months"] == pytest.approx(126.0, abs=0.01) and row["combined_sds"] == c.sds
+    data = result.to_dict()
+    assert data["combined"]["age_months"] == c.age_months and data["perbone_carpal"]["available"]
+    assert data["comparisons"][0]["first"] == "multistep"
+    json.dumps(data)
+
+
+def test_an_outlier_bone_is_left_out_and_said(bundle):
+    from test_perbone import fixed_perbone
+
+    est = _three_methods(bundle, perbone=fixed_perbone({"middle_phalanx_3": 200.0}), direct=FakeDirect(120.0))
+    hand = est.oracle.add(generate_hand(99, 3, size=512, age_range=(100, 140)))
+    result = est.estimate(hand.image, sex="F")
+    assert result.perbone.age_months == pytest.approx(120.0, abs=0.01)
+    assert "Middle phalanx 3" in result.perbone.note and "disagree" in result.perbone.note
+    row = next(b for b in result.bones if b["bone"] == "middle_phalanx_3")
+    assert row["maturity_used"] is False and row["maturity_age_months"] == pytest.approx(200.0, abs=0.01)
+
+
+def test_without_the_multi_step_method_the_bone_table_comes_from_the_per_bone_method(bundle):
+    from boneage import anatomy
+
+    est = _three_methods(bundle, direct=FakeDirect(120.0), multistep=False)
+    hand = est.oracle.add(generate_hand(99, 5, size=512, age_range=(60, 150)))
+    result = est.estimate(hand.image, sex="M")
+    assert result.status == "ok" and not result.multistep.available and result.perbone.available
+    assert [b["bone"] for b in result.bones] == list(anatomy.RUS_BONES)
+    assert all(b["maturity_age_months"] == pytest.approx(126.0, abs=0.01) for b in result.bones)
+    # The weights fitted for the two methods left.
+    assert result.combined.age_months == pytest.approx(0.4 * 126.0 + 0.6 * 120.0, abs=0.01)
+    assert result.combined.note == "stacked: per-bone 0.40, end-to-end 0.60"
+    # The per-bone method alone still gives an estimate; no weight set covers it alone here.
+    alone = _three_methods(bundle, multistep=False)
+    alone.oracle.truth = est.oracle.truth
+    only = alone.estimate(hand.image, sex="M")
+    assert only.status == "ok" and only.perbone.available and not only.combined.available
+    assert "no stacking weights for per-bone" in only.combined.note and only.agreement == "n/a"
+
+
+def test_per_bone_method_withheld_with_too_few_bones_and_the_others_combined(bundle):
+    est = _three_methods(bundle, direct=FakeDirect(120.0))
+    hand = generate_hand(99, 7, size=512, age_range=(80, 150))
+    labels = hand.label_map.copy()
+    from boneage import anatomy
+
+    for bone in ("radius", "ulna", "metacarpal_1", "metacarpal_3", "metacarpal_5", "proximal_phalanx_1", "proximal_phalanx_3"):
+        labels[np.isin(labels, anatomy.bone_labels(bone))] = 0
+
+    class Cut:
+        image = hand.image
+        label_map = labels
+
+    est.oracle.add(Cut)
+    result = est.estimate(hand.image, sex="F")
+    assert result.status == "ok" and result.multistep.available and not result.perbone.available
+    assert "per-bone method withheld" in result.perbone.note and "6 of 13" in result.perbone.note
+    assert any("per-bone method withheld" in q for q in result.qc)
+    assert all(b["maturity_age_months"] is None for b in result.bones)
+    assert result.combined.age_months == pytest.approx(0.3 * result.multistep.age_months + 0.7 * 120.0, abs=0.01)
+
+
+def test_per_bone_method_needs_a_reading_of_the_film(bundle):
+    from test_perbone import fixed_perbone
+
+    oracle = Oracle()  # a plain callable segmenter: no reading to crop from
+    hand = oracle.add(generate_hand(99, 3, size=SIZE, age_range=(100, 140)))
+    result = BoneAgeEstimator(oracle, bundle, FakeDirect(), perbone=fixed_perbone()).estimate(hand.image, sex="F")
+    assert result.status == "ok" and result.multistep.available and not result.perbone.available
+    assert "no reading" in result.perbone.note
+    assert "combined model missing" in result.combined.note and not result.combined.available
+    assert all("maturity_age_months" in b and b["maturity_age_months"] is None for b in result.bones)
+
+
+def test_unknown_sex_notes_and_weights_of_the_per_bone_and_combined_estimates(bundle):
+    est = _three_methods(bundle, direct=FakeDirect(120.0))
+    hand = est.oracle.add(generate_hand(99, 3, size=512, age_range=(100, 140)))
+    result = est.estimate(hand.image)
+    assert result.sex is None and result.perbone.note.startswith("sex unknown: less accurate")
+    assert "sex-agnostic" in result.perbone.note
+    assert result.combined.note.startswith("stacked: multi-step 0.10, per-bone 0.30, end-to-end 0.60; sex unknown")
+    assert result.combined.age_months == pytest.approx(
+        0.1 * result.multistep.age_months + 0.3 * 126.0 + 0.6 * 120.0, abs=0.01)
+
+
+def _estimate(method, age, half=10.0):
+    from boneage.estimate import MethodEstimate
+
+    return MethodEstimate(method, True, float(age), float(age - half), float(age + half))
+
+
+@pytest.mark.parametrize("ages, halves, agreement", [
+    ((100, 102, 104), (10, 10, 10), "agree"),
+    ((100, 140, 104), (10, 10, 10), "disagree"),  # the per-bone age is far from both others
+    ((100, 102, 104), (10, 60, 10), "inconclusive"),  # the per-bone interval allows anything
+    ((100, 114, 104), (20, 20, 20), "inconclusive"),  # allowed by the intervals, but 14 months apart
+    ((100, None, 104), (10, 10, 10), "agree"),  # two methods
+    ((None, None, 104), (10, 10, 10), "n/a"),
+])
+def test_agreement_covers_every_pair_of_methods(ages, halves, agreement):
+    result = BoneAgeResult(path="x", sex="F", chronological_age_months=110.0)
+    for method, age, half in zip(("multistep", "perbone", "direct"), ages, halves):
+        if age is not None:
+            setattr(result, method, _estimate(method, age, half))
+    result.combined = _estimate("combined", 103.0)
+    BoneAgeEstimator._compare_and_score(result)
+    assert result.agreement == agreement
+    available = sum(a is not None for a in ages)
+    assert len(result.comparisons) == available * (available - 1) // 2
+    if ages[0] is not None:
+        assert result.difference_months == pytest.approx(ages[2] - ages[0])
+    if agreement == "disagree":
+        assert "multi-step and per-bone disagree by 40 months, more than their intervals allow: review the film" in result.qc
+        assert any(q.startswith("per-bone and end-to-end disagree by 36 months") for q in result.qc)
+    if agreement == "inconclusive":
+        assert any("do not confirm each other" in q for q in result.qc)
+    assert result.combined.sds is not None and result.direct.sds is not None
+    assert (result.perbone.sds is not None) == (ages[1] is not None)
+
+
+def test_missing_per_bone_and_combined_models_are_reported_not_fatal(monkeypatch):
+    from boneage import models
+
+    def fake_load(name, **kwargs):
+        if name == "direct":
+            return FakeDirect()
+        raise models.ModelNotAvailableError(f"weights of model {name!r} not found")
+
+    monkeypatch.setattr(models, "load", fake_load)
+    est = BoneAgeEstimator.load()
+    assert est.perbone is None and est.combiner is None and est.direct is not None
+    assert {"perbone", "combined"} <= set(est.load_errors)
+    result = est.estimate(generate_hand(1, 1, size=SIZE).image, sex="F")
+    assert result.status == "ok" and result.direct.available
+    assert any(q.startswith("perbone model unavailable") for q in result.qc)
+    assert any(q.startswith("combined model unavailable") for q in result.qc)
+    assert "per-bone method unavailable" in result.perbone.note and "combined model missing" in result.combined.note
+
+
+@pytest.mark.parametrize("method, metrics", [
+    ("perbone", {"validation": {"sex_known": {"groups": {"all": {"mae": 9.0, "coverage": 0.9}}},
+                                "sex_unknown": {"groups": {"all": {"mae": 12.5, "coverage": 0.88}}}}}),
+    ("combined", {"validation": {"sex_known": {"combined": {"all": {"mae": 9.0, "coverage": 0.9}}},
+                                 "sex_unknown": {"combined": {"all": {"mae": 12.5, "coverage": 0.88}}}}}),
+])
+def test_sex_unknown_note_reads_the_per_bone_and_combined_metrics(monkeypatch, tmp_path, method, metrics):
+    import dataclasses
+
+    from boneage import models
+    from boneage.estimate import _sex_unknown_figures, sex_unknown_note
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"model_version": f"{method}-test", **metrics}))
+    monkeypatch.setitem(models._REGISTRY, method, dataclasses.replace(models.get(method), folder=tmp_path))
+    _sex_unknown_figures.cache_clear()
+    try:
+        note = sex_unknown_note(method, f"{method}-test", "how")
+        assert "validation MAE 12.5 months vs 9.0 with sex given, 90% interval coverage 88% vs 90%" in note
+        assert "validation MAE" not in sex_unknown_note(method, "another-version", "how")
+    finally:
+        _sex_unknown_figures.cache_clear()

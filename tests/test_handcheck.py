@@ -26,7 +26,9 @@ needs_models = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def estimator() -> BoneAgeEstimator:
     est = BoneAgeEstimator.load()
-    assert not est.load_errors, est.load_errors
+    # Every shipped model loads; one not trained yet (e.g. the per-bone network) is only reported.
+    broken = {k: v for k, v in est.load_errors.items() if models.get(k).is_available()}
+    assert not broken, broken
     return est
 
 
