@@ -77,8 +77,26 @@ def _crop_one(job: tuple[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         return np.zeros((n, *CROP_SHAPE), np.uint8), np.zeros(n, bool), np.zeros(n, np.float32)
 
 
+def _shard_index(folder: Path) -> dict[str, tuple[Path, int]]:
+    """Film key -> (shard file, row) over every shard in the cache (each shard lists its films)."""
+    index: dict[str, tuple[Path, int]] = {}
+    for file in sorted(folder.glob("shard_*.npz")):
+        try:
+            with np.load(file) as z:
+                keys = [str(k) for k in z["keys"]] if "keys" in z.files else []
+        except (OSError, ValueError):  # a damaged shard is cut again
+            continue
+        for row, key in enumerate(keys):
+            index[key] = (file, row)
+    return index
+
+
 def build_crop_cache(labels, workers: int = 2, log=print) -> dict[str, np.ndarray]:
     """Cut (or load) the crops of every film of a label table.
+
+    Each film is cut once: shards of :data:`SHARD_FILMS` films list their films, and any table
+    (all films, the fit part, the hold-out, a learning-curve draw) takes what it needs from them.
+    An interrupted run keeps every finished shard.
 
     Args:
         labels: DataFrame with ``id``, ``path`` and ``source``.
@@ -89,6 +107,8 @@ def build_crop_cache(labels, workers: int = 2, log=print) -> dict[str, np.ndarra
         dict with ``images`` uint8 ``(N, R, H, W)``, ``present`` bool ``(N, R)`` and ``scale``
         float32 ``(N, R)``, in the table's row order.
     """
+    import hashlib
+
     from tqdm import tqdm
 
     from boneage.perbone import CROP_SHAPE
@@ -97,40 +117,41 @@ def build_crop_cache(labels, workers: int = 2, log=print) -> dict[str, np.ndarra
     keys = [f"{s}:{i}" for s, i in zip(labels["source"], labels["id"])]
     paths = [str(p) for p in labels["path"]]
     sources = list(labels["source"])
-    # Shards are keyed by their films (sorted keys), so a different table reuses what it can.
-    order = np.argsort(keys, kind="stable")
-    shards = [order[i:i + SHARD_FILMS] for i in range(0, len(order), SHARD_FILMS)]
     n = len(anatomy.MATURITY_REGIONS)
     images = np.zeros((len(keys), n, *CROP_SHAPE), np.uint8)
     present = np.zeros((len(keys), n), bool)
     scale = np.zeros((len(keys), n), np.float32)
-    todo = []
-    import hashlib
-
-    for shard in shards:
-        name = hashlib.sha1("|".join(keys[i] for i in shard).encode()).hexdigest()[:16]
-        file = folder / f"shard_{name}.npz"
-        if file.is_file():
-            with np.load(file) as z:
-                images[shard], present[shard], scale[shard] = z["images"], z["present"], z["scale"]
+    index = _shard_index(folder)
+    by_file: dict[Path, list[tuple[int, int]]] = {}
+    missing = []
+    for i, key in enumerate(keys):
+        if key in index:
+            file, row = index[key]
+            by_file.setdefault(file, []).append((i, row))
         else:
-            todo.append((shard, file))
-    if not todo:
+            missing.append(i)
+    for file, pairs in by_file.items():
+        mine, rows = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+        with np.load(file) as z:
+            images[mine], present[mine], scale[mine] = z["images"][rows], z["present"][rows], z["scale"][rows]
+    if not missing:
         return {"images": images, "present": present, "scale": scale}
-    total = sum(len(s) for s, _ in todo)
-    log(f"cutting bone crops of {total} films ({len(todo)} shards) with {workers} workers into {folder}")
+    missing = sorted(set(missing), key=lambda i: keys[i])
+    shards = [missing[i:i + SHARD_FILMS] for i in range(0, len(missing), SHARD_FILMS)]
+    log(f"cutting bone crops of {len(missing)} films ({len(shards)} shards) with {workers} workers into {folder}")
     import multiprocessing as mp
 
-    bar = tqdm(total=total, desc="crops", unit="film", mininterval=10)
-    ctx = mp.get_context("fork")
-    with ctx.Pool(workers) as pool:
-        for shard, file in todo:
+    bar = tqdm(total=len(missing), desc="crops", unit="film", mininterval=10)
+    with mp.get_context("fork").Pool(workers) as pool:
+        for shard in shards:
             jobs = [(paths[i], sources[i]) for i in shard]
             for j, (im, pr, sc) in enumerate(pool.imap(_crop_one, jobs, chunksize=8)):
                 images[shard[j]], present[shard[j]], scale[shard[j]] = im, pr, sc
                 bar.update(1)
+            shard_keys = [keys[i] for i in shard]
+            file = folder / f"shard_{hashlib.sha1('|'.join(shard_keys).encode()).hexdigest()[:16]}.npz"
             tmp = file.with_suffix(".tmp.npz")
-            np.savez(tmp, images=images[shard], present=present[shard], scale=scale[shard])
+            np.savez(tmp, images=images[shard], present=present[shard], scale=scale[shard], keys=np.array(shard_keys))
             os.replace(tmp, file)
     bar.close()
     return {"images": images, "present": present, "scale": scale}
