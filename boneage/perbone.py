@@ -231,6 +231,8 @@ AGE_CENTRE, AGE_SCALE = 120.0, 50.0
 #: Plausible output range (months).
 AGE_RANGE_MONTHS = (0.0, 240.0)
 WEIGHTS_FILE = "perbone.pt"
+#: Traced network beside the weights (``python -m boneage.training.export``): loads without MONAI.
+TRACED_FILE = "perbone.ts.pt"
 CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
 MODEL_VERSION = "perbone-1"
@@ -399,8 +401,14 @@ class PerBoneEstimator:
         self.model_version = calibration.get("model_version", MODEL_VERSION)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "cpu") -> PerBoneEstimator:
+    def load(cls, path: str | Path | None = None, device: str = "cpu", traced: bool = True) -> PerBoneEstimator:
         """Load weights (fp16 on disk, float32 in memory) and calibration from a model folder.
+
+        Args:
+            path: a weights file or a folder holding :data:`WEIGHTS_FILE`; default the shipped one.
+            device: ``"cpu"`` (default) or ``"cuda"``.
+            traced: use the traced network beside the weights (:data:`TRACED_FILE`) when it was
+                traced from them (same numbers, starts without importing MONAI).
 
         Raises:
             FileNotFoundError: when the folder has no weights.
@@ -410,10 +418,16 @@ class PerBoneEstimator:
         folder = Path(path) if path is not None else MODELS_DIR / "perbone"
         weights = folder / WEIGHTS_FILE if folder.is_dir() else folder
         if not weights.is_file():
-            raise FileNotFoundError(f"per-bone maturity weights not found: {weights}")
+            raise FileNotFoundError(f"per-bone maturity weights not found: {weights}; run `boneage train perbone`")
         checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
-        network = PerBoneNet(tuple(checkpoint["widths"]))
-        network.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
+        network = None
+        if traced:
+            from boneage.models import load_traced
+
+            network = load_traced(weights.with_name(TRACED_FILE), weights)
+        if network is None:
+            network = PerBoneNet(tuple(checkpoint["widths"]))
+            network.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
         calibration = dict(checkpoint.get("calibration", {}))
         cal_file = weights.parent / CALIBRATION_FILE
         if cal_file.is_file():

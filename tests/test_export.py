@@ -97,3 +97,33 @@ def test_loading_the_estimator_does_not_import_monai():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_perbone_export_matches_the_network_and_is_used(tmp_path):
+    from boneage import perbone
+    from boneage.training.export import export_perbone
+
+    torch.manual_seed(0)
+    network = perbone.PerBoneNet((4, 8, 8, 8))
+    weights = tmp_path / perbone.WEIGHTS_FILE
+    state = {k: v.half() if v.is_floating_point() else v for k, v in network.state_dict().items()}
+    torch.save({"state_dict": state, "widths": [4, 8, 8, 8]}, weights)
+    assert export_perbone(weights) == tmp_path / perbone.TRACED_FILE
+    built = perbone.PerBoneEstimator.load(weights, traced=False)
+    traced = perbone.PerBoneEstimator.load(weights)
+    assert isinstance(traced.network, torch.jit.ScriptModule)
+    crops = perbone.BoneCrops(np.random.default_rng(2).integers(0, 255, (14, *perbone.CROP_SHAPE), dtype=np.uint8),
+                              np.ones(14, bool), np.ones(14, np.float32))
+    for sex in ("M", None):
+        a, b = built.bone_ages(crops, sex), traced.bone_ages(crops, sex)
+        assert np.allclose(a[0], b[0], atol=0.05) and np.allclose(a[1], b[1], rtol=1e-3)
+
+
+def test_shipped_traced_perbone_is_current():
+    from boneage import perbone
+
+    folder = models.get("perbone").folder
+    if not (folder / perbone.WEIGHTS_FILE).is_file():
+        pytest.skip("per-bone weights not shipped here")
+    # Fails after retraining until `python -m boneage.training.export` is run again.
+    assert _traced_is_current(folder, perbone.WEIGHTS_FILE, perbone.TRACED_FILE)

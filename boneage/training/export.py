@@ -13,7 +13,7 @@ nothing is lost, and the two files add about 13 MB to the models folder.
 
 Usage (after training or changing either network's weights)::
 
-    python -m boneage.training.export            # both; or --only segmenter|direct
+    python -m boneage.training.export            # all; or --only segmenter|direct|perbone
 """
 
 from __future__ import annotations
@@ -82,6 +82,28 @@ def export_direct(weights: str | Path | None = None, out: str | Path | None = No
     return _save_traced(estimator.model, example, weights, out)
 
 
+def export_perbone(weights: str | Path | None = None, out: str | Path | None = None) -> Path:
+    """Trace the per-bone maturity network and write it beside its weights.
+
+    Args:
+        weights: per-bone weights file or folder (default the shipped ``perbone.pt``).
+        out: traced file (default ``perbone.ts.pt`` beside the weights file).
+
+    Returns:
+        The written path.
+    """
+    from boneage.paths import MODELS_DIR
+    from boneage.perbone import CROP_SHAPE, TRACED_FILE, WEIGHTS_FILE, PerBoneEstimator
+
+    weights = Path(weights) if weights else MODELS_DIR / "perbone"
+    if weights.is_dir():
+        weights = weights / WEIGHTS_FILE
+    estimator = PerBoneEstimator.load(weights, traced=False)
+    out = Path(out) if out else weights.with_name(TRACED_FILE)
+    example = (torch.rand(3, 1, *CROP_SHAPE), torch.tensor([0, 5, 13]), torch.tensor([1.0, 0.0, -1.0]))
+    return _save_traced(estimator.network, example, weights, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m boneage.training.export``: write the traced files of the shipped networks.
 
@@ -89,12 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         0.
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("segmenter", "direct"), help="export one network only")
+    parser.add_argument("--only", choices=("segmenter", "direct", "perbone"), help="export one network only")
     args = parser.parse_args(argv)
     if args.only in (None, "segmenter"):
         print(f"wrote {export_segmenter()}")
     if args.only in (None, "direct"):
         print(f"wrote {export_direct()}")
+    if args.only in (None, "perbone"):
+        print(f"wrote {export_perbone()}")
     return 0
 
 
