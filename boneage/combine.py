@@ -110,6 +110,14 @@ def fit_stacking(ages: dict[str, np.ndarray], half_widths: dict[str, np.ndarray]
     return out
 
 
+def _finite(estimate: tuple[float | None, float | None, float | None]) -> bool:
+    """An ``(age, lower_90, upper_90)`` with three finite numbers."""
+    try:
+        return all(v is not None and np.isfinite(float(v)) for v in estimate)
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclass
 class CombinedAge:
     """The combined estimate of one film."""
@@ -151,14 +159,15 @@ class Combiner:
         """Weighted mean of the available methods' ages with its calibrated 90% interval.
 
         Args:
-            estimates: method -> ``(age, lower_90, upper_90)`` for the methods that gave an age.
+            estimates: method -> ``(age, lower_90, upper_90)`` for the methods that gave an age
+                (an entry with a ``None`` or non-finite value counts as missing).
             sex: ``"M"``/``"F"`` (the sex-known weights) or ``None`` (sex-unknown weights).
 
         Returns:
             :class:`CombinedAge`, or ``None`` when no weight set covers the available methods.
         """
         mode = "sex_known" if sex in ("M", "F") else "sex_unknown"
-        available = [m for m in METHODS if m in estimates and estimates[m][0] is not None]
+        available = [m for m in METHODS if m in estimates and _finite(estimates[m])]
         entry = self.stacking.get(mode, {}).get(subset_key(available))
         if entry is None:
             return None

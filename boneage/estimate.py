@@ -290,6 +290,7 @@ class BoneAgeEstimator:
             return self._estimate_radiograph(rad, result, sex, chronological_age_months, sex_source, age_source)
         except Exception as exc:
             result.status, result.reason = "error", f"estimation failed ({type(exc).__name__}: {exc})"
+            _clear_estimates(result)  # a film that failed half-way carries no method's number
             return result
 
     def _estimate_radiograph(
@@ -373,6 +374,15 @@ class BoneAgeEstimator:
         else:
             missing = [n for n in ("segmenter", "multistep") if n in self.load_errors or getattr(self, n) is None]
             result.multistep.note = f"multi-step method unavailable ({', '.join(missing)} model missing)"
+            if view is not None and view.hand_probability is None:
+                # No hand check and no multi-step measurement: the weaker finger-bone rule still
+                # refuses what is not a hand before the per-bone and end-to-end methods age it.
+                from boneage.measure import measure
+
+                rejection, _ = self._qc_segmentation(measure(view.label_map, None))
+                if rejection:
+                    result.status, result.reason = "rejected", rejection
+                    return result
 
         self._estimate_perbone(result, view)
 
@@ -412,7 +422,15 @@ class BoneAgeEstimator:
             result.perbone.note = ("per-bone method unavailable: this segmenter gives no reading of the film "
                                    "to cut the bones from")
         else:
-            est = self.perbone.predict(view.pixels, view.reading, result.sex)
+            try:
+                est = self.perbone.predict(view.pixels, view.reading, result.sex)
+            except Exception as exc:  # the per-bone method failing withholds its number, not the film
+                version = getattr(self.perbone, "model_version", None) or self.versions.get("perbone")
+                result.perbone = MethodEstimate("perbone", note=f"per-bone method failed ({type(exc).__name__}: {exc})",
+                                                model_version=version)
+                result.qc.append(result.perbone.note)
+                _add_bone_maturity(result.bones, maturity)
+                return
             version = est.model_version
             if not est.available:
                 # Too few bones found: the per-bone number is withheld, not the whole film.
@@ -524,6 +542,15 @@ class BoneAgeEstimator:
                     est.sds = bone_age_sds(est.age_months, ca, sex)  # type: ignore[arg-type]
                 except OutOfReferenceRange as exc:
                     result.sds_note = str(exc)
+
+
+def _clear_estimates(result: BoneAgeResult) -> None:
+    """Leave no method's number on a result that failed half-way: every estimate unavailable (as
+    on a rejected film), no comparison, no bone table."""
+    for name in ("multistep", "perbone", "direct", "combined", "perbone_rus", "perbone_carpal"):
+        setattr(result, name, MethodEstimate(name))
+    result.combined_weights, result.comparisons, result.bones = {}, [], []
+    result.difference_months, result.agreement, result.carpal_count = None, "n/a", None
 
 
 #: What the per-bone network does without the sex (its sex input set to "unknown").

@@ -61,14 +61,63 @@ class BoneCrops:
         return anatomy.MATURITY_REGIONS
 
 
-def _film_points(label_map: np.ndarray, labels: list[int], transform: Any) -> np.ndarray | None:
-    """Film (row, col) coordinates of the model-grid pixels carrying any of ``labels``."""
+def _film_points(label_map: np.ndarray, labels: list[int], transform: Any,
+                 shaft: int | None = None) -> np.ndarray | None:
+    """Film (row, col) coordinates of the model-grid pixels carrying any of ``labels``.
+
+    Stray fragments are left out (:func:`_without_strays`), so a stray pixel of a bone's label
+    elsewhere cannot turn or stretch the bone's axis; a segmenter's reading, already cleaned by
+    :func:`boneage.segment.clean_label_map`, keeps every pixel. ``None`` when fewer than
+    :data:`MIN_BONE_PIXELS` are left, or, given ``shaft`` (the bone's shaft label), when the shaft
+    itself has fewer: an epiphysis alone has no long axis to align.
+    """
     mask = np.isin(label_map, labels)
-    if mask.sum() < MIN_BONE_PIXELS:
+    if np.count_nonzero(mask) < MIN_BONE_PIXELS:
         return None
-    rows, cols = np.nonzero(mask)
+    rows, cols = np.nonzero(_without_strays(mask))
+    if len(rows) < MIN_BONE_PIXELS:
+        return None
+    if shaft is not None and np.count_nonzero(label_map[rows, cols] == shaft) < MIN_BONE_PIXELS:
+        return None
     r, c = transform.to_original(rows, cols)
     return np.stack([r, c], axis=1)
+
+
+#: A bone's fragment smaller than this fraction of its largest fragment (the rule of
+#: :func:`boneage.segment.clean_label_map`) ...
+STRAY_FRACTION = 0.25
+#: ... and farther than this fraction of the largest fragment's extent from its bounding box is a
+#: stray (a small epiphysis a physis apart from its shaft, as in a young child's true label map,
+#: is near and stays).
+STRAY_DISTANCE = 0.5
+
+
+def _without_strays(mask: np.ndarray) -> np.ndarray:
+    """``mask`` less its stray fragments (see :data:`STRAY_FRACTION`, :data:`STRAY_DISTANCE`).
+
+    Fragments one pixel apart are one (as in :func:`boneage.segment.clean_label_map`, whose
+    output is returned unchanged); only the mask's bounding box is worked on.
+    """
+    any_rows, any_cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    box = (slice(max(any_rows[0] - 2, 0), any_rows[-1] + 3), slice(max(any_cols[0] - 2, 0), any_cols[-1] + 3))
+    sub = mask[box]
+    comp, n = ndimage.label(ndimage.binary_dilation(sub, np.ones((3, 3), bool), iterations=1))
+    if n <= 1:
+        return mask
+    sizes = ndimage.sum(sub, comp, index=np.arange(1, n + 1))
+    small = np.flatnonzero(sizes < STRAY_FRACTION * sizes.max()) + 1
+    if len(small) == 0:
+        return mask
+    objects = ndimage.find_objects(comp)
+    main = objects[int(np.argmax(sizes))]
+    reach = STRAY_DISTANCE * max(sl.stop - sl.start for sl in main)
+    near = [(sl.start - reach, sl.stop - 1 + reach) for sl in main]
+    strays = [k for k in small if any(sl.stop - 1 < lo or sl.start > hi for sl, (lo, hi) in zip(objects[k - 1], near))]
+    if not strays:
+        return mask
+    out = mask.copy()
+    out[box] = sub & ~np.isin(comp, strays)
+    return out
 
 
 @dataclass
@@ -80,13 +129,31 @@ class _BoneAxis:
     distal_end: np.ndarray
 
 
-def _bone_axis(points: np.ndarray, distal_hint: np.ndarray) -> _BoneAxis:
+#: A radius or ulna whose principal axis turns more than this from the wrist-to-hand direction is
+#: a stub wider than long (the forearm cut off by the collimation a little above the wrist): it is
+#: aligned to that direction instead. Whole forearms of synthetic hands turn at most 7 degrees;
+#: on 200 real films the rule changed one (a radius at the film's edge, turned 66 degrees).
+MAX_AXIS_TURN_DEG = 60.0
+
+
+def _bone_axis(points: np.ndarray, distal_hint: np.ndarray, trust_hint: bool = True) -> _BoneAxis:
+    """The bone's long axis (pointing distally) and extent.
+
+    Args:
+        points: film ``(row, col)`` of its pixels.
+        distal_hint: a direction the distal end lies in.
+        trust_hint: the hint is the bone's own direction (so a principal axis more than
+            :data:`MAX_AXIS_TURN_DEG` away from it is a stub's width, not its length): the forearm.
+    """
     mean = points.mean(axis=0)
     cov = np.cov((points - mean).T)
     _, vecs = np.linalg.eigh(cov)
     axis = vecs[:, -1]
     if float(axis @ distal_hint) < 0:
         axis = -axis
+    hint_norm = float(np.linalg.norm(distal_hint))
+    if trust_hint and hint_norm > 1e-9 and float(axis @ distal_hint) < np.cos(np.deg2rad(MAX_AXIS_TURN_DEG)) * hint_norm:
+        axis = distal_hint / hint_norm
     along = (points - mean) @ axis
     lo, hi = np.percentile(along, [1, 99])
     centre = mean + axis * (lo + hi) / 2
@@ -94,8 +161,11 @@ def _bone_axis(points: np.ndarray, distal_hint: np.ndarray) -> _BoneAxis:
 
 
 def _sample(film: np.ndarray, centre: np.ndarray, up: np.ndarray, height: float, width: float,
-            mirrored: bool) -> tuple[np.ndarray, float]:
-    """Cut a ``CROP_SHAPE`` crop: ``up`` (film unit vector) points to the crop's top row."""
+            mirrored: bool) -> tuple[np.ndarray, float] | None:
+    """Cut a ``CROP_SHAPE`` crop: ``up`` (film unit vector) points to the crop's top row.
+
+    ``None`` when the crop shows nothing: it lies off the film, or the film is uniform under it
+    (a blank crop would still be aged by the network)."""
     rows_out, cols_out = CROP_SHAPE
     scale_r, scale_c = height / rows_out, width / cols_out
     right = np.array([-up[1], up[0]])  # up rotated a quarter turn: the crop's +column direction
@@ -116,13 +186,16 @@ def _sample(film: np.ndarray, centre: np.ndarray, up: np.ndarray, height: float,
     c0 = max(int(np.floor(cc.min())) - 4, 0)
     c1 = min(int(np.ceil(cc.max())) + 5, film.shape[1])
     if r1 <= r0 or c1 <= c0:
-        return np.zeros(CROP_SHAPE, np.uint8), scale
+        return None
     patch = np.asarray(film[r0:r1, c0:c1], dtype=np.float32)
     if scale > 1.5:
         patch = ndimage.gaussian_filter(patch, sigma=0.4 * scale, mode="nearest")
     fill = float(np.median(patch))
     crop = ndimage.map_coordinates(patch, [rr - r0, cc - c0], order=1, mode="constant", cval=fill)
-    return normalise_crop(crop), scale
+    image = normalise_crop(crop)
+    if not image.any():
+        return None
+    return image, scale
 
 
 def normalise_crop(crop: np.ndarray) -> np.ndarray:
@@ -144,21 +217,22 @@ def bone_crops(film: np.ndarray, label_map: np.ndarray, transform: Any, mirrored
         transform: model grid -> film coordinates (``boneage.preprocess.CropTransform``).
         mirrored: the hand is seen mirrored (its crops are flipped back to a left hand's).
         finger_angle_deg: where the fingers point, degrees counter-clockwise from up (``None``:
-            up); used only where the bones themselves cannot tell which end is distal.
+            unknown); used only where the wrist and the metacarpals cannot tell which end is
+            distal (without it, the fingers' own rays tell, else up is taken).
 
     Returns:
-        :class:`BoneCrops`.
+        :class:`BoneCrops`. Never raises on a partial hand, a blank region or a label map with
+        strays: a region that cannot be aligned, or whose crop would be blank or off the film, is
+        left out (``present`` False).
     """
     n = len(anatomy.MATURITY_REGIONS)
     images = np.zeros((n, *CROP_SHAPE), np.uint8)
     present = np.zeros(n, bool)
     scales = np.zeros(n, np.float32)
-    angle = np.deg2rad(finger_angle_deg or 0.0)
-    hand_up = np.array([-np.cos(angle), -np.sin(angle)])  # (row, col): fingers' direction
-    points = {b: _film_points(label_map, anatomy.bone_labels(b), transform)
+    points = {b: _film_points(label_map, anatomy.bone_labels(b), transform, anatomy.shaft_label(b))
               for b in anatomy.FOREARM + anatomy.TUBULAR_BONES}
     wrist_parts = [points[b] for b in anatomy.FOREARM if points[b] is not None]
-    carpal_points = _film_points(label_map, [anatomy.bone_labels(c)[0] for c in anatomy.CARPALS], transform)
+    carpal_points = _carpal_points(label_map, transform)
     if carpal_points is not None:
         wrist_parts.append(carpal_points)
     wrist = np.concatenate(wrist_parts).mean(axis=0) if wrist_parts else None
@@ -166,6 +240,14 @@ def bone_crops(film: np.ndarray, label_map: np.ndarray, transform: Any, mirrored
     hand_centre = np.concatenate(metacarpals).mean(axis=0) if metacarpals else None
     if wrist is not None and hand_centre is not None and np.linalg.norm(hand_centre - wrist) > 1e-6:
         hand_up = (hand_centre - wrist) / np.linalg.norm(hand_centre - wrist)
+    elif finger_angle_deg is not None:
+        angle = np.deg2rad(finger_angle_deg)
+        hand_up = np.array([-np.cos(angle), -np.sin(angle)])  # (row, col): fingers' direction
+    else:
+        # Neither the wrist-to-hand direction nor the reading's finger angle (no third metacarpal
+        # or proximal phalanx): the fingers' own bones, each pointing to the next, or else up.
+        chain = _finger_direction(points)
+        hand_up = chain if chain is not None else np.array([-1.0, 0.0])
 
     axes: dict[str, _BoneAxis] = {}
     for bone, pts in points.items():
@@ -177,11 +259,16 @@ def bone_crops(film: np.ndarray, label_map: np.ndarray, transform: Any, mirrored
             hint = pts.mean(axis=0) - wrist
         else:
             hint = hand_up
-        axes[bone] = _bone_axis(pts, hint)
+        # Only the forearm is held to its hint: a finger bone's own axis is kept even far from
+        # the wrist's direction (a thumb, a curled or splayed finger).
+        axes[bone] = _bone_axis(pts, hint, trust_hint=bone in anatomy.FOREARM)
     mc3 = axes.get("metacarpal_3")
-    unit = mc3.length if mc3 is not None else (
-        float(np.median([axes[b].length for b in anatomy.METACARPALS[1:] if b in axes]))
-        if any(b in axes for b in anatomy.METACARPALS[1:]) else None)
+    if mc3 is not None:
+        unit = mc3.length
+    else:
+        # Each other metacarpal's length as the third's (adult proportions): their median.
+        others = [axes[b].length * MC3_PER_METACARPAL[b] for b in MC3_PER_METACARPAL if b in axes]
+        unit = float(np.median(others)) if others else None
     mirrored = bool(mirrored)
     aspect = CROP_SHAPE[1] / CROP_SHAPE[0]
     for i, region in enumerate(anatomy.MATURITY_REGIONS):
@@ -192,27 +279,67 @@ def bone_crops(film: np.ndarray, label_map: np.ndarray, transform: Any, mirrored
                 continue
             centre = (np.mean(ends, axis=0) + np.mean(bases, axis=0)) / 2
             height = CARPAL_HEIGHT_PER_MC3 * unit
-            images[i], scales[i] = _sample(film, centre, hand_up, height, height * aspect, mirrored)
-            present[i] = True
-            continue
-        ax = axes.get(region)
-        if ax is None:
-            continue
-        up = ax.axis if anatomy.epiphysis_end(region) == "distal" else -ax.axis
-        if region in anatomy.FOREARM:
-            if unit is None:
-                continue
-            height = FOREARM_HEIGHT_PER_MC3 * unit
-            # The distal end sits 15% below the top edge: epiphysis, physis and metaphysis in view.
-            centre = ax.distal_end - ax.axis * (0.5 - 0.15) * height
+            up = hand_up
         else:
-            height = TUBULAR_LENGTH_MARGIN * ax.length
-            centre = ax.centre
-        if height < 4:
+            ax = axes.get(region)
+            if ax is None:
+                continue
+            up = ax.axis if anatomy.epiphysis_end(region) == "distal" else -ax.axis
+            if region in anatomy.FOREARM:
+                if unit is None:
+                    continue
+                height = FOREARM_HEIGHT_PER_MC3 * unit
+                # The distal end sits 15% below the top edge: epiphysis, physis and metaphysis in view.
+                centre = ax.distal_end - ax.axis * (0.5 - 0.15) * height
+            else:
+                height = TUBULAR_LENGTH_MARGIN * ax.length
+                centre = ax.centre
+        if not height >= 4:
             continue
-        images[i], scales[i] = _sample(film, centre, up, height, height * aspect, mirrored)
-        present[i] = True
+        cut = _sample(film, centre, up, height, height * aspect, mirrored)
+        if cut is not None:
+            (images[i], scales[i]), present[i] = cut, True
     return BoneCrops(images, present, scales)
+
+
+#: The third metacarpal's length over each other metacarpal's, from adult lengths (textbook
+#: magnitudes, ``data/synth_bone_model.csv``: 68, 65, 58, 53 mm for metacarpals 2-5): the scale
+#: of a film whose third metacarpal was not found.
+MC3_PER_METACARPAL = {"metacarpal_2": 65 / 68, "metacarpal_4": 65 / 58, "metacarpal_5": 65 / 53}
+
+
+def _carpal_points(label_map: np.ndarray, transform: Any) -> np.ndarray | None:
+    """Film coordinates of every carpal's pixels (each carpal's strays left out), ``None`` when
+    fewer than :data:`MIN_BONE_PIXELS` in all."""
+    mask = np.zeros(label_map.shape, bool)
+    for carpal in anatomy.CARPALS:
+        part = label_map == anatomy.bone_labels(carpal)[0]
+        if part.any():
+            mask |= _without_strays(part)
+    rows, cols = np.nonzero(mask)
+    if len(rows) < MIN_BONE_PIXELS:
+        return None
+    r, c = transform.to_original(rows, cols)
+    return np.stack([r, c], axis=1)
+
+
+def _finger_direction(points: dict[str, np.ndarray | None]) -> np.ndarray | None:
+    """Mean unit direction from each finger bone's centroid to the next bone's along its ray
+    (metacarpal -> proximal -> middle -> distal phalanx), ``None`` with no such pair."""
+    steps = []
+    for digit in range(1, 6):
+        ray = [f"metacarpal_{digit}", f"proximal_phalanx_{digit}"] + (
+            [f"middle_phalanx_{digit}"] if digit > 1 else []) + [f"distal_phalanx_{digit}"]
+        found = [points[b].mean(axis=0) for b in ray if points.get(b) is not None]
+        for a, b in zip(found, found[1:]):
+            d = np.linalg.norm(b - a)
+            if d > 1e-6:
+                steps.append((b - a) / d)
+    if not steps:
+        return None
+    total = np.sum(steps, axis=0)
+    norm = np.linalg.norm(total)
+    return total / norm if norm > 1e-6 else None
 
 
 def crops_from_reading(film: np.ndarray, reading: Any) -> BoneCrops:
@@ -287,41 +414,59 @@ def sex_to_code(sex: str | None) -> float:
     return {"M": 1.0, "F": -1.0}.get(sex or "", 0.0)
 
 
+#: Smallest per-bone scale the consensus takes (months): a zero scale would weigh infinitely. The
+#: network's smallest is ``AGE_SCALE * exp(-6)`` = 0.12 months, so this never binds on its output.
+MIN_SCALE_MONTHS = 0.1
+
+
 def consensus(ages: np.ndarray, scales: np.ndarray, usable: np.ndarray) -> tuple[float, float, np.ndarray]:
     """Robust consensus of per-bone ages.
 
-    A weighted median (weights 1 / scale) gives a first consensus; each bone's distance from the
-    median of the *others* in units of its own scale decides whether it disagrees
-    (:data:`DISAGREEMENT_SCALES`); the rest are averaged with weights 1 / scale^2.
+    A weighted median (weights 1 / scale) gives a first consensus; each bone's distance from it
+    in units of its own scale decides whether it disagrees (:data:`DISAGREEMENT_SCALES`; never
+    more than half the bones are dropped); the rest are averaged with weights 1 / scale^2.
 
     Args:
         ages: per-bone ages (months).
-        scales: per-bone Laplace scales (months, > 0).
-        usable: which bones have an age.
+        scales: per-bone Laplace scales (months, > 0; below :data:`MIN_SCALE_MONTHS` taken as it).
+        usable: which bones have an age; a bone whose age or scale is not finite, or whose scale
+            is negative, is not usable whatever this says.
 
     Returns:
         ``(age, scale, kept)``: the consensus age, the mean scale of the kept bones (the film's
         scale before calibration: bone errors within a film are correlated, so they are not
-        divided by the square root of their number), and which bones were kept.
+        divided by the square root of their number), and which bones were kept. ``(nan, nan,
+        none kept)`` when no bone is usable.
     """
-    idx = np.flatnonzero(usable)
+    ages = np.asarray(ages, dtype=np.float64)
+    scales = np.asarray(scales, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        valid = np.asarray(usable, bool) & np.isfinite(ages) & np.isfinite(scales) & (scales >= 0)
+    idx = np.flatnonzero(valid)
     kept = np.zeros(len(ages), bool)
     if len(idx) == 0:
         return float("nan"), float("nan"), kept
-    a, s = ages[idx], scales[idx]
+    a, s = ages[idx], np.maximum(scales[idx], MIN_SCALE_MONTHS)
     centre = _weighted_median(a, 1.0 / s)
-    keep = np.abs(a - centre) <= DISAGREEMENT_SCALES * s
+    distance = np.abs(a - centre)
+    keep = distance <= DISAGREEMENT_SCALES * s
     if keep.sum() < max(1, (len(idx) + 1) // 2):  # never drop the majority
-        keep = np.abs(a - centre) <= np.sort(np.abs(a - centre))[(len(idx) - 1) // 2]
+        keep = distance <= np.sort(distance)[(len(idx) - 1) // 2]
     w = 1.0 / s[keep] ** 2
     kept[idx[keep]] = True
     return float(np.sum(w * a[keep]) / np.sum(w)), float(np.mean(s[keep])), kept
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The weighted median; where the weights split exactly in two halves (equal weights, an even
+    count) the mean of the two middle values, so neither half is preferred."""
     order = np.argsort(values)
-    cum = np.cumsum(weights[order])
-    return float(values[order][np.searchsorted(cum, cum[-1] / 2.0)])
+    v, cum = values[order], np.cumsum(weights[order])
+    half = cum[-1] / 2.0
+    k = min(int(np.searchsorted(cum, half)), len(v) - 1)
+    if k + 1 < len(v) and np.isclose(cum[k], half, rtol=1e-12, atol=0.0):
+        return float((v[k] + v[k + 1]) / 2.0)
+    return float(v[k])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -466,7 +611,7 @@ class PerBoneEstimator:
         key = "sex_known" if sex in ("M", "F") else "sex_unknown"
         cal = self.calibration.get(key, {})
         ages, scales = self.bone_ages(crops, sex)
-        usable = np.isfinite(ages)
+        usable = np.isfinite(ages) & np.isfinite(scales)  # a NaN out of the network is no age
         rus = np.arange(len(anatomy.RUS_BONES))
         if usable[rus].sum() < MIN_RUS_BONES:
             return PerBoneEstimate(None, None, None, note=(

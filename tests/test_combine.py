@@ -113,3 +113,11 @@ def test_conformal_factor_is_the_finite_sample_quantile():
     ratio = np.arange(1, 101, dtype=float) / 100  # 0.01 .. 1.00
     assert conformal_factor(ratio, 0.9) == pytest.approx(0.91)
     assert conformal_factor(np.array([np.nan])) == 1.0
+
+
+def test_a_method_with_a_nan_age_or_limit_counts_as_missing():
+    nan = float("nan")
+    estimates = {"multistep": (nan, 80.0, 120.0), "perbone": (110.0, nan, 124.0), "direct": (120.0, 105.0, 135.0)}
+    got = Combiner(STACKING).combine(estimates, "F")
+    assert got is not None and got.weights == {"direct": 1.0} and got.age_months == pytest.approx(120.0)
+    assert np.isfinite([got.lower_90, got.upper_90]).all()

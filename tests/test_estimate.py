@@ -570,3 +570,77 @@ def test_sex_unknown_note_reads_the_per_bone_and_combined_metrics(monkeypatch, t
         assert "validation MAE" not in sex_unknown_note(method, "another-version", "how")
     finally:
         _sex_unknown_figures.cache_clear()
+
+
+# ------------------------------------------------------------------------------------------------
+# Review: failures of one method, films without a hand check, what a failed film carries
+# ------------------------------------------------------------------------------------------------
+PER_METHOD_FIELDS = ("multistep", "perbone", "direct", "combined", "perbone_rus", "perbone_carpal")
+
+
+def _numbers_in_row(result) -> dict:
+    row = result.to_row()
+    methods = ("multistep", "perbone", "direct", "combined")
+    return {k: v for k, v in row.items() if v is not None and k.split("_")[0] in methods}
+
+
+class FailingDirect:
+    def predict(self, pixels, sex=None):
+        raise RuntimeError("CNN fell over")
+
+
+class FailingPerBone:
+    model_version = "perbone-broken"
+
+    def predict(self, pixels, reading, sex=None):
+        raise ValueError("no crop today")
+
+
+def test_a_film_that_fails_half_way_carries_no_methods_number():
+    est = _three_methods(None, direct=FailingDirect(), multistep=False)
+    hand = est.oracle.add(generate_hand(99, 5, size=512, age_range=(60, 150)))
+    result = est.estimate(hand.image, sex="M")
+    assert result.status == "error" and "CNN fell over" in result.reason
+    assert _numbers_in_row(result) == {}
+    assert not any(getattr(result, m).available for m in PER_METHOD_FIELDS)
+    assert result.bones == [] and result.comparisons == [] and result.combined_weights == {}
+
+
+def test_a_failing_per_bone_method_withholds_its_number_not_the_film():
+    est = _three_methods(None, perbone=FailingPerBone(), direct=FakeDirect(120.0), multistep=False)
+    hand = est.oracle.add(generate_hand(99, 5, size=512, age_range=(60, 150)))
+    result = est.estimate(hand.image, sex="M")
+    assert result.status == "ok" and result.direct.available and not result.perbone.available
+    assert "per-bone method failed (ValueError: no crop today)" in result.perbone.note
+    assert any("per-bone method failed" in q for q in result.qc)
+    assert result.perbone.model_version == "perbone-broken"
+
+
+def test_without_hand_check_or_multi_step_a_non_hand_is_still_refused():
+    est = _three_methods(None, direct=FakeDirect(120.0), multistep=False)  # the oracle knows no bones here
+    result = est.estimate(np.random.default_rng(0).random((300, 300)).astype(np.float32), sex="F")
+    assert result.status == "rejected" and "not recognised as a hand" in result.reason
+    assert _numbers_in_row(result) == {}
+
+
+def test_a_rejected_film_carries_no_per_bone_or_combined_field():
+    est = _three_methods(None, direct=FakeDirect(120.0), multistep=False)
+    result = est.estimate(np.zeros((300, 300), np.float32), sex="F")
+    assert result.status == "rejected"
+    assert _numbers_in_row(result) == {}
+    data = result.to_dict()
+    assert all(not data[m]["available"] and data[m]["age_months"] is None for m in PER_METHOD_FIELDS)
+    assert data["combined_weights"] == {} and data["comparisons"] == [] and data["bones"] == []
+    json.dumps(data)
+
+
+def test_per_bone_without_multi_step_with_sex_unknown_and_no_weight_set():
+    est = _three_methods(None, direct=FakeDirect(120.0), multistep=False)
+    hand = est.oracle.add(generate_hand(99, 5, size=512, age_range=(60, 150)))
+    result = est.estimate(hand.image)  # the test stacking has no sex-unknown set for per-bone + end-to-end
+    assert result.status == "ok" and result.sex is None
+    assert result.perbone.available and result.perbone.note.startswith("sex unknown")
+    assert not result.combined.available and "no stacking weights for per-bone + end-to-end" in result.combined.note
+    row = result.to_row()
+    assert row["perbone_age_months"] == pytest.approx(126.0, abs=0.01) and row["combined_age_months"] is None
+    assert row["perbone_sds"] is None and row["multistep_age_months"] is None

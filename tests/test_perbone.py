@@ -216,3 +216,253 @@ def test_registry_entry_loads_the_weights_and_calibration(tmp_path, hand):
     assert loaded.predict_crops(crops, "M").age_months == pytest.approx(est.predict_crops(crops, "M").age_months, abs=1.0)
     with pytest.raises(FileNotFoundError):
         PerBoneEstimator.load(tmp_path / "nothing-here")
+
+
+# ------------------------------------------------------------------------------------------------
+# Odd films and label maps (review): never raise, epiphysis up, strays ignored, blank crops absent
+# ------------------------------------------------------------------------------------------------
+def _without(labels: np.ndarray, bones) -> np.ndarray:
+    out = labels.copy()
+    for bone in bones:
+        out[np.isin(out, anatomy.bone_labels(bone))] = 0
+    return out
+
+
+def _epiphysis_row(labels: np.ndarray, bone: str, **kwargs) -> float | None:
+    """Row (of ``CROP_SHAPE[0]``) of the centroid of ``bone``'s epiphysis in its crop, cropping the
+    label map itself (epiphysis pixels bright) so the truth lands where the crop puts it."""
+    film = (labels == anatomy.epiphysis_label(bone)).astype(np.float32)
+    crops = bone_crops(film, labels, IdentityTransform(), **kwargs)
+    image = crops.images[anatomy.MATURITY_REGIONS.index(bone)].astype(float)
+    if image.sum() == 0:
+        return None
+    return float((image.sum(axis=1) * np.arange(CROP_SHAPE[0])).sum() / image.sum())
+
+
+def _correlations(a: BoneCrops, b: BoneCrops) -> np.ndarray:
+    return np.array([np.corrcoef(x.ravel().astype(float), y.ravel().astype(float))[0, 1]
+                     for x, y in zip(a.images, b.images)])
+
+
+def test_a_stray_pixel_of_a_bone_elsewhere_changes_no_crop(hand):
+    plain = _crops(hand)
+    for bone in ("proximal_phalanx_3", "metacarpal_3", "distal_phalanx_5", "radius"):
+        for row, col in ((2, 2), (hand.label_map.shape[0] - 3, hand.label_map.shape[1] - 3)):
+            labels = hand.label_map.copy()
+            labels[row, col] = anatomy.epiphysis_label(bone)
+            stray = bone_crops(hand.image, labels, IdentityTransform())
+            assert np.array_equal(stray.images, plain.images), (bone, row, col)
+
+
+def test_a_readings_cleaned_label_map_is_taken_as_it_is():
+    # The segmenter's map has been through clean_label_map: the stray rule must leave it alone
+    # (the crops the network was trained on are cut from such maps).
+    from boneage.perbone import _without_strays
+    from boneage.segment import clean_label_map
+
+    for seed, age in ((1, 30), (2, 60), (5, 120)):
+        labels = clean_label_map(generate_hand(seed, 2, size=256, bone_age_months=age).label_map)
+        for bone in anatomy.BONES:
+            mask = np.isin(labels, anatomy.bone_labels(bone))
+            if mask.any():
+                assert np.array_equal(_without_strays(mask), mask), (seed, bone)
+
+
+def test_a_young_childs_separate_small_epiphysis_is_not_a_stray():
+    from boneage.perbone import _without_strays
+
+    labels = generate_hand(1, 2, size=384, bone_age_months=30).label_map  # MC3 epiphysis 33 px, apart from the shaft
+    mask = np.isin(labels, anatomy.bone_labels("metacarpal_3"))
+    assert np.array_equal(_without_strays(mask), mask)
+
+
+def test_a_lone_pixel_or_an_epiphysis_without_its_shaft_gets_no_crop(hand):
+    i = anatomy.MATURITY_REGIONS.index("proximal_phalanx_3")
+    labels = _without(hand.label_map, ["proximal_phalanx_3"])
+    labels[100, 100] = anatomy.shaft_label("proximal_phalanx_3")
+    assert not bone_crops(hand.image, labels, IdentityTransform()).present[i]
+    # The epiphysis alone (shaft not found) has no long axis to align: no crop, not a sideways one.
+    labels = hand.label_map.copy()
+    labels[labels == anatomy.shaft_label("proximal_phalanx_3")] = 0
+    assert not bone_crops(hand.image, labels, IdentityTransform()).present[i]
+
+
+@pytest.mark.parametrize("seed, age", [(5, 120), (1, 30), (2, 200)])
+def test_a_forearm_cut_short_by_the_collimation_keeps_its_epiphysis_at_the_top(seed, age):
+    labels = generate_hand(seed, 1, size=512, bone_age_months=age).label_map.copy()
+    top = np.nonzero(np.isin(labels, anatomy.bone_labels("radius")))[0].min()
+    below = labels[top + 30:]  # about a third of a metacarpal's length of forearm left in view
+    below[np.isin(below, anatomy.bone_labels("radius") + anatomy.bone_labels("ulna"))] = 0
+    row = _epiphysis_row(labels, "radius")
+    assert row is not None and row < CROP_SHAPE[0] / 3, row
+
+
+def test_partial_hands_crop_what_is_there_and_never_raise(hand):
+    regions = anatomy.MATURITY_REGIONS
+    cases = {
+        "no metacarpal 3": (["metacarpal_3"], {"metacarpal_3"}),
+        "no forearm": (list(anatomy.FOREARM), {"radius", "ulna", anatomy.CARPAL_REGION}),
+        "no metacarpals": (list(anatomy.METACARPALS), {"radius", "ulna", "metacarpal_1", "metacarpal_3",
+                                                       "metacarpal_5", anatomy.CARPAL_REGION}),
+        "nothing": (list(anatomy.BONES), set(regions)),
+    }
+    for name, (dropped, absent) in cases.items():
+        labels = _without(hand.label_map, dropped)
+        crops = bone_crops(hand.image, labels, IdentityTransform())
+        assert {r for r, p in zip(regions, crops.present) if not p} == absent, name
+        for bone in anatomy.RUS_BONES:
+            if crops.present[regions.index(bone)]:
+                row = _epiphysis_row(labels, bone)
+                assert row is not None and row < CROP_SHAPE[0] / 3, (name, bone, row)
+
+
+def test_without_the_third_metacarpal_the_forearm_keeps_its_scale():
+    # The scale unit falls back on the other metacarpals, each taken as the third's length.
+    i = anatomy.MATURITY_REGIONS.index("radius")
+    ratios = []
+    for index, age in enumerate((40, 90, 150, 200)):
+        h = generate_hand(3, index, size=384, bone_age_months=age)
+        full = bone_crops(h.image, h.label_map, IdentityTransform()).film_pixels_per_crop_pixel[i]
+        cut = _without(h.label_map, ["metacarpal_3"])
+        part = bone_crops(h.image, cut, IdentityTransform()).film_pixels_per_crop_pixel[i]
+        ratios.append(part / full)
+    assert abs(np.mean(ratios) - 1.0) < 0.05, ratios
+
+
+@pytest.mark.parametrize("quarter_turns, finger_angle", [(1, 90.0), (2, 180.0)])
+def test_fingers_alone_turned_are_aligned_by_their_own_rays(hand, quarter_turns, finger_angle):
+    # No wrist, no metacarpals, and no finger angle from the reading (it needs the third
+    # metacarpal): the fingers' bones, one after the other, tell which way is distal.
+    labels = _without(hand.label_map, list(anatomy.METACARPALS) + list(anatomy.FOREARM) + list(anatomy.CARPALS))
+    upright = bone_crops(hand.image, labels, IdentityTransform())
+    turned = bone_crops(np.rot90(hand.image, quarter_turns).copy(), np.rot90(labels, quarter_turns).copy(),
+                        IdentityTransform(), finger_angle_deg=None)
+    assert (turned.present == upright.present).all() and upright.present.sum() == 8
+    assert np.abs(turned.images.astype(int) - upright.images.astype(int)).mean() < 2
+
+
+def test_a_blank_or_off_film_crop_is_absent_not_a_black_image(hand):
+    regions = anatomy.MATURITY_REGIONS
+    film = hand.image.copy()
+    film[: hand.image.shape[0] // 3] = 0.5  # the fingertips under a uniform patch
+    crops = bone_crops(film, hand.label_map, IdentityTransform())
+    assert not crops.present[regions.index("distal_phalanx_3")]
+    assert all(image.any() for image, present in zip(crops.images, crops.present) if present)
+    assert not bone_crops(np.full_like(hand.image, 0.3), hand.label_map, IdentityTransform()).present.any()
+
+    class FarAway:  # a transform that puts every bone off the film
+        def to_original(self, rows, cols):
+            return np.asarray(rows, float) + 10_000.0, np.asarray(cols, float) + 10_000.0
+
+    assert not bone_crops(hand.image, hand.label_map, FarAway()).present.any()
+
+
+def test_tiny_and_empty_inputs_never_raise():
+    tiny = generate_hand(5, 1, size=60, bone_age_months=120)
+    assert tiny.image.shape[0] == 60
+    crops = bone_crops(tiny.image, tiny.label_map, IdentityTransform())
+    assert crops.images.shape == (len(anatomy.MATURITY_REGIONS), *CROP_SHAPE)
+    assert all(image.any() for image, present in zip(crops.images, crops.present) if present)
+    empty = bone_crops(tiny.image, np.zeros_like(tiny.label_map), IdentityTransform())
+    assert not empty.present.any() and not empty.images.any()
+
+
+class Scaled:
+    """Model grid -> film of ``k`` times its size."""
+
+    def __init__(self, k: float) -> None:
+        self.k = k
+
+    def to_original(self, rows, cols):
+        return (np.asarray(rows, float) + 0.5) * self.k - 0.5, (np.asarray(cols, float) + 0.5) * self.k - 0.5
+
+
+def test_the_same_film_at_half_size_or_mirrored_gives_the_same_crops():
+    from scipy import ndimage
+
+    h = generate_hand(5, 1, size=512, bone_age_months=120)
+    full = bone_crops(h.image, h.label_map, IdentityTransform())
+    half = bone_crops(ndimage.zoom(h.image, 0.5, order=1), h.label_map[::2, ::2], IdentityTransform())
+    assert (half.present == full.present).all() and _correlations(full, half).min() > 0.93
+    same_map = bone_crops(ndimage.zoom(h.image, 0.5, order=1), h.label_map, Scaled(0.5))
+    assert _correlations(full, same_map).min() > 0.9
+    mirrored = bone_crops(h.image[:, ::-1].copy(), h.label_map[:, ::-1].copy(), IdentityTransform(), mirrored=True)
+    assert np.abs(mirrored.images.astype(int) - full.images.astype(int)).max() <= 1
+
+
+def test_a_huge_film_is_cropped_from_patches_not_copies():
+    import time
+    import tracemalloc
+
+    h = generate_hand(5, 1, size=512, bone_age_months=120)
+    k = 14  # 7,168 x 5,474 px, the model grid's 512 x 391 read from it
+    film = np.repeat(np.repeat((h.image * 255).astype(np.uint8), k, axis=0), k, axis=1)
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        crops = bone_crops(film, h.label_map, Scaled(k))
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert crops.present.all()
+    assert peak < film.nbytes, f"crop stage peaked at {peak / 1e6:.0f} MB for a {film.nbytes / 1e6:.0f} MB film"
+    assert seconds < 20, seconds
+    assert _correlations(bone_crops(h.image, h.label_map, IdentityTransform()), crops).min() > 0.9
+
+
+# ------------------------------------------------------------------------------------------------
+# Consensus on odd inputs
+# ------------------------------------------------------------------------------------------------
+def test_consensus_of_no_bone_one_bone_and_equal_bones():
+    from boneage.perbone import consensus
+
+    age, scale, kept = consensus(np.full(5, np.nan), np.full(5, np.nan), np.zeros(5, bool))
+    assert np.isnan(age) and np.isnan(scale) and not kept.any()
+    assert consensus(np.array([100.0, np.nan]), np.array([5.0, np.nan]), np.array([True, False]))[:2] == (100.0, 5.0)
+    age, scale, kept = consensus(np.full(5, 100.0), np.full(5, 5.0), np.ones(5, bool))
+    assert (age, scale) == (pytest.approx(100.0), 5.0) and kept.all()
+
+
+def test_consensus_ignores_huge_outliers_and_never_drops_the_majority():
+    from boneage.perbone import consensus
+
+    age, _, kept = consensus(np.array([100, 101, 99, 1e6, -1e6]), np.full(5, 5.0), np.ones(5, bool))
+    assert age == pytest.approx(100.0) and kept.tolist() == [True, True, True, False, False]
+    # An even split is not settled by taking the lower half: both halves are kept.
+    age, _, kept = consensus(np.array([100.0, 100.0, 200.0, 200.0]), np.full(4, 5.0), np.ones(4, bool))
+    assert age == pytest.approx(150.0) and kept.all()
+
+
+def test_consensus_with_zero_negative_or_missing_scales():
+    from boneage.perbone import MIN_SCALE_MONTHS, consensus
+
+    ages = np.array([100.0, 110.0, 120.0])
+    with np.errstate(all="raise"):  # no division by zero
+        age, scale, kept = consensus(ages, np.zeros(3), np.ones(3, bool))
+    assert age == pytest.approx(110.0) and scale == pytest.approx(MIN_SCALE_MONTHS) and kept.all()
+    for bad in (-5.0, np.nan, np.inf):  # a bone without a valid scale is not used
+        age, scale, kept = consensus(ages, np.array([bad, 5.0, 5.0]), np.ones(3, bool))
+        assert age == pytest.approx(115.0) and scale == pytest.approx(5.0) and kept.tolist() == [False, True, True]
+    age, _, kept = consensus(np.array([100.0, np.inf, 120.0]), np.full(3, 5.0), np.ones(3, bool))
+    assert age == pytest.approx(110.0) and not kept[1]
+
+
+class NaNScaleNet(FixedBoneNet):
+    """Every crop's age is fine, but some regions' scales come out NaN."""
+
+    def __init__(self, nan_regions: int) -> None:
+        super().__init__()
+        self.nan_regions = nan_regions
+
+    def forward(self, crops, regions, sex_code):
+        loc, log_scale = super().forward(crops, regions, sex_code)
+        return loc, torch.where(regions < self.nan_regions, torch.full_like(log_scale, float("nan")), log_scale)
+
+
+def test_a_bone_whose_scale_is_nan_is_not_counted():
+    est = PerBoneEstimator(NaNScaleNet(len(anatomy.RUS_BONES) - MIN_RUS_BONES + 1), json.loads(json.dumps(CALIBRATION)))
+    got = est.predict_crops(all_present(), "F")
+    assert not got.available and f"only {MIN_RUS_BONES - 1} of 13" in got.note
+    ok = PerBoneEstimator(NaNScaleNet(2), json.loads(json.dumps(CALIBRATION))).predict_crops(all_present(), "F")
+    assert ok.available and np.isfinite(ok.age_months) and np.isfinite(ok.lower_90)
