@@ -152,9 +152,92 @@ def train_combined(out: str | Path | None = None, seed: int = 0, workers: int = 
         "command": f"boneage train combined --seed {seed}" + (f" --limit {limit}" if limit else ""),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_model_card(out)
     v = metrics["validation"]["sex_known"]
     log("validation MAE (sex known): " + ", ".join(f"{m} {v[m]['all']['mae']}" for m in METHODS + ("combined",) if "all" in v[m]))
     return metrics
+
+
+_NAMES = {"multistep": "multi-step", "perbone": "per-bone", "direct": "end-to-end CNN", "combined": "combined"}
+
+
+def write_model_card(folder: str | Path | None = None) -> Path:
+    """Write ``MODEL_CARD.md`` beside the stacking from its ``stacking.json`` and ``metrics.json``."""
+    from boneage.paths import MODELS_DIR
+
+    folder = Path(folder) if folder else MODELS_DIR / "combined"
+    stacking = json.loads((folder / STACKING_FILE).read_text())
+    m = json.loads((folder / "metrics.json").read_text())
+
+    def weights_table(mode: str) -> str:
+        rows = ["| methods available | weights | interval factor | out-of-fold MAE (months) | out-of-fold 90% coverage |",
+                "|---|---|---|---|---|"]
+        for key, v in stacking[mode].items():
+            w = ", ".join(f"{_NAMES[k]} {x:.2f}" for k, x in v["weights"].items())
+            rows.append(f"| {' + '.join(_NAMES[k] for k in key.split('+'))} | {w} | {v['factor']:.2f} | {v['oof_mae']:.1f} | {v['oof_coverage']:.1%} |")
+        return "\n".join(rows)
+
+    def validation_table(mode: str) -> str:
+        rows = ["| method | MAE (months) | bias (months) | 90% coverage | mean interval width | < 6 y | 6-12 y | > 12 y |",
+                "|---|---|---|---|---|---|---|---|"]
+        for method, g in m["validation"][mode].items():
+            if "all" not in g:
+                continue
+            band = lambda b: f"{g[b]['mae']:.1f} ({g[b]['bias']:+.1f})" if b in g else "-"  # noqa: E731
+            a = g["all"]
+            rows.append(f"| {_NAMES[method]} | {a['mae']:.1f} | {a['bias']:+.1f} | {a['coverage']:.1%} | {a['width']:.0f} | "
+                        f"{band('< 6 y')} | {band('6-12 y')} | {band('> 12 y')} |")
+        return "\n".join(rows)
+
+    full = stacking["sex_known"].get("+".join(METHODS), {}).get("weights", {})
+    top = max(full, key=full.get) if full else None
+    degenerate = (f" With the sex given, the least-squares weights of all three put everything on the {_NAMES[top]} "
+                  "method: on these films mixing in the others did not lower the error (their errors overlap and are "
+                  f"larger). The combined estimate then equals the {_NAMES[top]} estimate; the others are still shown "
+                  "beside it, and where it is withheld the weights of the remaining methods apply."
+                  if top is not None and full[top] >= 0.99 else "")
+    card = f"""# Model card: combined estimate (`{MODEL_VERSION}`)
+
+**Research and education use only. Not a medical device; not for clinical decisions.** Fitted on RSNA
+Pediatric Bone Age Challenge films (research and education use only; Halabi SS et al., *Radiology*
+2019;290:498-503).
+
+## What it is
+The headline estimate of the app, the CLI and the SR: a weighted mean of the three methods' ages
+(`boneage.combine.Combiner`), age +- factor x (weighted mean half-width of the methods' own 90%
+intervals). One weight set per subset of available methods (a method can be withheld for a film) and
+per sex mode. Weights: non-negative, summing to one, least squares; factor: split-conformal 90%.
+
+## How it was fitted (`{m['command']}`, {m['minutes']:.0f} min on 2 CPU cores)
+- Films: the {m['holdout_n']}-film calibration hold-out of the `rsna-dev` training split, shared by every
+  learnt method: the end-to-end CNN and the per-bone network never trained on them, and the multi-step
+  bundle was refitted without them for this purpose, so every method's age there is out-of-fold.
+- Every film was estimated by the full pipeline (`BoneAgeEstimator.estimate`, as `boneage predict`
+  does: upright reading, test-time tilts), once with the sex given and once with it withheld.
+- The out-of-fold figures below come from 5-fold cross-validation of the weights on those films.
+- The fixed validation split was used for nothing but the validation table.
+
+## Weights, sex given
+{weights_table('sex_known')}
+
+## Weights, sex unknown
+{weights_table('sex_unknown')}
+
+## Validation (fixed `rsna-dev` validation split, {m['validation_n']} films, full pipeline), sex given
+MAE by age band in months (bias in brackets).
+
+{validation_table('sex_known')}
+
+### Sex withheld
+{validation_table('sex_unknown')}
+
+## Limitations
+- {m['holdout_n']} films decide the weights.{degenerate}
+- Scored on one population (RSNA); other hospitals' films may favour other weights.
+"""
+    path = folder / "MODEL_CARD.md"
+    path.write_text(card)
+    return path
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
