@@ -310,6 +310,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     add_combined_arguments(combined)
     combined.set_defaults(handler=_train_combined)
+    sex = models.add_parser(
+        "sex",
+        help="sex-from-film network over the per-bone crops (used when a film comes without its sex)",
+        description=("Train the sex-from-film network on the per-bone crop cache (rsna-299 + the rsna-dev "
+                     "training split), fit its temperature on the shared hold-out, report the validation split. "
+                     "Writes data/models/sex/."),
+    )
+    from boneage.training.sex import add_train_arguments as add_sex_arguments
+
+    add_sex_arguments(sex)
+    sex.set_defaults(handler=_train_sex)
 
 
 def _train_segmenter(args: argparse.Namespace) -> int:
@@ -345,6 +356,12 @@ def _train_direct(args: argparse.Namespace) -> int:
 
 def _train_perbone(args: argparse.Namespace) -> int:
     from boneage.training.perbone import train_command
+
+    return train_command(args)
+
+
+def _train_sex(args: argparse.Namespace) -> int:
+    from boneage.training.sex import train_command
 
     return train_command(args)
 

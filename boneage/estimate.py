@@ -106,6 +106,8 @@ class BoneAgeEstimator:
         perbone: a :class:`boneage.perbone.PerBoneEstimator` or ``None`` (per-bone method off;
             it needs a segmenter with ``read``).
         combiner: a :class:`boneage.combine.Combiner` or ``None`` (no combined estimate).
+        sex_model: a :class:`boneage.sex.SexEstimator` reading the sex from the film when it is
+            not given, or ``None`` (the sex then stays unknown).
     """
 
     def __init__(
@@ -119,12 +121,14 @@ class BoneAgeEstimator:
         multistep_tilts: tuple[float, ...] = MULTISTEP_TILTS_DEG,
         perbone: Any = None,
         combiner: Any = None,
+        sex_model: Any = None,
     ) -> None:
         self.segmenter = segmenter
         self.multistep = multistep
         self.direct = direct
         self.perbone = perbone
         self.combiner = combiner
+        self.sex_model = sex_model
         self.handcheck = handcheck
         self.multistep_tilts = tuple(multistep_tilts)
         self.versions = dict(versions or {})
@@ -138,20 +142,21 @@ class BoneAgeEstimator:
         loaded: dict[str, Any] = {}
         versions: dict[str, str] = {}
         errors: dict[str, str] = {}
-        for name in ("segmenter", "handcheck", "multistep", "perbone", "direct", "combined"):
+        for name in ("segmenter", "handcheck", "multistep", "perbone", "sex", "direct", "combined"):
             try:
                 entry = models.get(name)
             except KeyError:
                 errors[name] = "not registered in this version"
                 continue
             try:
-                kwargs = {"device": device} if name in ("segmenter", "perbone", "direct") else {}
+                kwargs = {"device": device} if name in ("segmenter", "perbone", "sex", "direct") else {}
                 loaded[name] = models.load(name, **kwargs)
                 versions[name] = entry.version
             except Exception as exc:  # a broken/missing model must not take the other one down
                 errors[name] = f"{type(exc).__name__}: {exc}"
         return cls(loaded.get("segmenter"), loaded.get("multistep"), loaded.get("direct"), versions, errors,
-                   handcheck=loaded.get("handcheck"), perbone=loaded.get("perbone"), combiner=loaded.get("combined"))
+                   handcheck=loaded.get("handcheck"), perbone=loaded.get("perbone"), combiner=loaded.get("combined"),
+                   sex_model=loaded.get("sex"))
 
     def segment(self, pixels: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """Label map of an image as given and orientation notes (a mirrored or rotated hand is said).
@@ -337,6 +342,15 @@ class BoneAgeEstimator:
         elif self.direct is not None:
             result.qc.append("hand check not available without the segmenter: non-hand images cannot be rejected")
 
+        # The aligned bone crops (per-bone method, sex from the film), cut once.
+        crops = None
+        if view is not None and view.reading is not None and (self.perbone is not None or self.sex_model is not None):
+            from boneage.perbone import crops_from_reading
+
+            crops = crops_from_reading(view.pixels, view.reading)
+        if result.sex is None and crops is not None and self.sex_model is not None:
+            self._predict_sex(result, crops)
+
         # Multi-step: measure, look up.
         if self.segmenter is not None and self.multistep is not None:
             from boneage.measure import measure
@@ -384,7 +398,7 @@ class BoneAgeEstimator:
                     result.status, result.reason = "rejected", rejection
                     return result
 
-        self._estimate_perbone(result, view)
+        self._estimate_perbone(result, view, crops)
 
         if self.direct is not None:
             d = self.direct.predict(pixels, result.sex)
@@ -406,7 +420,31 @@ class BoneAgeEstimator:
         self._compare_and_score(result)
         return result
 
-    def _estimate_perbone(self, result: BoneAgeResult, view: FilmView | None) -> None:
+    def _predict_sex(self, result: BoneAgeResult, crops: Any) -> None:
+        """Read the sex from the film when it was not given; use it only when the network is sure.
+
+        Args:
+            result: the result being filled (``sex`` unknown).
+            crops: the film's aligned bone crops.
+        """
+        try:
+            prediction = self.sex_model.predict(crops)
+        except Exception as exc:  # reading the sex failing leaves it unknown, never the film
+            result.qc.append(f"sex could not be read from the film ({type(exc).__name__}: {exc})")
+            return
+        if prediction is None:
+            return
+        word = {"M": "male", "F": "female"}[prediction.sex]
+        result.predicted_sex, result.sex_probability = prediction.sex, round(prediction.probability, 3)
+        if prediction.confident:
+            result.sex, result.sex_source = prediction.sex, "predicted"
+            result.qc.append(f"sex not given: read from the film as {word} ({prediction.probability:.0%} sure) and used by "
+                             "every method; give the sex if it is known")
+        else:
+            result.qc.append(f"sex not given: the film suggests {word} but only {prediction.probability:.0%} sure, too "
+                             "uncertain to use: sex-agnostic readings")
+
+    def _estimate_perbone(self, result: BoneAgeResult, view: FilmView | None, crops: Any = None) -> None:
         """The per-bone method: its consensus, RUS and carpal ages into ``result``, each bone's
         own age into ``result.bones``.
 
@@ -423,7 +461,8 @@ class BoneAgeEstimator:
                                    "to cut the bones from")
         else:
             try:
-                est = self.perbone.predict(view.pixels, view.reading, result.sex)
+                est = (self.perbone.predict_crops(crops, result.sex) if crops is not None
+                       else self.perbone.predict(view.pixels, view.reading, result.sex))
             except Exception as exc:  # the per-bone method failing withholds its number, not the film
                 version = getattr(self.perbone, "model_version", None) or self.versions.get("perbone")
                 result.perbone = MethodEstimate("perbone", note=f"per-bone method failed ({type(exc).__name__}: {exc})",

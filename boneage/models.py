@@ -227,6 +227,18 @@ register(
 
 register(
     RegisteredModel(
+        name="sex",
+        kind="classifier",
+        folder=MODELS_DIR / "sex",
+        weights_file="sex.pt",
+        version="sex-1",
+        loader="boneage.sex:SexEstimator.load",
+        description="sex read from the per-bone crops when a film comes without it (used only when >= 80% sure)",
+    )
+)
+
+register(
+    RegisteredModel(
         name="combined",
         kind="stacking",
         folder=MODELS_DIR / "combined",

@@ -84,7 +84,10 @@ class BoneAgeResult:
         status: ``"ok"``, ``"error"`` (unreadable) or ``"rejected"`` (QC refused it).
         reason: why it is error/rejected ("" when ok).
         sex, sex_source: ``"M"``/``"F"``/``None`` and where it came from (``header``,
-            ``user``, ``manifest``, ``unknown``).
+            ``user``, ``manifest``, ``predicted`` (read from the film, :mod:`boneage.sex`), ``unknown``).
+        sex_probability: when the sex was not given, how sure the film's reading of it is (0.5-1),
+            whether or not it was sure enough to use; ``None`` otherwise.
+        predicted_sex: that reading (``"M"``/``"F"``), used only when ``sex_source == "predicted"``.
         chronological_age_months, chronological_age_source: likewise.
         multistep, perbone, direct: the three methods' :class:`MethodEstimate`.
         combined: the stacked estimate of the available methods (:mod:`boneage.combine`): the
@@ -117,6 +120,8 @@ class BoneAgeResult:
     reason: str = ""
     sex: str | None = None
     sex_source: str = "unknown"
+    sex_probability: float | None = None
+    predicted_sex: str | None = None
     chronological_age_months: float | None = None
     chronological_age_source: str = "unknown"
     multistep: MethodEstimate = field(default_factory=lambda: MethodEstimate("multistep"))
@@ -161,6 +166,8 @@ class BoneAgeResult:
             "reason": self.reason,
             "sex": self.sex,
             "sex_source": self.sex_source,
+            "predicted_sex": self.predicted_sex,
+            "sex_probability": self.sex_probability,
             "chronological_age_months": self.chronological_age_months,
             "chronological_age_source": self.chronological_age_source,
         }

@@ -13,7 +13,7 @@ nothing is lost, and the two files add about 13 MB to the models folder.
 
 Usage (after training or changing either network's weights)::
 
-    python -m boneage.training.export            # all; or --only segmenter|direct|perbone
+    python -m boneage.training.export            # all; or --only segmenter|direct|perbone|sex
 """
 
 from __future__ import annotations
@@ -104,6 +104,21 @@ def export_perbone(weights: str | Path | None = None, out: str | Path | None = N
     return _save_traced(estimator.network, example, weights, out)
 
 
+def export_sex(weights: str | Path | None = None, out: str | Path | None = None) -> Path:
+    """Trace the sex-from-film network and write it beside its weights (see :func:`export_perbone`)."""
+    from boneage.paths import MODELS_DIR
+    from boneage.perbone import CROP_SHAPE
+    from boneage.sex import TRACED_FILE, WEIGHTS_FILE, SexEstimator
+
+    weights = Path(weights) if weights else MODELS_DIR / "sex"
+    if weights.is_dir():
+        weights = weights / WEIGHTS_FILE
+    estimator = SexEstimator.load(weights, traced=False)
+    out = Path(out) if out else weights.with_name(TRACED_FILE)
+    example = (torch.rand(3, 1, *CROP_SHAPE), torch.tensor([0, 5, 13]), torch.zeros(3))
+    return _save_traced(estimator.network, example, weights, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m boneage.training.export``: write the traced files of the shipped networks.
 
@@ -111,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         0.
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("segmenter", "direct", "perbone"), help="export one network only")
+    parser.add_argument("--only", choices=("segmenter", "direct", "perbone", "sex"), help="export one network only")
     args = parser.parse_args(argv)
     if args.only in (None, "segmenter"):
         print(f"wrote {export_segmenter()}")
@@ -119,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {export_direct()}")
     if args.only in (None, "perbone"):
         print(f"wrote {export_perbone()}")
+    if args.only in (None, "sex"):
+        print(f"wrote {export_sex()}")
     return 0
 
 

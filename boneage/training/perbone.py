@@ -233,6 +233,9 @@ class TrainConfig:
     max_minutes: float = 0.0
     limit: int = 0
     out: str = ""
+    #: "age" (the per-bone maturity network) or "sex" (the sex-from-film network: no sex input,
+    #: one logit per crop).
+    task: str = "age"
 
 
 def _laplace_loss(loc, log_scale, target):
@@ -361,7 +364,9 @@ def train_network(images: np.ndarray, present: np.ndarray, targets: np.ndarray, 
         os.replace(tmp, ckpt)
 
     bf16 = cpu_has_fast_bf16()
+    sex_task = config.task == "sex"
     y_all = torch.from_numpy(((targets - AGE_CENTRE) / AGE_SCALE).astype(np.float32))
+    male_all = torch.from_numpy((sex_codes > 0).astype(np.float32))
     codes_all = torch.from_numpy(sex_codes.astype(np.float32))
     began = time.time()
     last_save = time.time()
@@ -379,9 +384,14 @@ def train_network(images: np.ndarray, present: np.ndarray, targets: np.ndarray, 
             x = torch.from_numpy(images[f, r]).float().div_(255.0).unsqueeze(1)
             x = augment_crops(x, generator).contiguous(memory_format=torch.channels_last)
             code = codes_all[f] * (torch.rand(len(f), generator=generator) >= config.sex_dropout).float()
+            if sex_task:
+                code = torch.zeros_like(code)  # the sex is what this network must tell
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loc, log_scale = network(x, torch.from_numpy(r).long(), code)
-            loss = _laplace_loss(loc.float(), log_scale.float(), y_all[f])
+            if sex_task:
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(loc.float(), male_all[f])
+            else:
+                loss = _laplace_loss(loc.float(), log_scale.float(), y_all[f])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -392,9 +402,12 @@ def train_network(images: np.ndarray, present: np.ndarray, targets: np.ndarray, 
                     pe.mul_(decay).add_(pn.detach(), alpha=1 - decay)
                 for be, bn in zip(ema.buffers(), network.buffers()):
                     be.copy_(bn)
-            running.append(float((loc.detach().float() - y_all[f]).abs().mean()) * AGE_SCALE)
+            if sex_task:  # share of crops whose sex is told wrongly
+                running.append(float(((loc.detach().float() > 0).float() != male_all[f]).float().mean()))
+            else:
+                running.append(float((loc.detach().float() - y_all[f]).abs().mean()) * AGE_SCALE)
             if len(running) % 50 == 0:
-                bar.set_postfix(mae_months=f"{np.mean(running[-50:]):.1f}")
+                bar.set_postfix({"crop_error" if sex_task else "mae_months": f"{np.mean(running[-50:]):.2f}"})
             if time.time() - last_save > config.checkpoint_minutes * 60:
                 save(epoch, step + 1)
                 last_save = time.time()
@@ -407,7 +420,8 @@ def train_network(images: np.ndarray, present: np.ndarray, targets: np.ndarray, 
         save(epoch + 1, 0)
         last_save = time.time()
         message = monitor(ema) if monitor is not None else ""
-        log(f"epoch {epoch + 1}/{config.epochs}: training crop MAE {np.mean(running):.1f} months {message} "
+        what = f"training crop error rate {np.mean(running):.3f}" if sex_task else f"training crop MAE {np.mean(running):.1f} months"
+        log(f"epoch {epoch + 1}/{config.epochs}: {what} {message} "
             f"({(time.time() - began) / 60:.1f} min)")
     return ema.eval()
 

@@ -1,0 +1,117 @@
+"""Sex read from the film, for when it is not given (a PNG/JPEG without a manifest, a header without it).
+
+Every method reads a film better with the sex given (girls mature earlier: the same film means an
+older boy). When the sex is unknown, a small network reads it from the same aligned bone crops the
+per-bone method uses (:mod:`boneage.perbone`; one MONAI ResNet shared by the 14 regions, no sex
+input, one logit per crop); the film's probability is the mean logit over its crops, temperature-
+scaled on the calibration hold-out of the training split. A prediction at least
+:data:`CONFIDENT_PROBABILITY` sure is used by every method and said (``sex_source = "predicted"``
+with its probability); a less certain one is reported but not used: the methods then give their
+sex-agnostic readings, as before. Sex is hard to read before puberty; the model card gives the
+accuracy by age band.
+
+Data flow: :class:`boneage.perbone.BoneCrops` -> :meth:`SexEstimator.predict` -> :class:`SexPrediction`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from boneage.perbone import BoneCrops, PerBoneNet
+
+WEIGHTS_FILE = "sex.pt"
+#: Traced network beside the weights (``python -m boneage.training.export``): loads without MONAI.
+TRACED_FILE = "sex.ts.pt"
+CALIBRATION_FILE = "calibration.json"
+METRICS_FILE = "metrics.json"
+MODEL_VERSION = "sex-1"
+#: A predicted sex is used only when the network is at least this sure of it.
+CONFIDENT_PROBABILITY = 0.8
+#: Fewest cropped regions for a prediction.
+MIN_REGIONS = 7
+
+
+@dataclass
+class SexPrediction:
+    """The sex read from a film.
+
+    Attributes:
+        sex: ``"M"`` or ``"F"``, the likelier one.
+        probability: how sure (0.5-1) of ``sex``.
+        confident: ``probability >= CONFIDENT_PROBABILITY``: the methods use it.
+        model_version: weights version.
+    """
+
+    sex: str
+    probability: float
+    confident: bool
+    model_version: str = MODEL_VERSION
+
+
+class SexEstimator:
+    """The trained sex-from-film network and its temperature.
+
+    Example:
+        >>> SexEstimator.load().predict(crops)                  # doctest: +SKIP
+        SexPrediction(sex='F', probability=0.93, confident=True, ...)
+    """
+
+    def __init__(self, network: torch.nn.Module, calibration: dict, device: str = "cpu") -> None:
+        self.network = network.eval()
+        self.calibration = calibration
+        self.device = torch.device(device)
+        self.model_version = calibration.get("model_version", MODEL_VERSION)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "cpu", traced: bool = True) -> SexEstimator:
+        """Load weights (fp16 on disk) and the temperature from a model folder.
+
+        Raises:
+            FileNotFoundError: when the weights are missing.
+        """
+        from boneage.paths import MODELS_DIR
+
+        folder = Path(path) if path is not None else MODELS_DIR / "sex"
+        weights = folder / WEIGHTS_FILE if folder.is_dir() else folder
+        if not weights.is_file():
+            raise FileNotFoundError(f"sex-from-film weights not found: {weights}; run `boneage train sex`")
+        checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+        network = None
+        if traced:
+            from boneage.models import load_traced
+
+            network = load_traced(weights.with_name(TRACED_FILE), weights)
+        if network is None:
+            network = PerBoneNet(tuple(checkpoint["widths"]))
+            network.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
+        calibration = {}
+        cal_file = weights.parent / CALIBRATION_FILE
+        if cal_file.is_file():
+            calibration = json.loads(cal_file.read_text())
+        return cls(network.to(device).to(memory_format=torch.channels_last), calibration, device)
+
+    @torch.inference_mode()
+    def male_probability(self, crops: BoneCrops) -> float | None:
+        """Probability that the film is a boy's (``None`` with fewer than :data:`MIN_REGIONS` crops)."""
+        idx = np.flatnonzero(crops.present)
+        if len(idx) < MIN_REGIONS:
+            return None
+        x = torch.from_numpy(crops.images[idx]).float().div_(255.0).unsqueeze(1)
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        regions = torch.from_numpy(idx).long().to(self.device)
+        logits, _ = self.network(x, regions, torch.zeros(len(idx), device=self.device))
+        logit = float(logits.float().mean()) / float(self.calibration.get("temperature", 1.0))
+        return float(1.0 / (1.0 + np.exp(-logit)))
+
+    def predict(self, crops: BoneCrops) -> SexPrediction | None:
+        """The likelier sex and how sure the network is (``None`` without enough crops)."""
+        p_male = self.male_probability(crops)
+        if p_male is None:
+            return None
+        sex, probability = ("M", p_male) if p_male >= 0.5 else ("F", 1.0 - p_male)
+        return SexPrediction(sex, probability, probability >= CONFIDENT_PROBABILITY, self.model_version)

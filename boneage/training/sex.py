@@ -1,0 +1,205 @@
+"""Training of the sex-from-film network (``boneage train sex``).
+
+The same aligned bone crops and the same loop as the per-bone maturity network
+(:mod:`boneage.training.perbone`, ``task="sex"``: no sex input, a logistic loss per crop), trained
+on the ``rsna-dev`` training split minus the shared calibration hold-out plus ``rsna-299``. A
+temperature for the film's mean logit is fitted on the hold-out; the fixed validation split is only
+reported: accuracy overall and by age band, the share of films predicted at least
+:data:`boneage.sex.CONFIDENT_PROBABILITY` sure and their accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from boneage.training.perbone import TrainConfig, build_crop_cache, train_network
+
+
+def film_logits(network, images: np.ndarray, present: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """Mean crop logit (male) of every film (NaN without enough crops)."""
+    import torch
+
+    from boneage.sex import MIN_REGIONS
+
+    films, regions = np.nonzero(present)
+    logits = np.full(present.shape, np.nan)
+    network.eval()
+    with torch.inference_mode():
+        for start in range(0, len(films), batch):
+            f, r = films[start:start + batch], regions[start:start + batch]
+            x = torch.from_numpy(images[f, r]).float().div_(255.0).unsqueeze(1).contiguous(memory_format=torch.channels_last)
+            out, _ = network(x, torch.from_numpy(r).long(), torch.zeros(len(f)))
+            logits[f, r] = out.float().numpy()
+    mean = np.nanmean(np.where(present, logits, np.nan), axis=1)
+    return np.where(present.sum(1) >= MIN_REGIONS, mean, np.nan)
+
+
+def fit_temperature(logits: np.ndarray, male: np.ndarray) -> float:
+    """The temperature that minimises the log loss of ``sigmoid(logit / T)`` (grid search)."""
+    ok = np.isfinite(logits)
+    best, best_t = np.inf, 1.0
+    for t in np.exp(np.linspace(np.log(0.2), np.log(10.0), 200)):
+        p = np.clip(1.0 / (1.0 + np.exp(-logits[ok] / t)), 1e-6, 1 - 1e-6)
+        loss = -np.mean(male[ok] * np.log(p) + (1 - male[ok]) * np.log(1 - p))
+        if loss < best:
+            best, best_t = loss, float(t)
+    return best_t
+
+
+def sex_metrics(p_male: np.ndarray, male: np.ndarray, ages: np.ndarray) -> dict:
+    """Accuracy by age band, the confident share and its accuracy."""
+    from boneage.sex import CONFIDENT_PROBABILITY
+
+    ok = np.isfinite(p_male)
+    right = (p_male >= 0.5) == (male > 0.5)
+    confident = ok & (np.maximum(p_male, 1 - p_male) >= CONFIDENT_PROBABILITY)
+    bands = {"all": ok, "bone age < 6 y": ok & (ages < 72), "6-12 y": ok & (ages >= 72) & (ages <= 144),
+             "> 12 y": ok & (ages > 144)}
+    out = {}
+    for name, m in bands.items():
+        if m.sum():
+            c = m & confident
+            out[name] = {"n": int(m.sum()), "accuracy": round(float(right[m].mean()), 3),
+                         "confident_share": round(float(c.sum() / m.sum()), 3),
+                         "confident_accuracy": round(float(right[c].mean()), 3) if c.any() else None}
+    return out
+
+
+def train_sex(config: TrainConfig, log=print) -> dict | None:
+    """The ``boneage train sex`` run; returns the metrics (``None`` when cut by ``max_minutes``)."""
+    import pandas as pd
+    import torch
+
+    from boneage.datasets import rsna_299, rsna_dev
+    from boneage.paths import MODELS_DIR
+    from boneage.sex import CALIBRATION_FILE, METRICS_FILE, MODEL_VERSION, WEIGHTS_FILE
+    from boneage.training.direct import calibration_holdout
+
+    config.task = "sex"
+    out = Path(config.out) if config.out else MODELS_DIR / "sex"
+    out.mkdir(parents=True, exist_ok=True)
+    wall = time.time()
+    dev = rsna_dev()
+    dev_train = dev[dev["split"] == "train"].reset_index(drop=True)
+    val = dev[dev["split"] == "val"].reset_index(drop=True)
+    holdout, fit_dev = calibration_holdout(dev_train, config.seed)
+    fit = pd.concat([fit_dev, rsna_299()], ignore_index=True)
+    if config.limit:
+        fit = fit.sample(n=min(config.limit, len(fit)), random_state=config.seed).reset_index(drop=True)
+        holdout, val = holdout.head(max(8, config.limit // 4)), val.head(max(8, config.limit // 4))
+    tables = {"fit": fit, "holdout": holdout, "val": val}
+    data = {k: build_crop_cache(v, workers=config.workers, log=log) for k, v in tables.items()}
+    male = {k: (v["sex"] == "M").to_numpy(float) for k, v in tables.items()}
+    codes = {k: np.where(m > 0.5, 1.0, -1.0).astype(np.float32) for k, m in male.items()}
+    ages = {k: v["bone_age_months"].to_numpy(float) for k, v in tables.items()}
+
+    def monitor(network) -> str:
+        logits = film_logits(network, data["holdout"]["images"], data["holdout"]["present"])
+        ok = np.isfinite(logits)
+        return f"hold-out film accuracy {np.mean((logits[ok] > 0) == (male['holdout'][ok] > 0.5)):.3f}"
+
+    log(f"sex-from-film network: {len(fit)} films to fit, hold-out {len(holdout)}, validation {len(val)}")
+    start = time.time()
+    network = train_network(data["fit"]["images"], data["fit"]["present"], ages["fit"], codes["fit"], config, out, monitor, log)
+    if network is None:
+        return None
+    train_minutes = (time.time() - start) / 60
+    state = {k: v.half() if v.is_floating_point() else v for k, v in network.state_dict().items()}
+    network.load_state_dict({k: v.float() for k, v in state.items()})
+    logits = {k: film_logits(network, data[k]["images"], data[k]["present"]) for k in ("holdout", "val")}
+    temperature = fit_temperature(logits["holdout"], male["holdout"])
+    p = {k: 1.0 / (1.0 + np.exp(-v / temperature)) for k, v in logits.items()}
+    metrics = {
+        "model_version": MODEL_VERSION,
+        "temperature": temperature,
+        "validation": sex_metrics(p["val"], male["val"], ages["val"]),
+        "holdout": sex_metrics(p["holdout"], male["holdout"], ages["holdout"]),
+        "training": {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+                     "n_fit_films": len(fit), "train_minutes": round(train_minutes, 1),
+                     "wall_minutes": round((time.time() - wall) / 60, 1), "torch": torch.__version__},
+    }
+    torch.save({"state_dict": state, "widths": list(config.widths), "model_version": MODEL_VERSION}, out / WEIGHTS_FILE)
+    (out / CALIBRATION_FILE).write_text(json.dumps({"model_version": MODEL_VERSION, "temperature": temperature}, indent=2) + "\n")
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    write_model_card(out)
+    v = metrics["validation"]["all"]
+    right = "-" if v["confident_accuracy"] is None else f"{v['confident_accuracy']:.1%}"
+    log(f"validation: accuracy {v['accuracy']:.1%}; {v['confident_share']:.0%} confident, {right} of those right")
+    return metrics
+
+
+def write_model_card(folder: str | Path | None = None) -> Path:
+    """Write ``MODEL_CARD.md`` beside the sex-from-film weights from their ``metrics.json``."""
+    from boneage.paths import MODELS_DIR
+    from boneage.sex import CONFIDENT_PROBABILITY, MODEL_VERSION
+    from boneage.training.direct import cpu_name
+
+    folder = Path(folder) if folder else MODELS_DIR / "sex"
+    m = json.loads((folder / "metrics.json").read_text())
+    cfg, t = m["training"]["config"], m["training"]
+
+    def table(groups: dict) -> str:
+        rows = ["| group | n | accuracy | share predicted confidently | accuracy when confident |", "|---|---|---|---|---|"]
+        for name, g in groups.items():
+            ca = "-" if g["confident_accuracy"] is None else f"{g['confident_accuracy']:.1%}"
+            rows.append(f"| {name} | {g['n']} | {g['accuracy']:.1%} | {g['confident_share']:.1%} | {ca} |")
+        return "\n".join(rows)
+
+    card = f"""# Model card: sex from the film (`{MODEL_VERSION}`)
+
+**Research and education use only. Not a medical device.** Trained on RSNA Pediatric Bone Age Challenge
+films (research and education use only; Halabi SS et al., *Radiology* 2019;290:498-503).
+
+## What it does
+When a film comes without its sex, `boneage.sex.SexEstimator` reads it from the per-bone method's
+aligned crops (13 RUS bones + carpus): the per-bone network's architecture (MONAI ResNet, widths
+{'-'.join(str(w) for w in cfg['widths'])}, region embedding) with no sex input, one logit per crop, the film's logit
+the mean over its crops divided by a temperature ({m['temperature']:.2f}) fitted on the 200-film calibration
+hold-out of the training split. A prediction at least {CONFIDENT_PROBABILITY:.0%} sure is used by every method and said
+(`sex_source = "predicted"` with its probability); a less certain one falls back to the methods'
+sex-agnostic readings. Registered as `boneage.models.get("sex")`.
+
+## Validation (fixed `rsna-dev` validation split; never used for a choice)
+{table(m['validation'])}
+
+## Training
+```
+boneage train sex --epochs {cfg['epochs']} --seed {cfg['seed']} --threads {cfg['threads']}
+```
+{t['n_fit_films']} films (`rsna-dev` training split minus the hold-out, plus `rsna-299`), the per-bone crop cache,
+the per-bone augmentation, {cfg['epochs']} epochs, AdamW lr {cfg['lr']}, one-cycle, EMA weights, seed {cfg['seed']};
+{t['train_minutes']:.0f} min of training on {cpu_name()} ({cfg['threads']} threads). fp16 weights.
+
+## Limitations
+- Before puberty the hand shows little of the sex: accuracy there is low, and most predictions are not
+  confident (they are then not used).
+- A wrong confident prediction shifts every method's age by the sex difference in maturity (about a year in
+  adolescence); the result always says that the sex was predicted, and a reader who knows it should give it.
+"""
+    path = folder / "MODEL_CARD.md"
+    path.write_text(card)
+    return path
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``boneage train sex``."""
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-minutes", type=float, default=0.0, help="stop (resumably) after this long")
+    parser.add_argument("--limit", type=int, default=0, help="only N films (smoke test)")
+    parser.add_argument("--out", default="", help="output folder (default data/models/sex)")
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """``boneage train sex``."""
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads,
+                         max_minutes=args.max_minutes, limit=args.limit, out=args.out, task="sex")
+    return 0 if train_sex(config) is not None else 3

@@ -1,0 +1,131 @@
+"""Sex read from the film (boneage.sex) and its use by the estimator (test doubles: no shipped numbers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from boneage import anatomy
+from boneage.perbone import CROP_SHAPE, BoneCrops, PerBoneNet
+from boneage.sex import CONFIDENT_PROBABILITY, MIN_REGIONS, SexEstimator, SexPrediction
+from boneage.synth import generate_hand
+from boneage.training.sex import fit_temperature, sex_metrics
+
+N = len(anatomy.MATURITY_REGIONS)
+
+
+class ConstantLogit(torch.nn.Module):
+    """Sex network double: the same logit for every crop."""
+
+    def __init__(self, logit: float) -> None:
+        super().__init__()
+        self.logit = logit
+
+    def forward(self, crops, regions, sex_code):
+        out = torch.full((crops.shape[0],), self.logit)
+        return out, torch.zeros_like(out)
+
+
+def _crops(n_present: int = N) -> BoneCrops:
+    present = np.zeros(N, bool)
+    present[:n_present] = True
+    return BoneCrops(np.full((N, *CROP_SHAPE), 100, np.uint8), present, np.ones(N, np.float32))
+
+
+def test_probability_is_the_tempered_mean_logit():
+    est = SexEstimator(ConstantLogit(2.0), {"temperature": 2.0})
+    assert est.male_probability(_crops()) == pytest.approx(1 / (1 + np.exp(-1.0)))
+    p = est.predict(_crops())
+    assert p.sex == "M" and p.probability == pytest.approx(0.731, abs=1e-3) and not p.confident
+    girl = SexEstimator(ConstantLogit(-3.0), {}).predict(_crops())
+    assert girl.sex == "F" and girl.probability > CONFIDENT_PROBABILITY and girl.confident
+
+
+def test_too_few_crops_give_no_prediction():
+    est = SexEstimator(ConstantLogit(5.0), {})
+    assert est.predict(_crops(MIN_REGIONS - 1)) is None
+    assert est.predict(_crops(MIN_REGIONS)) is not None
+
+
+def test_saved_weights_load_back(tmp_path):
+    from boneage.sex import CALIBRATION_FILE, WEIGHTS_FILE
+
+    torch.manual_seed(0)
+    net = PerBoneNet((4, 8, 8, 8))
+    torch.save({"state_dict": {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()},
+                "widths": [4, 8, 8, 8]}, tmp_path / WEIGHTS_FILE)
+    (tmp_path / CALIBRATION_FILE).write_text('{"temperature": 1.5}')
+    est = SexEstimator.load(tmp_path)
+    assert est.calibration["temperature"] == 1.5
+    p = est.male_probability(_crops())
+    assert 0.0 < p < 1.0
+    with pytest.raises(FileNotFoundError, match="sex-from-film weights not found"):
+        SexEstimator.load(tmp_path / "absent")
+
+
+def test_temperature_and_metrics():
+    rng = np.random.default_rng(0)
+    male = (rng.random(400) < 0.5).astype(float)
+    # Over-confident logits: the fitted temperature must soften them (T > 1).
+    logits = np.where(male > 0, 1.0, -1.0) * 6.0 + rng.normal(0, 6.0, 400)
+    assert fit_temperature(logits, male) > 1.5
+    p = 1 / (1 + np.exp(-logits / fit_temperature(logits, male)))
+    m = sex_metrics(p, male, rng.uniform(0, 220, 400))
+    assert 0.5 < m["all"]["accuracy"] < 1.0 and 0 <= m["all"]["confident_share"] <= 1
+    assert m["all"]["confident_accuracy"] >= m["all"]["accuracy"]
+
+
+# ------------------------------------------------------------------------------------------------
+# The estimator uses a confident prediction, reports an uncertain one, never overrides a given sex
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bundle():
+    from test_estimate import bundle as make_bundle
+
+    return make_bundle.__wrapped__()
+
+
+class FixedSex:
+    """Sex model double: a fixed prediction, counting its calls."""
+
+    def __init__(self, sex: str, probability: float) -> None:
+        self.prediction = SexPrediction(sex, probability, probability >= CONFIDENT_PROBABILITY, "sex-test")
+        self.calls = 0
+
+    def predict(self, crops):
+        self.calls += 1
+        return self.prediction
+
+
+def _estimate(bundle, sex_model, sex=None):
+    from test_estimate import FakeDirect, _three_methods
+
+    est = _three_methods(bundle, direct=FakeDirect(120.0))
+    est.sex_model = sex_model
+    hand = est.oracle.add(generate_hand(99, 4, size=384, age_range=(100, 140)))
+    return est.estimate(hand.image, sex=sex)
+
+
+def test_confident_prediction_is_used_and_said(bundle):
+    model = FixedSex("F", 0.93)
+    result = _estimate(bundle, model)
+    assert result.status == "ok" and model.calls == 1
+    assert result.sex == "F" and result.sex_source == "predicted" and result.sex_probability == pytest.approx(0.93)
+    assert any("read from the film as female (93% sure)" in q for q in result.qc)
+    assert result.perbone.note is None or "sex unknown" not in result.perbone.note
+    row = result.to_row()
+    assert row["sex_source"] == "predicted" and row["predicted_sex"] == "F" and row["sex_probability"] == pytest.approx(0.93)
+
+
+def test_uncertain_prediction_is_reported_not_used(bundle):
+    result = _estimate(bundle, FixedSex("M", 0.6))
+    assert result.sex is None and result.sex_source == "unknown"
+    assert result.predicted_sex == "M" and result.sex_probability == pytest.approx(0.6)
+    assert any("too uncertain to use" in q for q in result.qc)
+
+
+def test_a_given_sex_is_never_predicted_over(bundle):
+    model = FixedSex("F", 0.99)
+    result = _estimate(bundle, model, sex="M")
+    assert model.calls == 0 and result.sex == "M" and result.sex_source == "user" and result.sex_probability is None
