@@ -6,7 +6,7 @@ Usage:
 Prints:
 - non-hand images (``boneage.training.negatives``, seed 7001: never used to fit the hand check
   nor by the tests) accepted as hands, by kind, and the two non-hand CR fixtures (pixels only);
-- real validation hands (``rsna-dev`` validation split) rejected, and both methods' MAE on them;
+- real validation hands (``rsna-dev`` validation split) rejected, and every method's MAE on them;
 - the same films as negatives (grey scale inverted): how many are read back, and the change;
 - the same films turned by 90/180/270 degrees and tilted by +-10/+-20 degrees: mean and largest
   change of each method against the film as given.
@@ -67,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     dev = datasets.rsna_dev()
     val = dev[dev.split == "val"].head(max(args.n_val, args.n_turn))
     base: dict[int, tuple[float | None, float | None]] = {}
-    rejected, errors = [], {"multistep": [], "direct": []}
+    methods = ("multistep", "direct", "perbone", "combined")
+    rejected, errors = [], {m: [] for m in methods}
     for _, row in tqdm(list(val.iterrows()), desc="validation hands", unit="film"):
         result = est.estimate(str(row.path), sex=row.sex)
-        base[row.id] = (result.multistep.age_months, result.direct.age_months)
+        base[row.id] = tuple(getattr(result, m).age_months for m in methods)
         if len(base) > args.n_val:
             continue  # only a base for the turned films
         if not result.ok:
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tilt +10": 10, "tilt -10": -10, "tilt +20": 20, "tilt -20": -20}
     print(f"\nchanges against the film as given ({len(films)} validation films), months: mean / max")
     for name, angle in variants.items():
-        changes: dict[str, list[float]] = {"multistep": [], "direct": []}
+        changes: dict[str, list[float]] = {m: [] for m in methods}
         not_ok: list[str] = []
         for _, row in tqdm(list(films.iterrows()), desc=name, unit="film", leave=False):
             pixels = load_radiograph(row.path).pixels
