@@ -427,7 +427,16 @@ class BoneAgeEstimator:
             result: the result being filled (``sex`` unknown).
             crops: the film's aligned bone crops.
         """
+        from boneage.sex import MIN_BONE_AGE_MONTHS
+
         try:
+            if self.perbone is not None:
+                agnostic = self.perbone.predict_crops(crops, None)
+                if agnostic.age_months is not None and agnostic.age_months < MIN_BONE_AGE_MONTHS:
+                    # Before 6 years the hand shows too little of the sex (see the sex model card).
+                    result.qc.append("sex not given, and not read from a film this young (under 6 years): "
+                                     "sex-agnostic readings")
+                    return
             prediction = self.sex_model.predict(crops)
         except Exception as exc:  # reading the sex failing leaves it unknown, never the film
             result.qc.append(f"sex could not be read from the film ({type(exc).__name__}: {exc})")

@@ -129,3 +129,16 @@ def test_a_given_sex_is_never_predicted_over(bundle):
     model = FixedSex("F", 0.99)
     result = _estimate(bundle, model, sex="M")
     assert model.calls == 0 and result.sex == "M" and result.sex_source == "user" and result.sex_probability is None
+
+
+def test_sex_is_not_read_from_a_young_film(bundle):
+    from test_estimate import FakeDirect, _three_methods
+    from test_perbone import fixed_perbone
+
+    est = _three_methods(bundle, direct=FakeDirect(40.0), perbone=fixed_perbone(default=40.0))
+    model = FixedSex("F", 0.99)
+    est.sex_model = model
+    hand = est.oracle.add(generate_hand(99, 5, size=384, age_range=(30, 50)))
+    result = est.estimate(hand.image)
+    assert model.calls == 0 and result.sex is None and result.sex_probability is None
+    assert any("not read from a film this young" in q for q in result.qc)
