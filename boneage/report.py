@@ -69,7 +69,7 @@ def agreement_text(result: BoneAgeResult) -> tuple[str, str]:
     if result.agreement == "disagree":
         apart = "; ".join(f"{method_label(c.first)} and {METHOD_NAMES[c.second]} disagree by "
                           f"{abs(c.difference_months):.0f} months" for c in pairs if c.verdict == "disagree")
-        combined = " The combined estimate averages over that disagreement." if result.combined.available else ""
+        combined = " The combined estimate does not settle that disagreement." if result.combined.available else ""
         return "disagree", f"{apart} — more than their intervals allow.{combined} Review the film."
     if result.agreement != "agree":
         return "wide", (f"The methods differ by up to {abs(largest.difference_months):.0f} months "
