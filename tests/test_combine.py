@@ -121,3 +121,24 @@ def test_a_method_with_a_nan_age_or_limit_counts_as_missing():
     got = Combiner(STACKING).combine(estimates, "F")
     assert got is not None and got.weights == {"direct": 1.0} and got.age_months == pytest.approx(120.0)
     assert np.isfinite([got.lower_90, got.upper_90]).all()
+
+
+def test_model_card_is_written_from_the_stacking_and_metrics(tmp_path):
+    import json
+
+    from boneage.training.combine import write_model_card
+
+    rng = np.random.default_rng(3)
+    y = rng.uniform(10, 220, 120)
+    ages = {"multistep": y + rng.normal(0, 14, 120), "perbone": y + rng.normal(0, 6, 120), "direct": y + rng.normal(0, 9, 120)}
+    half = {m: np.full(120, 20.0) for m in ages}
+    stacking = {"model_version": "combined-1", "sex_known": fit_stacking(ages, half, y), "sex_unknown": fit_stacking(ages, half, y)}
+    (tmp_path / "stacking.json").write_text(json.dumps(stacking))
+    group = {"all": {"n": 120, "mae": 5.0, "bias": 0.1, "coverage": 0.9, "width": 30.0}, "available": 1.0}
+    metrics = {"command": "boneage train combined --seed 0", "minutes": 3.0, "holdout_n": 120, "validation_n": 50,
+               "validation": {mode: {m: group for m in ("multistep", "perbone", "direct", "combined")}
+                              for mode in ("sex_known", "sex_unknown")}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    card = write_model_card(tmp_path).read_text()
+    assert "multi-step + per-bone + end-to-end CNN" in card and "boneage train combined --seed 0" in card
+    assert "## Validation" in card and "| combined | 5.0 |" in card

@@ -129,3 +129,31 @@ def test_train_arguments_match_config(fraction):
     args = parser.parse_args([])
     d = tp.TrainConfig()
     assert (args.epochs, args.batch, args.lr, args.crop_fraction) == (d.epochs, d.batch, d.lr, fraction)
+
+
+@pytest.mark.slow
+def test_train_command_writes_weights_card_and_metrics_that_load(tmp_path, monkeypatch, rsna_dev):
+    """``boneage train perbone`` end to end on a few real films (crops, network, calibration, card)."""
+    from boneage.perbone import PerBoneEstimator
+
+    monkeypatch.setenv("BONEAGE_CACHE", str(tmp_path / "cache"))
+    config = tp.TrainConfig(epochs=1, batch=32, widths=(4, 8, 8, 8), threads=1, workers=1, limit=32, out=str(tmp_path / "m"))
+    metrics = tp.train(config, log=lambda *_: None)
+    assert metrics["validation"]["sex_known"]["groups"]["all"]["n"] == 8
+    card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    assert "boneage train perbone --epochs 1" in card and "## Validation" in card
+    est = PerBoneEstimator.load(tmp_path / "m")
+    assert set(est.calibration) >= {"sex_known", "sex_unknown"}
+
+
+@pytest.mark.slow
+def test_train_sex_command_writes_a_model_that_loads(tmp_path, monkeypatch, rsna_dev):
+    from boneage.sex import SexEstimator
+    from boneage.training.sex import train_sex
+
+    monkeypatch.setenv("BONEAGE_CACHE", str(tmp_path / "cache"))
+    config = tp.TrainConfig(epochs=1, batch=32, widths=(4, 8, 8, 8), threads=1, workers=1, limit=32, out=str(tmp_path / "s"))
+    metrics = train_sex(config, log=lambda *_: None)
+    assert metrics["validation"]["all"]["n"] == 8 and 0.0 <= metrics["validation"]["all"]["accuracy"] <= 1.0
+    assert "boneage train sex --epochs 1" in (tmp_path / "s" / "MODEL_CARD.md").read_text()
+    assert SexEstimator.load(tmp_path / "s").calibration["temperature"] > 0
