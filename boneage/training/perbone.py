@@ -58,14 +58,12 @@ def read_training_film(path: str, source: str) -> np.ndarray:
 
 
 def _crop_one(job: tuple[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crops of one film by this process's segmenter (loaded once per process)."""
     global _SEGMENTER
-    import torch
-
     from boneage.perbone import CROP_SHAPE, crops_from_reading
     from boneage.segment import Segmenter
 
     if _SEGMENTER is None:
-        torch.set_num_threads(1)
         _SEGMENTER = Segmenter.load()
     path, source = job
     n = len(anatomy.MATURITY_REGIONS)
@@ -75,6 +73,12 @@ def _crop_one(job: tuple[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         return crops.images, crops.present, crops.film_pixels_per_crop_pixel
     except Exception:  # noqa: BLE001 - an unreadable training film is skipped (present all False)
         return np.zeros((n, *CROP_SHAPE), np.uint8), np.zeros(n, bool), np.zeros(n, np.float32)
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _shard_index(folder: Path) -> dict[str, tuple[Path, int]]:
@@ -140,12 +144,16 @@ def build_crop_cache(labels, workers: int = 2, log=print) -> dict[str, np.ndarra
     shards = [missing[i:i + SHARD_FILMS] for i in range(0, len(missing), SHARD_FILMS)]
     log(f"cutting bone crops of {len(missing)} films ({len(shards)} shards) with {workers} workers into {folder}")
     import multiprocessing as mp
+    from contextlib import nullcontext
 
     bar = tqdm(total=len(missing), desc="crops", unit="film", mininterval=10)
-    with mp.get_context("fork").Pool(workers) as pool:
+    # Workers are spawned, not forked: a fork of a process whose torch thread pool is running can
+    # deadlock in the child. One worker cuts in this process.
+    with (mp.get_context("spawn").Pool(workers, initializer=_one_thread) if workers > 1 else nullcontext()) as pool:
         for shard in shards:
             jobs = [(paths[i], sources[i]) for i in shard]
-            for j, (im, pr, sc) in enumerate(pool.imap(_crop_one, jobs, chunksize=8)):
+            results = pool.imap(_crop_one, jobs, chunksize=8) if pool is not None else map(_crop_one, jobs)
+            for j, (im, pr, sc) in enumerate(results):
                 images[shard[j]], present[shard[j]], scale[shard[j]] = im, pr, sc
                 bar.update(1)
             shard_keys = [keys[i] for i in shard]
