@@ -595,6 +595,9 @@ class FailingPerBone:
     def predict(self, pixels, reading, sex=None):
         raise ValueError("no crop today")
 
+    def predict_crops(self, crops, sex=None):  # what the estimator calls once the crops are cut
+        raise ValueError("no crop today")
+
 
 def test_a_film_that_fails_half_way_carries_no_methods_number():
     est = _three_methods(None, direct=FailingDirect(), multistep=False)
