@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage
+from torch import nn
 
 from boneage import anatomy
+from boneage.direct import sex_to_code
 
 #: Crop size (rows, cols): rows run along the bone, epiphysis end at the top.
 CROP_SHAPE = (64, 48)
@@ -350,8 +353,6 @@ def crops_from_reading(film: np.ndarray, reading: Any) -> BoneCrops:
 # ------------------------------------------------------------------------------------------------
 # Network
 # ------------------------------------------------------------------------------------------------
-import torch  # noqa: E402  (the crop half above needs no torch)
-from torch import nn  # noqa: E402
 
 #: Standardised age target: ``(months - AGE_CENTRE) / AGE_SCALE``.
 AGE_CENTRE, AGE_SCALE = 120.0, 50.0
@@ -399,6 +400,38 @@ class PerBoneNet(nn.Module):
         return out[:, 0], out[:, 1].clamp(-6.0, 3.0)
 
 
+def load_crop_network(path: str | Path | None, folder_name: str, weights_file: str, traced_file: str, traced: bool,
+                      what: str, command: str) -> tuple[Path, dict, nn.Module]:
+    """Load a network of the :class:`PerBoneNet` architecture (the per-bone and the sex networks).
+
+    Args:
+        path: a weights file or a folder holding ``weights_file``; default ``data/models/<folder_name>``.
+        folder_name: the model's folder under the models directory.
+        weights_file, traced_file: file names inside the folder.
+        traced: use the traced network when it was traced from these weights (no MONAI import).
+        what, command: for the error message (what is missing, which command makes it).
+
+    Returns:
+        ``(weights path, checkpoint dict, float32 network)``.
+
+    Raises:
+        FileNotFoundError: when the weights are missing.
+    """
+    from boneage.models import load_traced
+    from boneage.paths import MODELS_DIR
+
+    folder = Path(path) if path is not None else MODELS_DIR / folder_name
+    weights = folder / weights_file if folder.is_dir() else folder
+    if not weights.is_file():
+        raise FileNotFoundError(f"{what} not found: {weights}; run `{command}`")
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    network = load_traced(weights.with_name(traced_file), weights) if traced else None
+    if network is None:
+        network = PerBoneNet(tuple(checkpoint["widths"]))
+        network.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
+    return weights, checkpoint, network
+
+
 # ------------------------------------------------------------------------------------------------
 # Consensus of the bones
 # ------------------------------------------------------------------------------------------------
@@ -407,11 +440,6 @@ class PerBoneNet(nn.Module):
 DISAGREEMENT_SCALES = 3.0
 #: Fewest RUS bones with an age for a per-bone estimate (fewer: the method is withheld).
 MIN_RUS_BONES = 7
-
-
-def sex_to_code(sex: str | None) -> float:
-    """+1 male, -1 female, 0 unknown (the network's sex input)."""
-    return {"M": 1.0, "F": -1.0}.get(sex or "", 0.0)
 
 
 #: Smallest per-bone scale the consensus takes (months): a zero scale would weigh infinitely. The
@@ -558,21 +586,8 @@ class PerBoneEstimator:
         Raises:
             FileNotFoundError: when the folder has no weights.
         """
-        from boneage.paths import MODELS_DIR
-
-        folder = Path(path) if path is not None else MODELS_DIR / "perbone"
-        weights = folder / WEIGHTS_FILE if folder.is_dir() else folder
-        if not weights.is_file():
-            raise FileNotFoundError(f"per-bone maturity weights not found: {weights}; run `boneage train perbone`")
-        checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
-        network = None
-        if traced:
-            from boneage.models import load_traced
-
-            network = load_traced(weights.with_name(TRACED_FILE), weights)
-        if network is None:
-            network = PerBoneNet(tuple(checkpoint["widths"]))
-            network.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
+        weights, checkpoint, network = load_crop_network(path, "perbone", WEIGHTS_FILE, TRACED_FILE, traced,
+                                                         "per-bone maturity weights", "boneage train perbone")
         calibration = dict(checkpoint.get("calibration", {}))
         cal_file = weights.parent / CALIBRATION_FILE
         if cal_file.is_file():

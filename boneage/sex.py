@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boneage.perbone import BoneCrops, PerBoneNet
+from boneage.perbone import BoneCrops, load_crop_network
 
 WEIGHTS_FILE = "sex.pt"
 #: Traced network beside the weights (``python -m boneage.training.export``): loads without MONAI.
@@ -77,21 +77,8 @@ class SexEstimator:
         Raises:
             FileNotFoundError: when the weights are missing.
         """
-        from boneage.paths import MODELS_DIR
-
-        folder = Path(path) if path is not None else MODELS_DIR / "sex"
-        weights = folder / WEIGHTS_FILE if folder.is_dir() else folder
-        if not weights.is_file():
-            raise FileNotFoundError(f"sex-from-film weights not found: {weights}; run `boneage train sex`")
-        checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
-        network = None
-        if traced:
-            from boneage.models import load_traced
-
-            network = load_traced(weights.with_name(TRACED_FILE), weights)
-        if network is None:
-            network = PerBoneNet(tuple(checkpoint["widths"]))
-            network.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
+        weights, _, network = load_crop_network(path, "sex", WEIGHTS_FILE, TRACED_FILE, traced,
+                                                "sex-from-film weights", "boneage train sex")
         calibration = {}
         cal_file = weights.parent / CALIBRATION_FILE
         if cal_file.is_file():

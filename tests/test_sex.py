@@ -79,11 +79,7 @@ def test_temperature_and_metrics():
 # ------------------------------------------------------------------------------------------------
 # The estimator uses a confident prediction, reports an uncertain one, never overrides a given sex
 # ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def bundle():
-    from test_estimate import bundle as make_bundle
-
-    return make_bundle.__wrapped__()
+from test_estimate import bundle  # noqa: E402,F401  (the multi-step bundle fixture of synthetic hands)
 
 
 class FixedSex:

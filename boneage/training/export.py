@@ -82,41 +82,35 @@ def export_direct(weights: str | Path | None = None, out: str | Path | None = No
     return _save_traced(estimator.model, example, weights, out)
 
 
-def export_perbone(weights: str | Path | None = None, out: str | Path | None = None) -> Path:
-    """Trace the per-bone maturity network and write it beside its weights.
-
-    Args:
-        weights: per-bone weights file or folder (default the shipped ``perbone.pt``).
-        out: traced file (default ``perbone.ts.pt`` beside the weights file).
-
-    Returns:
-        The written path.
-    """
+def _export_crop_network(load, weights_file: str, traced_file: str, folder_name: str,
+                         weights: str | Path | None, out: str | Path | None, sex_input: bool) -> Path:
+    """Trace a network of the per-bone architecture (crops, region ids, sex code) beside its weights."""
     from boneage.paths import MODELS_DIR
-    from boneage.perbone import CROP_SHAPE, TRACED_FILE, WEIGHTS_FILE, PerBoneEstimator
+    from boneage.perbone import CROP_SHAPE
 
-    weights = Path(weights) if weights else MODELS_DIR / "perbone"
+    weights = Path(weights) if weights else MODELS_DIR / folder_name
     if weights.is_dir():
-        weights = weights / WEIGHTS_FILE
-    estimator = PerBoneEstimator.load(weights, traced=False)
-    out = Path(out) if out else weights.with_name(TRACED_FILE)
-    example = (torch.rand(3, 1, *CROP_SHAPE), torch.tensor([0, 5, 13]), torch.tensor([1.0, 0.0, -1.0]))
-    return _save_traced(estimator.network, example, weights, out)
+        weights = weights / weights_file
+    network = load(weights, traced=False).network
+    out = Path(out) if out else weights.with_name(traced_file)
+    sex = torch.tensor([1.0, 0.0, -1.0]) if sex_input else torch.zeros(3)
+    return _save_traced(network, (torch.rand(3, 1, *CROP_SHAPE), torch.tensor([0, 5, 13]), sex), weights, out)
+
+
+def export_perbone(weights: str | Path | None = None, out: str | Path | None = None) -> Path:
+    """Trace the per-bone maturity network and write it beside its weights (default the shipped ``perbone.pt``)."""
+    from boneage import perbone
+
+    return _export_crop_network(perbone.PerBoneEstimator.load, perbone.WEIGHTS_FILE, perbone.TRACED_FILE, "perbone",
+                                weights, out, sex_input=True)
 
 
 def export_sex(weights: str | Path | None = None, out: str | Path | None = None) -> Path:
-    """Trace the sex-from-film network and write it beside its weights (see :func:`export_perbone`)."""
-    from boneage.paths import MODELS_DIR
-    from boneage.perbone import CROP_SHAPE
-    from boneage.sex import TRACED_FILE, WEIGHTS_FILE, SexEstimator
+    """Trace the sex-from-film network and write it beside its weights (default the shipped ``sex.pt``)."""
+    from boneage import sex
 
-    weights = Path(weights) if weights else MODELS_DIR / "sex"
-    if weights.is_dir():
-        weights = weights / WEIGHTS_FILE
-    estimator = SexEstimator.load(weights, traced=False)
-    out = Path(out) if out else weights.with_name(TRACED_FILE)
-    example = (torch.rand(3, 1, *CROP_SHAPE), torch.tensor([0, 5, 13]), torch.zeros(3))
-    return _save_traced(estimator.network, example, weights, out)
+    return _export_crop_network(sex.SexEstimator.load, sex.WEIGHTS_FILE, sex.TRACED_FILE, "sex", weights, out,
+                                sex_input=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -434,15 +434,6 @@ def train_network(images: np.ndarray, present: np.ndarray, targets: np.ndarray, 
     return ema.eval()
 
 
-def conformal(residual_ratio: np.ndarray, level: float = 0.9) -> float:
-    """Split-conformal factor: the ``level`` quantile (finite-sample corrected) of |error| / scale."""
-    r = np.sort(residual_ratio[np.isfinite(residual_ratio)])
-    if len(r) == 0:
-        return 1.645
-    k = min(len(r) - 1, int(np.ceil((len(r) + 1) * level)) - 1)
-    return float(r[k])
-
-
 def calibrate(ages: np.ndarray, scales: np.ndarray, targets: np.ndarray) -> dict:
     """Interval factors (film, RUS, single bone) from hold-out films (one sex mode).
 
@@ -453,6 +444,8 @@ def calibrate(ages: np.ndarray, scales: np.ndarray, targets: np.ndarray) -> dict
     Returns:
         dict with ``film_factor``, ``rus_factor``, ``bone_factor`` and ``bias`` ([0, 1]: none).
     """
+    from boneage.combine import conformal_factor as conformal
+
     film_age, film_scale, _ = film_consensus(ages, scales)
     rus_age, rus_scale, _ = film_consensus(ages, scales, rus_only=True)
     bone = np.abs(ages - targets[:, None]) / scales
@@ -503,6 +496,41 @@ def evaluate(ages: np.ndarray, scales: np.ndarray, targets: np.ndarray, sexes: n
     }
 
 
+def sex_codes(sexes) -> np.ndarray:
+    """The networks' sex input for a column of ``"M"``/``"F"``: +1 / -1 (float32)."""
+    from boneage.direct import sex_to_code
+
+    return np.array([sex_to_code(x) for x in sexes], np.float32)
+
+
+def crop_tables(config: TrainConfig, log=print) -> tuple[dict, dict]:
+    """The films a crop network is fitted, calibrated and validated on, and their crops.
+
+    ``fit``: the ``rsna-dev`` training split minus the shared calibration hold-out
+    (:func:`boneage.training.direct.calibration_holdout`), plus ``rsna-299``; ``holdout``: that
+    hold-out; ``val``: the fixed validation split. ``config.limit`` takes a small sample of each.
+
+    Returns:
+        ``(tables, crops)``: split name -> label table, and split name -> :func:`build_crop_cache` arrays.
+    """
+    import pandas as pd
+
+    from boneage.datasets import rsna_299, rsna_dev
+    from boneage.training.direct import calibration_holdout
+
+    dev = rsna_dev()
+    dev_train = dev[dev["split"] == "train"].reset_index(drop=True)
+    val = dev[dev["split"] == "val"].reset_index(drop=True)
+    holdout, fit_dev = calibration_holdout(dev_train, config.seed)
+    fit = pd.concat([fit_dev, rsna_299()], ignore_index=True)
+    if config.limit:
+        fit = fit.sample(n=min(config.limit, len(fit)), random_state=config.seed).reset_index(drop=True)
+        holdout = holdout.iloc[: max(8, min(len(holdout), config.limit // 4))].reset_index(drop=True)
+        val = val.iloc[: max(8, min(len(val), config.limit // 4))].reset_index(drop=True)
+    tables = {"fit": fit, "holdout": holdout, "val": val}
+    return tables, {k: build_crop_cache(v, workers=config.workers, log=log) for k, v in tables.items()}
+
+
 def train(config: TrainConfig, log=print) -> dict | None:
     """The ``boneage train perbone`` run: crops, network, calibration, validation, weights.
 
@@ -515,31 +543,19 @@ def train(config: TrainConfig, log=print) -> dict | None:
     """
     import json
 
-    import pandas as pd
     import torch
 
-    from boneage.datasets import rsna_299, rsna_dev
     from boneage.paths import MODELS_DIR
-    from boneage.perbone import CALIBRATION_FILE, MODEL_VERSION, WEIGHTS_FILE, sex_to_code
-    from boneage.training.direct import calibration_holdout
+    from boneage.perbone import CALIBRATION_FILE, MODEL_VERSION, WEIGHTS_FILE
 
     out = Path(config.out) if config.out else MODELS_DIR / "perbone"
     out.mkdir(parents=True, exist_ok=True)
     wall = time.time()
-    dev = rsna_dev()
-    dev_train = dev[dev["split"] == "train"].reset_index(drop=True)
-    val = dev[dev["split"] == "val"].reset_index(drop=True)
-    holdout, fit_dev = calibration_holdout(dev_train, config.seed)
-    fit = pd.concat([fit_dev, rsna_299()], ignore_index=True)
-    if config.limit:
-        fit = fit.sample(n=min(config.limit, len(fit)), random_state=config.seed).reset_index(drop=True)
-        holdout = holdout.iloc[: max(8, min(len(holdout), config.limit // 4))].reset_index(drop=True)
-        val = val.iloc[: max(8, min(len(val), config.limit // 4))].reset_index(drop=True)
+    tables, data = crop_tables(config, log)
+    fit, holdout, val = tables["fit"], tables["holdout"], tables["val"]
     log(f"per-bone network: {len(fit)} films to fit ({(fit['source'] == 'rsna-dev').sum()} rsna-dev, "
         f"{(fit['source'] == 'rsna-299').sum()} rsna-299), hold-out {len(holdout)}, validation {len(val)}")
-    tables = {"fit": fit, "holdout": holdout, "val": val}
-    data = {k: build_crop_cache(v, workers=config.workers, log=log) for k, v in tables.items()}
-    codes = {k: np.array([sex_to_code(s) for s in v["sex"]], np.float32) for k, v in tables.items()}
+    codes = {k: sex_codes(v["sex"]) for k, v in tables.items()}
     targets = {k: v["bone_age_months"].to_numpy(np.float64) for k, v in tables.items()}
 
     def monitor(network) -> str:

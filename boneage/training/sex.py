@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boneage.training.perbone import TrainConfig, build_crop_cache, train_network
+from boneage.training.perbone import TrainConfig, crop_tables, sex_codes, train_network
 
 
 def film_logits(network, images: np.ndarray, present: np.ndarray, batch: int = 1024) -> np.ndarray:
@@ -73,30 +73,19 @@ def sex_metrics(p_male: np.ndarray, male: np.ndarray, ages: np.ndarray) -> dict:
 
 def train_sex(config: TrainConfig, log=print) -> dict | None:
     """The ``boneage train sex`` run; returns the metrics (``None`` when cut by ``max_minutes``)."""
-    import pandas as pd
     import torch
 
-    from boneage.datasets import rsna_299, rsna_dev
     from boneage.paths import MODELS_DIR
     from boneage.sex import CALIBRATION_FILE, METRICS_FILE, MODEL_VERSION, WEIGHTS_FILE
-    from boneage.training.direct import calibration_holdout
 
     config.task = "sex"
     out = Path(config.out) if config.out else MODELS_DIR / "sex"
     out.mkdir(parents=True, exist_ok=True)
     wall = time.time()
-    dev = rsna_dev()
-    dev_train = dev[dev["split"] == "train"].reset_index(drop=True)
-    val = dev[dev["split"] == "val"].reset_index(drop=True)
-    holdout, fit_dev = calibration_holdout(dev_train, config.seed)
-    fit = pd.concat([fit_dev, rsna_299()], ignore_index=True)
-    if config.limit:
-        fit = fit.sample(n=min(config.limit, len(fit)), random_state=config.seed).reset_index(drop=True)
-        holdout, val = holdout.head(max(8, config.limit // 4)), val.head(max(8, config.limit // 4))
-    tables = {"fit": fit, "holdout": holdout, "val": val}
-    data = {k: build_crop_cache(v, workers=config.workers, log=log) for k, v in tables.items()}
-    male = {k: (v["sex"] == "M").to_numpy(float) for k, v in tables.items()}
-    codes = {k: np.where(m > 0.5, 1.0, -1.0).astype(np.float32) for k, m in male.items()}
+    tables, data = crop_tables(config, log)
+    fit, holdout, val = tables["fit"], tables["holdout"], tables["val"]
+    codes = {k: sex_codes(v["sex"]) for k, v in tables.items()}
+    male = {k: (c > 0).astype(float) for k, c in codes.items()}
     ages = {k: v["bone_age_months"].to_numpy(float) for k, v in tables.items()}
 
     def monitor(network) -> str:
