@@ -332,8 +332,8 @@ def _train_segmenter(args: argparse.Namespace) -> int:
 def _add_train_direct_arguments(parser: argparse.ArgumentParser) -> None:
     # Kept here (not imported from boneage.training.direct) so that parsing never imports torch;
     # the defaults equal boneage.training.direct.TrainConfig's (a test checks it).
-    parser.add_argument("--epochs", type=int, default=22, help="epochs (default 22, the shipped weights)")
-    parser.add_argument("--size", type=int, default=224, help="network input side in px (default 224)")
+    parser.add_argument("--epochs", type=int, default=28, help="epochs (default 28, the shipped weights)")
+    parser.add_argument("--size", type=int, default=256, help="network input side in px (default 256, the shipped weights)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
     parser.add_argument("--out", default="", help="output folder (default data/models/direct)")

@@ -32,7 +32,7 @@ from boneage.preprocess import prepare_model_input
 #: Side of the preprocessed uint8 image (as cached for training) that is resized to the network input.
 CACHE_SIZE = 256
 #: Side of the network input.
-INPUT_SIZE = 224
+INPUT_SIZE = 256
 #: Plausible output range (months); predictions and intervals are clipped to it.
 AGE_RANGE_MONTHS = (0.0, 240.0)
 #: Name of the weights file inside a model folder.

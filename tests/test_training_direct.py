@@ -4,6 +4,7 @@ metrics and the ``boneage train direct`` arguments."""
 from __future__ import annotations
 
 import argparse
+import copy
 
 import numpy as np
 import pytest
@@ -99,3 +100,65 @@ def test_resolve_device():
         assert training.resolve_device("auto").type == "cpu"
         with pytest.raises(ValueError):
             training.resolve_device("cuda")
+
+
+def _tiny_config(**kw) -> TrainConfig:
+    settings = dict(epochs=2, input_size=32, cache_size=48, batch_size=8, seed=2, device="cpu", widths=SMALL_DIRECT_WIDTHS,
+                    bf16=False, threads=1, checkpoint_minutes=0.0)
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    images, ages, sexes = random_films(24)
+    whole = train_on_arrays(images, ages, sexes, _tiny_config(), log=lambda *_: None, checkpoint=tmp_path / "a.pt")
+    assert not whole.stopped_early and len(whole.history) == 2
+
+    # --max-minutes 0 stops after the first step; the same command again continues from the checkpoint.
+    messages: list[str] = []
+    cut = train_on_arrays(images, ages, sexes, _tiny_config(max_minutes=0.0), log=messages.append, checkpoint=tmp_path / "b.pt")
+    assert cut.stopped_early and (tmp_path / "b.pt").is_file()
+    resumed = train_on_arrays(images, ages, sexes, _tiny_config(), log=messages.append, checkpoint=tmp_path / "b.pt")
+    assert any("resuming" in m for m in messages)
+    assert len(resumed.history) == 2
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+    # A checkpoint of other settings is not resumed.
+    other: list[str] = []
+    train_on_arrays(images, ages, sexes, _tiny_config(epochs=1, learning_rate=1e-3), log=other.append, checkpoint=tmp_path / "b.pt")
+    assert any("starting afresh" in m for m in other)
+
+
+def test_ema_weights_are_what_training_returns():
+    images, ages, sexes = random_films(16)
+    with_ema = train_on_arrays(images, ages, sexes, _tiny_config(epochs=1), log=lambda *_: None)
+    without = train_on_arrays(images, ages, sexes, _tiny_config(epochs=1, ema=0.0), log=lambda *_: None)
+    # Same seed, same steps: the raw network is identical, so a difference is the averaging.
+    differs = [not torch.equal(a, b) for a, b in zip(with_ema.model.parameters(), without.model.parameters())]
+    assert any(differs)
+
+
+def test_batchnorm_recalibration_forgets_the_training_statistics():
+    images, ages, sexes = random_films(16)
+    result = train_on_arrays(images, ages, sexes, _tiny_config(epochs=1), log=lambda *_: None)
+    clean = training.recalibrate_batchnorm(result.model, images, sexes, 32, batch_size=8)
+    before = [b.clone() for b in result.model.buffers()]
+
+    # Statistics far off (as augmented batches can leave them) make no difference to the result:
+    # the recalibrated statistics come from the clean images alone.
+    spoiled = copy.deepcopy(result.model)
+    for module in spoiled.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean += 3.0
+            module.running_var *= 4.0
+    again = training.recalibrate_batchnorm(spoiled, images, sexes, 32, batch_size=8)
+    loc_clean, _ = predict_arrays(clean, images, sexes, result.target_mean, result.target_sd, 32)
+    loc_again, _ = predict_arrays(again, images, sexes, result.target_mean, result.target_sd, 32)
+    loc_spoiled, _ = predict_arrays(spoiled, images, sexes, result.target_mean, result.target_sd, 32)
+    assert np.allclose(loc_clean, loc_again, atol=1e-3)
+    assert not np.allclose(loc_spoiled, loc_clean, atol=1e-3)
+    # The trained network itself is left as it was.
+    assert all(torch.equal(a, b) for a, b in zip(before, result.model.buffers()))
+    first = next(m for m in clean.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert first.momentum == 0.1 and not clean.training

@@ -43,6 +43,7 @@ from boneage.direct import (
     WEIGHTS_FILE,
     BoneAgeNet,
     clipped_interval,
+    images_to_tensor,
     predict_arrays,
     sex_to_code,
 )
@@ -56,6 +57,8 @@ INTERVAL_LEVEL = 0.9
 #: Number of ``rsna-dev`` *training-split* images held out for calibration and TTA choice.
 CALIBRATION_HOLDOUT = 200
 _CACHE_VERSION = "v1"
+#: Resumable training state beside the weights (not shipped; ignored by git).
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def calibration_holdout(dev_train, seed: int = 0):
@@ -214,7 +217,7 @@ def cached_images(labels, size: int = CACHE_SIZE, workers: int = 2) -> np.ndarra
 class TrainConfig:
     """Everything that determines a training run (written into the weights and metrics)."""
 
-    epochs: int = 22
+    epochs: int = 28
     input_size: int = INPUT_SIZE
     cache_size: int = CACHE_SIZE
     batch_size: int = 32
@@ -230,6 +233,13 @@ class TrainConfig:
     threads: int | None = None
     init: str | None = None
     widths: tuple[int, ...] = (32, 64, 128, 256)
+    #: Decay of the exponential moving average of the weights (the EMA copy is what ships); 0 = off.
+    ema: float = 0.999
+    #: Minutes between checkpoints (``OUT/checkpoint.pt``; a run started again continues from it).
+    checkpoint_minutes: float = 3.0
+    #: Clean (unaugmented) training images used to re-estimate the BatchNorm statistics after
+    #: training; kept only if it lowers the calibration hold-out MAE. 0 = off.
+    bn_recalibration_images: int = 2048
 
 
 def resolve_device(name: str) -> torch.device:
@@ -261,6 +271,12 @@ class TrainResult:
     stopped_early: bool = False
 
 
+def _checkpoint_settings(config: TrainConfig) -> dict:
+    """The settings a checkpoint must share with a run to be resumed by it."""
+    skip = ("max_minutes", "checkpoint_minutes", "out", "threads", "workers", "device", "bn_recalibration_images")
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k not in skip}
+
+
 def train_on_arrays(
     images: np.ndarray,
     ages_months: np.ndarray,
@@ -268,21 +284,31 @@ def train_on_arrays(
     config: TrainConfig,
     monitor: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     log=print,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
-    """Train a :class:`BoneAgeNet` on uint8 image arrays.
+    """Train a :class:`BoneAgeNet` on uint8 image arrays; resumable.
+
+    With ``checkpoint`` set, the network, its EMA copy, the optimiser, the schedule and the random
+    state are saved there every ``config.checkpoint_minutes`` and at each epoch's end; a run
+    started again with the same settings and data continues from it (and ends with the same
+    weights as an uninterrupted run). When ``config.max_minutes`` runs out, the checkpoint is
+    saved and the result says ``stopped_early``.
 
     Args:
         images: uint8 ``(N, S, S)`` preprocessed images.
         ages_months: ``(N,)`` bone ages.
         sex_codes: ``(N,)`` +1/-1 (0 allowed).
-        config: the run's settings (epochs, sizes, seed, device, time limit).
-        monitor: optional ``(images, ages, sex_codes)`` evaluated after each epoch (MAE logged
-            only; never used to choose anything automatically).
+        config: the run's settings (epochs, sizes, seed, device, time limit, EMA decay).
+        monitor: optional ``(images, ages, sex_codes)`` evaluated with the EMA weights after each
+            epoch (MAE logged only; never used to choose anything automatically).
         log: printing function.
+        checkpoint: where to keep the resumable state (None: no checkpoints).
 
     Returns:
-        :class:`TrainResult`.
+        :class:`TrainResult` whose model is the EMA copy (or the network itself when ``config.ema`` is 0).
     """
+    import copy
+
     from tqdm import tqdm
 
     device = resolve_device(config.device)
@@ -297,9 +323,9 @@ def train_on_arrays(
     init_state = None
     if config.init:
         # Continue from earlier weights (a second, shorter schedule): keep their standardisation.
-        checkpoint = torch.load(config.init, map_location="cpu", weights_only=True)
-        init_state = {k: v.float() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()}
-        target_mean, target_sd = float(checkpoint["target_mean"]), float(checkpoint["target_sd"])
+        init_checkpoint = torch.load(config.init, map_location="cpu", weights_only=True)
+        init_state = {k: v.float() if v.is_floating_point() else v for k, v in init_checkpoint["state_dict"].items()}
+        target_mean, target_sd = float(init_checkpoint["target_mean"]), float(init_checkpoint["target_sd"])
         log(f"initialised from {config.init}")
     targets = torch.as_tensor((ages_months - target_mean) / target_sd, dtype=torch.float32)
     codes = torch.as_tensor(sex_codes, dtype=torch.float32)
@@ -309,6 +335,7 @@ def train_on_arrays(
     if init_state is not None:
         model.load_state_dict(init_state)
     model = model.to(device).to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).eval() if config.ema > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     n = len(images)
     steps_per_epoch = max(1, n // config.batch_size)
@@ -316,13 +343,43 @@ def train_on_arrays(
         optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
     )
     history: list[dict] = []
-    start = time.time()
+    start_epoch, start_step = 0, 0
+    settings = _checkpoint_settings(config)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("settings") == settings and state.get("n_images") == n:
+            model.load_state_dict(state["network"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimiser"])
+            scheduler.load_state_dict(state["schedule"])
+            generator.set_state(state["generator"])
+            start_epoch, start_step, history = state["epoch"], state["step"], state["history"]
+            log(f"resuming from {checkpoint}: epoch {start_epoch + 1}, step {start_step}")
+        else:
+            log(f"{checkpoint} is from other settings or data; starting afresh")
+
+    def save(epoch: int, step: int) -> None:
+        if checkpoint is None:
+            return
+        Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(checkpoint).with_suffix(".tmp")
+        torch.save({"settings": settings, "n_images": n, "network": model.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None, "optimiser": optimizer.state_dict(),
+                    "schedule": scheduler.state_dict(), "generator": generator.get_state(), "epoch": epoch,
+                    "step": step, "history": history}, tmp)
+        os.replace(tmp, checkpoint)
+
+    start = began = time.time()
+    last_save = start
     stopped_early = False
-    for epoch in range(config.epochs):
+    for epoch in range(start_epoch, config.epochs):
         model.train()
-        order = torch.randperm(n, generator=generator)
+        # The epoch's order depends on (seed, epoch) only, so a resumed epoch replays it.
+        order = torch.from_numpy(np.random.default_rng([config.seed, epoch]).permutation(n))
         running, seen = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", mininterval=10, unit="step")
+        bar = tqdm(range(start_step, steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", mininterval=10,
+                   unit="step", initial=start_step, total=steps_per_epoch)
         for step in bar:
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             x = augment_batch(image_tensor[idx], config.input_size, generator)
@@ -339,23 +396,82 @@ def train_on_arrays(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                done = epoch * steps_per_epoch + step
+                decay = min(config.ema, (1 + done) / (10 + done))
+                with torch.no_grad():
+                    for pe, pn in zip(ema.parameters(), model.parameters()):
+                        pe.mul_(decay).add_(pn.detach(), alpha=1 - decay)
+                    for be, bn in zip(ema.buffers(), model.buffers()):
+                        be.copy_(bn)
             running += float(error.detach().sum()) * target_sd
             seen += len(idx)
             if step % 20 == 0:
                 bar.set_postfix(mae_months=f"{running / max(seen, 1):.1f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
-            if config.max_minutes is not None and time.time() - start > 60.0 * config.max_minutes:
+            if time.time() - last_save > 60.0 * config.checkpoint_minutes:
+                save(epoch, step + 1)
+                last_save = time.time()
+            if config.max_minutes is not None and time.time() - began > 60.0 * config.max_minutes:
                 stopped_early = True
+                save(epoch, step + 1)
                 break
-        record = {"epoch": epoch + 1, "train_mae_months": running / max(seen, 1), "minutes": (time.time() - start) / 60}
+        bar.close()
+        if stopped_early:
+            log(f"stopped after {config.max_minutes} minutes (--max-minutes) at epoch {epoch + 1}")
+            break
+        start_step = 0
+        record = {"epoch": epoch + 1, "train_mae_months": running / max(seen, 1),
+                  "minutes": (history[-1]["minutes"] if history else 0.0) + (time.time() - start) / 60}
+        start = time.time()
         if monitor is not None:
-            loc, _ = predict_arrays(model, monitor[0], monitor[2], target_mean, target_sd, config.input_size, device)
+            loc, _ = predict_arrays(ema if ema is not None else model, monitor[0], monitor[2], target_mean, target_sd,
+                                    config.input_size, device)
             record["monitor_mae_months"] = float(np.mean(np.abs(loc - monitor[1])))
         history.append(record)
+        save(epoch + 1, 0)
+        last_save = time.time()
         log(json.dumps(record))
-        if stopped_early:
-            log(f"stopped after {config.max_minutes} minutes (--max-minutes); saving what was trained")
-            break
-    return TrainResult(model.eval(), target_mean, target_sd, history, time.time() - start, stopped_early)
+    trained = ema if ema is not None else model
+    seconds = 60.0 * (history[-1]["minutes"] if history else 0.0) + (time.time() - start if stopped_early else 0.0)
+    return TrainResult(trained.eval(), target_mean, target_sd, history, seconds, stopped_early)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: BoneAgeNet, images: np.ndarray, sex_codes: np.ndarray, input_size: int,
+                          batch_size: int = 64, device: torch.device | str = "cpu") -> BoneAgeNet:
+    """Re-estimate every BatchNorm layer's running statistics on clean (unaugmented) images.
+
+    Training normalises with statistics of *augmented* batches (rotated corners, noise, gamma,
+    blur); a film at inference is clean, and that mismatch shifted the shipped CNN's ages by
+    about +4 months on the calibration hold-out. Running clean training images through the
+    network in training mode (cumulative averages, no gradient) removes the mismatch.
+
+    Args:
+        model: the trained network (a copy is changed, not the network itself).
+        images: uint8 ``(N, S, S)`` clean training images.
+        sex_codes: ``(N,)`` their sex codes.
+        input_size: network input side.
+        batch_size: images per forward pass.
+        device: where to run.
+
+    Returns:
+        The recalibrated copy, in eval mode.
+    """
+    import copy
+
+    network = copy.deepcopy(model).to(device)
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over every batch below
+    network.train()
+    for start in range(0, len(images), batch_size):
+        x = images_to_tensor(images[start:start + batch_size], input_size).to(device)
+        code = torch.as_tensor(np.asarray(sex_codes[start:start + batch_size]), dtype=torch.float32, device=device)
+        network(x.contiguous(memory_format=torch.channels_last), code)
+    for norm in norms:
+        norm.momentum = 0.1
+    return network.eval()
 
 
 def conformal_factor(ages: np.ndarray, locations: np.ndarray, scales: np.ndarray, level: float = INTERVAL_LEVEL) -> float:
@@ -481,10 +597,36 @@ def train(config: TrainConfig, log=print) -> dict:
     calib_ages = calib["bone_age_months"].to_numpy(dtype=np.float64)
     val_ages = val["bone_age_months"].to_numpy(dtype=np.float64)
 
+    checkpoint = out / CHECKPOINT_FILE
     result = train_on_arrays(
         fit_images, fit["bone_age_months"].to_numpy(dtype=np.float64), codes(fit), config,
-        monitor=(calib_images, calib_ages, codes(calib)), log=log,
+        monitor=(calib_images, calib_ages, codes(calib)), log=log, checkpoint=checkpoint,
     )
+    if result.stopped_early:
+        log(f"training stopped by --max-minutes; its state is in {checkpoint}: run the same command again to continue "
+            "(nothing else was written)")
+        return {"stopped_early": True, "checkpoint": str(checkpoint)}
+    result.model = result.model.float().cpu()
+    bn_choice = {"bn_recalibration_images": 0}
+    if config.bn_recalibration_images:
+        # Chosen on the calibration hold-out, like flip-TTA: keep only if it lowers the MAE there.
+        pick = np.sort(np.random.default_rng(config.seed).choice(len(fit), size=min(config.bn_recalibration_images, len(fit)),
+                                                                 replace=False))
+        recalibrated = recalibrate_batchnorm(result.model, fit_images[pick], codes(fit)[pick], config.input_size)
+        before, _ = predict_arrays(result.model, calib_images, codes(calib), result.target_mean, result.target_sd, config.input_size)
+        after, _ = predict_arrays(recalibrated, calib_images, codes(calib), result.target_mean, result.target_sd, config.input_size)
+        bn_choice = {
+            "bn_recalibration_images": len(pick),
+            "holdout_mae_months_before_bn_recalibration": round(float(np.mean(np.abs(before - calib_ages))), 2),
+            "holdout_bias_months_before_bn_recalibration": round(float(np.mean(before - calib_ages)), 2),
+            "holdout_mae_months_after_bn_recalibration": round(float(np.mean(np.abs(after - calib_ages))), 2),
+            "holdout_bias_months_after_bn_recalibration": round(float(np.mean(after - calib_ages)), 2),
+        }
+        bn_choice["bn_recalibrated"] = (bn_choice["holdout_mae_months_after_bn_recalibration"]
+                                        < bn_choice["holdout_mae_months_before_bn_recalibration"])
+        if bn_choice["bn_recalibrated"]:
+            result.model = recalibrated
+        log(f"BatchNorm recalibration: {json.dumps(bn_choice)}")
     # Evaluate exactly what is shipped: the fp16 weights loaded back into float32.
     model = BoneAgeNet(widths=tuple(config.widths))
     model.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in result.model.state_dict().items()})
@@ -512,6 +654,7 @@ def train(config: TrainConfig, log=print) -> dict:
         "holdout_mae_months_plain": round(mae_plain, 2),
         "holdout_mae_months_flip_tta": round(mae_tta, 2),
         "holdout_ids": [int(i) for i in calib["id"]],
+        **bn_choice,
     }
     log(f"calibration: {json.dumps({k: v for k, v in calibration.items() if k != 'holdout_ids'})}")
     weights_path = out / WEIGHTS_FILE
