@@ -98,6 +98,35 @@ class BoneAgeNet(nn.Module):
         return out[:, 0], out[:, 1].clamp(-6.0, 3.0)
 
 
+class BoneAgeEnsemble(nn.Module):
+    """Several :class:`BoneAgeNet` members trained alike from different seeds; outputs averaged.
+
+    The location is the members' mean and the log-scale their mean (a geometric mean of the
+    scales); the members share the target standardisation, so their outputs are comparable.
+
+    Args:
+        members: the trained networks.
+    """
+
+    def __init__(self, members: list[BoneAgeNet]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor, sex_code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same inputs and outputs as :meth:`BoneAgeNet.forward`, averaged over the members."""
+        outputs = [member(images, sex_code) for member in self.members]
+        location = torch.stack([o[0] for o in outputs]).mean(dim=0)
+        log_scale = torch.stack([o[1] for o in outputs]).mean(dim=0)
+        return location, log_scale
+
+
+def build_network(widths: tuple[int, ...] = (32, 64, 128, 256), members: int = 1) -> nn.Module:
+    """A :class:`BoneAgeNet`, or a :class:`BoneAgeEnsemble` of ``members`` of them when ``members > 1``."""
+    if members > 1:
+        return BoneAgeEnsemble([BoneAgeNet(widths=tuple(widths)) for _ in range(members)])
+    return BoneAgeNet(widths=tuple(widths))
+
+
 def sex_to_code(sex: str | None) -> float:
     """+1 for ``"M"``, -1 for ``"F"``, 0 for ``None`` (unknown).
 
@@ -132,7 +161,7 @@ def images_to_tensor(images_uint8: np.ndarray | torch.Tensor, size: int = INPUT_
 
 @torch.no_grad()
 def predict_arrays(
-    model: BoneAgeNet,
+    model: nn.Module,
     images: np.ndarray,
     sex_codes: np.ndarray,
     target_mean: float,
@@ -236,7 +265,7 @@ class DirectEstimator:
         tilts: test-time tilts in degrees (see :data:`TTA_TILTS_DEG`; ``(0.0,)`` for one view).
     """
 
-    def __init__(self, model: BoneAgeNet, target_mean: float, target_sd: float, calibration: dict,
+    def __init__(self, model: nn.Module, target_mean: float, target_sd: float, calibration: dict,
                  input_size: int = INPUT_SIZE, cache_size: int = CACHE_SIZE, version: str = MODEL_VERSION,
                  tilts: tuple[float, ...] = TTA_TILTS_DEG) -> None:
         self.tilts = tuple(tilts)
@@ -276,7 +305,7 @@ class DirectEstimator:
 
             model = load_traced(path.with_name(TRACED_FILE), path)
         if model is None:
-            model = BoneAgeNet(widths=tuple(config.get("widths", (32, 64, 128, 256))))
+            model = build_network(tuple(config.get("widths", (32, 64, 128, 256))), int(config.get("members", 1)))
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()})
         model.to(device)
         if torch.device(device).type == "cpu":

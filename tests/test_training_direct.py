@@ -162,3 +162,53 @@ def test_batchnorm_recalibration_forgets_the_training_statistics():
     assert all(torch.equal(a, b) for a, b in zip(before, result.model.buffers()))
     first = next(m for m in clean.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert first.momentum == 0.1 and not clean.training
+
+
+def test_ensemble_averages_its_members_and_round_trips(tmp_path):
+    images, ages, sexes = random_films(16)
+    members = [train_on_arrays(images, ages, sexes, _tiny_config(epochs=1, seed=s), log=lambda *_: None) for s in (2, 1002)]
+    result = training._assemble(members)
+    assert isinstance(result.model, direct.BoneAgeEnsemble) and len(result.members) == 2
+    assert [h["member"] for h in result.history] == [1, 2]
+    locs = [predict_arrays(m.model, images, sexes, m.target_mean, m.target_sd, 32)[0] for m in members]
+    assert not np.allclose(locs[0], locs[1])  # different seeds, different networks
+    loc, scale = predict_arrays(result.model, images, sexes, result.target_mean, result.target_sd, 32)
+    np.testing.assert_allclose(loc, (locs[0] + locs[1]) / 2, atol=1e-3)
+    assert (scale > 0).all()
+
+    config = _tiny_config(epochs=1, members=2)
+    save_weights(tmp_path / direct.WEIGHTS_FILE, result, config, {"factor_sex_known": 2.0, "factor_sex_unknown": 2.5, "flip_tta": False})
+    estimator = DirectEstimator.load(tmp_path, traced=False)
+    assert isinstance(estimator.model, direct.BoneAgeEnsemble)
+    loc16, _ = predict_arrays(estimator.model, images, sexes, estimator.target_mean, estimator.target_sd, 32)
+    assert np.abs(loc16 - loc).max() < 0.5
+
+    from boneage.training.export import export_direct
+
+    export_direct(tmp_path)
+    traced = DirectEstimator.load(tmp_path)
+    assert not isinstance(traced.model, direct.BoneAgeEnsemble)  # the traced copy, which needs no MONAI
+    loc_traced, _ = predict_arrays(traced.model, images, sexes, traced.target_mean, traced.target_sd, 32)
+    assert np.abs(loc_traced - loc16).max() < 0.5
+
+
+def test_ensemble_members_need_one_standardisation():
+    images, ages, sexes = random_films(16)
+    a = train_on_arrays(images, ages, sexes, _tiny_config(epochs=1), log=lambda *_: None)
+    b = train_on_arrays(images[:12], ages[:12] + 10, sexes[:12], _tiny_config(epochs=1), log=lambda *_: None)
+    with pytest.raises(ValueError, match="standardisation"):
+        training._assemble([a, b])
+
+
+def test_members_option_and_checkpoint_names(tmp_path):
+    from boneage.cli import build_parser
+
+    config = training.config_from_args(build_parser().parse_args(["train", "direct", "--members", "2"]))
+    assert config.members == 2 and "--members 2" in " ".join(training._config_to_argv(config))
+    # Member 0 keeps the single network's checkpoint (a finished single run becomes the first member).
+    assert training.member_checkpoint(tmp_path, 0).name == training.CHECKPOINT_FILE
+    assert training.member_checkpoint(tmp_path, 1) != training.member_checkpoint(tmp_path, 0)
+    # The member count is not a training setting of any one member.
+    assert training._checkpoint_settings(_tiny_config(members=1)) == training._checkpoint_settings(_tiny_config(members=3))
+    with pytest.raises(ValueError, match="members"):
+        training.train(TrainConfig(members=0, out=str(tmp_path)))

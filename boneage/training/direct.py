@@ -25,7 +25,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,9 @@ from boneage.direct import (
     METRICS_FILE,
     MODEL_VERSION,
     WEIGHTS_FILE,
+    BoneAgeEnsemble,
     BoneAgeNet,
+    build_network,
     clipped_interval,
     images_to_tensor,
     predict_arrays,
@@ -59,6 +61,13 @@ CALIBRATION_HOLDOUT = 200
 _CACHE_VERSION = "v1"
 #: Resumable training state beside the weights (not shipped; ignored by git).
 CHECKPOINT_FILE = "checkpoint.pt"
+#: Training-seed offset between ensemble members (the calibration hold-out follows ``seed`` only).
+MEMBER_SEED_STEP = 1000
+
+
+def member_checkpoint(out: Path, member: int) -> Path:
+    """Checkpoint of ensemble member ``member`` (member 0 keeps :data:`CHECKPOINT_FILE`)."""
+    return out / (CHECKPOINT_FILE if member == 0 else f"checkpoint_member{member}.pt")
 
 
 def calibration_holdout(dev_train, seed: int = 0):
@@ -240,6 +249,9 @@ class TrainConfig:
     #: Clean (unaugmented) training images used to re-estimate the BatchNorm statistics after
     #: training; kept only if it lowers the calibration hold-out MAE. 0 = off.
     bn_recalibration_images: int = 2048
+    #: Networks trained alike from seeds ``seed``, ``seed + MEMBER_SEED_STEP``, ... (same data and
+    #: calibration hold-out) whose outputs are averaged; each keeps its own checkpoint.
+    members: int = 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -269,11 +281,32 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    #: Seconds spent in this call (a resumed run counts only its own part).
+    seconds_this_run: float = 0.0
+    #: Per-member facts when ``model`` is an ensemble (seed, epochs, minutes, last hold-out MAE).
+    members: list[dict] = field(default_factory=list)
+
+
+def _assemble(results: list[TrainResult]) -> TrainResult:
+    """One result from the ensemble members' results (a single member is returned as it is)."""
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    if any(abs(r.target_mean - first.target_mean) > 1e-9 or abs(r.target_sd - first.target_sd) > 1e-9 for r in results):
+        raise ValueError("ensemble members were trained with different target standardisations")
+    members = [{"member": i + 1, "epochs_completed": len(r.history), "training_minutes": round(r.seconds / 60, 1),
+                "holdout_mae_months_last_epoch": r.history[-1].get("monitor_mae_months") if r.history else None}
+               for i, r in enumerate(results)]
+    return TrainResult(
+        BoneAgeEnsemble([r.model.float().cpu() for r in results]), first.target_mean, first.target_sd,
+        history=[dict(h, member=i + 1) for i, r in enumerate(results) for h in r.history],
+        seconds=sum(r.seconds for r in results), members=members,
+    )
 
 
 def _checkpoint_settings(config: TrainConfig) -> dict:
     """The settings a checkpoint must share with a run to be resumed by it."""
-    skip = ("max_minutes", "checkpoint_minutes", "out", "threads", "workers", "device", "bn_recalibration_images")
+    skip = ("max_minutes", "checkpoint_minutes", "out", "threads", "workers", "device", "bn_recalibration_images", "members")
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k not in skip}
 
 
@@ -433,7 +466,8 @@ def train_on_arrays(
         log(json.dumps(record))
     trained = ema if ema is not None else model
     seconds = 60.0 * (history[-1]["minutes"] if history else 0.0) + (time.time() - start if stopped_early else 0.0)
-    return TrainResult(trained.eval(), target_mean, target_sd, history, seconds, stopped_early)
+    return TrainResult(trained.eval(), target_mean, target_sd, history, seconds, stopped_early,
+                       seconds_this_run=time.time() - began)
 
 
 @torch.no_grad()
@@ -569,6 +603,8 @@ def train(config: TrainConfig, log=print) -> dict:
     from boneage.datasets import rsna_299, rsna_dev
     from boneage.paths import MODELS_DIR
 
+    if config.members < 1:
+        raise ValueError(f"--members must be at least 1 (got {config.members})")
     out = Path(config.out) if config.out else MODELS_DIR / "direct"
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
@@ -597,15 +633,28 @@ def train(config: TrainConfig, log=print) -> dict:
     calib_ages = calib["bone_age_months"].to_numpy(dtype=np.float64)
     val_ages = val["bone_age_months"].to_numpy(dtype=np.float64)
 
-    checkpoint = out / CHECKPOINT_FILE
-    result = train_on_arrays(
-        fit_images, fit["bone_age_months"].to_numpy(dtype=np.float64), codes(fit), config,
-        monitor=(calib_images, calib_ages, codes(calib)), log=log, checkpoint=checkpoint,
-    )
-    if result.stopped_early:
-        log(f"training stopped by --max-minutes; its state is in {checkpoint}: run the same command again to continue "
-            "(nothing else was written)")
-        return {"stopped_early": True, "checkpoint": str(checkpoint)}
+    member_results: list[TrainResult] = []
+    budget = config.max_minutes
+    for member in range(config.members):
+        # Members differ only in their training seed (initialisation, order, augmentation).
+        member_config = replace(config, seed=config.seed + MEMBER_SEED_STEP * member, max_minutes=budget)
+        checkpoint = member_checkpoint(out, member)
+        if config.members > 1:
+            log(f"ensemble member {member + 1}/{config.members} (training seed {member_config.seed}, checkpoint {checkpoint.name})")
+        result = train_on_arrays(
+            fit_images, fit["bone_age_months"].to_numpy(dtype=np.float64), codes(fit), member_config,
+            monitor=(calib_images, calib_ages, codes(calib)), log=log, checkpoint=checkpoint,
+        )
+        if result.stopped_early:
+            log(f"training stopped by --max-minutes; its state is in {checkpoint}: run the same command again to continue "
+                "(nothing else was written)")
+            return {"stopped_early": True, "checkpoint": str(checkpoint)}
+        member_results.append(result)
+        if budget is not None:
+            budget = max(budget - result.seconds_this_run / 60.0, 0.01)
+    result = _assemble(member_results)
+    for i, facts in enumerate(result.members):
+        facts["training_seed"] = config.seed + MEMBER_SEED_STEP * i
     result.model = result.model.float().cpu()
     bn_choice = {"bn_recalibration_images": 0}
     if config.bn_recalibration_images:
@@ -628,7 +677,7 @@ def train(config: TrainConfig, log=print) -> dict:
             result.model = recalibrated
         log(f"BatchNorm recalibration: {json.dumps(bn_choice)}")
     # Evaluate exactly what is shipped: the fp16 weights loaded back into float32.
-    model = BoneAgeNet(widths=tuple(config.widths))
+    model = build_network(tuple(config.widths), config.members)
     model.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in result.model.state_dict().items()})
     model.eval()
     fp32_loc, _ = predict_arrays(result.model.float().cpu(), val_images, codes(val), result.target_mean, result.target_sd, config.input_size)
@@ -701,7 +750,8 @@ def train(config: TrainConfig, log=print) -> dict:
         "n_training_films": len(fit),
         "n_rsna_dev_training_films": int((fit["source"] == "rsna-dev").sum()),
         "n_rsna_299_training_films": int((fit["source"] == "rsna-299").sum()),
-        "epochs_completed": len(result.history),
+        "epochs_completed": len(result.history) // config.members,
+        "members": result.members,
         "stopped_early_by_max_minutes": result.stopped_early,
         "training_minutes": round(result.seconds / 60, 1),
         "total_wall_minutes": round((time.time() - wall_start) / 60, 1),
@@ -754,6 +804,35 @@ def _metrics_table(groups: dict) -> str:
     return "\n".join(lines)
 
 
+def _members_line(training: dict) -> str:
+    """Model-card line on the ensemble (empty for a single network)."""
+    members = training.get("members") or []
+    if not members:
+        return ""
+    each = "; ".join(f"member {m['member']}: training seed {m.get('training_seed', '?')}, {m['training_minutes']:.0f} min, "
+                     f"last-epoch hold-out MAE {m['holdout_mae_months_last_epoch']:.2f}" for m in members)
+    return (f"- **Ensemble of {len(members)} networks** trained alike (same data, same calibration hold-out) from "
+            f"different seeds; their locations and log-scales are averaged ({each}).\n")
+
+
+def _ema_and_batchnorm_lines(config: dict, cal: dict) -> str:
+    """Model-card lines on the EMA weights and the BatchNorm re-estimation decision."""
+    lines = []
+    if config.get("ema"):
+        lines.append(f"- Shipped weights are an exponential moving average (decay {config['ema']}) of the training "
+                     "weights, the BatchNorm running statistics are the training network's own.")
+    if cal.get("bn_recalibration_images"):
+        kept = cal["bn_recalibrated"]
+        lines.append(
+            f"- BatchNorm statistics re-estimated on {cal['bn_recalibration_images']} clean (unaugmented) training films "
+            f"and kept only if the calibration hold-out MAE drops: {cal['holdout_mae_months_before_bn_recalibration']:.2f} "
+            f"(bias {cal['holdout_bias_months_before_bn_recalibration']:+.2f}) before vs "
+            f"{cal['holdout_mae_months_after_bn_recalibration']:.2f} (bias {cal['holdout_bias_months_after_bn_recalibration']:+.2f}) "
+            f"after -> **{'kept' if kept else 'not kept'}**. (Statistics gathered on augmented batches had shifted the "
+            "earlier 192 px model's ages by +4 months on the hold-out.)")
+    return "\n".join(lines) if lines else "- Plain end-of-training weights."
+
+
 def write_model_card(folder: str | Path | None = None) -> Path:
     """Write ``MODEL_CARD.md`` beside the weights from their ``metrics.json``.
 
@@ -801,11 +880,12 @@ result says so (`sex_used=None`, `sex_note`) and its interval is calibrated sepa
 never assumed.
 
 ## Model
-- Narrow MONAI 2-D ResNet-18 (`monai.networks.nets.ResNet`, basic blocks 2-2-2-2, widths
-  {'-'.join(str(w) for w in t['config']['widths'])}, `conv1_t_stride=2`), {params / 1e6:.2f} M parameters, from scratch
+{_members_line(t)}- Narrow MONAI 2-D ResNet-18 (`monai.networks.nets.ResNet`, basic blocks 2-2-2-2, widths
+  {'-'.join(str(w) for w in t['config']['widths'])}, `conv1_t_stride=2`), {params / 1e6:.2f} M parameters{' per member' if t.get('members') else ''}, from scratch
   (no pretrained weights, no synthetic pretraining), + an MLP head on [pooled features, sex code
   (+1 M / -1 F / 0 unknown), |sex code|] giving a location and a Laplace scale.
 - Loss: L1 on the location + Laplace negative log-likelihood for the scale (location detached).
+{_ema_and_batchnorm_lines(t['config'], cal)}
 - Weights: `{m['weights_file']}`, fp16 ({m['weights_bytes'] / 1e6:.1f} MB), loaded back into float32.
   Validation MAE without TTA: fp32 weights {m['validation_mae_fp32_weights']:.2f} vs the shipped fp16 weights
   {(m['validation_mae_other_tta_setting'] if cal['flip_tta'] else m['validation_mae_fp16_weights']):.2f} months (fp16 storage loses nothing).
@@ -836,7 +916,9 @@ lost its aspect ratio looks like any other), percentile window (0.5-99.5%) to [0
 Hardware: {t['hardware']} (device `{t['device']}`), torch {t['torch']}. Training time
 {t['training_minutes'] + (previous['training_minutes'] if previous else 0):.0f} min, whole command{'s' if previous else ''} {t['total_wall_minutes'] + (previous['total_wall_minutes'] if previous else 0):.0f} min (first run also decodes the images
 into a uint8 cache under `~/.cache/boneage`, outside the repository). On a GPU use `--device cuda`
-(the numbers will differ slightly from these CPU-trained weights).{(chr(10) + t['note']) if t.get('note') else ''}
+(the numbers will differ slightly from these CPU-trained weights). The command saves
+`{CHECKPOINT_FILE}` in the model folder every {t['config'].get('checkpoint_minutes', 3):g} minutes (not committed); re-running the
+same command after an interruption resumes from it and gives the same weights.{(chr(10) + t['note']) if t.get('note') else ''}
 
 ## Validation metrics (fixed `rsna-dev` validation split, sex given)
 {_metrics_table(m['validation'])}
@@ -869,7 +951,7 @@ resolution; "squashed 299" resizes the film to 299 x 299 like the `rsna-299` set
 ### Learning curve (training MAE under augmentation; MAE on the calibration hold-out of the training split)
 | epoch | train MAE | hold-out MAE | minutes |
 |---|---|---|---|
-""" + "\n".join(f"| {str(h['stage']) + '.' if 'stage' in h else ''}{h['epoch']} | {h['train_mae_months']:.1f} | {h.get('monitor_mae_months', float('nan')):.1f} | {h['minutes']:.0f} |" for h in history) + f"""
+""" + "\n".join(f"| {str(h.get('stage', h.get('member'))) + '.' if ('stage' in h or 'member' in h) else ''}{h['epoch']} | {h['train_mae_months']:.1f} | {h.get('monitor_mae_months', float('nan')):.1f} | {h['minutes']:.0f} |" for h in history) + f"""
 
 ## Speed
 {speed_line}.
@@ -928,6 +1010,8 @@ def _config_to_argv(config: TrainConfig) -> list[str]:
         argv += ["--lr", str(config.learning_rate)]
     if config.init:
         argv += ["--init", config.init]
+    if config.members > 1:
+        argv += ["--members", str(config.members)]
     if config.limit:
         argv += ["--limit", str(config.limit)]
     return argv
@@ -952,6 +1036,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
     parser.add_argument("--init", default=None, help="start from these weights (a second training stage)")
+    parser.add_argument("--members", type=int, default=defaults.members,
+                        help="networks trained from different seeds and averaged (default 1; the shipped model uses 2)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -959,7 +1045,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, input_size=args.size, seed=args.seed, device=args.device, out=args.out,
                        max_minutes=args.max_minutes, limit=args.limit, batch_size=args.batch_size,
                        workers=args.workers, bf16=not args.no_bf16, threads=args.threads,
-                       learning_rate=args.lr, init=args.init)
+                       learning_rate=args.lr, init=args.init, members=args.members)
 
 
 def train_command(args: argparse.Namespace) -> int:
