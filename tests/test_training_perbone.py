@@ -63,6 +63,41 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     assert any("other settings" in line for line in logs)
 
 
+def test_batchnorm_re_estimation_uses_clean_crops_only(tmp_path):
+    images, present, ages, codes = _toy_crops()
+    network = tp.train_network(images, present, ages, codes, _config(tmp_path, epochs=1), tmp_path, log=lambda *_: None)
+    norms = lambda net: [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # noqa: E731
+    before = [m.running_mean.clone() for m in norms(network)]
+    a = tp.recalibrate_crop_batchnorm(network, images, present, codes)
+    # The trained network is untouched; the copy's statistics are new and do not depend on the old ones.
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms(network)))
+    assert any(not torch.allclose(b, m.running_mean) for b, m in zip(before, norms(a)))
+    for m in norms(network):
+        m.running_mean.fill_(5.0)
+    b = tp.recalibrate_crop_batchnorm(network, images, present, codes)
+    for ma, mb in zip(norms(a), norms(b)):
+        assert torch.allclose(ma.running_mean, mb.running_mean, atol=1e-5)
+        assert torch.allclose(ma.running_var, mb.running_var, atol=1e-4)
+    assert not a.training and all(m.momentum == 0.1 for m in norms(a))
+    # Only weights were copied: the parameters are the trained ones.
+    for pa, pn in zip(a.parameters(), network.parameters()):
+        assert torch.equal(pa, pn)
+
+
+def test_checkpoint_from_before_the_sex_task_resumes_as_an_age_run(tmp_path):
+    images, present, ages, codes = _toy_crops()
+    tp.train_network(images, present, ages, codes, _config(tmp_path), tmp_path, log=lambda *_: None)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del state["settings"]["task"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    logs: list[str] = []
+    tp.train_network(images, present, ages, codes, _config(tmp_path), tmp_path, log=logs.append)
+    assert any("resuming" in line for line in logs)
+    logs.clear()
+    tp.train_network(images, present, ages, codes, _config(tmp_path, task="sex"), tmp_path, log=logs.append)
+    assert any("other settings" in line for line in logs)
+
+
 def test_calibration_and_evaluation_of_consensus():
     rng = np.random.default_rng(1)
     n = 300
@@ -135,6 +170,9 @@ def test_train_command_writes_weights_card_and_metrics_that_load(tmp_path, monke
     assert metrics["validation"]["sex_known"]["groups"]["all"]["n"] == 8
     card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
     assert "boneage train perbone --epochs 1" in card and "## Validation" in card
+    choice = metrics["training"]["bn_recalibration"]
+    assert choice["films"] == 32 and isinstance(choice["kept"], bool)  # every film fitted (fewer than 3000)
+    assert "BatchNorm statistics re-estimated" in card
     est = PerBoneEstimator.load(tmp_path / "m")
     assert set(est.calibration) >= {"sex_known", "sex_unknown"}
 
