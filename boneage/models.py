@@ -169,7 +169,7 @@ register(
         kind="regressor",
         folder=MODELS_DIR / "direct",
         weights_file="direct_cnn.pt",
-        version="direct-cnn-1",
+        version="direct-cnn-2",
         loader="boneage.direct:DirectEstimator.load",
         description="end-to-end CNN: radiograph (+ sex) -> bone age in months with a calibrated 90% interval",
     )
@@ -218,7 +218,7 @@ register(
         kind="regressor",
         folder=MODELS_DIR / "perbone",
         weights_file="perbone.pt",
-        version="perbone-1",
+        version="perbone-2",
         loader="boneage.perbone:PerBoneEstimator.load",
         description="per-bone maturity: aligned crops of the RUS bones and the carpus -> each bone's age -> "
                     "robust consensus with a calibrated 90% interval",
@@ -243,7 +243,7 @@ register(
         kind="stacking",
         folder=MODELS_DIR / "combined",
         weights_file="stacking.json",
-        version="combined-1",
+        version="combined-2",
         loader="boneage.combine:Combiner.load",
         description="stacking of the multi-step, per-bone and end-to-end ages (weights per available subset) "
                     "-> the combined estimate with a calibrated 90% interval",

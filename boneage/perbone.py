@@ -363,7 +363,7 @@ WEIGHTS_FILE = "perbone.pt"
 TRACED_FILE = "perbone.ts.pt"
 CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
-MODEL_VERSION = "perbone-1"
+MODEL_VERSION = "perbone-2"
 
 
 class PerBoneNet(nn.Module):

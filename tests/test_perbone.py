@@ -205,7 +205,7 @@ def test_sex_unknown_uses_its_own_wider_calibration():
 
 def test_registry_entry_loads_the_weights_and_calibration(tmp_path, hand):
     entry = models.get("perbone")
-    assert (entry.version, entry.weights_file, entry.folder.name) == ("perbone-1", "perbone.pt", "perbone")
+    assert (entry.version, entry.weights_file, entry.folder.name) == ("perbone-2", "perbone.pt", "perbone")
     est = tiny_perbone(seed=2)
     state = {k: v.half() for k, v in est.network.state_dict().items()}  # fp16 on disk, as shipped
     torch.save({"state_dict": state, "widths": list(TINY_WIDTHS), "model_version": "perbone-test"}, tmp_path / "perbone.pt")
