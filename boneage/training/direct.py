@@ -949,7 +949,7 @@ rectangle (1/8 x 1/10 of the film) near the left edge; "downscaled" is 40% of th
 resolution; "squashed 299" resizes the film to 299 x 299 like the `rsna-299` set.
 
 ### Learning curve (training MAE under augmentation; MAE on the calibration hold-out of the training split)
-| epoch | train MAE | hold-out MAE | minutes |
+| {'member.epoch' if t.get('members') else ('stage.epoch' if previous else 'epoch')} | train MAE | hold-out MAE | minutes |
 |---|---|---|---|
 """ + "\n".join(f"| {str(h.get('stage', h.get('member'))) + '.' if ('stage' in h or 'member' in h) else ''}{h['epoch']} | {h['train_mae_months']:.1f} | {h.get('monitor_mae_months', float('nan')):.1f} | {h['minutes']:.0f} |" for h in history) + f"""
 
