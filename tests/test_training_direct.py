@@ -75,6 +75,21 @@ def test_evaluate_predictions_groups():
     assert metrics["overall"]["mae_months"] == 2.0 and metrics["overall"]["coverage_90"] == 1.0
     assert metrics["age_under_6y"]["n"] == 2 and metrics["age_6_to_12y"]["n"] == 1 and metrics["age_over_12y"]["n"] == 1
     assert metrics["male"]["n"] == 2
+    assert metrics["overall"]["bias_months"] == 2.0 and metrics["age_under_6y"]["bias_months"] == 2.0
+
+
+def test_robustness_variants_shift_the_film_as_named():
+    rows, cols = np.mgrid[0:200, 0:160]
+    film = np.clip(40 + rows * 0.6 + 60 * np.exp(-((rows - 100) ** 2 + (cols - 80) ** 2) / 800.0), 0, 255).astype(np.uint8)
+    variants = training._robustness_variants(film, np.random.default_rng(1))
+    assert {"black_border", "squashed_299", "jpeg_quality_30", "rewindowed_gamma_1.5"} <= set(variants)
+    assert variants["squashed_299"].shape == (299, 299) and variants["black_border"].shape[0] > film.shape[0]
+    jpeg, rewindowed = variants["jpeg_quality_30"], variants["rewindowed_gamma_1.5"]
+    assert jpeg.shape == film.shape and jpeg.dtype == np.uint8 and not np.array_equal(jpeg, film)
+    assert 0 < np.abs(jpeg.astype(int) - film).mean() < 20  # lossy, but the same film
+    assert rewindowed.min() == 0 and rewindowed.max() == 255 and not np.array_equal(rewindowed, film)
+    order = np.argsort(film.ravel(), kind="stable")
+    assert np.all(np.diff(rewindowed.ravel()[order].astype(int)) >= 0)  # a window keeps the order of densities
 
 
 def test_cli_train_direct_arguments():

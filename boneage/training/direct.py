@@ -538,6 +538,7 @@ def evaluate_predictions(ages: np.ndarray, sexes: np.ndarray, predictions: np.nd
         return {
             "n": int(mask.sum()),
             "mae_months": round(float(err.mean()), 2),
+            "bias_months": round(float((predictions[mask] - ages[mask]).mean()), 2),
             "rmse_months": round(float(np.sqrt((err**2).mean())), 2),
             "coverage_90": round(float(((ages[mask] >= lower[mask]) & (ages[mask] <= upper[mask])).mean()), 3),
             "mean_interval_width_months": round(float((upper[mask] - lower[mask]).mean()), 1),
@@ -571,7 +572,10 @@ def save_weights(path: Path, result: TrainResult, config: TrainConfig, calibrati
 
 
 def _robustness_variants(pixels: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Shifted copies of a uint8 film: borders, a marker, lower resolution, lost aspect ratio."""
+    """Shifted copies of a uint8 film: borders, a marker, lower resolution, lost aspect ratio,
+    lossy re-encoding, another intensity window."""
+    import io
+
     from PIL import Image
 
     rows, cols = pixels.shape
@@ -584,7 +588,15 @@ def _robustness_variants(pixels: np.ndarray, rng: np.random.Generator) -> dict[s
     marked[r0:r0 + h, c0:c0 + w] = 255
     small = np.asarray(Image.fromarray(pixels).resize((max(8, cols * 2 // 5), max(8, rows * 2 // 5)), Image.Resampling.BILINEAR))
     squashed = np.asarray(Image.fromarray(pixels).resize((299, 299), Image.Resampling.BILINEAR))
-    return {"black_border": black, "grey_border": grey, "bright_marker": marked, "downscaled_40pct": small, "squashed_299": squashed}
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=30)
+    with Image.open(buffer) as reopened:
+        jpeg = np.asarray(reopened.convert("L"))
+    # Another site's window: gamma 1.5 on a window clipping the darkest and brightest 2%.
+    lo, hi = np.percentile(pixels, (2, 98))
+    rewindowed = np.round(255.0 * np.clip((pixels.astype(np.float32) - lo) / max(float(hi - lo), 1.0), 0, 1) ** 1.5).astype(np.uint8)
+    return {"black_border": black, "grey_border": grey, "bright_marker": marked, "downscaled_40pct": small, "squashed_299": squashed,
+            "jpeg_quality_30": jpeg, "rewindowed_gamma_1.5": rewindowed}
 
 
 def train(config: TrainConfig, log=print) -> dict:
@@ -741,9 +753,17 @@ def train(config: TrainConfig, log=print) -> dict:
             prepared, _ = prepare_model_input(shifted, config.cache_size)
             variant_images.setdefault(name, []).append(np.round(prepared * 255).astype(np.uint8))
     metrics["robustness_validation_mae_months"] = {"original": metrics["validation"]["overall"]["mae_months"]}
+    bands = {"age_under_6y": val_ages < 72, "age_6_to_12y": (val_ages >= 72) & (val_ages <= 144), "age_over_12y": val_ages > 144}
+
+    def band_bias(estimates: np.ndarray) -> dict:
+        return {band: round(float(np.mean(estimates[m] - val_ages[m])), 2) for band, m in bands.items() if m.any()}
+
+    metrics["robustness_validation_bias_by_band_months"] = {"original": band_bias(pred)}
     for name, imgs in variant_images.items():
         v_loc, _ = run(np.stack(imgs), codes(val), use_tta)
-        metrics["robustness_validation_mae_months"][name] = round(float(np.mean(np.abs(np.clip(v_loc, *AGE_RANGE_MONTHS) - val_ages))), 2)
+        v_loc = np.clip(v_loc, *AGE_RANGE_MONTHS)
+        metrics["robustness_validation_mae_months"][name] = round(float(np.mean(np.abs(v_loc - val_ages))), 2)
+        metrics["robustness_validation_bias_by_band_months"][name] = band_bias(v_loc)
 
     metrics["training"] = {
         "command": "boneage train direct " + " ".join(_config_to_argv(config)),
@@ -792,14 +812,15 @@ _GROUP_LABELS = (
 
 
 def _metrics_table(groups: dict) -> str:
-    lines = ["| group | n | MAE (months) | RMSE (months) | 90% interval coverage | mean interval width (months) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| group | n | MAE (months) | bias (months) | RMSE (months) | 90% interval coverage | mean interval width (months) |",
+             "|---|---|---|---|---|---|---|"]
     for key, label in _GROUP_LABELS:
         g = groups.get(key, {"n": 0})
         if not g.get("n"):
-            lines.append(f"| {label} | 0 | - | - | - | - |")
+            lines.append(f"| {label} | 0 | - | - | - | - | - |")
             continue
-        lines.append(f"| {label} | {g['n']} | {g['mae_months']:.1f} | {g['rmse_months']:.1f} | "
+        bias = f"{g['bias_months']:+.1f}" if "bias_months" in g else "-"
+        lines.append(f"| {label} | {g['n']} | {g['mae_months']:.1f} | {bias} | {g['rmse_months']:.1f} | "
                      f"{100 * g['coverage_90']:.1f}% | {g['mean_interval_width_months']:.0f} |")
     return "\n".join(lines)
 
@@ -852,7 +873,13 @@ def write_model_card(folder: str | Path | None = None) -> Path:
     speed = m.get("inference", {})
     params = sum(p.numel() for p in BoneAgeNet(widths=tuple(t["config"]["widths"])).parameters())
     worst_shift = max(((k, v) for k, v in rob.items() if k != "original"), key=lambda kv: kv[1])
-    robustness_rows = "\n".join(f"| {k.replace('_', ' ')} | {v:.1f} |" for k, v in rob.items())
+    rob_bias = m.get("robustness_validation_bias_by_band_months", {})
+
+    def bias_cells(name: str) -> str:
+        b = rob_bias.get(name)
+        return " | ".join(f"{b[k]:+.1f}" if b and k in b else "-" for k in ("age_under_6y", "age_6_to_12y", "age_over_12y"))
+
+    robustness_rows = "\n".join(f"| {k.replace('_', ' ')} | {v:.1f} | {bias_cells(k)} |" for k, v in rob.items())
     previous = t.get("previous_stage")
     history = [dict(h, stage=1) for h in previous["history"]] + [dict(h, stage=2) for h in t["history"]] if previous else t["history"]
     commands = (previous["command"] + "\n" if previous else "") + t["command"]
@@ -914,7 +941,7 @@ lost its aspect ratio looks like any other), percentile window (0.5-99.5%) to [0
 {stage_note}Seed {t['config']['seed']}; {'last stage ' if previous else ''}{t['epochs_completed']} epochs (batch {t['config']['batch_size']}, AdamW lr {t['config']['learning_rate']}, weight decay
 {t['config']['weight_decay']}, one-cycle schedule){', stopped by --max-minutes' if t['stopped_early_by_max_minutes'] else ''}; bf16 autocast: {t['bf16_autocast']}.
 Hardware: {t['hardware']} (device `{t['device']}`), torch {t['torch']}. Training time
-{t['training_minutes'] + (previous['training_minutes'] if previous else 0):.0f} min, whole command{'s' if previous else ''} {t['total_wall_minutes'] + (previous['total_wall_minutes'] if previous else 0):.0f} min (first run also decodes the images
+{t['training_minutes'] + (previous['training_minutes'] if previous else 0):.0f} min in all (resumed runs included); the last run of the command{'s' if previous else ''} took {t['total_wall_minutes'] + (previous['total_wall_minutes'] if previous else 0):.0f} min end to end (the first run also decodes the images
 into a uint8 cache under `~/.cache/boneage`, outside the repository). On a GPU use `--device cuda`
 (the numbers will differ slightly from these CPU-trained weights). The command saves
 `{CHECKPOINT_FILE}` in the model folder every {t['config'].get('checkpoint_minutes', 3):g} minutes (not committed); re-running the
@@ -939,14 +966,16 @@ Flip-TTA on the calibration hold-out: MAE {cal['holdout_mae_months_plain']:.2f} 
 rule "keep if it gains > 0.1 month" -> flip-TTA **{'on' if cal['flip_tta'] else 'off'}**. (Validation MAE with the other
 setting: {m['validation_mae_other_tta_setting']:.2f}.)
 
-### Robustness (validation films, modified before preprocessing; MAE in months)
-| validation films | MAE |
-|---|---|
+### Robustness (validation films, modified before preprocessing; months)
+| validation films | MAE | bias < 6 y | bias 6-12 y | bias > 12 y |
+|---|---|---|---|---|
 {robustness_rows}
 
 Borders are 1/6 of each side on every edge (black = 0, grey = 128); the marker is a white
 rectangle (1/8 x 1/10 of the film) near the left edge; "downscaled" is 40% of the original
-resolution; "squashed 299" resizes the film to 299 x 299 like the `rsna-299` set.
+resolution; "squashed 299" resizes the film to 299 x 299 like the `rsna-299` set; "jpeg quality 30"
+re-encodes it; "rewindowed gamma 1.5" clips its darkest and brightest 2% and applies gamma 1.5 (another
+site's display window). The bias is estimate minus truth: a positive bias reads a band too old.
 
 ### Learning curve (training MAE under augmentation; MAE on the calibration hold-out of the training split)
 | {'member.epoch' if t.get('members') else ('stage.epoch' if previous else 'epoch')} | train MAE | hold-out MAE | minutes |
