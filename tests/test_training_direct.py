@@ -191,6 +191,15 @@ def test_ensemble_averages_its_members_and_round_trips(tmp_path):
     np.testing.assert_allclose(loc, (locs[0] + locs[1]) / 2, atol=1e-3)
     assert (scale > 0).all()
 
+    # BatchNorm re-estimation reaches every member, on a copy.
+    before = [m.running_mean.clone() for m in result.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    clean = training.recalibrate_batchnorm(result.model, images, sexes, 32, batch_size=8)
+    after_original = [m.running_mean for m in result.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    after_copy = [m.running_mean for m in clean.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after_original))
+    half = len(after_copy) // 2
+    assert not torch.allclose(before[0], after_copy[0]) and not torch.allclose(before[half], after_copy[half])
+
     config = _tiny_config(epochs=1, members=2)
     save_weights(tmp_path / direct.WEIGHTS_FILE, result, config, {"factor_sex_known": 2.0, "factor_sex_unknown": 2.5, "flip_tta": False})
     estimator = DirectEstimator.load(tmp_path, traced=False)

@@ -290,12 +290,10 @@ def predict_crop_arrays(network, images: np.ndarray, present: np.ndarray, sex_co
 
 def recalibrate_crop_batchnorm(network, images: np.ndarray, present: np.ndarray, sex_codes: np.ndarray,
                                batch: int = 256, seed: int = 0):
-    """Re-estimate the BatchNorm running statistics of a crop network on clean crops.
+    """:func:`boneage.training.direct.reestimate_batchnorm` of a crop network on clean crops.
 
-    Training normalises with statistics of *augmented* crops; a crop at inference is clean. That
-    mismatch moved the per-bone consensus by about +2.5 months on the calibration hold-out; running
-    clean training crops through the network in training mode (cumulative averages, no gradient)
-    removes most of it.
+    The augmented-crop statistics had moved the per-bone consensus by about +2.5 months on the
+    calibration hold-out.
 
     Args:
         network: the trained :class:`boneage.perbone.PerBoneNet` (a copy is changed).
@@ -307,27 +305,21 @@ def recalibrate_crop_batchnorm(network, images: np.ndarray, present: np.ndarray,
     Returns:
         The recalibrated copy, in eval mode.
     """
-    import copy
-
     import torch
 
-    recalibrated = copy.deepcopy(network)
-    norms = [m for m in recalibrated.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over every batch below
-    recalibrated.train()
+    from boneage.training.direct import reestimate_batchnorm
+
     films, regions = np.nonzero(present)
     order = np.random.default_rng(seed).permutation(len(films))
-    with torch.no_grad():
+    codes = np.asarray(sex_codes)
+
+    def batches():
         for start in range(0, len(order), batch):
-            pick = order[start:start + batch]
-            f, r = films[pick], regions[pick]
-            x = torch.from_numpy(images[f, r]).float().div_(255.0).unsqueeze(1).contiguous(memory_format=torch.channels_last)
-            recalibrated(x, torch.from_numpy(r).long(), torch.from_numpy(np.asarray(sex_codes)[f]).float())
-    for norm in norms:
-        norm.momentum = 0.1
-    return recalibrated.eval()
+            f, r = films[order[start:start + batch]], regions[order[start:start + batch]]
+            crops = torch.from_numpy(images[f, r]).float().div_(255.0).unsqueeze(1).contiguous(memory_format=torch.channels_last)
+            yield crops, torch.from_numpy(r).long(), torch.from_numpy(codes[f]).float()
+
+    return reestimate_batchnorm(network, batches())
 
 
 def film_consensus(ages: np.ndarray, scales: np.ndarray, rus_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
