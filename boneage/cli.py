@@ -346,6 +346,8 @@ def _add_train_direct_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads (default all cores; 1 is faster when the CPU is shared)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     parser.add_argument("--init", default=None, help="start from these weights (a second training stage)")
+    parser.add_argument("--widths", type=int, nargs=4, default=[32, 64, 128, 256], metavar="W",
+                        help="channel widths of the four ResNet stages (default 32 64 128 256)")
     parser.add_argument("--members", type=int, default=1,
                         help="networks trained from different seeds and averaged (default 1; the shipped model uses 2)")
 

@@ -91,7 +91,8 @@ def calibration_holdout(dev_train, seed: int = 0):
 # ----------------------------------------------------------------------------------------------
 # Augmentation
 # ----------------------------------------------------------------------------------------------
-def augment_batch(images_uint8: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(images_uint8: torch.Tensor, size: int, generator: torch.Generator,
+                  noise_generator: torch.Generator | None = None) -> torch.Tensor:
     """Random radiograph-plausible augmentation of a uint8 ``(B, S, S)`` batch.
 
     Geometry: rotation +-20 deg, zoom 0.8-1.2, aspect jitter 0.75-1.33, translation +-8%,
@@ -101,10 +102,13 @@ def augment_batch(images_uint8: torch.Tensor, size: int, generator: torch.Genera
     Args:
         images_uint8: uint8 tensor ``(B, S, S)``.
         size: output side.
-        generator: torch RNG (seeded by the caller, for reproducibility).
+        generator: torch CPU RNG for the per-image parameters (seeded by the caller, for reproducibility).
+        noise_generator: RNG on the images' device for the pixel noise (default ``generator``); with
+            images on a GPU the work stays there and only the per-image parameters come from the CPU.
 
     Returns:
-        float tensor ``(B, 1, size, size)``, normalised like :func:`boneage.direct.images_to_tensor`.
+        float tensor ``(B, 1, size, size)`` on the images' device, normalised like
+        :func:`boneage.direct.images_to_tensor`.
     """
     b = images_uint8.shape[0]
 
@@ -126,6 +130,7 @@ def augment_batch(images_uint8: torch.Tensor, size: int, generator: torch.Genera
     theta[:, 1, 1] = cos * sy
     theta[:, 0, 2] = uniform(-0.16, 0.16)
     theta[:, 1, 2] = uniform(-0.16, 0.16)
+    theta = theta.to(x.device)
     grid = F.affine_grid(theta, [b, 1, size, size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -133,17 +138,18 @@ def augment_batch(images_uint8: torch.Tensor, size: int, generator: torch.Genera
     if bool(down.any()):
         factor = float(uniform(0.5, 0.9)[0])
         small = max(16, int(size * factor))
-        idx = torch.nonzero(down).flatten()
+        idx = torch.nonzero(down).flatten().to(x.device)
         low = F.interpolate(x[idx], size=(small, small), mode="bilinear", align_corners=False, antialias=True)
         x[idx] = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
 
-    gamma = torch.exp(uniform(math.log(0.67), math.log(1.5))).view(b, 1, 1, 1)
+    gamma = torch.exp(uniform(math.log(0.67), math.log(1.5))).view(b, 1, 1, 1).to(x.device)
     x = x.clamp_(0.0, 1.0).pow_(gamma)
-    contrast = uniform(0.8, 1.2).view(b, 1, 1, 1)
-    brightness = uniform(-0.08, 0.08).view(b, 1, 1, 1)
+    contrast = uniform(0.8, 1.2).view(b, 1, 1, 1).to(x.device)
+    brightness = uniform(-0.08, 0.08).view(b, 1, 1, 1).to(x.device)
     x = (x - 0.5) * contrast + 0.5 + brightness
-    noise_sigma = uniform(0.0, 0.03).view(b, 1, 1, 1)
-    x = x + noise_sigma * torch.randn(x.shape, generator=generator)
+    noise_sigma = uniform(0.0, 0.03).view(b, 1, 1, 1).to(x.device)
+    noise_rng = noise_generator if noise_generator is not None else generator
+    x = x + noise_sigma * torch.randn(x.shape, generator=noise_rng, device=noise_rng.device)
     return (x.clamp_(0.0, 1.0) - INTENSITY_CENTRE) / INTENSITY_SCALE
 
 
@@ -363,6 +369,13 @@ def train_on_arrays(
     targets = torch.as_tensor((ages_months - target_mean) / target_sd, dtype=torch.float32)
     codes = torch.as_tensor(sex_codes, dtype=torch.float32)
     image_tensor = torch.from_numpy(np.ascontiguousarray(images))
+    noise_generator = None
+    if device.type == "cuda":
+        # On a GPU the whole uint8 set lives there and is augmented there: the CPU only draws the
+        # per-image parameters, so a small network is not starved by CPU-side augmentation.
+        image_tensor = image_tensor.to(device)
+        noise_generator = torch.Generator(device=device).manual_seed(config.seed)
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
 
     model = BoneAgeNet(widths=tuple(config.widths))
     if init_state is not None:
@@ -387,6 +400,8 @@ def train_on_arrays(
             optimizer.load_state_dict(state["optimiser"])
             scheduler.load_state_dict(state["schedule"])
             generator.set_state(state["generator"])
+            if noise_generator is not None and state.get("noise_generator") is not None:
+                noise_generator.set_state(state["noise_generator"])
             start_epoch, start_step, history = state["epoch"], state["step"], state["history"]
             log(f"resuming from {checkpoint}: epoch {start_epoch + 1}, step {start_step}")
         else:
@@ -399,23 +414,27 @@ def train_on_arrays(
         tmp = Path(checkpoint).with_suffix(".tmp")
         torch.save({"settings": settings, "n_images": n, "network": model.state_dict(),
                     "ema": ema.state_dict() if ema is not None else None, "optimiser": optimizer.state_dict(),
-                    "schedule": scheduler.state_dict(), "generator": generator.get_state(), "epoch": epoch,
+                    "schedule": scheduler.state_dict(), "generator": generator.get_state(),
+                    "noise_generator": noise_generator.get_state() if noise_generator is not None else None, "epoch": epoch,
                     "step": step, "history": history}, tmp)
         os.replace(tmp, checkpoint)
 
     start = began = time.time()
     last_save = start
     stopped_early = False
+    hardware = _hardware(device)
+    ema_params = list(ema.parameters()) if ema is not None else []
+    model_params = list(model.parameters())
     for epoch in range(start_epoch, config.epochs):
         model.train()
         # The epoch's order depends on (seed, epoch) only, so a resumed epoch replays it.
         order = torch.from_numpy(np.random.default_rng([config.seed, epoch]).permutation(n))
-        running, seen = 0.0, 0
+        running, seen = torch.zeros((), device=device), 0
         bar = tqdm(range(start_step, steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", mininterval=10,
                    unit="step", initial=start_step, total=steps_per_epoch)
         for step in bar:
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-            x = augment_batch(image_tensor[idx], config.input_size, generator)
+            x = augment_batch(image_tensor[idx.to(image_tensor.device)], config.input_size, generator, noise_generator)
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = targets[idx].to(device)
             code = codes[idx].clone()
@@ -433,14 +452,14 @@ def train_on_arrays(
                 done = epoch * steps_per_epoch + step
                 decay = min(config.ema, (1 + done) / (10 + done))
                 with torch.no_grad():
-                    for pe, pn in zip(ema.parameters(), model.parameters()):
-                        pe.mul_(decay).add_(pn.detach(), alpha=1 - decay)
+                    torch._foreach_mul_(ema_params, decay)
+                    torch._foreach_add_(ema_params, model_params, alpha=1 - decay)
                     for be, bn in zip(ema.buffers(), model.buffers()):
                         be.copy_(bn)
-            running += float(error.detach().sum()) * target_sd
+            running += error.detach().sum()
             seen += len(idx)
-            if step % 20 == 0:
-                bar.set_postfix(mae_months=f"{running / max(seen, 1):.1f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+            if step % 20 == 0:  # reading the running error waits for the device: only now and then
+                bar.set_postfix(mae_months=f"{float(running) * target_sd / max(seen, 1):.1f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
             if time.time() - last_save > 60.0 * config.checkpoint_minutes:
                 save(epoch, step + 1)
                 last_save = time.time()
@@ -453,8 +472,8 @@ def train_on_arrays(
             log(f"stopped after {config.max_minutes} minutes (--max-minutes) at epoch {epoch + 1}")
             break
         start_step = 0
-        record = {"epoch": epoch + 1, "train_mae_months": running / max(seen, 1),
-                  "minutes": (history[-1]["minutes"] if history else 0.0) + (time.time() - start) / 60}
+        record = {"epoch": epoch + 1, "train_mae_months": float(running) * target_sd / max(seen, 1),
+                  "minutes": (history[-1]["minutes"] if history else 0.0) + (time.time() - start) / 60, "device": device.type, "hardware": hardware}
         start = time.time()
         if monitor is not None:
             loc, _ = predict_arrays(ema if ema is not None else model, monitor[0], monitor[2], target_mean, target_sd,
@@ -800,9 +819,12 @@ def train(config: TrainConfig, log=print) -> dict:
         "stopped_early_by_max_minutes": result.stopped_early,
         "training_minutes": round(result.seconds / 60, 1),
         "total_wall_minutes": round((time.time() - wall_start) / 60, 1),
-        "device": str(device),
-        "hardware": _hardware(device),
-        "bf16_autocast": bool(config.bf16 and (device.type == "cuda" or cpu_has_fast_bf16())),
+        # Where the epochs ran (a run trained on a lent GPU and finished here says both).
+        "device": ", ".join(dict.fromkeys(h["device"] for h in result.history if h.get("device"))) or str(device),
+        "hardware": "; ".join(dict.fromkeys(h["hardware"] for h in result.history if h.get("hardware"))) or _hardware(device),
+        "evaluated_on": _hardware(device),
+        "bf16_autocast": bool(config.bf16 and ("cuda" in {h.get("device") for h in result.history} or device.type == "cuda"
+                                                 or cpu_has_fast_bf16())),
         "torch": torch.__version__,
         "history": result.history,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
@@ -877,6 +899,16 @@ def _ema_and_batchnorm_lines(config: dict, cal: dict) -> str:
             f"after -> **{'kept' if kept else 'not kept'}**. (Statistics gathered on augmented batches had shifted the "
             "earlier 192 px model's ages by +4 months on the hold-out.)")
     return "\n".join(lines) if lines else "- Plain end-of-training weights."
+
+
+def _gpu_route_line(training: dict) -> str:
+    """How a run whose epochs ran on a lent GPU was finished (empty for a run trained here)."""
+    if "cuda" not in training.get("device", ""):
+        return ""
+    return (f" The epochs ran on the GPU through `scripts/gpu_train_direct.sh` (the same training loop, fed from a packed"
+            f" copy of the training cache: `python -m boneage.training.direct_gpu`); the command below, run afterwards on"
+            f" {training.get('evaluated_on', 'the CPU')}, found the finished checkpoints and did the BatchNorm choice,"
+            f" calibration, evaluation and export there. Re-running it without the GPU trains the same schedule on the CPU.")
 
 
 def write_model_card(folder: str | Path | None = None) -> Path:
@@ -965,7 +997,7 @@ lost its aspect ratio looks like any other), percentile window (0.5-99.5%) to [0
 ```
 {stage_note}Seed {t['config']['seed']}; {'last stage ' if previous else ''}{t['epochs_completed']} epochs (batch {t['config']['batch_size']}, AdamW lr {t['config']['learning_rate']}, weight decay
 {t['config']['weight_decay']}, one-cycle schedule){', stopped by --max-minutes' if t['stopped_early_by_max_minutes'] else ''}; bf16 autocast: {t['bf16_autocast']}.
-Hardware: {t['hardware']} (device `{t['device']}`), torch {t['torch']}. Training time
+Hardware: {t['hardware']} (device `{t['device']}`), torch {t['torch']}.{_gpu_route_line(t)} Training time
 {t['training_minutes'] + (previous['training_minutes'] if previous else 0):.0f} min in all (resumed runs included); the last run of the command{'s' if previous else ''} took {t['total_wall_minutes'] + (previous['total_wall_minutes'] if previous else 0):.0f} min end to end (the first run also decodes the images
 into a uint8 cache under `~/.cache/boneage`, outside the repository). On a GPU use `--device cuda`
 (the numbers will differ slightly from these CPU-trained weights). The command saves
@@ -1064,6 +1096,10 @@ def _config_to_argv(config: TrainConfig) -> list[str]:
         argv += ["--lr", str(config.learning_rate)]
     if config.init:
         argv += ["--init", config.init]
+    if config.batch_size != TrainConfig.batch_size:
+        argv += ["--batch-size", str(config.batch_size)]
+    if tuple(config.widths) != TrainConfig.widths:
+        argv += ["--widths", *(str(w) for w in config.widths)]
     if config.members > 1:
         argv += ["--members", str(config.members)]
     if config.limit:
@@ -1090,6 +1126,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
     parser.add_argument("--init", default=None, help="start from these weights (a second training stage)")
+    parser.add_argument("--widths", type=int, nargs=4, default=list(defaults.widths), metavar="W",
+                        help=f"channel widths of the four ResNet stages (default {' '.join(str(w) for w in defaults.widths)})")
     parser.add_argument("--members", type=int, default=defaults.members,
                         help="networks trained from different seeds and averaged (default 1; the shipped model uses 2)")
 
@@ -1099,7 +1137,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, input_size=args.size, seed=args.seed, device=args.device, out=args.out,
                        max_minutes=args.max_minutes, limit=args.limit, batch_size=args.batch_size,
                        workers=args.workers, bf16=not args.no_bf16, threads=args.threads,
-                       learning_rate=args.lr, init=args.init, members=args.members)
+                       learning_rate=args.lr, init=args.init, members=args.members,
+                       widths=tuple(getattr(args, "widths", None) or TrainConfig.widths))
 
 
 def train_command(args: argparse.Namespace) -> int:
