@@ -332,19 +332,19 @@ def _train_segmenter(args: argparse.Namespace) -> int:
 def _add_train_direct_arguments(parser: argparse.ArgumentParser) -> None:
     # Kept here (not imported from boneage.training.direct) so that parsing never imports torch;
     # the defaults equal boneage.training.direct.TrainConfig's (a test checks it).
-    parser.add_argument("--epochs", type=int, default=28, help="epochs (default 28, the shipped weights)")
+    parser.add_argument("--epochs", type=int, default=40, help="epochs (default 40, the shipped weights)")
     parser.add_argument("--size", type=int, default=256, help="network input side in px (default 256, the shipped weights)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
     parser.add_argument("--out", default="", help="output folder (default data/models/direct)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this long and save")
     parser.add_argument("--limit", type=int, default=None, help="train on only N films (quick checks)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     parser.add_argument("--workers", type=int, default=2, help="image-decoding processes (default 2)")
     parser.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast (used when the CPU/GPU supports it)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default all cores; 1 is faster when the CPU is shared)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    parser.add_argument("--lr", type=float, default=4e-3, help="peak learning rate (default 4e-3)")
     parser.add_argument("--init", default=None, help="start from these weights (a second training stage)")
     parser.add_argument("--widths", type=int, nargs=4, default=[32, 64, 128, 256], metavar="W",
                         help="channel widths of the four ResNet stages (default 32 64 128 256)")

@@ -40,7 +40,7 @@ WEIGHTS_FILE = "direct_cnn.pt"
 #: Traced network beside the weights (``python -m boneage.training.export``): starts without MONAI.
 TRACED_FILE = "direct_cnn.ts.pt"
 METRICS_FILE = "metrics.json"
-MODEL_VERSION = "direct-cnn-2"
+MODEL_VERSION = "direct-cnn-3"
 #: Intensity normalisation of the network input: ``(x - centre) / scale`` for x in [0, 1].
 INTENSITY_CENTRE, INTENSITY_SCALE = 0.4, 0.25
 

@@ -169,7 +169,7 @@ register(
         kind="regressor",
         folder=MODELS_DIR / "direct",
         weights_file="direct_cnn.pt",
-        version="direct-cnn-2",
+        version="direct-cnn-3",
         loader="boneage.direct:DirectEstimator.load",
         description="end-to-end CNN: radiograph (+ sex) -> bone age in months with a calibrated 90% interval",
     )

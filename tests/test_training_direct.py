@@ -236,3 +236,12 @@ def test_members_option_and_checkpoint_names(tmp_path):
     assert training._checkpoint_settings(_tiny_config(members=1)) == training._checkpoint_settings(_tiny_config(members=3))
     with pytest.raises(ValueError, match="members"):
         training.train(TrainConfig(members=0, out=str(tmp_path)))
+
+
+def test_recorded_command_reproduces_the_config():
+    """The card's command (``_config_to_argv``) parses back into the same settings, widths and batch included."""
+    from boneage.cli import build_parser
+
+    config = TrainConfig(epochs=5, batch_size=16, learning_rate=1e-3, widths=(48, 96, 192, 384), members=2, seed=3, device="cpu")
+    args = build_parser().parse_args(["train", "direct", *training._config_to_argv(config)])
+    assert training.config_from_args(args) == config

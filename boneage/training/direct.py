@@ -232,11 +232,11 @@ def cached_images(labels, size: int = CACHE_SIZE, workers: int = 2) -> np.ndarra
 class TrainConfig:
     """Everything that determines a training run (written into the weights and metrics)."""
 
-    epochs: int = 28
+    epochs: int = 40
     input_size: int = INPUT_SIZE
     cache_size: int = CACHE_SIZE
-    batch_size: int = 32
-    learning_rate: float = 3e-3
+    batch_size: int = 64
+    learning_rate: float = 4e-3
     weight_decay: float = 5e-4
     seed: int = 0
     device: str = "auto"
