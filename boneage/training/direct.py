@@ -901,12 +901,21 @@ def _ema_and_batchnorm_lines(config: dict, cal: dict) -> str:
     return "\n".join(lines) if lines else "- Plain end-of-training weights."
 
 
+def _retrain_device_line(training: dict) -> str:
+    """What retraining on the other kind of device gives."""
+    if "cuda" in training.get("device", ""):
+        return ("Trained on the CPU instead, the same command gives the same schedule but not bit-identical weights "
+                "(other kernels, other random streams for the pixel noise); expect numbers within noise of these.")
+    return "On a GPU use `--device cuda` (the numbers will differ slightly from these CPU-trained weights)."
+
+
 def _gpu_route_line(training: dict) -> str:
     """How a run whose epochs ran on a lent GPU was finished (empty for a run trained here)."""
     if "cuda" not in training.get("device", ""):
         return ""
     return (f" The epochs ran on the GPU through `scripts/gpu_train_direct.sh` (the same training loop, fed from a packed"
-            f" copy of the training cache: `python -m boneage.training.direct_gpu`); the command below, run afterwards on"
+            f" copy of the training cache written by `python -m boneage.training.direct_gpu pack`; members side by side, so"
+            f" the wall time is about one member's); their checkpoints were copied into this folder and the command above, run afterwards on"
             f" {training.get('evaluated_on', 'the CPU')}, found the finished checkpoints and did the BatchNorm choice,"
             f" calibration, evaluation and export there. Re-running it without the GPU trains the same schedule on the CPU.")
 
@@ -997,10 +1006,9 @@ lost its aspect ratio looks like any other), percentile window (0.5-99.5%) to [0
 ```
 {stage_note}Seed {t['config']['seed']}; {'last stage ' if previous else ''}{t['epochs_completed']} epochs (batch {t['config']['batch_size']}, AdamW lr {t['config']['learning_rate']}, weight decay
 {t['config']['weight_decay']}, one-cycle schedule){', stopped by --max-minutes' if t['stopped_early_by_max_minutes'] else ''}; bf16 autocast: {t['bf16_autocast']}.
-Hardware: {t['hardware']} (device `{t['device']}`), torch {t['torch']}.{_gpu_route_line(t)} Training time
+Hardware: {t['hardware']} (device `{t['device']}`), torch {t['torch']} (the run that wrote the weights).{_gpu_route_line(t)} Training time
 {t['training_minutes'] + (previous['training_minutes'] if previous else 0):.0f} min in all (resumed runs included); the last run of the command{'s' if previous else ''} took {t['total_wall_minutes'] + (previous['total_wall_minutes'] if previous else 0):.0f} min end to end (the first run also decodes the images
-into a uint8 cache under `~/.cache/boneage`, outside the repository). On a GPU use `--device cuda`
-(the numbers will differ slightly from these CPU-trained weights). The command saves
+into a uint8 cache under `~/.cache/boneage`, outside the repository). {_retrain_device_line(t)} The command saves
 `{CHECKPOINT_FILE}` in the model folder every {t['config'].get('checkpoint_minutes', 3):g} minutes (not committed); re-running the
 same command after an interruption resumes from it and gives the same weights.{(chr(10) + t['note']) if t.get('note') else ''}
 
