@@ -24,7 +24,7 @@ import numpy as np
 #: The stacked methods, in the order of their weights.
 METHODS: tuple[str, ...] = ("multistep", "perbone", "direct")
 STACKING_FILE = "stacking.json"
-MODEL_VERSION = "combined-2"
+MODEL_VERSION = "combined-3"
 AGE_RANGE_MONTHS = (0.0, 240.0)
 
 
