@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from boneage.training.direct import TrainConfig, member_checkpoint, train_on_arrays
-from boneage.training.direct_gpu import decode_images, encode_images, read_pack, slim_checkpoint, write_pack
+from boneage.training.direct_gpu import decode_webp, encode_webp, read_pack, slim_checkpoint, write_pack
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,8 +33,8 @@ def _tiny(**kw) -> TrainConfig:
 
 def test_encode_decode_round_trip_is_close():
     images, _, _ = _films(5)
-    data, offsets = encode_images(images)
-    back = decode_images(data, offsets)
+    data, offsets = encode_webp(images)
+    back = decode_webp(data, offsets)
     assert back.shape == images.shape and back.dtype == np.uint8
     assert np.abs(back.astype(float) - images).mean() < 3.0  # lossy, but about a grey level or two
     assert len(data) < images.nbytes / 5
@@ -43,7 +43,7 @@ def test_encode_decode_round_trip_is_close():
 def test_pack_round_trip_keeps_labels_and_order(tmp_path):
     images, ages, codes = _films(6)
     path = write_pack(tmp_path / "p.npz", images[:4], ages[:4], codes[:4], images[4:], ages[4:], codes[4:], {"cache_size": 256, "seed": 3})
-    pack = read_pack(path)
+    pack = read_pack(path, workers=2)
     np.testing.assert_array_equal(pack["fit_ages"], ages[:4])
     np.testing.assert_array_equal(pack["monitor_codes"], codes[4:])
     assert pack["meta"]["seed"] == 3 and pack["meta"]["quality"] > 0
@@ -103,3 +103,15 @@ def test_gpu_script_trains_members_from_a_pack_on_the_cpu(tmp_path):
     wide = torch.load(member_checkpoint(out / "wide", 0), map_location="cpu", weights_only=False)
     assert wide["settings"]["widths"] == [8, 8, 16, 16]
     assert "epoch" in (out / "train.log").read_text()
+
+
+def test_a_pack_trains_only_the_run_it_was_packed_for(tmp_path):
+    from boneage.training.direct_gpu import train_member
+
+    images, ages, codes = _films(10)
+    pack = write_pack(tmp_path / "p.npz", images[:8], ages[:8], codes[:8], images[8:], ages[8:], codes[8:],
+                      {"cache_size": 256, "seed": 0, "limit": None})
+    with pytest.raises(ValueError, match="seed 0, the run asks for 5"):
+        train_member(pack, 0, _tiny(seed=5, input_size=32), tmp_path / "out", tmp_path / "work")
+    with pytest.raises(ValueError, match="limit None, the run asks for 100"):
+        train_member(pack, 0, _tiny(limit=100, input_size=32), tmp_path / "out", tmp_path / "work")

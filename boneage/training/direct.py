@@ -88,6 +88,37 @@ def calibration_holdout(dev_train, seed: int = 0):
     return dev_train.iloc[idx].reset_index(drop=True), dev_train.drop(index=idx).reset_index(drop=True)
 
 
+def training_tables(seed: int = 0, limit: int | None = None):
+    """The label tables of ``boneage train direct --seed SEED [--limit N]``.
+
+    Args:
+        seed: the training seed (it fixes the calibration hold-out and the ``limit`` sample).
+        limit: train on a random N films (and at most N, at least 8, hold-out and validation films).
+
+    Returns:
+        ``(fit, calibration hold-out, validation)`` label tables: ``rsna-299`` + the ``rsna-dev``
+        training split minus the hold-out; the hold-out; the fixed validation split.
+    """
+    import pandas as pd
+
+    from boneage.datasets import rsna_299, rsna_dev
+
+    dev = rsna_dev()
+    val = dev[dev["split"] == "val"].reset_index(drop=True)
+    calib, fit_dev = calibration_holdout(dev[dev["split"] == "train"].reset_index(drop=True), seed)
+    fit = pd.concat([fit_dev, rsna_299()], ignore_index=True)
+    if limit:
+        fit = fit.sample(n=min(limit, len(fit)), random_state=seed).reset_index(drop=True)
+        calib = calib.iloc[: max(8, min(len(calib), limit))].reset_index(drop=True)
+        val = val.iloc[: max(8, min(len(val), limit))].reset_index(drop=True)
+    return fit, calib, val
+
+
+def table_sex_codes(table) -> np.ndarray:
+    """The network's sex codes (+1 M, -1 F, 0 unknown) of a label table's ``sex`` column."""
+    return np.array([sex_to_code(s) for s in table["sex"]], dtype=np.float32)
+
+
 # ----------------------------------------------------------------------------------------------
 # Augmentation
 # ----------------------------------------------------------------------------------------------
@@ -655,7 +686,6 @@ def train(config: TrainConfig, log=print) -> dict:
     Returns:
         The metrics dict (also written to ``OUT/metrics.json``).
     """
-    from boneage.datasets import rsna_299, rsna_dev
     from boneage.paths import MODELS_DIR
 
     if config.members < 1:
@@ -667,24 +697,14 @@ def train(config: TrainConfig, log=print) -> dict:
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
     wall_start = time.time()
 
-    dev = rsna_dev()
-    dev_train = dev[dev["split"] == "train"].reset_index(drop=True)
-    val = dev[dev["split"] == "val"].reset_index(drop=True)
-    calib, fit_dev = calibration_holdout(dev_train, config.seed)
-    import pandas as pd
-
-    fit = pd.concat([fit_dev, rsna_299()], ignore_index=True)
-    if config.limit:
-        fit = fit.sample(n=min(config.limit, len(fit)), random_state=config.seed).reset_index(drop=True)
-        calib = calib.iloc[: max(8, min(len(calib), config.limit))].reset_index(drop=True)
-        val = val.iloc[: max(8, min(len(val), config.limit))].reset_index(drop=True)
+    fit, calib, val = training_tables(config.seed, config.limit)
     log(f"training on {len(fit)} films ({(fit['source'] == 'rsna-dev').sum()} rsna-dev, {(fit['source'] == 'rsna-299').sum()} rsna-299); "
         f"calibration hold-out {len(calib)}; validation {len(val)}; device {device}")
 
     fit_images = cached_images(fit, config.cache_size, config.workers)
     calib_images = cached_images(calib, config.cache_size, config.workers)
     val_images = cached_images(val, config.cache_size, config.workers)
-    codes = lambda df: np.array([sex_to_code(s) for s in df["sex"]], dtype=np.float32)  # noqa: E731
+    codes = table_sex_codes
     calib_ages = calib["bone_age_months"].to_numpy(dtype=np.float64)
     val_ages = val["bone_age_months"].to_numpy(dtype=np.float64)
 

@@ -37,7 +37,7 @@ DEFAULT_PACK = Path(".pack") / "direct_train_256.npz"
 PACK_QUALITY = 80
 
 
-def encode_images(images: np.ndarray, quality: int = PACK_QUALITY) -> tuple[np.ndarray, np.ndarray]:
+def encode_webp(images: np.ndarray, quality: int = PACK_QUALITY) -> tuple[np.ndarray, np.ndarray]:
     """uint8 ``(N, S, S)`` images -> (concatenated WebP bytes, ``N + 1`` offsets)."""
     from PIL import Image
 
@@ -58,8 +58,8 @@ def _decode_blob(blob: bytes) -> np.ndarray:
         return np.asarray(img.convert("L"))
 
 
-def decode_images(data: np.ndarray, offsets: np.ndarray, workers: int = 1) -> np.ndarray:
-    """Inverse of :func:`encode_images`: uint8 ``(N, S, S)``.
+def decode_webp(data: np.ndarray, offsets: np.ndarray, workers: int = 1) -> np.ndarray:
+    """Inverse of :func:`encode_webp`: uint8 ``(N, S, S)``.
 
     Raises:
         ValueError: when the blobs do not decode to images of one square size.
@@ -73,7 +73,7 @@ def decode_images(data: np.ndarray, offsets: np.ndarray, workers: int = 1) -> np
     else:
         images = [_decode_blob(b) for b in blobs]
     shapes = {im.shape for im in images}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2 or next(iter(shapes))[0] != next(iter(shapes))[1]:
+    if len(shapes) != 1 or len({*next(iter(shapes))}) != 1:
         raise ValueError(f"packed images are not all one square size: {sorted(shapes)[:3]}")
     return np.stack(images)
 
@@ -95,8 +95,8 @@ def write_pack(path: str | Path, fit_images: np.ndarray, fit_ages: np.ndarray, f
     """
     if not (len(fit_images) == len(fit_ages) == len(fit_codes)) or not (len(monitor_images) == len(monitor_ages) == len(monitor_codes)):
         raise ValueError("images, ages and sex codes differ in length")
-    fit_data, fit_offsets = encode_images(fit_images, quality)
-    mon_data, mon_offsets = encode_images(monitor_images, quality)
+    fit_data, fit_offsets = encode_webp(fit_images, quality)
+    mon_data, mon_offsets = encode_webp(monitor_images, quality)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -128,9 +128,9 @@ def read_pack(path: str | Path, workers: int = 1) -> dict:
         if missing:
             raise ValueError(f"{path} is not a training pack (missing {sorted(missing)})")
         out = {
-            "fit_images": decode_images(z["fit_data"], z["fit_offsets"], workers),
+            "fit_images": decode_webp(z["fit_data"], z["fit_offsets"], workers),
             "fit_ages": z["fit_ages"], "fit_codes": z["fit_codes"],
-            "monitor_images": decode_images(z["monitor_data"], z["monitor_offsets"], workers),
+            "monitor_images": decode_webp(z["monitor_data"], z["monitor_offsets"], workers),
             "monitor_ages": z["monitor_ages"], "monitor_codes": z["monitor_codes"],
             "meta": json.loads(z["meta"].tobytes().decode()),
         }
@@ -141,30 +141,23 @@ def read_pack(path: str | Path, workers: int = 1) -> dict:
 
 def pack_training_cache(path: str | Path = DEFAULT_PACK, seed: int = 0, quality: int = PACK_QUALITY,
                         limit: int | None = None, workers: int = 2) -> Path:
-    """Pack exactly what ``boneage train direct --seed SEED`` trains on and watches.
+    """Pack exactly what ``boneage train direct --seed SEED [--limit N]`` trains on and watches.
 
     Args:
         path: the pack to write.
         seed: the training seed (it fixes the calibration hold-out).
         quality: WebP quality.
-        limit: pack only the first N training films (a quick check of the route; such a pack's
-            checkpoints do not resume the full command).
+        limit: the films of ``--limit N`` (a quick check of the route; its checkpoints resume only
+            the command with the same ``--limit``).
         workers: decoding processes when the cache must be built first.
     """
-    import pandas as pd
+    from boneage.direct import CACHE_SIZE
+    from boneage.training.direct import cached_images, table_sex_codes, training_tables
 
-    from boneage.datasets import rsna_299, rsna_dev
-    from boneage.direct import CACHE_SIZE, sex_to_code
-    from boneage.training.direct import cached_images, calibration_holdout
-
-    dev = rsna_dev()
-    calib, fit_dev = calibration_holdout(dev[dev["split"] == "train"].reset_index(drop=True), seed)
-    fit = pd.concat([fit_dev, rsna_299()], ignore_index=True)
+    fit, calib, _ = training_tables(seed, limit)
     fit_images = cached_images(fit, CACHE_SIZE, workers)
     calib_images = cached_images(calib, CACHE_SIZE, workers)
-    if limit:
-        fit, fit_images = fit.iloc[:limit], fit_images[:limit]
-    codes = lambda df: np.array([sex_to_code(s) for s in df["sex"]], dtype=np.float32)  # noqa: E731
+    codes = table_sex_codes
     meta = {"seed": seed, "cache_size": CACHE_SIZE, "n_fit": len(fit), "n_monitor": len(calib), "limit": limit,
             "n_rsna_dev": int((fit["source"] == "rsna-dev").sum()), "n_rsna_299": int((fit["source"] == "rsna-299").sum())}
     return write_pack(path, fit_images, fit["bone_age_months"].to_numpy(np.float64), codes(fit), calib_images,
@@ -213,8 +206,11 @@ def train_member(pack: str | Path, member: int, config, out: str | Path, work: s
     from boneage.training.direct import MEMBER_SEED_STEP, member_checkpoint, train_on_arrays
 
     data = read_pack(pack, workers=config.workers)
-    if data["meta"]["cache_size"] != config.cache_size:
-        raise ValueError(f"{pack} holds {data['meta']['cache_size']} px films, the run needs {config.cache_size} px")
+    meta = data["meta"]
+    # A pack is one command's films: its checkpoints only resume a run of the same seed, limit and size.
+    for key, wanted in (("cache_size", config.cache_size), ("seed", config.seed), ("limit", config.limit)):
+        if key in meta and meta[key] != wanted:
+            raise ValueError(f"{pack} was packed with {key} {meta[key]}, the run asks for {wanted}")
     member_config = replace(config, seed=config.seed + MEMBER_SEED_STEP * member)
     log(f"member {member}: {len(data['fit_images'])} films, training seed {member_config.seed}, "
         f"widths {list(config.widths)}, {config.epochs} epochs, batch {config.batch_size}, lr {config.learning_rate}")
