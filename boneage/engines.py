@@ -8,7 +8,6 @@ Models are loaded once per worker process or actor, never per film.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -134,9 +133,9 @@ def _worker_init(device: str, exports: Exports) -> None:
     global _WORKER_ESTIMATOR, _WORKER_EXPORTS
     # Ctrl-C is the main process's to handle (it ends the workers): no traceback per worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
+    from boneage import runtime
 
-    torch.set_num_threads(1)  # one thread per worker: workers are the parallelism
+    runtime.set_threads(1)  # one thread per worker: workers are the parallelism
     _WORKER_ESTIMATOR = BoneAgeEstimator.load(device=device)
     _WORKER_EXPORTS = exports
 
@@ -150,34 +149,15 @@ def local_results(todo: list[InputItem], *, estimator: BoneAgeEstimator | None =
                   device: str = "cpu", exports: Exports = (None, None)) -> Iterator[Outcome]:
     """Outcomes computed in this process (one worker) or a spawn pool of ``workers`` processes."""
     if workers <= 1 or len(todo) <= 1:
-        est = estimator or BoneAgeEstimator.load(device=device)
-        with _torch_threads(1 if device == "cpu" else None):
+        from boneage import runtime
+
+        with runtime.threads(1 if device == "cpu" else None):
+            est = estimator or BoneAgeEstimator.load(device=device)  # its networks start with one thread
             for item in todo:
                 yield run_one(est, item, exports)
         return
     with start_pool(workers, _worker_init, (device, exports)) as pool:
         yield from pool.imap_unordered(_worker_run, todo, chunksize=1)
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` torch threads (``None``: unchanged), restoring the caller's setting after.
-
-    Why one on a CPU: a film's forward passes are small, and two OpenMP threads on a 2-core
-    machine that anything else is using wait on each other at every layer (``boneage predict``
-    with one worker ran at 0.10 films/s with two threads next to a one-core job, 1.2 with one).
-    """
-    if threads is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def start_pool(workers: int, initializer: Callable[..., None], initargs: tuple) -> Any:
@@ -195,7 +175,7 @@ def start_pool(workers: int, initializer: Callable[..., None], initargs: tuple) 
     """
     import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")  # torch and fork do not mix safely
+    ctx = mp.get_context("spawn")  # thread pools (ONNX Runtime, torch) and fork do not mix safely
     main = threading.current_thread() is threading.main_thread()  # signals are the main thread's
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
@@ -214,15 +194,15 @@ class FilmActor:
     Args:
         device: ``cpu`` or ``cuda``.
         exports: ``(sr_dir, sc_dir)``, folders every node sees (shared storage).
-        threads: torch threads (its CPU share: actors are the parallelism).
+        threads: threads per network (its CPU share: actors are the parallelism).
     """
 
     def __init__(self, device: str, exports: Exports, threads: int = 1) -> None:
         import os
 
-        import torch
+        from boneage import runtime
 
-        torch.set_num_threads(max(1, threads))
+        runtime.set_threads(max(1, threads))
         self.estimator = BoneAgeEstimator.load(device=device)
         self.exports = exports
         self.pid = os.getpid()

@@ -225,7 +225,8 @@ class BoneAgeEstimator:
         transform = upright_transform(pixels.shape, reading.finger_angle_deg)
         if not transform.identity:
             pixels = transform.apply(pixels, order=1, fill=film_background(pixels)).astype(np.float32)
-            reading = self.segmenter.read(pixels)
+            # Turning the film does not change which hand it shows: only the chosen mirror is read.
+            reading = self.segmenter.read(pixels, mirrored=reading.grid.mirrored)
             turn = (transform.total_deg + 180.0) % 360.0 - 180.0
             if abs(turn) >= NOTED_TURN_DEG:  # straightening an ordinary lean is routine, not news
                 notes.append(f"film read upright: turned {turn:+.0f} degrees (counter-clockwise) before both methods read it")
@@ -371,7 +372,8 @@ class BoneAgeEstimator:
                 many = getattr(self.segmenter, "reread_tilted_many", None)
                 tilted = (many(view.reading, self.multistep_tilts) if many is not None else
                           (self.segmenter.reread_tilted(view.reading, tilt) for tilt in self.multistep_tilts))
-                views = [ms] + [self.multistep.estimate(measure(labels, spacing), result.sex) for labels in tilted]
+                views = [ms] + [self.multistep.estimate(measure(labels, spacing), result.sex, bones=False)
+                                for labels in tilted]
                 ms.age_months, ms.lower_90, ms.upper_90 = (
                     float(np.mean([getattr(v, k) for v in views])) for k in ("age_months", "lower_90", "upper_90"))
             if unreliable:

@@ -263,10 +263,14 @@ def finger_ray_digits(label_map: np.ndarray) -> list[int]:
     labels = np.clip(labels[::step, ::step], 0, anatomy.NUM_CLASSES - 1).astype(np.int64)
     if not labels.any():
         return []
-    # Per-label pixel moments in one pass each (bincount), then summed over a bone's labels.
+    # Per-label pixel moments in one pass each (bincount) over the labelled pixels only (the
+    # background's moments are never read; bones are a small share of a film), then summed over
+    # a bone's labels.
     flat = labels.ravel()
-    rr, cc = np.indices(labels.shape, dtype=np.float64)
-    rr, cc = rr.ravel(), cc.ravel()
+    where = np.flatnonzero(flat)
+    flat = flat[where]
+    rr, cc = np.divmod(where, labels.shape[1])
+    rr, cc = rr.astype(np.float64), cc.astype(np.float64)
     moments = np.stack([
         np.bincount(flat, weights=w, minlength=anatomy.NUM_CLASSES)
         for w in (np.ones_like(rr), rr, cc, rr * rr, cc * cc, rr * cc)

@@ -251,11 +251,6 @@ register(
 )
 
 
-#: Name, inside a traced network file, of the extra file holding the SHA-256 of its source weights
-#: (written by ``python -m boneage.training.export``).
-TRACED_SOURCE_KEY = "source_sha256"
-
-
 def file_sha256(path: str | Path) -> str:
     """SHA-256 hex digest of a file.
 
@@ -272,40 +267,3 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def load_traced(traced_path: str | Path, weights_path: str | Path) -> Any | None:
-    """A traced (TorchScript) network, when it was traced from exactly these weights.
-
-    Why: building a network from its weights needs MONAI, whose import alone takes longer than
-    the rest of start-up; a traced file needs torch only. It is used only while the SHA-256 it
-    records matches ``weights_path``, so retrained weights without a new export still load (from
-    the weights, more slowly) and never run with stale traced ones.
-
-    Args:
-        traced_path: the traced file (``*.ts.pt``).
-        weights_path: the weights it must have been traced from.
-
-    Returns:
-        The fp32 network in eval mode, or ``None`` when the file is missing, unreadable or stale.
-    """
-    import warnings
-
-    import torch
-
-    traced_path = Path(traced_path)
-    if not traced_path.is_file():
-        return None
-    extra = {TRACED_SOURCE_KEY: ""}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is in maintenance, not removed
-            network = torch.jit.load(str(traced_path), map_location="cpu", _extra_files=extra)
-    except (RuntimeError, OSError, ValueError):
-        return None
-    source = extra[TRACED_SOURCE_KEY]
-    if isinstance(source, bytes):
-        source = source.decode()
-    if source != file_sha256(weights_path):
-        return None
-    return network.float().eval()

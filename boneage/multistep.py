@@ -218,13 +218,14 @@ class MultiStepModel:
                 age, lo, hi = self.blend.combine(reg, look[:, 0])
         return {"age": age, "lower_90": lo, "upper_90": hi, "lookup": look[:, 0], "regression": reg}
 
-    def estimate(self, measurements: Measurements, sex: str | None) -> MultiStepEstimate:
+    def estimate(self, measurements: Measurements, sex: str | None, bones: bool = True) -> MultiStepEstimate:
         """Bone age from one hand's measurements.
 
         Args:
             measurements: from :func:`boneage.measure.measure`.
             sex: ``"M"``, ``"F"`` or ``None`` (unknown: both sexes' references are averaged and
                 the regression sees a missing sex).
+            bones: also make the per-bone table (a test-time-augmentation view needs the age only).
 
         Returns:
             :class:`MultiStepEstimate`.
@@ -245,8 +246,8 @@ class MultiStepModel:
         else:
             table = self.predict_table(pd.DataFrame([feats]), [sex])
             age, lo, hi, reg_age = (float(table[k][0]) for k in ("age", "lower_90", "upper_90", "regression"))
-        bones = self.bone_table(measurements, feats, sex, age)
-        return MultiStepEstimate(age, lo, hi, *lookup, reg_age, bones, n_features)
+        rows = self.bone_table(measurements, feats, sex, age) if bones else []
+        return MultiStepEstimate(age, lo, hi, *lookup, reg_age, rows, n_features)
 
     def bone_table(self, measurements: Measurements, feats: dict[str, float], sex: str | None, age: float) -> list[BoneRow]:
         """Per-bone rows: measured values, reference at ``age``, z-score and implied age."""

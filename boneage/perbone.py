@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
-from torch import nn
 
 from boneage import anatomy
 from boneage.direct import sex_to_code
@@ -359,77 +357,57 @@ AGE_CENTRE, AGE_SCALE = 120.0, 50.0
 #: Plausible output range (months).
 AGE_RANGE_MONTHS = (0.0, 240.0)
 WEIGHTS_FILE = "perbone.pt"
-#: Traced network beside the weights (``python -m boneage.training.export``): loads without MONAI.
-TRACED_FILE = "perbone.ts.pt"
+#: ONNX copy beside the weights (``python -m boneage.training.export``): runs without torch.
+ONNX_FILE = "perbone.onnx"
 CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
 MODEL_VERSION = "perbone-2"
 
 
-class PerBoneNet(nn.Module):
-    """One small MONAI ResNet shared by every bone; bone identity and sex join at the head.
-
-    Input: a batch of aligned crops ``(B, 1, *CROP_SHAPE)`` in [0, 1], the region index of each
-    (into :data:`anatomy.MATURITY_REGIONS`) and a sex code (+1 male, -1 female, 0 unknown).
-    Output: location and log Laplace scale of the standardised age, per crop.
-
-    Args:
-        widths: channel widths of the four ResNet stages.
-        head_width: hidden width of the head.
-    """
-
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), head_width: int = 128) -> None:
-        super().__init__()
-        from monai.networks.nets import ResNet
-
-        self.widths = tuple(widths)
-        self.backbone = ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=list(widths), spatial_dims=2,
-                               n_input_channels=1, conv1_t_size=5, conv1_t_stride=1, feed_forward=False)
-        regions = len(anatomy.MATURITY_REGIONS)
-        self.region_embedding = nn.Embedding(regions, 16)
-        self.head = nn.Sequential(
-            nn.Linear(widths[-1] + 16 + 2, head_width), nn.ReLU(inplace=True),
-            nn.Linear(head_width, head_width), nn.ReLU(inplace=True),
-            nn.Linear(head_width, 2),
-        )
-
-    def forward(self, crops: torch.Tensor, regions: torch.Tensor, sex_code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.backbone((crops - 0.5) / 0.25)
-        sex = sex_code.view(-1, 1).to(features.dtype)
-        out = self.head(torch.cat([features, self.region_embedding(regions).to(features.dtype), sex, sex.abs()], dim=1))
-        return out[:, 0], out[:, 1].clamp(-6.0, 3.0)
-
-
-def load_crop_network(path: str | Path | None, folder_name: str, weights_file: str, traced_file: str, traced: bool,
-                      what: str, command: str) -> tuple[Path, dict, nn.Module]:
-    """Load a network of the :class:`PerBoneNet` architecture (the per-bone and the sex networks).
+def load_crop_network(path: str | Path | None, folder_name: str, weights_file: str, onnx_file: str, exported: bool,
+                      what: str, command: str, device: str = "cpu") -> tuple[Path, dict, Any]:
+    """Load a network of the :class:`boneage.networks.PerBoneNet` architecture (the per-bone and the sex networks).
 
     Args:
         path: a weights file or a folder holding ``weights_file``; default ``data/models/<folder_name>``.
         folder_name: the model's folder under the models directory.
-        weights_file, traced_file: file names inside the folder.
-        traced: use the traced network when it was traced from these weights (no MONAI import).
+        weights_file, onnx_file: file names inside the folder.
+        exported: on a CPU, run the ONNX copy when it was exported from these weights (no torch import).
         what, command: for the error message (what is missing, which command makes it).
+        device: ``"cpu"``, or a torch device (then the network runs in torch).
 
     Returns:
-        ``(weights path, checkpoint dict, float32 network)``.
+        ``(weights path, checkpoint contents other than the weights, network)``: an
+        :class:`boneage.runtime.OnnxNetwork` or a float32 torch module.
 
     Raises:
         FileNotFoundError: when the weights are missing.
     """
-    from boneage.models import load_traced
     from boneage.paths import MODELS_DIR
 
     folder = Path(path) if path is not None else MODELS_DIR / folder_name
     weights = folder / weights_file if folder.is_dir() else folder
     if not weights.is_file():
         raise FileNotFoundError(f"{what} not found: {weights}; run `{command}`")
+    if exported and device == "cpu":
+        from boneage.runtime import load_onnx
+
+        network = load_onnx(weights.with_name(onnx_file), weights)
+        if network is not None:
+            return weights, network.checkpoint, network
+    import torch
+
+    from boneage.networks import PerBoneNet
+
     checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
-    network = load_traced(weights.with_name(traced_file), weights) if traced else None
-    if network is None:
-        network = PerBoneNet(tuple(checkpoint["widths"]))
-        network.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
+    network = PerBoneNet(tuple(checkpoint["widths"]))
+    network.load_state_dict({k: v.float() for k, v in checkpoint.pop("state_dict").items()})
     return weights, checkpoint, network
+
+
+def crop_network_inputs(crops: BoneCrops, idx: np.ndarray) -> np.ndarray:
+    """The present crops ``idx`` as the crop network's input: float32 ``(N, 1, *CROP_SHAPE)`` in [0, 1]."""
+    return crops.images[idx][:, None].astype(np.float32) / np.float32(255.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -567,34 +545,36 @@ class PerBoneEstimator:
         >>> est.predict(view.pixels, view.reading, "F").age_months         # doctest: +SKIP
     """
 
-    def __init__(self, network: PerBoneNet, calibration: dict, device: str = "cpu") -> None:
-        self.network = network.eval()
+    def __init__(self, network: Any, calibration: dict, device: str = "cpu") -> None:
+        from boneage.runtime import OnnxNetwork, as_forward, prepare_torch_module
+
+        self.network = network if isinstance(network, OnnxNetwork) else prepare_torch_module(network, device)
+        self._forward = as_forward(self.network)
         self.calibration = calibration
-        self.device = torch.device(device)
+        self.device = str(device)
         self.model_version = calibration.get("model_version", MODEL_VERSION)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "cpu", traced: bool = True) -> PerBoneEstimator:
+    def load(cls, path: str | Path | None = None, device: str = "cpu", exported: bool = True) -> PerBoneEstimator:
         """Load weights (fp16 on disk, float32 in memory) and calibration from a model folder.
 
         Args:
             path: a weights file or a folder holding :data:`WEIGHTS_FILE`; default the shipped one.
-            device: ``"cpu"`` (default) or ``"cuda"``.
-            traced: use the traced network beside the weights (:data:`TRACED_FILE`) when it was
-                traced from them (same numbers, starts without importing MONAI).
+            device: ``"cpu"`` (default), or a torch device (then the network runs in torch).
+            exported: on a CPU, run the ONNX copy beside the weights (:data:`ONNX_FILE`) when it
+                was exported from them (same numbers; neither torch nor MONAI is imported).
 
         Raises:
             FileNotFoundError: when the folder has no weights.
         """
-        weights, checkpoint, network = load_crop_network(path, "perbone", WEIGHTS_FILE, TRACED_FILE, traced,
-                                                         "per-bone maturity weights", "boneage train perbone")
+        weights, checkpoint, network = load_crop_network(path, "perbone", WEIGHTS_FILE, ONNX_FILE, exported,
+                                                         "per-bone maturity weights", "boneage train perbone", device)
         calibration = dict(checkpoint.get("calibration", {}))
         cal_file = weights.parent / CALIBRATION_FILE
         if cal_file.is_file():
             calibration.update(json.loads(cal_file.read_text()))
-        return cls(network.to(device).to(memory_format=torch.channels_last), calibration, device)
+        return cls(network, calibration, device)
 
-    @torch.inference_mode()
     def bone_ages(self, crops: BoneCrops, sex: str | None) -> tuple[np.ndarray, np.ndarray]:
         """Every cropped region's age and Laplace scale (months; NaN where no crop)."""
         n = len(anatomy.MATURITY_REGIONS)
@@ -603,13 +583,10 @@ class PerBoneEstimator:
         idx = np.flatnonzero(crops.present)
         if len(idx) == 0:
             return ages, scales
-        x = torch.from_numpy(crops.images[idx]).float().div_(255.0).unsqueeze(1)
-        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        regions = torch.from_numpy(idx).long().to(self.device)
-        code = torch.full((len(idx),), sex_to_code(sex), device=self.device)
-        loc, log_scale = self.network(x, regions, code)
-        ages[idx] = loc.float().cpu().numpy() * AGE_SCALE + AGE_CENTRE
-        scales[idx] = np.exp(log_scale.float().cpu().numpy()) * AGE_SCALE
+        code = np.full(len(idx), sex_to_code(sex), dtype=np.float32)
+        loc, log_scale = self._forward(crop_network_inputs(crops, idx), idx.astype(np.int64), code)
+        ages[idx] = loc * AGE_SCALE + AGE_CENTRE
+        scales[idx] = np.exp(log_scale) * AGE_SCALE
         return ages, scales
 
     def predict_crops(self, crops: BoneCrops, sex: str | None = None) -> PerBoneEstimate:

@@ -18,15 +18,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
-from boneage.perbone import BoneCrops, load_crop_network
+from boneage.perbone import BoneCrops, crop_network_inputs, load_crop_network
 
 WEIGHTS_FILE = "sex.pt"
-#: Traced network beside the weights (``python -m boneage.training.export``): loads without MONAI.
-TRACED_FILE = "sex.ts.pt"
+#: ONNX copy beside the weights (``python -m boneage.training.export``): runs without torch.
+ONNX_FILE = "sex.onnx"
 CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
 MODEL_VERSION = "sex-1"
@@ -64,38 +64,43 @@ class SexEstimator:
         SexPrediction(sex='F', probability=0.93, confident=True, ...)
     """
 
-    def __init__(self, network: torch.nn.Module, calibration: dict, device: str = "cpu") -> None:
-        self.network = network.eval()
+    def __init__(self, network: Any, calibration: dict, device: str = "cpu") -> None:
+        from boneage.runtime import OnnxNetwork, as_forward, prepare_torch_module
+
+        self.network = network if isinstance(network, OnnxNetwork) else prepare_torch_module(network, device)
+        self._forward = as_forward(self.network)
         self.calibration = calibration
-        self.device = torch.device(device)
+        self.device = str(device)
         self.model_version = calibration.get("model_version", MODEL_VERSION)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "cpu", traced: bool = True) -> SexEstimator:
+    def load(cls, path: str | Path | None = None, device: str = "cpu", exported: bool = True) -> SexEstimator:
         """Load weights (fp16 on disk) and the temperature from a model folder.
+
+        Args:
+            path: a weights file or a folder holding :data:`WEIGHTS_FILE`; default the shipped one.
+            device: ``"cpu"`` (default), or a torch device (then the network runs in torch).
+            exported: on a CPU, run the ONNX copy beside the weights (:data:`ONNX_FILE`) when it
+                was exported from them (same numbers; neither torch nor MONAI is imported).
 
         Raises:
             FileNotFoundError: when the weights are missing.
         """
-        weights, _, network = load_crop_network(path, "sex", WEIGHTS_FILE, TRACED_FILE, traced,
-                                                "sex-from-film weights", "boneage train sex")
+        weights, _, network = load_crop_network(path, "sex", WEIGHTS_FILE, ONNX_FILE, exported,
+                                                "sex-from-film weights", "boneage train sex", device)
         calibration = {}
         cal_file = weights.parent / CALIBRATION_FILE
         if cal_file.is_file():
             calibration = json.loads(cal_file.read_text())
-        return cls(network.to(device).to(memory_format=torch.channels_last), calibration, device)
+        return cls(network, calibration, device)
 
-    @torch.inference_mode()
     def male_probability(self, crops: BoneCrops) -> float | None:
         """Probability that the film is a boy's (``None`` with fewer than :data:`MIN_REGIONS` crops)."""
         idx = np.flatnonzero(crops.present)
         if len(idx) < MIN_REGIONS:
             return None
-        x = torch.from_numpy(crops.images[idx]).float().div_(255.0).unsqueeze(1)
-        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        regions = torch.from_numpy(idx).long().to(self.device)
-        logits, _ = self.network(x, regions, torch.zeros(len(idx), device=self.device))
-        logit = float(logits.float().mean()) / float(self.calibration.get("temperature", 1.0))
+        logits, _ = self._forward(crop_network_inputs(crops, idx), idx.astype(np.int64), np.zeros(len(idx), np.float32))
+        logit = float(logits.astype(np.float64).mean()) / float(self.calibration.get("temperature", 1.0))
         return float(1.0 / (1.0 + np.exp(-logit)))
 
     def predict(self, crops: BoneCrops) -> SexPrediction | None:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from boneage import direct, models
-from boneage.direct import BoneAgeNet, DirectEstimator, sex_to_code
+from boneage.direct import DirectEstimator, sex_to_code
+from boneage.networks import BoneAgeNet
 from boneage.training.direct import TrainConfig, save_weights, train_on_arrays
 from conftest import SMALL_DIRECT_WIDTHS, random_films
 

@@ -211,6 +211,17 @@ def test_bundle_round_trip(bundle, tmp_path):
     assert loaded.estimate(m, hand.sex).age_months == pytest.approx(bundle.estimate(m, hand.sex).age_months, abs=0.5)
 
 
+def test_an_age_only_estimate_skips_the_bone_table_and_keeps_the_age(bundle):
+    # What a tilted test-time view asks for: the same age and interval, no per-bone table.
+    from boneage.measure import measure
+
+    hand = generate_hand(5, 6, size=SIZE)
+    m = measure(hand.label_map, hand.spacing_mm)
+    full, age_only = bundle.estimate(m, hand.sex), bundle.estimate(m, hand.sex, bones=False)
+    assert full.bones and age_only.bones == []
+    assert (age_only.age_months, age_only.lower_90, age_only.upper_90) == (full.age_months, full.lower_90, full.upper_90)
+
+
 def test_result_row_is_flat():
     row = BoneAgeResult(path="x.dcm", status="error", reason="file not found").to_row()
     assert row["path"] == "x.dcm" and row["multistep_age_months"] is None
@@ -355,7 +366,7 @@ class ReadingOracle(Oracle):
     """An oracle that also *reads* a film (as :meth:`boneage.segment.Segmenter.read` does), so the
     per-bone method can crop the bones from its reading; tilted re-reads give the same map."""
 
-    def read(self, pixels, orientations=True, every_turn=False):
+    def read(self, pixels, orientations=True, every_turn=False, mirrored=None):
         from types import SimpleNamespace
 
         from test_perbone import IdentityTransform, OracleReading

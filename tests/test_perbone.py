@@ -22,10 +22,10 @@ from boneage.perbone import (
     MIN_RUS_BONES,
     BoneCrops,
     PerBoneEstimator,
-    PerBoneNet,
     bone_crops,
     crops_from_reading,
 )
+from boneage.networks import PerBoneNet
 from boneage.synth import generate_hand
 
 #: A calibration in the shipped format: the identity bias, plain 90% Laplace-ish factors.

@@ -60,6 +60,22 @@ def test_orientation_search_reads_mirrored_films(shipped_segmenter: segment.Segm
 
 
 @needs_segmenter_weights
+def test_a_known_mirror_is_read_alone_with_the_same_answer(shipped_segmenter: segment.Segmenter,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # The upright re-read of a turned film passes the mirror its first reading chose: one forward
+    # pass instead of two, and the reading the full search would have kept.
+    right_hand = np.ascontiguousarray(generate_hand(EVAL_SEED, 3, size=384).image[:, ::-1])
+    full = shipped_segmenter.read(right_hand)
+    assert full.grid.mirrored is True
+    passes = []
+    forward = shipped_segmenter._forward
+    monkeypatch.setattr(shipped_segmenter, "_forward", lambda *a: passes.append(len(a[0])) or forward(*a))
+    known = shipped_segmenter.read(right_hand, mirrored=True)
+    assert passes == [1] and known.grid.mirrored is True
+    assert np.array_equal(known.grid.label_map, full.grid.label_map)
+
+
+@needs_segmenter_weights
 @pytest.mark.parametrize("quarter_turns", [1, 2, 3])
 def test_orientation_search_turns_a_sideways_film_back(shipped_segmenter: segment.Segmenter,
                                                         quarter_turns: int) -> None:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from boneage import anatomy
-from boneage.perbone import CROP_SHAPE, BoneCrops, PerBoneNet
+from boneage.networks import PerBoneNet
+from boneage.perbone import CROP_SHAPE, BoneCrops
 from boneage.sex import CONFIDENT_PROBABILITY, MIN_REGIONS, SexEstimator, SexPrediction
 from boneage.synth import generate_hand
 from boneage.training.sex import fit_temperature, sex_metrics

@@ -6,5 +6,5 @@ One module per model, each importing its inference half (network, constants, loa
 (``boneage train multistep``, ``boneage reference build``), :mod:`~boneage.training.handcheck` with
 :mod:`~boneage.training.negatives` (``boneage train handcheck``), and :mod:`~boneage.training.compare`
 (``boneage compare``: learning curves of both methods); :mod:`~boneage.training.export`
-(``python -m boneage.training.export``: traced copies of the networks beside their weights).
+(``python -m boneage.training.export``: ONNX copies of the networks beside their weights).
 """

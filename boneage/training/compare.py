@@ -225,7 +225,8 @@ def _fit_multistep(world: World, idx: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _fit_direct(world: World, idx: np.ndarray, config: CompareConfig, seed: int) -> np.ndarray:
-    from boneage.direct import predict_arrays, sex_to_code
+    from boneage.direct import sex_to_code
+    from boneage.networks import predict_arrays
     from boneage.training.direct import TrainConfig, train_on_arrays
 
     if world.pool_images is None or world.val_images is None:

@@ -41,15 +41,12 @@ from boneage.direct import (
     METRICS_FILE,
     MODEL_VERSION,
     WEIGHTS_FILE,
-    BoneAgeEnsemble,
-    BoneAgeNet,
-    build_network,
     clipped_interval,
-    images_to_tensor,
-    predict_arrays,
     sex_to_code,
 )
 from boneage.models import cpu_has_fast_bf16
+from boneage.networks import BoneAgeEnsemble, BoneAgeNet, images_to_tensor, predict_arrays
+from boneage.networks import build_direct_network as build_network
 from boneage.preprocess import prepare_model_input
 
 #: Fraction of training samples whose sex code is hidden (set to 0 = unknown).

@@ -371,7 +371,8 @@ def train_network(images: np.ndarray, present: np.ndarray, targets: np.ndarray, 
     from tqdm import tqdm
 
     from boneage.models import cpu_has_fast_bf16
-    from boneage.perbone import AGE_CENTRE, AGE_SCALE, PerBoneNet
+    from boneage.networks import PerBoneNet
+    from boneage.perbone import AGE_CENTRE, AGE_SCALE
 
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
