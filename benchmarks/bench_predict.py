@@ -6,10 +6,11 @@ Usage:
 Prints, each measured in fresh processes so that nothing is warm that a user's run would not have:
 
 * start-up: ``import boneage.estimate`` + ``BoneAgeEstimator.load()`` (median of 3 processes);
-* per-stage times of one film in one process with one torch thread, the stages of
-  ``BoneAgeEstimator.estimate``: read, view (segmenter reading + hand check), measure + multi-step
-  estimate of the film as read, the test-time-augmentation views (tilted re-reads, measure, estimate),
-  the end-to-end CNN;
+* per-stage times of one film in one process with one thread per network, the stages of
+  ``BoneAgeEstimator.estimate``: read, view (segmenter reading + hand check + upright re-read),
+  the bone crops with the per-bone and sex networks, measure + multi-step estimate of the film as
+  read, the test-time-augmentation views (tilted re-reads, measure, estimate), the end-to-end CNN,
+  and the whole ``estimate`` call;
 * ``boneage predict`` throughput (films/s) with ``--workers 1`` and ``--workers 2``, the whole
   command timed (start-up included), as a user runs it;
 * peak resident memory of one process estimating one synthetic 2,000 px film and one
@@ -93,35 +94,39 @@ def _big_films(folder: Path) -> dict[str, Path]:
 
 
 def _stage_times(paths: list[Path]) -> dict[str, list[float]]:
-    """Per-film seconds of each stage of ``BoneAgeEstimator.estimate``, one torch thread."""
-    import torch
-
+    """Per-film seconds of each stage of ``BoneAgeEstimator.estimate``, one thread per network."""
+    from boneage import runtime
     from boneage.estimate import BoneAgeEstimator, _upright_spacing
     from boneage.io import load_radiograph
     from boneage.measure import measure
+    from boneage.perbone import crops_from_reading
 
-    torch.set_num_threads(1)  # as each worker of `boneage predict --workers 2` runs
+    runtime.set_threads(1)  # as each worker of `boneage predict --workers 2` runs
     est = BoneAgeEstimator.load()
     est.estimate(paths[0])  # warm-up
-    stages: dict[str, list[float]] = {k: [] for k in ("read", "view", "measure+multistep", "tta views", "direct", "total")}
+    keys = ("read", "view", "crops+perbone+sex", "measure+multistep", "tta views", "direct", "whole estimate")
+    stages: dict[str, list[float]] = {k: [] for k in keys}
     for p in paths:
         t0 = time.perf_counter()
         rad = load_radiograph(p)
         t1 = time.perf_counter()
         view = est.view(rad.pixels)
         t2 = time.perf_counter()
+        crops = crops_from_reading(view.pixels, view.reading)
+        est.perbone.predict_crops(crops, rad.sex)
+        est.sex_model.predict(crops)
+        t3 = time.perf_counter()
         spacing = _upright_spacing(rad.spacing_mm, view.transform)
         est.multistep.estimate(measure(view.label_map, spacing), rad.sex)
-        t3 = time.perf_counter()
-        many = getattr(est.segmenter, "reread_tilted_many", None)  # absent before it was batched
-        tilted = (many(view.reading, est.multistep_tilts) if many else
-                  (est.segmenter.reread_tilted(view.reading, a) for a in est.multistep_tilts))
-        for labels in tilted:
-            est.multistep.estimate(measure(labels, spacing), rad.sex)
         t4 = time.perf_counter()
-        est.direct.predict(view.pixels, rad.sex)
+        for labels in est.segmenter.reread_tilted_many(view.reading, est.multistep_tilts):
+            est.multistep.estimate(measure(labels, spacing), rad.sex, bones=False)
         t5 = time.perf_counter()
-        for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t5 - t0)):
+        est.direct.predict(view.pixels, rad.sex)
+        t6 = time.perf_counter()
+        est.estimate(p)  # everything together, as `boneage predict` runs it (result, QC, combined)
+        t7 = time.perf_counter()
+        for key, value in zip(keys, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6)):
             stages[key].append(value)
     return stages
 
@@ -148,7 +153,7 @@ def main() -> None:
         from boneage.io import load_radiograph
 
         shape = load_radiograph(paths[0]).pixels.shape
-        print(f"\nper film, one process, 1 torch thread ({len(paths)} {'real' if args.real else 'synthetic'} films, "
+        print(f"\nper film, one process, 1 thread per network ({len(paths)} {'real' if args.real else 'synthetic'} films, "
               f"e.g. {shape[0]} x {shape[1]} px):")
         for key, values in stages.items():
             print(f"  {key:<18} mean {statistics.mean(values):.3f} s   median {statistics.median(values):.3f} s   "

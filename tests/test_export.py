@@ -8,6 +8,7 @@ new export.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -148,14 +149,22 @@ def test_estimating_a_film_imports_neither_torch_nor_monai():
     assert out.stdout.split()[-2:] == ["False", "False"], out.stdout
 
 
-def test_thread_setting_is_restored_and_reaches_torch():
+def test_thread_setting_is_restored_and_reaches_torch_and_the_other_pools(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = runtime.get_threads()
     torch_before = torch.get_num_threads()
+    pools_before = [p["num_threads"] for p in threadpool_info()]
     with runtime.threads(1):
         assert runtime.get_threads() == 1 and torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1"  # for libraries loaded from now on
+        assert all(p["num_threads"] == 1 for p in threadpool_info())  # and those loaded already
         forward = runtime.as_forward(torch.nn.Linear(3, 2))
         (out,) = forward(np.ones((4, 3), np.float32))
         assert out.shape == (4, 2) and out.dtype == np.float32
     assert runtime.get_threads() == before and torch.get_num_threads() == torch_before
+    assert "OMP_NUM_THREADS" not in os.environ
+    assert [p["num_threads"] for p in threadpool_info()] == pools_before
     with pytest.raises(TypeError, match="not a network"):
         runtime.as_forward(42)
