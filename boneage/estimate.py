@@ -224,7 +224,7 @@ class BoneAgeEstimator:
         notes = ["film read as a negative (bone dark): its grey scale was inverted back"] if inverted else []
         transform = upright_transform(pixels.shape, reading.finger_angle_deg)
         if not transform.identity:
-            pixels = transform.apply(pixels, order=1, fill=film_background(pixels)).astype(np.float32)
+            pixels = transform.apply(pixels, order=1, fill=film_background(pixels)).astype(np.float32, copy=False)
             # Turning the film does not change which hand it shows: only the chosen mirror is read.
             reading = self.segmenter.read(pixels, mirrored=reading.grid.mirrored)
             turn = (transform.total_deg + 180.0) % 360.0 - 180.0
@@ -293,7 +293,11 @@ class BoneAgeEstimator:
         if nonfinite:
             result.qc.append(f"{nonfinite:,} NaN/infinite pixel(s) in the image were set to its minimum (background)")
         try:
-            return self._estimate_radiograph(rad, result, sex, chronological_age_months, sex_source, age_source)
+            # A film read here from a file is this call's own: its pixels may be let go once the
+            # upright copy replaces them (a caller's Radiograph or array is never touched).
+            owned = not isinstance(source, (Radiograph, np.ndarray))
+            return self._estimate_radiograph(rad, result, sex, chronological_age_months, sex_source, age_source,
+                                             release_pixels=owned)
         except Exception as exc:
             result.status, result.reason = "error", f"estimation failed ({type(exc).__name__}: {exc})"
             _clear_estimates(result)  # a film that failed half-way carries no method's number
@@ -307,6 +311,7 @@ class BoneAgeEstimator:
         age: float | None,
         sex_source: str,
         age_source: str,
+        release_pixels: bool = False,
     ) -> BoneAgeResult:
         result.image_shape = tuple(rad.pixels.shape)  # type: ignore[assignment]
         result.identifiers = dict(rad.identifiers)
@@ -339,6 +344,10 @@ class BoneAgeEstimator:
                 result.status, result.reason = "rejected", view.rejection
                 return result
             pixels = view.pixels
+            if release_pixels and pixels is not rad.pixels:
+                # Every later stage reads the upright copy: keeping the film as read too would
+                # hold a second film-sized array (210 MB on a 7,000 x 7,500 film) to the end.
+                rad.pixels = None  # type: ignore[assignment]
             result.label_map = view.transform.to_original(view.label_map)
         elif self.direct is not None:
             result.qc.append("hand check not available without the segmenter: non-hand images cannot be rejected")

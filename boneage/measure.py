@@ -184,7 +184,11 @@ def measure(label_map: np.ndarray, spacing_mm: tuple[float, float] | float | Non
     else:
         spacing = tuple(float(v) for v in spacing_mm) if spacing_mm is not None else None  # type: ignore[assignment]
     max_label = anatomy.NUM_CLASSES - 1
-    boxes = ndimage.find_objects(np.clip(labels, 0, max_label).astype(np.int32), max_label=max_label)
+    # An integer map goes in as it is (find_objects ignores ids outside 1..max_label): an int32 copy
+    # is 210 MB on a 7,000 x 7,500 film.
+    integer = np.issubdtype(labels.dtype, np.integer) and labels.dtype.itemsize <= 4
+    boxes = ndimage.find_objects(labels if integer else np.clip(labels, 0, max_label).astype(np.int32),
+                                 max_label=max_label)
     bones: dict[str, BoneMeasurement] = {}
     wrist = _wrist_point(labels)
     for bone in anatomy.BONES:

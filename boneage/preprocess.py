@@ -126,10 +126,43 @@ def as_pixels(image: np.ndarray) -> np.ndarray:
     return to_unit_range(arr, "image").pixels
 
 
+#: Rows resized at a time, on films of more than :data:`_STRIP_MIN_PIXELS` (see :func:`_pil_resize`).
+_STRIP_ROWS = 512
+_STRIP_MIN_PIXELS = 3000 * 3000
+
+
+def _pil_resize(pixels: np.ndarray, rows: int, cols: int, resample: Image.Resampling) -> np.ndarray:
+    """PIL's resize of a 2-D float array, done in strips on a tall image.
+
+    Why: PIL copies a float array into its own memory (after a contiguous copy of a crop), so a
+    7,000 x 7,500 film held up to three film-sized copies for a moment. PIL resamples width, then
+    height; on a film of more than :data:`_STRIP_MIN_PIXELS`, the width is resized strip by strip
+    and then the height of the narrow result: the same computation up to float rounding (within
+    1e-6, checked in the tests) with one strip in memory at a time. Smaller films, every usual hand
+    film among them, are resized at once as before (bit for bit).
+
+    Args:
+        pixels: 2-D array.
+        rows, cols: output shape.
+        resample: PIL filter (bilinear or box here).
+
+    Returns:
+        float32 ``rows x cols``.
+    """
+    if pixels.size <= _STRIP_MIN_PIXELS or pixels.shape[0] <= _STRIP_ROWS:
+        img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F")
+        return np.asarray(img.resize((cols, rows), resample, reducing_gap=None), dtype=np.float32)
+    narrow = np.empty((pixels.shape[0], cols), dtype=np.float32)
+    for top in range(0, pixels.shape[0], _STRIP_ROWS):
+        strip = Image.fromarray(np.ascontiguousarray(pixels[top:top + _STRIP_ROWS], dtype=np.float32), mode="F")
+        narrow[top:top + _STRIP_ROWS] = np.asarray(strip.resize((cols, strip.height), resample, reducing_gap=None))
+    img = Image.fromarray(narrow, mode="F")
+    return np.asarray(img.resize((cols, rows), resample, reducing_gap=None), dtype=np.float32)
+
+
 def _resize(pixels: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Antialiased bilinear resize of a float32 image (PIL, fast on CPU)."""
-    img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((cols, rows), Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.float32)
+    return _pil_resize(pixels, rows, cols, Image.Resampling.BILINEAR)
 
 
 def _downsample_for_analysis(pixels: np.ndarray, long_side: int = 192) -> tuple[np.ndarray, float, float]:
@@ -138,10 +171,7 @@ def _downsample_for_analysis(pixels: np.ndarray, long_side: int = 192) -> tuple[
     if scale >= 1.0:
         return pixels, 1.0, 1.0
     small_rows, small_cols = max(8, round(rows * scale)), max(8, round(cols * scale))
-    small = np.asarray(
-        Image.fromarray(pixels.astype(np.float32), mode="F").resize((small_cols, small_rows), Image.Resampling.BOX),
-        dtype=np.float32,
-    )
+    small = _pil_resize(pixels, small_rows, small_cols, Image.Resampling.BOX)
     return small, rows / small_rows, cols / small_cols
 
 

@@ -18,7 +18,7 @@ from boneage.io import Radiograph
 from boneage.multistep import MultiStepModel
 from boneage.synth import generate_hand
 from boneage.training.multistep import LabelledMeasurements, evaluate, fit_bundle, measure_label_maps
-from conftest import TESTS_DATA
+from conftest import TESTS_DATA, needs_segmenter_weights
 
 SIZE = 256
 
@@ -658,3 +658,27 @@ def test_per_bone_without_multi_step_with_sex_unknown_and_no_weight_set():
     row = result.to_row()
     assert row["perbone_age_months"] == pytest.approx(126.0, abs=0.01) and row["combined_age_months"] is None
     assert row["perbone_sds"] is None and row["multistep_age_months"] is None
+
+
+@needs_segmenter_weights
+def test_a_turned_film_gives_the_same_answer_from_a_file_and_keeps_the_callers_pixels(shipped_estimator, tmp_path):
+    # A film read from a file lets its as-read pixels go once the upright copy replaces them (memory
+    # on big films); a caller's own Radiograph is never touched, and the answers are the same.
+    from PIL import Image
+
+    from boneage.io import load_radiograph
+    from boneage.preprocess import rotate_film
+
+    hand = generate_hand(31, 2, size=512, age_range=(90, 150))
+    turned, _ = rotate_film(hand.image, 20.0)
+    path = tmp_path / "turned.png"
+    Image.fromarray((np.clip(turned, 0, 1) * 255).astype(np.uint8)).save(path)
+    rad = load_radiograph(path)
+    kept = rad.pixels.copy()
+    given = shipped_estimator.estimate(rad, sex="F")
+    assert any("read upright" in q for q in given.qc)  # the film was turned upright
+    assert rad.pixels is not None and np.array_equal(rad.pixels, kept)
+    from_file = shipped_estimator.estimate(path, sex="F")
+    assert from_file.status == given.status == "ok"
+    assert from_file.combined.age_months == given.combined.age_months
+    assert from_file.image_shape == given.image_shape and np.array_equal(from_file.label_map, given.label_map)

@@ -195,3 +195,21 @@ def test_rotate_film_fills_corners_with_the_background():
     # Rotating back restores the centre.
     back, _ = rotate_film(turned, -30.0)
     assert np.abs(back[25:35, 17:23] - 0.9).max() < 0.05
+
+
+@pytest.mark.parametrize("shape,out", [((1500, 1100), (256, 256)), ((2100, 900), (192, 120)), ((700, 520), (384, 384))])
+def test_strip_wise_resize_of_a_big_film_matches_one_pil_resize(shape, out, monkeypatch):
+    # Big films are resized in strips (one film-sized copy fewer at the peak): the same pixels up to
+    # float rounding; films under the size where that starts are resized at once, bit for bit.
+    from PIL import Image
+
+    from boneage import preprocess
+
+    crop = np.random.default_rng(5).random(shape, dtype=np.float32)[3:-2, 4:-1]  # a non-contiguous crop
+    for resample in (Image.Resampling.BILINEAR, Image.Resampling.BOX):
+        whole = np.asarray(Image.fromarray(np.ascontiguousarray(crop), mode="F").resize(out[::-1], resample,
+                                                                                           reducing_gap=None))
+        assert np.array_equal(preprocess._pil_resize(crop, *out, resample), whole)  # under the size: at once
+        monkeypatch.setattr(preprocess, "_STRIP_MIN_PIXELS", 0)
+        assert np.abs(preprocess._pil_resize(crop, *out, resample) - whole).max() <= 1e-6
+        monkeypatch.undo()
