@@ -152,8 +152,11 @@ class ReferenceTable:
 
     def estimate(self, features: dict[str, float], sex: str | None) -> tuple[float, float, float]:
         """Bone age from all features: posterior median and 90% interval (months)."""
-        p = self.posterior(features, sex)
-        return _quantiles(self.ages, p)
+        return self.estimate_from_log_likelihood(self.total_log_likelihood(features, sex))
+
+    def estimate_from_log_likelihood(self, total: np.ndarray) -> tuple[float, float, float]:
+        """:meth:`estimate` from a :meth:`total_log_likelihood` already computed (the same numbers)."""
+        return _quantiles(self.ages, _tempered_posterior(self.ages, total, self.tau))
 
     # -- persistence -----------------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:

@@ -220,6 +220,12 @@ def test_an_age_only_estimate_skips_the_bone_table_and_keeps_the_age(bundle):
     full, age_only = bundle.estimate(m, hand.sex), bundle.estimate(m, hand.sex, bones=False)
     assert full.bones and age_only.bones == []
     assert (age_only.age_months, age_only.lower_90, age_only.upper_90) == (full.age_months, full.lower_90, full.upper_90)
+    # One hand through the table path (features as a frame) gives the same numbers as estimate().
+    import pandas as pd
+
+    table = bundle.predict_table(pd.DataFrame([m.features()]), [hand.sex])
+    assert (table["age"][0], table["lower_90"][0], table["upper_90"][0]) == (full.age_months, full.lower_90, full.upper_90)
+    assert table["regression"][0] == full.regression_age_months
 
 
 def test_result_row_is_flat():
