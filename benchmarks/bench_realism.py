@@ -1,0 +1,158 @@
+"""How real do the synthetic hands look to the shipped models and to a classifier (issue #22)?
+
+Usage:
+    .venv/bin/python benchmarks/bench_realism.py [--seed 20261204] [--n 40] [--sizes 512 768]
+        [--n-classifier 300] [--skip-classifier]
+
+Prints two measures of the gap between synthetic and real films (the third, side-by-side sheets of
+synthetic hands and real films of the same sex and bone age, is ``scripts/synth_vs_real.py --out
+/tmp/synth_vs_real.png``, kept outside the repository):
+
+(a) **The shipped models on fresh synthetic hands**: ``--n`` hands of a seed no model or choice
+    used (default 20261204), at each of ``--sizes`` px, estimated with their sex through the whole
+    pipeline (``BoneAgeEstimator.estimate``); each method's MAE, overall and by bone-age band, and how
+    often it gave an age. Also each built-in example case (``data/examples``): its truth, every
+    method's reading and the spread between the methods.
+(b) **Real vs synthetic classifier**: ``--n-classifier`` real development films (``rsna-dev``
+    *training* split only, never the validation split) and as many synthetic hands (512 px), each
+    prepared as the CNN sees it (crop, squash, window, 256 px) and described by intensity and
+    gradient histograms, a radial power spectrum, Laplacian energy at three scales and a 16 x 16
+    thumbnail; a gradient-boosting classifier's ROC AUC on held-out images (5-fold
+    cross-validation; 0.5 = indistinguishable, 1.0 = always told apart).
+
+Research data are read in place from ``../shared``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from bench_validation import BANDS, METHODS  # one definition of the methods and bands (this folder)
+
+
+def synthetic_readings(estimator, seed: int, n: int, size: int) -> dict[str, np.ndarray]:
+    """Every method's age for ``n`` fresh synthetic hands of ``size`` px (NaN where it gave none)."""
+    from tqdm import tqdm
+
+    from boneage.synth import generate_hand
+
+    truth = np.empty(n)
+    ages = {m: np.full(n, np.nan) for m in METHODS}
+    for i in tqdm(range(n), desc=f"synthetic {size} px", unit="hand", mininterval=10):
+        hand = generate_hand(seed, i, size=size)
+        truth[i] = hand.bone_age_months
+        result = estimator.estimate(hand.image, sex=hand.sex)
+        for m in METHODS:
+            est = getattr(result, m)
+            if est.available:
+                ages[m][i] = est.age_months
+    return {"truth": truth, **ages}
+
+
+def print_readings(size: int, readings: dict[str, np.ndarray]) -> None:
+    truth = readings["truth"]
+    print(f"\nshipped models on {len(truth)} fresh synthetic hands at {size} px (MAE in months; bias in brackets):")
+    print(f"  {'method':<10} {'read':>5} {'MAE':>6}   " + "   ".join(f"{name:>12}" for name, _ in BANDS))
+    for m in METHODS:
+        ok = np.isfinite(readings[m])
+        err = readings[m][ok] - truth[ok]
+        cells = []
+        for _, in_band in BANDS:
+            band = in_band(truth[ok])
+            cells.append(f"{np.abs(err[band]).mean():5.1f} ({err[band].mean():+5.1f})" if band.any() else f"{'-':>12}")
+        mae = f"{np.abs(err).mean():6.1f}" if ok.any() else f"{'-':>6}"
+        print(f"  {m:<10} {ok.mean():>5.0%} {mae}   " + "   ".join(cells))
+
+
+def print_examples(estimator) -> None:
+    from boneage.examples import example_names, load_example
+
+    print("\nbuilt-in example cases (months):")
+    for name in example_names():
+        rad = load_example(name)
+        truth = rad.metadata.get("example_truth_bone_age_months")
+        result = estimator.estimate(rad)
+        read = {m: getattr(result, m).age_months for m in METHODS if getattr(result, m).available}
+        spread = max(read.values()) - min(read.values()) if read else float("nan")
+        cells = ", ".join(f"{m} {a:.0f} ({a - truth:+.0f})" for m, a in read.items())
+        print(f"  {name}: truth {truth:.0f}; {cells}; methods {spread:.0f} apart")
+
+
+def image_features(prepared: np.ndarray) -> np.ndarray:
+    """Appearance features of a prepared 256 x 256 input (floats in [0, 1]): what a film looks like,
+    not what it shows (histograms, spectrum, sharpness, a thumbnail)."""
+    from scipy import ndimage
+
+    x = prepared.astype(np.float64)
+    hist = np.histogram(x, bins=32, range=(0, 1))[0] / x.size
+    gy, gx = np.gradient(x)
+    grad = np.histogram(np.hypot(gy, gx), bins=32, range=(0, 0.25))[0] / x.size
+    power = np.abs(np.fft.fftshift(np.fft.fft2(x - x.mean()))) ** 2
+    rows, cols = np.indices(power.shape)
+    radius = np.hypot(rows - power.shape[0] / 2, cols - power.shape[1] / 2).astype(int)
+    radial = np.bincount(radius.ravel(), power.ravel()) / np.maximum(np.bincount(radius.ravel()), 1)
+    edges = np.unique(np.geomspace(1, len(radial) - 1, 25).astype(int))
+    spectrum = np.log1p([radial[a:b].mean() for a, b in zip(edges[:-1], edges[1:])])
+    sharpness = [np.abs(ndimage.gaussian_laplace(x, s)).mean() for s in (0.7, 1.5, 3.0)]
+    thumb = x.reshape(16, 16, 16, 16).mean(axis=(1, 3)).ravel()
+    return np.concatenate([hist, grad, spectrum, sharpness, thumb])
+
+
+def classifier_auc(n: int, seed: int) -> tuple[float, float]:
+    """ROC AUC (mean, SD over 5 folds) of telling real training-split films from synthetic hands."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from tqdm import tqdm
+
+    from boneage import datasets
+    from boneage.io import load_radiograph
+    from boneage.preprocess import prepare_model_input
+    from boneage.synth import generate_hand
+
+    dev = datasets.rsna_dev()
+    train = dev[dev["split"] == "train"].sample(n=min(n, int((dev["split"] == "train").sum())), random_state=seed)
+    features, labels = [], []
+    for path in tqdm(train["path"], desc="real films", unit="film", mininterval=10):
+        prepared, _ = prepare_model_input(load_radiograph(path).pixels, 256)
+        features.append(image_features(prepared))
+        labels.append(1)
+    for i in tqdm(range(len(train)), desc="synthetic hands", unit="hand", mininterval=10):
+        prepared, _ = prepare_model_input(generate_hand(seed + 1, i, size=512).image, 256)
+        features.append(image_features(prepared))
+        labels.append(0)
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    scores = cross_val_score(HistGradientBoostingClassifier(max_iter=200, random_state=seed), np.array(features),
+                             np.array(labels), cv=folds, scoring="roc_auc")
+    return float(scores.mean()), float(scores.std())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=20261204, help="synthetic seed no model or choice used")
+    parser.add_argument("--n", type=int, default=40, help="synthetic hands per size for (a) (default 40)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 768], help="synthetic image sizes for (a)")
+    parser.add_argument("--n-classifier", type=int, default=300, help="real films (and as many synthetic hands) for (b)")
+    parser.add_argument("--skip-classifier", action="store_true", help="skip (b)")
+    args = parser.parse_args(argv)
+
+    from boneage import runtime
+    from boneage.estimate import BoneAgeEstimator
+
+    runtime.set_threads(1)
+    start = time.perf_counter()
+    estimator = BoneAgeEstimator.load()
+    for size in args.sizes:
+        print_readings(size, synthetic_readings(estimator, args.seed, args.n, size))
+    print_examples(estimator)
+    if not args.skip_classifier:
+        auc, sd = classifier_auc(args.n_classifier, args.seed)
+        print(f"\nreal vs synthetic classifier: ROC AUC {auc:.3f} (SD {sd:.3f} over 5 folds; "
+              f"{args.n_classifier} real training-split films, as many synthetic hands; 0.5 = indistinguishable)")
+    print(f"\n({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
