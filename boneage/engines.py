@@ -127,21 +127,30 @@ def results(todo: list[InputItem], *, engine: str = "local", estimator: BoneAgeE
 # ---------------------------------------------------------------------------------------------
 _WORKER_ESTIMATOR: BoneAgeEstimator | None = None
 _WORKER_EXPORTS: Exports = (None, None)
+#: Why this worker could not start (``None`` when it did).
+_WORKER_START_ERROR: str | None = None
 
 
 def _worker_init(device: str, exports: Exports) -> None:
-    global _WORKER_ESTIMATOR, _WORKER_EXPORTS
+    global _WORKER_ESTIMATOR, _WORKER_EXPORTS, _WORKER_START_ERROR
     # Ctrl-C is the main process's to handle (it ends the workers): no traceback per worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from boneage import runtime
-
-    runtime.set_threads(1)  # one thread per worker: workers are the parallelism
-    _WORKER_ESTIMATOR = BoneAgeEstimator.load(device=device)
     _WORKER_EXPORTS = exports
+    try:
+        from boneage import runtime
+
+        runtime.set_threads(1)  # one thread per worker: workers are the parallelism
+        _WORKER_ESTIMATOR = BoneAgeEstimator.load(device=device)
+    except Exception as exc:
+        # A pool replaces a worker whose initialiser raised, forever: start, and answer every
+        # film with the reason instead.
+        _WORKER_START_ERROR = f"{type(exc).__name__}: {exc}"
 
 
 def _worker_run(item: InputItem) -> Outcome:
-    assert _WORKER_ESTIMATOR is not None
+    if _WORKER_ESTIMATOR is None:
+        return Outcome(BoneAgeResult(path=item.path, status="error",
+                                     reason=f"the worker process could not load the models ({_WORKER_START_ERROR})"))
     return run_one(_WORKER_ESTIMATOR, item, _WORKER_EXPORTS)
 
 

@@ -114,3 +114,25 @@ def test_a_ray_actor_loads_the_models_once_for_all_its_films(tmp_path, ray_local
     ray_local.kill(actor)
     assert [o.result.reason for o in outcomes] == ["file not found"] * 3
     assert info["films"] == 3 and info["pid"] != os.getpid() and "direct" in info["versions"]
+
+
+def test_a_worker_that_cannot_load_the_models_answers_each_film_with_the_reason(monkeypatch):
+    # A pool replaces a worker whose initialiser raises, forever (a run that never ends); the worker
+    # must start anyway and give every film an error record that says why.
+    def broken_load(*args, **kwargs):
+        raise OSError("models folder unreadable")
+
+    from boneage import runtime
+
+    previous = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(runtime, "set_threads", lambda threads: None)  # this process keeps its threads
+    monkeypatch.setattr(engines.BoneAgeEstimator, "load", broken_load)
+    monkeypatch.setattr(engines, "_WORKER_ESTIMATOR", None)
+    monkeypatch.setattr(engines, "_WORKER_START_ERROR", None)
+    try:
+        engines._worker_init("cpu", (None, None))  # does not raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    outcome = engines._worker_run(InputItem("film.png"))
+    assert outcome.result.status == "error" and outcome.result.path == "film.png"
+    assert "could not load the models" in outcome.result.reason and "models folder unreadable" in outcome.result.reason
