@@ -358,8 +358,9 @@ class BoneAgeEstimator:
             from boneage.perbone import crops_from_reading
 
             crops = crops_from_reading(view.pixels, view.reading)
+        male_probability = None  # an uncertain sex read from the film: methods read the film as both
         if result.sex is None and crops is not None and self.sex_model is not None:
-            self._predict_sex(result, crops)
+            male_probability = self._predict_sex(result, crops)
 
         # Multi-step: measure, look up.
         if self.segmenter is not None and self.multistep is not None:
@@ -409,10 +410,11 @@ class BoneAgeEstimator:
                     result.status, result.reason = "rejected", rejection
                     return result
 
-        self._estimate_perbone(result, view, crops)
+        self._estimate_perbone(result, view, crops, male_probability)
 
         if self.direct is not None:
-            d = self.direct.predict(pixels, result.sex)
+            mixed = {} if male_probability is None else {"male_probability": male_probability}
+            d = self.direct.predict(pixels, result.sex, **mixed)
             result.direct = MethodEstimate(
                 "direct", True, d.age_months, d.lower_90, d.upper_90, note=None if d.sex_note is None else sex_unknown_note(
                     "direct", d.model_version, d.sex_note.removeprefix("sex unknown: ")),
@@ -431,12 +433,17 @@ class BoneAgeEstimator:
         self._compare_and_score(result)
         return result
 
-    def _predict_sex(self, result: BoneAgeResult, crops: Any) -> None:
+    def _predict_sex(self, result: BoneAgeResult, crops: Any) -> float | None:
         """Read the sex from the film when it was not given; use it only when the network is sure.
 
         Args:
             result: the result being filled (``sex`` unknown).
             crops: the film's aligned bone crops.
+
+        Returns:
+            The male probability when the sex was read but is too uncertain to use alone (the
+            per-bone and end-to-end methods then weigh their readings as a boy and as a girl by it),
+            else ``None``.
         """
         from boneage.sex import MIN_BONE_AGE_MONTHS
 
@@ -447,30 +454,35 @@ class BoneAgeEstimator:
                     # Before 6 years the hand shows too little of the sex (see the sex model card).
                     result.qc.append("sex not given, and not read from a film this young (under 6 years): "
                                      "sex-agnostic readings")
-                    return
+                    return None
             prediction = self.sex_model.predict(crops)
         except Exception as exc:  # reading the sex failing leaves it unknown, never the film
             result.qc.append(f"sex could not be read from the film ({type(exc).__name__}: {exc})")
-            return
+            return None
         if prediction is None:
-            return
+            return None
         word = {"M": "male", "F": "female"}[prediction.sex]
         result.predicted_sex, result.sex_probability = prediction.sex, round(prediction.probability, 3)
         if prediction.confident:
             result.sex, result.sex_source = prediction.sex, "predicted"
             result.qc.append(f"sex not given: read from the film as {word} ({prediction.probability:.0%} sure) and used by "
                              "every method; give the sex if it is known")
-        else:
-            result.qc.append(f"sex not given: the film suggests {word} but only {prediction.probability:.0%} sure, too "
-                             "uncertain to use: sex-agnostic readings")
+            return None
+        result.qc.append(f"sex not given: the film suggests {word} but only {prediction.probability:.0%} sure, too "
+                         "uncertain to use alone: the per-bone and end-to-end methods read it as both sexes, weighted "
+                         "by that; the multi-step method gives its sex-agnostic reading; give the sex if it is known")
+        return prediction.probability if prediction.sex == "M" else 1.0 - prediction.probability
 
-    def _estimate_perbone(self, result: BoneAgeResult, view: FilmView | None, crops: Any = None) -> None:
+    def _estimate_perbone(self, result: BoneAgeResult, view: FilmView | None, crops: Any = None,
+                          male_probability: float | None = None) -> None:
         """The per-bone method: its consensus, RUS and carpal ages into ``result``, each bone's
         own age into ``result.bones``.
 
         Args:
             result: the result being filled (its ``bones`` already hold the multi-step table, if any).
             view: the film as every method reads it (``None`` without a segmenter).
+            crops: the film's aligned bone crops (cut here when not given).
+            male_probability: an uncertain sex read from the film (see :meth:`_predict_sex`).
         """
         maturity: dict[str, Any] = {}
         if self.perbone is None or self.segmenter is None:
@@ -481,7 +493,8 @@ class BoneAgeEstimator:
                                    "to cut the bones from")
         else:
             try:
-                est = (self.perbone.predict_crops(crops, result.sex) if crops is not None
+                mixed = {} if male_probability is None else {"male_probability": male_probability}
+                est = (self.perbone.predict_crops(crops, result.sex, **mixed) if crops is not None
                        else self.perbone.predict(view.pixels, view.reading, result.sex))
             except Exception as exc:  # the per-bone method failing withholds its number, not the film
                 version = getattr(self.perbone, "model_version", None) or self.versions.get("perbone")
@@ -498,7 +511,8 @@ class BoneAgeEstimator:
             else:
                 maturity = est.bones
                 result.perbone = MethodEstimate("perbone", True, est.age_months, est.lower_90, est.upper_90,
-                                                note=_perbone_note(est.note, version, result.sex), model_version=version)
+                                                note=_perbone_note(est.note, version, result.sex, male_probability),
+                                                model_version=version)
                 result.perbone_rus = MethodEstimate(
                     "perbone_rus", est.rus_age_months is not None, est.rus_age_months, est.rus_lower_90,
                     est.rus_upper_90, model_version=version,
@@ -616,20 +630,24 @@ def _clear_estimates(result: BoneAgeResult) -> None:
 PERBONE_SEX_UNKNOWN_HOW = "the network's sex-agnostic reading, with its own wider interval"
 
 
-def _perbone_note(note: str | None, model_version: str | None, sex: str | None) -> str | None:
+def _perbone_note(note: str | None, model_version: str | None, sex: str | None,
+                  male_probability: float | None = None) -> str | None:
     """The per-bone estimate's caveats, its own sex-unknown remark replaced by the measured one.
 
     Args:
         note: :attr:`boneage.perbone.PerBoneEstimate.note` (caveats joined by ``"; "``).
         model_version: the per-bone weights' version.
         sex: the sex the estimate was made with (``None``: unknown).
+        male_probability: set when the film was read as both sexes and weighed by it.
 
     Returns:
         The note, or ``None`` when there is nothing to say.
     """
     parts = [p for p in (note or "").split("; ") if p and not p.startswith("sex unknown")]
     if sex is None:
-        parts.append(sex_unknown_note("perbone", model_version, PERBONE_SEX_UNKNOWN_HOW))
+        how = PERBONE_SEX_UNKNOWN_HOW if male_probability is None else \
+            f"read as a boy and as a girl, weighted by the film's male probability ({male_probability:.0%})"
+        parts.append(sex_unknown_note("perbone", model_version, how))
     return "; ".join(parts) or None
 
 

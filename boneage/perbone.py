@@ -589,17 +589,23 @@ class PerBoneEstimator:
         scales[idx] = np.exp(log_scale) * AGE_SCALE
         return ages, scales
 
-    def predict_crops(self, crops: BoneCrops, sex: str | None = None) -> PerBoneEstimate:
+    def predict_crops(self, crops: BoneCrops, sex: str | None = None,
+                      male_probability: float | None = None) -> PerBoneEstimate:
         """The per-bone estimate of a film's crops.
 
         Args:
             crops: :func:`bone_crops` of the film.
             sex: ``"M"``, ``"F"`` or ``None`` (unknown: the network's sex-agnostic mode and the
                 sex-unknown calibration).
+            male_probability: for an unknown sex, the film's probability of being a boy's: the
+                crops are then read as both sexes and every age weighed
+                (:func:`boneage.direct.mix_by_sex`) instead of the sex-agnostic mode.
 
         Returns:
             :class:`PerBoneEstimate`.
         """
+        if sex not in ("M", "F") and male_probability is not None:
+            return _mixed(self.predict_crops(crops, "M"), self.predict_crops(crops, "F"), male_probability)
         key = "sex_known" if sex in ("M", "F") else "sex_unknown"
         cal = self.calibration.get(key, {})
         ages, scales = self.bone_ages(crops, sex)
@@ -641,3 +647,35 @@ class PerBoneEstimator:
     def predict(self, film: np.ndarray, reading: Any, sex: str | None = None) -> PerBoneEstimate:
         """Crop a film by its segmenter reading and estimate (see :meth:`predict_crops`)."""
         return self.predict_crops(crops_from_reading(film, reading), sex)
+
+
+def _mixed(male: PerBoneEstimate, female: PerBoneEstimate, male_probability: float) -> PerBoneEstimate:
+    """A film's per-bone estimate read as a boy and as a girl, weighed by its male probability."""
+    from boneage.direct import SEX_MIXED_NOTE, mix_by_sex
+
+    if male.age_months is None or female.age_months is None:  # the same crops: both withheld or neither
+        return male
+
+    def mix(a: tuple, b: tuple) -> tuple:
+        return (None, None, None) if a[0] is None or b[0] is None else mix_by_sex(a, b, male_probability)
+
+    bones = {}
+    for region, m in male.bones.items():
+        f = female.bones.get(region)
+        if f is not None:
+            age, lo, hi = mix_by_sex((m.age_months, m.lower_90, m.upper_90), (f.age_months, f.lower_90, f.upper_90),
+                                     male_probability)
+            bones[region] = BoneMaturity(region, age, lo, hi, m.used and f.used)
+    dropped = [r for r, b in bones.items() if not b.used]
+    notes = [SEX_MIXED_NOTE.format(p=male_probability)]
+    if dropped:
+        notes.insert(0, "left out of the consensus because they disagree with the other bones: "
+                     + ", ".join(anatomy.display_name(r) for r in dropped))
+    return PerBoneEstimate(
+        *mix((male.age_months, male.lower_90, male.upper_90), (female.age_months, female.lower_90, female.upper_90)),
+        *mix((male.rus_age_months, male.rus_lower_90, male.rus_upper_90),
+             (female.rus_age_months, female.rus_lower_90, female.rus_upper_90)),
+        *mix((male.carpal_age_months, male.carpal_lower_90, male.carpal_upper_90),
+             (female.carpal_age_months, female.carpal_lower_90, female.carpal_upper_90)),
+        bones, dropped, "; ".join(notes), None, male.model_version)
+

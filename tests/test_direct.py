@@ -12,6 +12,7 @@ import torch
 from boneage import direct, models
 from boneage.direct import DirectEstimator, sex_to_code
 from boneage.networks import BoneAgeNet
+from boneage.synth import generate_hand
 from boneage.training.direct import TrainConfig, save_weights, train_on_arrays
 from conftest import SMALL_DIRECT_WIDTHS, random_films
 
@@ -88,3 +89,23 @@ def test_shipped_weights_predict_real_validation_films(shipped, rsna_dev):
         assert unknown.sex_used is None and unknown.sex_note
         errors.append(abs(known.age_months - row.bone_age_months))
     assert np.mean(errors) < 40  # four films: a loose sanity bound, the real metrics are in the card
+
+
+def test_an_uncertain_sex_weighs_the_readings_as_a_boy_and_as_a_girl(shipped):
+    # The sex read from the film but too uncertain to use alone: the network reads the film as both
+    # sexes and weighs the two by the male probability; the interval spans both readings.
+    from boneage.direct import mix_by_sex
+
+    film = generate_hand(21, 3, size=384, age_range=(110, 150)).image
+    boy, girl = shipped.predict(film, "M"), shipped.predict(film, "F")
+    assert boy.age_months != girl.age_months
+    for p in (0.0, 0.3, 0.65, 1.0):
+        mixed = shipped.predict(film, None, male_probability=p)
+        assert mixed.age_months == pytest.approx(p * boy.age_months + (1 - p) * girl.age_months, abs=1e-3)
+        assert mixed.lower_90 == pytest.approx(min(boy.lower_90, girl.lower_90), abs=1e-3)
+        assert mixed.upper_90 == pytest.approx(max(boy.upper_90, girl.upper_90), abs=1e-3)
+        assert mixed.sex_used is None and f"male probability ({p:.0%})" in mixed.sex_note
+    # A given sex is never mixed; without a probability the sex-agnostic mode runs as before.
+    assert shipped.predict(film, "F", male_probability=0.9).age_months == girl.age_months
+    assert "sex-agnostic" in shipped.predict(film, None).sex_note
+    assert mix_by_sex((100.0, 90.0, 110.0), (80.0, 75.0, 95.0), 0.25) == (85.0, 75.0, 110.0)

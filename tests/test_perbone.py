@@ -466,3 +466,31 @@ def test_a_bone_whose_scale_is_nan_is_not_counted():
     assert not got.available and f"only {MIN_RUS_BONES - 1} of 13" in got.note
     ok = PerBoneEstimator(NaNScaleNet(2), json.loads(json.dumps(CALIBRATION))).predict_crops(all_present(), "F")
     assert ok.available and np.isfinite(ok.age_months) and np.isfinite(ok.lower_90)
+
+
+class SexShiftedBoneNet(FixedBoneNet):
+    """A :class:`FixedBoneNet` whose boys read ``shift`` months older than its girls."""
+
+    def __init__(self, shift: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.shift = shift / AGE_SCALE
+
+    def forward(self, crops, regions, sex_code):
+        loc, log_scale = super().forward(crops, regions, sex_code)
+        return loc + 0.5 * self.shift * sex_code, log_scale
+
+
+def test_an_uncertain_sex_weighs_every_age_read_as_a_boy_and_as_a_girl():
+    est = PerBoneEstimator(SexShiftedBoneNet(12.0, default=120.0), json.loads(json.dumps(CALIBRATION)))
+    boy, girl = est.predict_crops(all_present(), "M"), est.predict_crops(all_present(), "F")
+    assert boy.age_months == pytest.approx(girl.age_months + 12.0, abs=1e-3)
+    mixed = est.predict_crops(all_present(), None, male_probability=0.25)
+    assert mixed.age_months == pytest.approx(0.25 * boy.age_months + 0.75 * girl.age_months, abs=1e-3)
+    assert (mixed.lower_90, mixed.upper_90) == (pytest.approx(girl.lower_90), pytest.approx(boy.upper_90))
+    assert mixed.rus_age_months == pytest.approx(0.25 * boy.rus_age_months + 0.75 * girl.rus_age_months, abs=1e-3)
+    assert mixed.carpal_age_months == pytest.approx(0.25 * boy.carpal_age_months + 0.75 * girl.carpal_age_months,
+                                                    abs=1e-3)
+    assert set(mixed.bones) == set(boy.bones) and all(b.used for b in mixed.bones.values())
+    assert mixed.sex_used is None and "male probability (25%)" in mixed.note
+    # Without a probability the sex-agnostic reading is unchanged.
+    assert est.predict_crops(all_present(), None).age_months == pytest.approx(120.0, abs=1e-3)

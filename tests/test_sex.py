@@ -115,11 +115,28 @@ def test_confident_prediction_is_used_and_said(bundle):
     assert row["sex_source"] == "predicted" and row["predicted_sex"] == "F" and row["sex_probability"] == pytest.approx(0.93)
 
 
-def test_uncertain_prediction_is_reported_not_used(bundle):
-    result = _estimate(bundle, FixedSex("M", 0.6))
+def test_uncertain_prediction_is_reported_and_both_sexes_are_weighed_by_it(bundle):
+    # Too uncertain to use alone: the sex stays unknown, and the per-bone and end-to-end methods read
+    # the film as a boy and as a girl weighted by the male probability (here 1 - 0.7 = 0.3).
+    from test_estimate import FakeDirect, _three_methods
+
+    seen = []
+
+    class MixingDirect(FakeDirect):
+        def predict(self, pixels, sex=None, male_probability=None):
+            seen.append((sex, male_probability))
+            return super().predict(pixels, sex)
+
+    est = _three_methods(bundle, direct=MixingDirect(120.0))
+    est.sex_model = FixedSex("F", 0.7)
+    hand = est.oracle.add(generate_hand(99, 4, size=384, age_range=(100, 140)))
+    result = est.estimate(hand.image)
+    assert result.status == "ok"
     assert result.sex is None and result.sex_source == "unknown"
-    assert result.predicted_sex == "M" and result.sex_probability == pytest.approx(0.6)
-    assert any("too uncertain to use" in q for q in result.qc)
+    assert result.predicted_sex == "F" and result.sex_probability == pytest.approx(0.7)
+    assert any("too uncertain to use alone" in q and "read it as both sexes" in q for q in result.qc)
+    assert seen == [(None, pytest.approx(0.3))]
+    assert "read as a boy and as a girl, weighted by the film's male probability (30%)" in result.perbone.note
 
 
 def test_a_given_sex_is_never_predicted_over(bundle):
