@@ -6,8 +6,9 @@ per-bone method uses (:mod:`boneage.perbone`; one MONAI ResNet shared by the 14 
 input, one logit per crop); the film's probability is the mean logit over its crops, temperature-
 scaled on the calibration hold-out of the training split. A prediction at least
 :data:`CONFIDENT_PROBABILITY` sure is used by every method and said (``sex_source = "predicted"``
-with its probability); a less certain one is reported but not used: the methods then give their
-sex-agnostic readings, as before. Sex is hard to read before puberty; the model card gives the
+with its probability); a less certain one is reported, and the per-bone and end-to-end methods read
+the film as a boy and as a girl and weigh the two by the male probability
+(:func:`boneage.direct.mix_by_sex`). Sex is hard to read before puberty; the model card gives the
 accuracy by age band.
 
 Data flow: :class:`boneage.perbone.BoneCrops` -> :meth:`SexEstimator.predict` -> :class:`SexPrediction`.

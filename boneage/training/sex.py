@@ -151,8 +151,9 @@ aligned crops (13 RUS bones + carpus): the per-bone network's architecture (MONA
 {'-'.join(str(w) for w in cfg['widths'])}, region embedding) with no sex input, one logit per crop, the film's logit
 the mean over its crops divided by a temperature ({m['temperature']:.2f}) fitted on the 200-film calibration
 hold-out of the training split. A prediction at least {CONFIDENT_PROBABILITY:.0%} sure is used by every method and said
-(`sex_source = "predicted"` with its probability); a less certain one falls back to the methods'
-sex-agnostic readings. Registered as `boneage.models.get("sex")`.
+(`sex_source = "predicted"` with its probability); with a less certain one, the per-bone and
+end-to-end methods weigh their readings as a boy and as a girl by the male probability (the
+multi-step method and films under 6 years keep the sex-agnostic readings). Registered as `boneage.models.get("sex")`.
 
 ## Validation (fixed `rsna-dev` validation split; never used for a choice)
 {table(m['validation'])}
