@@ -157,11 +157,10 @@ class DirectEstimator:
     def __init__(self, model: Any, target_mean: float, target_sd: float, calibration: dict,
                  input_size: int = INPUT_SIZE, cache_size: int = CACHE_SIZE, version: str = MODEL_VERSION,
                  tilts: tuple[float, ...] = TTA_TILTS_DEG, device: str = "cpu") -> None:
-        from boneage.runtime import OnnxNetwork, as_forward, prepare_torch_module
+        from boneage.runtime import runnable
 
         self.tilts = tuple(tilts)
-        self.model = model if isinstance(model, OnnxNetwork) else prepare_torch_module(model, device)
-        self._forward = as_forward(self.model)
+        self.model, self._forward = runnable(model, device)
         self.target_mean = target_mean
         self.target_sd = target_sd
         self.calibration = calibration
@@ -189,23 +188,15 @@ class DirectEstimator:
             path = path / WEIGHTS_FILE
         if not path.is_file():
             raise FileNotFoundError(f"direct CNN weights not found at {path}; run `boneage train direct`")
-        model: Any = None
-        if exported and device == "cpu":
-            from boneage.runtime import load_onnx
+        from boneage.runtime import load_checkpoint
 
-            model = load_onnx(path.with_name(ONNX_FILE), path)
-        if model is not None:
-            checkpoint = model.checkpoint
-        else:
-            import torch
-
+        checkpoint, model = load_checkpoint(path, ONNX_FILE, exported, device, weights_only=True)
+        config = checkpoint["config"]
+        if model is None:
             from boneage.networks import build_direct_network
 
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            config = checkpoint["config"]
             model = build_direct_network(tuple(config.get("widths", (32, 64, 128, 256))), int(config.get("members", 1)))
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()})
-        config = checkpoint["config"]
         return cls(model, checkpoint["target_mean"], checkpoint["target_sd"], checkpoint["calibration"],
                    config.get("input_size", INPUT_SIZE), config.get("cache_size", CACHE_SIZE),
                    checkpoint.get("version", MODEL_VERSION), device=device)

@@ -389,17 +389,13 @@ def load_crop_network(path: str | Path | None, folder_name: str, weights_file: s
     weights = folder / weights_file if folder.is_dir() else folder
     if not weights.is_file():
         raise FileNotFoundError(f"{what} not found: {weights}; run `{command}`")
-    if exported and device == "cpu":
-        from boneage.runtime import load_onnx
+    from boneage.runtime import load_checkpoint
 
-        network = load_onnx(weights.with_name(onnx_file), weights)
-        if network is not None:
-            return weights, network.checkpoint, network
-    import torch
-
+    checkpoint, network = load_checkpoint(weights, onnx_file, exported, device)
+    if network is not None:
+        return weights, checkpoint, network
     from boneage.networks import PerBoneNet
 
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
     network = PerBoneNet(tuple(checkpoint["widths"]))
     network.load_state_dict({k: v.float() for k, v in checkpoint.pop("state_dict").items()})
     return weights, checkpoint, network
@@ -546,10 +542,9 @@ class PerBoneEstimator:
     """
 
     def __init__(self, network: Any, calibration: dict, device: str = "cpu") -> None:
-        from boneage.runtime import OnnxNetwork, as_forward, prepare_torch_module
+        from boneage.runtime import runnable
 
-        self.network = network if isinstance(network, OnnxNetwork) else prepare_torch_module(network, device)
-        self._forward = as_forward(self.network)
+        self.network, self._forward = runnable(network, device)
         self.calibration = calibration
         self.device = str(device)
         self.model_version = calibration.get("model_version", MODEL_VERSION)

@@ -194,6 +194,32 @@ def load_onnx(onnx_path: str | Path, weights_path: str | Path) -> OnnxNetwork | 
     return network
 
 
+def load_checkpoint(weights: str | Path, onnx_file: str, exported: bool, device: str,
+                    weights_only: bool = False) -> tuple[dict, OnnxNetwork | None]:
+    """A weights file's contents, from its current ONNX copy when one is to be run.
+
+    Args:
+        weights: the ``.pt`` weights file.
+        onnx_file: the ONNX copy's file name beside it.
+        exported: run the ONNX copy when it is current (on a CPU only).
+        device: ``"cpu"`` or a torch device.
+        weights_only: passed to ``torch.load`` when the weights file is read.
+
+    Returns:
+        ``(checkpoint, network)``: the :class:`OnnxNetwork` with the contents its metadata records
+        (torch is not imported), or ``None`` with the weights file read by torch (``state_dict``
+        included: the caller builds the network).
+    """
+    weights = Path(weights)
+    if exported and device == "cpu":
+        network = load_onnx(weights.with_name(onnx_file), weights)
+        if network is not None:
+            return network.checkpoint, network
+    import torch
+
+    return torch.load(weights, map_location="cpu", weights_only=weights_only), None
+
+
 def torch_forward(module: Any) -> Forward:
     """A torch module as a function of numpy arrays (float images channels-last, ints as int64).
 
@@ -247,6 +273,23 @@ def as_forward(network: Any) -> Forward:
     if callable(network):
         return network
     raise TypeError(f"not a network: {type(network).__name__}")
+
+
+def runnable(network: Any, device: str = "cpu") -> tuple[Any, Forward]:
+    """A loaded network ready to run, and its numpy call (what every estimator holds).
+
+    Args:
+        network: an :class:`OnnxNetwork`, or a torch module (put in eval mode on ``device``,
+            channels-last on a CPU), or a plain function of numpy arrays (test doubles).
+        device: where a torch module runs.
+
+    Returns:
+        ``(network, forward)``.
+    """
+    if not isinstance(network, OnnxNetwork) and "torch" in sys.modules \
+            and isinstance(network, sys.modules["torch"].nn.Module):
+        network = prepare_torch_module(network, device)
+    return network, as_forward(network)
 
 
 def prepare_torch_module(module: Any, device: str) -> Any:

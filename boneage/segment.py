@@ -182,10 +182,9 @@ class Segmenter:
     """
 
     def __init__(self, network: Any, config: NetworkConfig, meta: dict | None = None, device: str = "cpu") -> None:
-        from boneage.runtime import OnnxNetwork, as_forward, prepare_torch_module
+        from boneage.runtime import runnable
 
-        self.network = network if isinstance(network, OnnxNetwork) else prepare_torch_module(network, device)
-        self._forward = as_forward(self.network)
+        self.network, self._forward = runnable(network, device)
         self.device = str(device)
         self.config = config
         self.meta = meta or {}
@@ -208,17 +207,9 @@ class Segmenter:
             from boneage.models import ModelNotAvailableError
 
             raise ModelNotAvailableError(f"segmenter weights not found at {path}")
-        network: Any = None
-        if exported and device == "cpu":
-            from boneage.runtime import load_onnx
+        from boneage.runtime import load_checkpoint
 
-            network = load_onnx(path.with_name(ONNX_FILE), path)
-        if network is not None:
-            blob = network.checkpoint
-        else:
-            import torch
-
-            blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob, network = load_checkpoint(path, ONNX_FILE, exported, device)
         cfg = blob["network"]
         config = NetworkConfig(size=int(cfg["size"]), channels=tuple(cfg["channels"]),
                                num_res_units=int(cfg["num_res_units"]), norm=str(cfg["norm"]),

@@ -66,10 +66,9 @@ class SexEstimator:
     """
 
     def __init__(self, network: Any, calibration: dict, device: str = "cpu") -> None:
-        from boneage.runtime import OnnxNetwork, as_forward, prepare_torch_module
+        from boneage.runtime import runnable
 
-        self.network = network if isinstance(network, OnnxNetwork) else prepare_torch_module(network, device)
-        self._forward = as_forward(self.network)
+        self.network, self._forward = runnable(network, device)
         self.calibration = calibration
         self.device = str(device)
         self.model_version = calibration.get("model_version", MODEL_VERSION)
