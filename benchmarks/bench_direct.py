@@ -15,18 +15,19 @@ import argparse
 import time
 
 import numpy as np
-import torch
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=None, help="weights file or folder (default: the shipped model)")
     parser.add_argument("--n", type=int, default=30, help="images to time (default 30)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the target machine)")
+    parser.add_argument("--threads", type=int, default=2, help="threads per network (default 2, the target machine)")
     parser.add_argument("--record", action="store_true",
                         help="write the result into the model folder's metrics.json and regenerate its model card")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    from boneage import runtime
+
+    runtime.set_threads(args.threads)  # the networks run on ONNX Runtime (torch too, if a copy is stale)
 
     from boneage.direct import DirectEstimator
 
@@ -73,7 +74,7 @@ def main() -> None:
         metrics = json.loads((folder / METRICS_FILE).read_text())
         metrics["inference"] = {
             "seconds_per_image": round(per_image, 4),
-            "hardware": f"{cpu_name()}, {os.cpu_count()} cores, {args.threads} torch threads",
+            "hardware": f"{cpu_name()}, {os.cpu_count()} cores, {args.threads} threads",
             "note": f"{source}, preprocessing included, {tta}; benchmarks/bench_direct.py",
         }
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

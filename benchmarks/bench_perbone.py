@@ -24,11 +24,10 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=40, help="validation films (default 40)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="threads per network (default 2)")
     parser.add_argument("--model", default=None, help="per-bone model folder (default the shipped one)")
     args = parser.parse_args(argv)
 
-    import torch
     from PIL import Image
 
     from boneage import datasets
@@ -36,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from boneage.perbone import RSNA_299_WIDTH_TO_HEIGHT, PerBoneEstimator, crops_from_reading
     from boneage.segment import Segmenter
 
-    torch.set_num_threads(args.threads)
+    from boneage import runtime
+
+    runtime.set_threads(args.threads)  # the networks run on ONNX Runtime (torch too, if a copy is stale)
     segmenter = Segmenter.load()
     estimator = PerBoneEstimator.load(args.model)
     val = datasets.rsna_dev()
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if e.age_months is not None:
             half_change.append(abs(e.age_months - est.age_months))
 
-    print(f"films: {len(val)} validation films, torch threads {args.threads}")
+    print(f"films: {len(val)} validation films, threads {args.threads}")
     print(f"crops: {np.mean(crop_s):.3f} s/film (max {np.max(crop_s):.3f}); network: {np.mean(net_s):.3f} s/film "
           f"(max {np.max(net_s):.3f}); together {np.mean(crop_s) + np.mean(net_s):.3f} s/film (bar 0.15)")
     for name, errs in errors.items():

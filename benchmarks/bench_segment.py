@@ -42,16 +42,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=None, help="weights file (default: the shipped model)")
     parser.add_argument("--n", type=int, default=20, help="images to time (default 20)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the target machine)")
+    parser.add_argument("--threads", type=int, default=2, help="threads per network (default 2, the target machine)")
     args = parser.parse_args()
-
-    import torch
 
     from boneage.io import load_radiograph
     from boneage.measure import measure
     from boneage.segment import Segmenter
 
-    torch.set_num_threads(args.threads)
+    from boneage import runtime
+
+    runtime.set_threads(args.threads)  # the networks run on ONNX Runtime (torch too, if a copy is stale)
     segmenter = Segmenter.load(args.weights)
     with tempfile.TemporaryDirectory() as tmp:
         paths = _inputs(args.n, Path(tmp))

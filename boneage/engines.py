@@ -148,9 +148,11 @@ def _worker_init(device: str, exports: Exports) -> None:
 
 
 def _worker_run(item: InputItem) -> Outcome:
-    if _WORKER_ESTIMATOR is None:
+    if _WORKER_ESTIMATOR is None and not item.error:
         return Outcome(BoneAgeResult(path=item.path, status="error",
                                      reason=f"the worker process could not load the models ({_WORKER_START_ERROR})"))
+    if _WORKER_ESTIMATOR is None:  # the input's own error says more than the worker's
+        return Outcome(BoneAgeResult(path=item.path, status="error", reason=item.error or ""))
     return run_one(_WORKER_ESTIMATOR, item, _WORKER_EXPORTS)
 
 
@@ -160,8 +162,10 @@ def local_results(todo: list[InputItem], *, estimator: BoneAgeEstimator | None =
     if workers <= 1 or len(todo) <= 1:
         from boneage import runtime
 
+        # Loaded before the one-thread block, so that every pool it loads is restored after it (its
+        # ONNX Runtime sessions are remade with one thread at the first film).
+        est = estimator or BoneAgeEstimator.load(device=device)
         with runtime.threads(1 if device == "cpu" else None):
-            est = estimator or BoneAgeEstimator.load(device=device)  # its networks start with one thread
             for item in todo:
                 yield run_one(est, item, exports)
         return

@@ -110,19 +110,10 @@ class BoneAgeEstimator:
             not given, or ``None`` (the sex then stays unknown).
     """
 
-    def __init__(
-        self,
-        segmenter: Any = None,
-        multistep: Any = None,
-        direct: Any = None,
-        versions: dict[str, str] | None = None,
-        load_errors: dict[str, str] | None = None,
-        handcheck: Any = None,
-        multistep_tilts: tuple[float, ...] = MULTISTEP_TILTS_DEG,
-        perbone: Any = None,
-        combiner: Any = None,
-        sex_model: Any = None,
-    ) -> None:
+    def __init__(self, segmenter: Any = None, multistep: Any = None, direct: Any = None,
+                 versions: dict[str, str] | None = None, load_errors: dict[str, str] | None = None,
+                 handcheck: Any = None, multistep_tilts: tuple[float, ...] = MULTISTEP_TILTS_DEG,
+                 perbone: Any = None, combiner: Any = None, sex_model: Any = None) -> None:
         self.segmenter = segmenter
         self.multistep = multistep
         self.direct = direct
@@ -417,7 +408,8 @@ class BoneAgeEstimator:
             d = self.direct.predict(pixels, result.sex, **mixed)
             result.direct = MethodEstimate(
                 "direct", True, d.age_months, d.lower_90, d.upper_90, note=None if d.sex_note is None else sex_unknown_note(
-                    "direct", d.model_version, d.sex_note.removeprefix("sex unknown: ")),
+                    # The measured cost is the sex-agnostic mode's: not quoted for the weighed readings.
+                    "direct", None if mixed else d.model_version, d.sex_note.removeprefix("sex unknown: ")),
                 model_version=d.model_version,
             )
         else:
@@ -468,9 +460,10 @@ class BoneAgeEstimator:
             result.qc.append(f"sex not given: read from the film as {word} ({prediction.probability:.0%} sure) and used by "
                              "every method; give the sex if it is known")
             return None
+        weighing = " and ".join(n for n, m in (("per-bone", self.perbone), ("end-to-end", self.direct)) if m is not None)
         result.qc.append(f"sex not given: the film suggests {word} but only {prediction.probability:.0%} sure, too "
-                         "uncertain to use alone: the per-bone and end-to-end methods read it as both sexes, weighted "
-                         "by that; the multi-step method gives its sex-agnostic reading; give the sex if it is known")
+                         f"uncertain to use alone: {weighing or 'no'} method(s) read it as both sexes, weighted by "
+                         "that; the others give sex-agnostic readings; give the sex if it is known")
         return prediction.probability if prediction.sex == "M" else 1.0 - prediction.probability
 
     def _estimate_perbone(self, result: BoneAgeResult, view: FilmView | None, crops: Any = None,
@@ -645,9 +638,11 @@ def _perbone_note(note: str | None, model_version: str | None, sex: str | None,
     """
     parts = [p for p in (note or "").split("; ") if p and not p.startswith("sex unknown")]
     if sex is None:
-        how = PERBONE_SEX_UNKNOWN_HOW if male_probability is None else \
-            f"read as a boy and as a girl, weighted by the film's male probability ({male_probability:.0%})"
-        parts.append(sex_unknown_note("perbone", model_version, how))
+        if male_probability is None:
+            parts.append(sex_unknown_note("perbone", model_version, PERBONE_SEX_UNKNOWN_HOW))
+        else:  # the measured cost is the sex-agnostic reading's: not quoted for the weighed one
+            parts.append(sex_unknown_note("perbone", None, "read as a boy and as a girl, weighted by the "
+                                          f"film's male probability ({male_probability:.0%})"))
     return "; ".join(parts) or None
 
 

@@ -15,7 +15,7 @@ Data flow: ``FilmReading`` (segmenter) + film pixels -> :func:`bone_crops` -> :c
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -649,7 +649,7 @@ def _mixed(male: PerBoneEstimate, female: PerBoneEstimate, male_probability: flo
     from boneage.direct import SEX_MIXED_NOTE, mix_by_sex
 
     if male.age_months is None or female.age_months is None:  # the same crops: both withheld or neither
-        return male
+        return replace(male, sex_used=None)
 
     def mix(a: tuple, b: tuple) -> tuple:
         return (None, None, None) if a[0] is None or b[0] is None else mix_by_sex(a, b, male_probability)

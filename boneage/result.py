@@ -87,7 +87,9 @@ class BoneAgeResult:
             ``user``, ``manifest``, ``predicted`` (read from the film, :mod:`boneage.sex`), ``unknown``).
         sex_probability: when the sex was not given, how sure the film's reading of it is (0.5-1),
             whether or not it was sure enough to use; ``None`` otherwise.
-        predicted_sex: that reading (``"M"``/``"F"``), used only when ``sex_source == "predicted"``.
+        predicted_sex: that reading (``"M"``/``"F"``): the sex used when ``sex_source == "predicted"``;
+            when it was too uncertain, its probability weighs the per-bone and end-to-end methods'
+            readings as a boy and as a girl.
         chronological_age_months, chronological_age_source: likewise.
         multistep, perbone, direct: the three methods' :class:`MethodEstimate`.
         combined: the stacked estimate of the available methods (:mod:`boneage.combine`): the

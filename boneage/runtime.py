@@ -189,8 +189,8 @@ def load_onnx(onnx_path: str | Path, weights_path: str | Path) -> OnnxNetwork | 
         warnings.warn(f"{onnx_path}: not a usable ONNX file ({type(exc).__name__}); building the network "
                       "from its weights instead", RuntimeWarning, stacklevel=2)
         return None
-    if network.metadata.get(SOURCE_KEY) != file_sha256(weights_path):
-        return None
+    if network.metadata.get(SOURCE_KEY) != file_sha256(weights_path) or CHECKPOINT_KEY not in network.metadata:
+        return None  # stale, or not written by our export: the weights themselves are read
     return network
 
 

@@ -136,3 +136,26 @@ def test_a_worker_that_cannot_load_the_models_answers_each_film_with_the_reason(
     outcome = engines._worker_run(InputItem("film.png"))
     assert outcome.result.status == "error" and outcome.result.path == "film.png"
     assert "could not load the models" in outcome.result.reason and "models folder unreadable" in outcome.result.reason
+
+
+def test_a_one_worker_run_restores_the_callers_thread_pools():
+    # One worker runs its networks and pools on one thread, then gives the caller its settings back.
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from boneage import runtime
+
+    before = ([p["num_threads"] for p in threadpool_info()], torch.get_num_threads(), runtime.get_threads())
+
+    class CountingEstimator:
+        versions: dict = {}
+
+        def estimate(self, file, **kwargs):
+            from boneage.result import BoneAgeResult
+
+            assert runtime.get_threads() == 1 and all(p["num_threads"] == 1 for p in threadpool_info())
+            return BoneAgeResult(path=kwargs.get("name") or str(file), status="error", reason="test")
+
+    outcomes = list(engines.local_results([InputItem("a.png"), InputItem("b.png")], estimator=CountingEstimator()))
+    assert [o.result.path for o in outcomes] == ["a.png", "b.png"]
+    assert ([p["num_threads"] for p in threadpool_info()], torch.get_num_threads(), runtime.get_threads()) == before

@@ -168,3 +168,21 @@ def test_thread_setting_is_restored_and_reaches_torch_and_the_other_pools(monkey
     assert [p["num_threads"] for p in threadpool_info()] == pools_before
     with pytest.raises(TypeError, match="not a network"):
         runtime.as_forward(42)
+
+
+def test_an_onnx_file_without_the_recorded_checkpoint_is_not_used(tmp_path):
+    # Hash right but not written by our export (no checkpoint contents): the weights are read instead.
+    import onnx
+
+    folder = models.get("sex").folder
+    if not (folder / sex.WEIGHTS_FILE).is_file():
+        pytest.skip("sex weights not shipped here")
+    weights = tmp_path / sex.WEIGHTS_FILE
+    shutil.copy(folder / sex.WEIGHTS_FILE, weights)
+    model = onnx.load(str(folder / sex.ONNX_FILE))
+    kept = [p for p in model.metadata_props if p.key != runtime.CHECKPOINT_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(tmp_path / sex.ONNX_FILE))
+    assert runtime.load_onnx(tmp_path / sex.ONNX_FILE, weights) is None
+    assert isinstance(sex.SexEstimator.load(tmp_path).network, torch.nn.Module)

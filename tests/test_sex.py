@@ -134,9 +134,11 @@ def test_uncertain_prediction_is_reported_and_both_sexes_are_weighed_by_it(bundl
     assert result.status == "ok"
     assert result.sex is None and result.sex_source == "unknown"
     assert result.predicted_sex == "F" and result.sex_probability == pytest.approx(0.7)
-    assert any("too uncertain to use alone" in q and "read it as both sexes" in q for q in result.qc)
+    assert any("too uncertain to use alone: per-bone and end-to-end method(s) read it as both sexes" in q
+               for q in result.qc)
     assert seen == [(None, pytest.approx(0.3))]
     assert "read as a boy and as a girl, weighted by the film's male probability (30%)" in result.perbone.note
+    assert "validation MAE" not in result.perbone.note  # the sex-agnostic mode's figures are not quoted
 
 
 def test_a_given_sex_is_never_predicted_over(bundle):

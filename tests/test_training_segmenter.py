@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from boneage import anatomy, segment
+from boneage import anatomy, runtime, segment
 from boneage.paths import rsna_dev_dir
 from boneage.preprocess import prepare_model_input
 from boneage.synth import generate_hand
@@ -179,6 +179,19 @@ def test_pseudo_label_target_trusts_good_bones_and_ignores_the_rest() -> None:
     unsure[0, :10, :10] = 0.5
     target, _ = segmenter.pseudo_label_target(labels, unsure, (1.0, 1.0), bounds)
     assert (target[:10, :10][labels[:10, :10] == 0] == segmenter.IGNORE).all()
+
+
+def test_a_stage_starts_from_weights_that_have_an_onnx_copy(tmp_path: Path) -> None:
+    # Shipped weights sit beside their ONNX copy; a stage started from them needs the torch network.
+    from boneage.training.export import export_segmenter
+
+    tiny = dict(steps=1, size=64, crop=64, batch_size=2, workers=0, channels=(4, 8, 16, 32, 64),
+                real_intensity=False, progress=False)
+    first = segmenter.train(segmenter.TrainConfig(out=str(tmp_path / "s1"), **tiny))
+    export_segmenter(first)
+    assert isinstance(segment.Segmenter.load(first).network, runtime.OnnxNetwork)
+    second = segmenter.train(segmenter.TrainConfig(out=str(tmp_path / "s2"), init=str(first), **tiny))
+    assert torch.load(second, map_location="cpu", weights_only=False)["meta"]["init_meta"]["steps_done"] >= 1
 
 
 def test_train_refuses_the_evaluation_seed(tmp_path: Path) -> None:

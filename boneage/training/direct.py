@@ -136,7 +136,7 @@ def augment_batch(images_uint8: torch.Tensor, size: int, generator: torch.Genera
 
     Returns:
         float tensor ``(B, 1, size, size)`` on the images' device, normalised like
-        :func:`boneage.direct.images_to_tensor`.
+        :func:`boneage.networks.images_to_tensor`.
     """
     b = images_uint8.shape[0]
 

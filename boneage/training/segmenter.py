@@ -504,7 +504,7 @@ def train(config: TrainConfig) -> Path:
     network = build_network(net_config)
     init_meta: dict = {}
     if config.init:
-        start = Segmenter.load(config.init)
+        start = Segmenter.load(config.init, exported=False)  # the torch network, not its ONNX copy
         network.load_state_dict(start.network.state_dict())
         init_meta = start.meta  # the card reports every stage
     network.train()
@@ -1222,7 +1222,7 @@ def main(argv: list[str] | None = None) -> int:
         print(stats)
         print(args.out)
         return 0
-    segmenter = Segmenter.load(args.weights)
+    segmenter = Segmenter.load(args.weights, exported=False)  # its parameters are counted below
     metrics: dict[str, Any] = {"version": VERSION, "weights_meta": segmenter.meta,
                                "network": asdict(segmenter.config),
                                "parameters": int(sum(p.numel() for p in segmenter.network.parameters())),
