@@ -186,3 +186,20 @@ def test_an_onnx_file_without_the_recorded_checkpoint_is_not_used(tmp_path):
     onnx.save(model, str(tmp_path / sex.ONNX_FILE))
     assert runtime.load_onnx(tmp_path / sex.ONNX_FILE, weights) is None
     assert isinstance(sex.SexEstimator.load(tmp_path).network, torch.nn.Module)
+
+
+def test_a_training_command_ends_by_exporting_and_never_loses_the_weights(tmp_path, capsys):
+    from boneage.training.export import export_after_training
+
+    assert export_after_training("perbone", tmp_path / "absent.pt") is None  # a run cut short: nothing to copy
+    torch.manual_seed(0)
+    network = PerBoneNet((4, 8, 8, 8))
+    weights = tmp_path / perbone.WEIGHTS_FILE
+    torch.save({"state_dict": {k: v.half() for k, v in network.state_dict().items()}, "widths": [4, 8, 8, 8]}, weights)
+    assert export_after_training("perbone", weights) == tmp_path / perbone.ONNX_FILE
+    assert isinstance(perbone.PerBoneEstimator.load(tmp_path).network, runtime.OnnxNetwork)
+    broken = tmp_path / "broken" / perbone.WEIGHTS_FILE
+    broken.parent.mkdir()
+    broken.write_bytes(b"not weights")
+    assert export_after_training("perbone", broken) is None
+    assert "ONNX copy" in capsys.readouterr().err and broken.read_bytes() == b"not weights"

@@ -12,7 +12,9 @@ ONNX Runtime folds away when it loads the file: the ``.pt`` weights are fp16 alr
 lost (the export checks that every stored tensor round-trips exactly; one that would not -- none
 today -- stays fp32).
 
-Usage (after training or changing any network's weights)::
+The training commands (``boneage train segmenter|direct|perbone|sex``) end by writing the copy beside
+the weights they saved (:func:`export_after_training`). Usage, after changing any network's weights
+otherwise::
 
     python -m boneage.training.export            # all; or --only segmenter|direct|perbone|sex
 """
@@ -181,6 +183,33 @@ def export_sex(weights: str | Path | None = None, out: str | Path | None = None)
     from boneage import sex
 
     return _export_crop_network(sex.SexEstimator.load, sex.WEIGHTS_FILE, sex.ONNX_FILE, "sex", weights, out)
+
+
+def export_after_training(kind: str, weights: str | Path) -> Path | None:
+    """The end of a training command: write the ONNX copy beside the new weights.
+
+    A failure is said on stderr and the weights stay (inference then runs them in torch until
+    ``python -m boneage.training.export`` is run); weights not written (a run cut short) are skipped.
+
+    Args:
+        kind: ``"segmenter"``, ``"direct"``, ``"perbone"`` or ``"sex"``.
+        weights: the weights file just written.
+
+    Returns:
+        The ONNX file, or ``None`` when none was written.
+    """
+    exporters = {"segmenter": export_segmenter, "direct": export_direct, "perbone": export_perbone, "sex": export_sex}
+    weights = Path(weights)
+    if not weights.is_file():
+        return None
+    try:
+        out = exporters[kind](weights)
+    except Exception as exc:  # the weights are what matters; the copy can be written later
+        print(f"warning: the ONNX copy of {weights} was not written ({type(exc).__name__}: {exc}); "
+              "run `python -m boneage.training.export`", file=sys.stderr)
+        return None
+    print(f"wrote {out}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -810,7 +810,14 @@ def train_command(args: argparse.Namespace) -> int:
                          workers=args.workers, crop_fraction=args.crop_fraction, max_minutes=args.max_minutes,
                          limit=args.limit, out=args.out)
     metrics = train(config)
-    return 0 if metrics is not None else 3
+    if metrics is None:
+        return 3
+    from boneage.paths import MODELS_DIR
+    from boneage.perbone import WEIGHTS_FILE
+    from boneage.training.export import export_after_training
+
+    export_after_training("perbone", (Path(config.out) if config.out else MODELS_DIR / "perbone") / WEIGHTS_FILE)
+    return 0
 
 
 def crops_command(args: argparse.Namespace) -> int:

@@ -1185,7 +1185,11 @@ def train_command(args: argparse.Namespace) -> int:
                          pseudo_labels=args.pseudo_labels, pseudo_fraction=args.pseudo_fraction,
                          mirror_p=args.mirror_p, real_bone_look_p=args.real_bone_look_p, stop_at=args.stop_at,
                          progress=not args.no_progress)
-    print(train(config))
+    weights = train(config)
+    print(weights)
+    from boneage.training.export import export_after_training
+
+    export_after_training("segmenter", weights)
     return 0
 
 

@@ -200,4 +200,11 @@ def train_command(args: argparse.Namespace) -> int:
     """``boneage train sex``."""
     config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads,
                          max_minutes=args.max_minutes, limit=args.limit, out=args.out, task="sex")
-    return 0 if train_sex(config) is not None else 3
+    if train_sex(config) is None:
+        return 3
+    from boneage.paths import MODELS_DIR
+    from boneage.sex import WEIGHTS_FILE
+    from boneage.training.export import export_after_training
+
+    export_after_training("sex", (Path(config.out) if config.out else MODELS_DIR / "sex") / WEIGHTS_FILE)
+    return 0
