@@ -96,7 +96,9 @@ def save_onnx(network: torch.nn.Module, example: tuple[torch.Tensor, ...], input
                           opset_version=OPSET, dynamo=False,
                           training=torch.onnx.TrainingMode.PRESERVE)
     model = onnx.load_from_string(buffer.getvalue())
-    _weights_as_fp16(model)
+    kept_fp32 = _weights_as_fp16(model)
+    if kept_fp32:
+        print(f"note: {kept_fp32} weight tensor(s) of {out.name} are not exact in fp16 and stay fp32", file=sys.stderr)
     for key, value in ((SOURCE_KEY, file_sha256(weights)), (CHECKPOINT_KEY, json.dumps(checkpoint))):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
