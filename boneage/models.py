@@ -231,7 +231,7 @@ register(
         kind="classifier",
         folder=MODELS_DIR / "sex",
         weights_file="sex.pt",
-        version="sex-1",
+        version="sex-2",
         loader="boneage.sex:SexEstimator.load",
         description="sex read from the per-bone crops when a film comes without it (used only when >= 80% sure)",
     )
