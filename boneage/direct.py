@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import Any
 
 import numpy as np
@@ -238,15 +237,13 @@ class DirectEstimator:
         prepared, _ = prepare_model_input(np.asarray(pixels), self.cache_size)
         uint8 = tilted_views(prepared, self.tilts)
         if code == 0 and male_probability is not None:
-            views = len(uint8)
-            loc, scale = self.predict_uint8(np.concatenate([uint8, uint8]), np.repeat([1.0, -1.0], views))
-            factor = self.calibration["factor_sex_known"]
-            male, female = (clipped_interval(loc[k * views:(k + 1) * views].mean(keepdims=True),
-                                             scale[k * views:(k + 1) * views].mean(keepdims=True), factor)
-                            for k in (0, 1))
-            age, lower, upper = mix_by_sex(tuple(float(v[0]) for v in male), tuple(float(v[0]) for v in female),
-                                           male_probability)
-            return DirectPrediction(age, lower, upper, None, SEX_MIXED_NOTE.format(p=male_probability), self.version)
+            # Every view read as a boy and as a girl in one pass; each sex's views averaged.
+            loc, scale = self.predict_uint8(np.concatenate([uint8, uint8]), np.repeat([1.0, -1.0], len(uint8)))
+            age, lower, upper = clipped_interval(loc.reshape(2, -1).mean(axis=1), scale.reshape(2, -1).mean(axis=1),
+                                                 self.calibration["factor_sex_known"])
+            mixed = mix_by_sex((age[0], lower[0], upper[0]), (age[1], lower[1], upper[1]), male_probability)
+            return DirectPrediction(*(float(v) for v in mixed), None, SEX_MIXED_NOTE.format(p=male_probability),
+                                    self.version)
         loc, scale = self.predict_uint8(uint8, np.full(len(uint8), code))
         loc, scale = loc.mean(keepdims=True), scale.mean(keepdims=True)
         factor = self.calibration["factor_sex_known" if code != 0 else "factor_sex_unknown"]

@@ -148,11 +148,9 @@ def _worker_init(device: str, exports: Exports) -> None:
 
 
 def _worker_run(item: InputItem) -> Outcome:
-    if _WORKER_ESTIMATOR is None and not item.error:
-        return Outcome(BoneAgeResult(path=item.path, status="error",
-                                     reason=f"the worker process could not load the models ({_WORKER_START_ERROR})"))
-    if _WORKER_ESTIMATOR is None:  # the input's own error says more than the worker's
-        return Outcome(BoneAgeResult(path=item.path, status="error", reason=item.error or ""))
+    if _WORKER_ESTIMATOR is None:  # an input's own error says more than the worker's
+        reason = item.error or f"the worker process could not load the models ({_WORKER_START_ERROR})"
+        return Outcome(BoneAgeResult(path=item.path, status="error", reason=reason))
     return run_one(_WORKER_ESTIMATOR, item, _WORKER_EXPORTS)
 
 

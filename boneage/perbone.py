@@ -627,10 +627,7 @@ class PerBoneEstimator:
                 bones[region] = BoneMaturity(region, bc, blo, bhi, bool(kept[i]))
         carpal = bones.get(anatomy.CARPAL_REGION)
         dropped = [r for r, b in bones.items() if not b.used]
-        notes = []
-        if dropped:
-            notes.append("left out of the consensus because they disagree with the other bones: "
-                         + ", ".join(anatomy.display_name(r) for r in dropped))
+        notes = _dropped_notes(dropped)
         if key == "sex_unknown":
             notes.append("sex unknown: the network's sex-agnostic reading, with its own wider interval")
         return PerBoneEstimate(
@@ -642,6 +639,14 @@ class PerBoneEstimator:
     def predict(self, film: np.ndarray, reading: Any, sex: str | None = None) -> PerBoneEstimate:
         """Crop a film by its segmenter reading and estimate (see :meth:`predict_crops`)."""
         return self.predict_crops(crops_from_reading(film, reading), sex)
+
+
+def _dropped_notes(dropped: list[str]) -> list[str]:
+    """The note naming the regions left out of the consensus (none: no note)."""
+    if not dropped:
+        return []
+    return ["left out of the consensus because they disagree with the other bones: "
+            + ", ".join(anatomy.display_name(r) for r in dropped)]
 
 
 def _mixed(male: PerBoneEstimate, female: PerBoneEstimate, male_probability: float) -> PerBoneEstimate:
@@ -662,10 +667,7 @@ def _mixed(male: PerBoneEstimate, female: PerBoneEstimate, male_probability: flo
                                      male_probability)
             bones[region] = BoneMaturity(region, age, lo, hi, m.used and f.used)
     dropped = [r for r, b in bones.items() if not b.used]
-    notes = [SEX_MIXED_NOTE.format(p=male_probability)]
-    if dropped:
-        notes.insert(0, "left out of the consensus because they disagree with the other bones: "
-                     + ", ".join(anatomy.display_name(r) for r in dropped))
+    notes = _dropped_notes(dropped) + [SEX_MIXED_NOTE.format(p=male_probability)]
     return PerBoneEstimate(
         *mix((male.age_months, male.lower_90, male.upper_90), (female.age_months, female.lower_90, female.upper_90)),
         *mix((male.rus_age_months, male.rus_lower_90, male.rus_upper_90),

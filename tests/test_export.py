@@ -196,7 +196,7 @@ def test_a_training_command_ends_by_exporting_and_never_loses_the_weights(tmp_pa
     network = PerBoneNet((4, 8, 8, 8))
     weights = tmp_path / perbone.WEIGHTS_FILE
     torch.save({"state_dict": {k: v.half() for k, v in network.state_dict().items()}, "widths": [4, 8, 8, 8]}, weights)
-    assert export_after_training("perbone", weights) == tmp_path / perbone.ONNX_FILE
+    assert export_after_training("perbone", tmp_path) == tmp_path / perbone.ONNX_FILE  # a command's --out folder
     assert isinstance(perbone.PerBoneEstimator.load(tmp_path).network, runtime.OnnxNetwork)
     broken = tmp_path / "broken" / perbone.WEIGHTS_FILE
     broken.parent.mkdir()

@@ -1170,7 +1170,6 @@ def train_command(args: argparse.Namespace) -> int:
     """Handler of ``boneage train direct``; returns the exit code."""
     from boneage.datasets import DataUnavailableError
 
-    from boneage.paths import MODELS_DIR
     from boneage.training.export import export_after_training
 
     config = config_from_args(args)
@@ -1182,7 +1181,7 @@ def train_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"boneage train direct: {exc}", file=sys.stderr)
         return 2
-    export_after_training("direct", (Path(config.out) if config.out else MODELS_DIR / "direct") / WEIGHTS_FILE)
+    export_after_training("direct", config.out)
     return 0
 
 

@@ -187,25 +187,34 @@ def export_sex(weights: str | Path | None = None, out: str | Path | None = None)
     return _export_crop_network(sex.SexEstimator.load, sex.WEIGHTS_FILE, sex.ONNX_FILE, "sex", weights, out)
 
 
-def export_after_training(kind: str, weights: str | Path) -> Path | None:
+#: The exported networks by registry name (:mod:`boneage.models`).
+EXPORTERS = {"segmenter": export_segmenter, "direct": export_direct, "perbone": export_perbone, "sex": export_sex}
+
+
+def export_after_training(kind: str, weights: str | Path | None = None) -> Path | None:
     """The end of a training command: write the ONNX copy beside the new weights.
 
     A failure is said on stderr and the weights stay (inference then runs them in torch until
     ``python -m boneage.training.export`` is run); weights not written (a run cut short) are skipped.
 
     Args:
-        kind: ``"segmenter"``, ``"direct"``, ``"perbone"`` or ``"sex"``.
-        weights: the weights file just written.
+        kind: a registry name of :data:`EXPORTERS`.
+        weights: the weights file just written, or the folder it was written to (the command's
+            ``--out``); empty or ``None``: the model's shipped folder.
 
     Returns:
         The ONNX file, or ``None`` when none was written.
     """
-    exporters = {"segmenter": export_segmenter, "direct": export_direct, "perbone": export_perbone, "sex": export_sex}
-    weights = Path(weights)
+    from boneage import models
+
+    entry = models.get(kind)
+    weights = Path(weights) if weights else entry.folder
+    if weights.is_dir():
+        weights = weights / entry.weights_file
     if not weights.is_file():
         return None
     try:
-        out = exporters[kind](weights)
+        out = EXPORTERS[kind](weights)
     except Exception as exc:  # the weights are what matters; the copy can be written later
         print(f"warning: the ONNX copy of {weights} was not written ({type(exc).__name__}: {exc}); "
               "run `python -m boneage.training.export`", file=sys.stderr)
@@ -221,16 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         0.
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("segmenter", "direct", "perbone", "sex"), help="export one network only")
+    parser.add_argument("--only", choices=tuple(EXPORTERS), help="export one network only")
     args = parser.parse_args(argv)
-    if args.only in (None, "segmenter"):
-        print(f"wrote {export_segmenter()}")
-    if args.only in (None, "direct"):
-        print(f"wrote {export_direct()}")
-    if args.only in (None, "perbone"):
-        print(f"wrote {export_perbone()}")
-    if args.only in (None, "sex"):
-        print(f"wrote {export_sex()}")
+    for kind, export in EXPORTERS.items():
+        if args.only in (None, kind):
+            print(f"wrote {export()}")
     return 0
 
 

@@ -812,11 +812,9 @@ def train_command(args: argparse.Namespace) -> int:
     metrics = train(config)
     if metrics is None:
         return 3
-    from boneage.paths import MODELS_DIR
-    from boneage.perbone import WEIGHTS_FILE
     from boneage.training.export import export_after_training
 
-    export_after_training("perbone", (Path(config.out) if config.out else MODELS_DIR / "perbone") / WEIGHTS_FILE)
+    export_after_training("perbone", config.out)
     return 0
 
 

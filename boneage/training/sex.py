@@ -204,9 +204,7 @@ def train_command(args: argparse.Namespace) -> int:
                          max_minutes=args.max_minutes, limit=args.limit, out=args.out, task="sex")
     if train_sex(config) is None:
         return 3
-    from boneage.paths import MODELS_DIR
-    from boneage.sex import WEIGHTS_FILE
     from boneage.training.export import export_after_training
 
-    export_after_training("sex", (Path(config.out) if config.out else MODELS_DIR / "sex") / WEIGHTS_FILE)
+    export_after_training("sex", config.out)
     return 0
