@@ -6,7 +6,8 @@ shared calibration hold-out of the training split, the multi-step regression ref
 those films), is the headline estimate. Its 90% interval is ``age +- factor x mean half-width of
 the methods' own intervals`` with the factor set by split-conformal calibration on the same
 hold-out. A weight set is fitted for every subset of methods (a method can be withheld for one
-film) and for sex known and unknown.
+film) and for sex known and unknown. The weighted mean and its interval are then read through an
+age-band bias map (:mod:`boneage.agemap`) when one pays on the out-of-fold means.
 
 Data flow: the three :class:`boneage.estimate.MethodEstimate` -> :meth:`Combiner.combine` ->
 one more ``MethodEstimate`` (``method="combined"``).
@@ -21,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from boneage.agemap import AgeMap, choose_age_map
+
 #: The stacked methods, in the order of their weights.
 METHODS: tuple[str, ...] = ("multistep", "perbone", "direct")
 STACKING_FILE = "stacking.json"
-MODEL_VERSION = "combined-3"
+MODEL_VERSION = "combined-4"
 AGE_RANGE_MONTHS = (0.0, 240.0)
 
 
@@ -91,23 +94,38 @@ def fit_stacking(ages: dict[str, np.ndarray], half_widths: dict[str, np.ndarray]
                 continue
             fold = np.random.default_rng(seed).permutation(len(y)) % folds
             pred = np.zeros(len(y))
+            for k in range(folds):
+                tr, te = fold != k, fold == k
+                pred[te] = a[te] @ fit_weights(a[tr], y[tr])
+            # The age-band bias map is judged on the out-of-fold weighted means (boneage.agemap).
+            age_map, age_map_choice = choose_age_map(y, pred, seed=seed)
             covered = np.zeros(len(y), bool)
             for k in range(folds):
                 tr, te = fold != k, fold == k
                 w = fit_weights(a[tr], y[tr])
-                factor = conformal_factor(np.abs(a[tr] @ w - y[tr]) / (h[tr] @ w))
-                pred[te] = a[te] @ w
-                covered[te] = np.abs(pred[te] - y[te]) <= factor * (h[te] @ w)
+                factor = conformal_factor(_interval_ratio(a[tr] @ w, h[tr] @ w, y[tr], age_map))
+                covered[te] = _interval_ratio(pred[te], h[te] @ w, y[te], age_map) <= factor
             w = fit_weights(a, y)
             out[subset_key(subset)] = {
                 "weights": {m: round(float(x), 4) for m, x in zip(subset, w)},
-                "factor": round(conformal_factor(np.abs(a @ w - y) / (h @ w)), 4),
+                "factor": round(conformal_factor(_interval_ratio(a @ w, h @ w, y, age_map)), 4),
+                "age_map": age_map.to_dict() if age_map is not None else None,
+                "age_map_choice": age_map_choice,
                 "n": int(len(y)),
-                "oof_mae": round(float(np.abs(pred - y).mean()), 2),
+                "oof_mae": round(float(np.abs((age_map.apply(pred) if age_map else pred) - y).mean()), 2),
                 "oof_coverage": round(float(covered.mean()), 3),
                 "method_mae": {m: round(float(np.abs(a[:, j] - y).mean()), 2) for j, m in enumerate(subset)},
             }
     return out
+
+
+def _interval_ratio(ages: np.ndarray, half_widths: np.ndarray, targets: np.ndarray, age_map: AgeMap | None) -> np.ndarray:
+    """The factor each film needs for ``[f^-1(age - k h), f^-1(age + k h)]`` to hold its target.
+
+    Without a map that is ``|age - target| / h``; with one, ``|age - f(target)| / h``.
+    """
+    expected = age_map.expected_estimate(targets) if age_map is not None else targets
+    return np.abs(ages - expected) / half_widths
 
 
 def _finite(estimate: tuple[float | None, float | None, float | None]) -> bool:
@@ -177,4 +195,8 @@ class Combiner:
         half *= entry["factor"]
         lo_r, hi_r = AGE_RANGE_MONTHS
         age = float(np.clip(age, lo_r, hi_r))
-        return CombinedAge(age, float(max(lo_r, age - half)), float(min(hi_r, age + half)), dict(weights))
+        lower, upper = max(lo_r, age - half), min(hi_r, age + half)
+        age_map = AgeMap.from_dict(entry.get("age_map"))
+        if age_map is not None:
+            age, lower, upper = (float(age_map.apply(v)) for v in (age, lower, upper))
+        return CombinedAge(age, float(lower), float(upper), dict(weights))

@@ -15,6 +15,8 @@ Design (see ``data/models/direct/MODEL_CARD.md`` for the shipped numbers):
   honest sex-agnostic mode; an unknown sex is reported, never assumed.
 * Uncertainty: ``location +- factor * scale``, the conformal factors (sex known / unknown) stored
   with the weights.
+* Age-band bias: estimate and interval are read through a monotone map fitted on the calibration
+  hold-out when it pays there (:mod:`boneage.agemap`; :func:`calibrated_interval`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ WEIGHTS_FILE = "direct_cnn.pt"
 #: ONNX copy beside the weights (``python -m boneage.training.export``): runs without torch.
 ONNX_FILE = "direct_cnn.onnx"
 METRICS_FILE = "metrics.json"
-MODEL_VERSION = "direct-cnn-3"
+MODEL_VERSION = "direct-cnn-4"
 #: Intensity normalisation of the network input: ``(x - centre) / scale`` for x in [0, 1].
 INTENSITY_CENTRE, INTENSITY_SCALE = 0.4, 0.25
 
@@ -88,6 +90,29 @@ def clipped_interval(locations: np.ndarray, scales: np.ndarray, factor: float) -
         np.clip(locations - factor * scales, lo, hi),
         np.clip(locations + factor * scales, lo, hi),
     )
+
+
+def calibrated_interval(locations: np.ndarray, scales: np.ndarray, calibration: dict,
+                        sex_known: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Estimate and 90% interval from the network's locations and scales, as shipped.
+
+    ``location +- factor * scale`` with the conformal factor of the sex mode, clipped to
+    :data:`AGE_RANGE_MONTHS`, then read through the mode's age-band bias map
+    (:mod:`boneage.agemap`) when the calibration holds one.
+
+    Args:
+        locations, scales: network outputs in months.
+        calibration: the weights' calibration (conformal factors, optional ``age_map``).
+        sex_known: whether the sex code was given (else the sex-agnostic mode ran).
+    """
+    from boneage.agemap import AgeMap
+
+    mode = "sex_known" if sex_known else "sex_unknown"
+    age, lower, upper = clipped_interval(locations, scales, calibration[f"factor_{mode}"])
+    age_map = AgeMap.from_dict(calibration.get("age_map", {}).get(mode))
+    if age_map is None:
+        return age, lower, upper
+    return age_map.apply(age), age_map.apply(lower), age_map.apply(upper)
 
 
 def mix_by_sex(male: tuple[float, float, float], female: tuple[float, float, float],
@@ -239,15 +264,14 @@ class DirectEstimator:
         if code == 0 and male_probability is not None:
             # Every view read as a boy and as a girl in one pass; each sex's views averaged.
             loc, scale = self.predict_uint8(np.concatenate([uint8, uint8]), np.repeat([1.0, -1.0], len(uint8)))
-            age, lower, upper = clipped_interval(loc.reshape(2, -1).mean(axis=1), scale.reshape(2, -1).mean(axis=1),
-                                                 self.calibration["factor_sex_known"])
+            age, lower, upper = calibrated_interval(loc.reshape(2, -1).mean(axis=1), scale.reshape(2, -1).mean(axis=1),
+                                                    self.calibration, sex_known=True)
             mixed = mix_by_sex((age[0], lower[0], upper[0]), (age[1], lower[1], upper[1]), male_probability)
             return DirectPrediction(*(float(v) for v in mixed), None, SEX_MIXED_NOTE.format(p=male_probability),
                                     self.version)
         loc, scale = self.predict_uint8(uint8, np.full(len(uint8), code))
         loc, scale = loc.mean(keepdims=True), scale.mean(keepdims=True)
-        factor = self.calibration["factor_sex_known" if code != 0 else "factor_sex_unknown"]
-        age, lower, upper = clipped_interval(loc, scale, factor)
+        age, lower, upper = calibrated_interval(loc, scale, self.calibration, sex_known=code != 0)
         sex_used = None if code == 0 else ("M" if code > 0 else "F")
         note = None if sex_used else "sex unknown: estimated by the sex-agnostic mode of the network (wider interval); no sex was assumed"
         return DirectPrediction(float(age[0]), float(lower[0]), float(upper[0]), sex_used, note, self.version)

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from boneage.agemap import AgeMap, choose_age_map
+
 #: The age grid of every reference table (months).
 AGE_GRID = np.arange(0.0, 240.0 + 1e-9, 2.0)
 #: Ages the estimators report (RSNA and GP cover 0-19 years).
@@ -469,14 +471,19 @@ class LookupBlend:
     """The final age as ``w * regression + (1 - w) * lookup``, with a conformal 90% interval.
 
     ``w`` is the grid value (steps of 0.05) with the lowest MAE over the training hands'
-    out-of-fold predictions of both estimators; the interval half-width is the conformal
-    quantile of the blended out-of-fold residuals.
+    out-of-fold predictions of both estimators. The blend is then read through an age-band bias
+    map (:mod:`boneage.agemap`) when one pays on those out-of-fold ages: the blend is drawn
+    toward the middle of the training ages. The interval is ``[f^-1(blend - h), f^-1(blend + h)]``
+    with ``h`` the conformal quantile of the out-of-fold ``|blend - f(age)|`` (``f`` the identity
+    without a map).
 
     Attributes:
         regression_weight: ``w`` (1 = regression only, 0 = lookup only).
-        half_width_90: the interval half-width (months).
-        cv_mae: out-of-fold MAE of the blend (months).
+        half_width_90: ``h`` (months).
+        cv_mae: out-of-fold MAE of the blend (months), read through the map when there is one.
         regression_cv_mae, lookup_cv_mae: out-of-fold MAE of each estimator alone.
+        age_map: the map (:meth:`boneage.agemap.AgeMap.to_dict`), or ``None``.
+        age_map_choice: how it was chosen (:func:`boneage.agemap.choose_age_map`'s report).
     """
 
     regression_weight: float
@@ -484,6 +491,8 @@ class LookupBlend:
     cv_mae: float
     regression_cv_mae: float
     lookup_cv_mae: float
+    age_map: dict | None = None
+    age_map_choice: dict | None = None
 
     @classmethod
     def fit(cls, regression_oof: np.ndarray, lookup_oof: np.ndarray, bone_age_months: np.ndarray,
@@ -501,16 +510,24 @@ class LookupBlend:
         maes = [float(np.mean(np.abs(w * reg + (1 - w) * look - y))) for w in weights]
         best = int(np.argmin(maes))
         w = float(weights[best])
-        residual = np.abs(w * reg + (1 - w) * look - y)
-        return cls(w, conformal_half_width(residual), maes[best],
-                   float(np.mean(np.abs(reg - y))), float(np.mean(np.abs(look - y))))
+        blend = np.clip(w * reg + (1 - w) * look, *AGE_RANGE)
+        age_map, choice = choose_age_map(y, blend)
+        expected = age_map.expected_estimate(y) if age_map is not None else y
+        mapped = age_map.apply(blend) if age_map is not None else blend
+        return cls(w, conformal_half_width(np.abs(blend - expected)), float(np.mean(np.abs(mapped - y))),
+                   float(np.mean(np.abs(reg - y))), float(np.mean(np.abs(look - y))),
+                   age_map.to_dict() if age_map is not None else None, choice)
 
     def combine(self, regression_age: np.ndarray | float, lookup_age: np.ndarray | float
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(age, lower, upper)`` from the two estimators' ages (months)."""
         age = np.clip(self.regression_weight * np.asarray(regression_age, dtype=float)
                       + (1 - self.regression_weight) * np.asarray(lookup_age, dtype=float), *AGE_RANGE)
-        return age, np.clip(age - self.half_width_90, *AGE_RANGE), np.clip(age + self.half_width_90, *AGE_RANGE)
+        lower, upper = np.clip(age - self.half_width_90, *AGE_RANGE), np.clip(age + self.half_width_90, *AGE_RANGE)
+        age_map = AgeMap.from_dict(self.age_map)
+        if age_map is None:
+            return age, lower, upper
+        return age_map.apply(age), age_map.apply(lower), age_map.apply(upper)
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON."""

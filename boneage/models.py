@@ -169,7 +169,7 @@ register(
         kind="regressor",
         folder=MODELS_DIR / "direct",
         weights_file="direct_cnn.pt",
-        version="direct-cnn-3",
+        version="direct-cnn-4",
         loader="boneage.direct:DirectEstimator.load",
         description="end-to-end CNN: radiograph (+ sex) -> bone age in months with a calibrated 90% interval",
     )
@@ -181,7 +181,7 @@ register(
         kind="reference-regression",
         folder=MODELS_DIR / "multistep",
         weights_file="maturity_reference.csv",
-        version="multistep-5",
+        version="multistep-6",
         loader="boneage.multistep:MultiStepModel.load",
         description="maturity reference tables + regression on per-bone measurements, blended -> bone age with a 90% interval",
     )
@@ -218,7 +218,7 @@ register(
         kind="regressor",
         folder=MODELS_DIR / "perbone",
         weights_file="perbone.pt",
-        version="perbone-2",
+        version="perbone-3",
         loader="boneage.perbone:PerBoneEstimator.load",
         description="per-bone maturity: aligned crops of the RUS bones and the carpus -> each bone's age -> "
                     "robust consensus with a calibrated 90% interval",
@@ -243,7 +243,7 @@ register(
         kind="stacking",
         folder=MODELS_DIR / "combined",
         weights_file="stacking.json",
-        version="combined-3",
+        version="combined-4",
         loader="boneage.combine:Combiner.load",
         description="stacking of the multi-step, per-bone and end-to-end ages (weights per available subset) "
                     "-> the combined estimate with a calibrated 90% interval",

@@ -38,7 +38,7 @@ LENGTH_FILE = "length_reference_mm.csv"
 REGRESSION_FILE = "regression.joblib"
 COMBINATION_FILE = "combination.json"
 METRICS_FILE = "metrics.json"
-VERSION = "multistep-5"
+VERSION = "multistep-6"
 
 
 @dataclass

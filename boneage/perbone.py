@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from boneage import anatomy
+from boneage.agemap import AgeMap
 from boneage.direct import sex_to_code
 
 #: Crop size (rows, cols): rows run along the bone, epiphysis end at the top.
@@ -361,7 +362,7 @@ WEIGHTS_FILE = "perbone.pt"
 ONNX_FILE = "perbone.onnx"
 CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
-MODEL_VERSION = "perbone-2"
+MODEL_VERSION = "perbone-3"
 
 
 def load_crop_network(path: str | Path | None, folder_name: str, weights_file: str, onnx_file: str, exported: bool,
@@ -611,14 +612,16 @@ class PerBoneEstimator:
                 f"per-bone method withheld: only {int(usable[rus].sum())} of {len(rus)} RUS bones were found "
                 f"(needs {MIN_RUS_BONES})"), sex_used=sex if key == "sex_known" else None,
                 model_version=self.model_version)
-        bias = cal.get("bias", [0.0, 1.0])  # consensus -> age: a + b * consensus (hold-out fit)
         age, scale, kept = consensus(ages, scales, usable)
-        age = bias[0] + bias[1] * age
         c, lo, hi = _clip_interval(age, cal.get("film_factor", 1.645) * scale)
+        age_map = AgeMap.from_dict(cal.get("age_map"))
+        if age_map is not None:  # the film's age read back through its age-band bias map (boneage.agemap)
+            c, lo, hi = (float(age_map.apply(v)) for v in (c, lo, hi))
         rus_usable = usable.copy()
         rus_usable[len(anatomy.RUS_BONES):] = False
         rus_age, rus_scale, _ = consensus(ages, scales, rus_usable)
-        rc, rlo, rhi = _clip_interval(bias[0] + bias[1] * rus_age, cal.get("rus_factor", 1.645) * rus_scale)
+        # RUS, carpal and single-bone ages stay as read: they are compared with each other (discordance).
+        rc, rlo, rhi = _clip_interval(rus_age, cal.get("rus_factor", 1.645) * rus_scale)
         bone_factor = cal.get("bone_factor", 1.645)
         bones = {}
         for i, region in enumerate(anatomy.MATURITY_REGIONS):

@@ -66,7 +66,7 @@ def test_the_combined_interval_stays_in_the_age_range():
 def test_load_from_file_and_registry(tmp_path):
     (tmp_path / "stacking.json").write_text(json.dumps(STACKING))
     entry = models.get("combined")
-    assert (entry.version, entry.weights_file, entry.folder.name) == ("combined-3", "stacking.json", "combined")
+    assert (entry.version, entry.weights_file, entry.folder.name) == ("combined-4", "stacking.json", "combined")
     combiner = entry.resolve_loader()(tmp_path / "stacking.json")
     assert isinstance(combiner, Combiner) and combiner.model_version == "combined-test"
     assert Combiner.load(tmp_path).stacking == STACKING  # a folder works too
@@ -132,7 +132,7 @@ def test_model_card_is_written_from_the_stacking_and_metrics(tmp_path):
     y = rng.uniform(10, 220, 120)
     ages = {"multistep": y + rng.normal(0, 14, 120), "perbone": y + rng.normal(0, 6, 120), "direct": y + rng.normal(0, 9, 120)}
     half = {m: np.full(120, 20.0) for m in ages}
-    stacking = {"model_version": "combined-3", "sex_known": fit_stacking(ages, half, y), "sex_unknown": fit_stacking(ages, half, y)}
+    stacking = {"model_version": "combined-4", "sex_known": fit_stacking(ages, half, y), "sex_unknown": fit_stacking(ages, half, y)}
     (tmp_path / "stacking.json").write_text(json.dumps(stacking))
     group = {"all": {"n": 120, "mae": 5.0, "bias": 0.1, "coverage": 0.9, "width": 30.0}, "available": 1.0}
     metrics = {"command": "boneage train combined --seed 0", "minutes": 3.0, "holdout_n": 120, "validation_n": 50,
@@ -142,3 +142,21 @@ def test_model_card_is_written_from_the_stacking_and_metrics(tmp_path):
     card = write_model_card(tmp_path).read_text()
     assert "multi-step + per-bone + end-to-end CNN" in card and "boneage train combined --seed 0" in card
     assert "## Validation" in card and "| combined | 5.0 |" in card
+
+
+def test_a_stacking_that_pulls_toward_the_middle_is_read_back_through_an_age_map():
+    # Two methods that both draw ages a fifth toward 130 months: the stacking keeps an age-band
+    # bias map (chosen on held-out halves of the out-of-fold means), and the combiner reads
+    # the weighted mean and its interval back through it.
+    rng = np.random.default_rng(0)
+    y = rng.uniform(20, 220, 300)
+    ages = {m: 130 + 0.8 * (y - 130) + rng.normal(0, 6, len(y)) for m in ("perbone", "direct")}
+    half = {m: np.full(len(y), 12.0) for m in ages}
+    entry = fit_stacking(ages, half, y)["perbone+direct"]
+    assert entry["age_map"] is not None and entry["age_map_choice"]["chosen"] != "none"
+    combiner = Combiner({"sex_known": {"perbone+direct": entry}})
+    young = combiner.combine({"perbone": (58.0, 46.0, 70.0), "direct": (58.0, 46.0, 70.0)}, "F")
+    assert young.age_months == pytest.approx(40.0, abs=4.0)  # 58 is where a 40-month-old's pulled reading lands
+    assert young.lower_90 < young.age_months < young.upper_90
+    unbiased = fit_stacking({m: y + rng.normal(0, 6, len(y)) for m in ages}, half, y)["perbone+direct"]
+    assert unbiased["age_map"] is None

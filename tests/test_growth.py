@@ -141,3 +141,18 @@ def test_lookup_out_of_fold_never_sees_the_hand_it_estimates():
     again = lookup_out_of_fold(feats, relabelled, sex, tau=2.0, folds=3)
     assert again[0] == oof[0]
     assert not np.allclose(again[1:], oof[1:])
+
+
+def test_a_blend_drawn_to_the_middle_is_read_back_through_an_age_map(tmp_path):
+    rng = np.random.default_rng(5)
+    y = rng.uniform(12, 216, 600)
+    pulled = lambda ages: 120 + 0.8 * (ages - 120)  # noqa: E731
+    blend = LookupBlend.fit(pulled(y) + rng.normal(0, 5, 600), pulled(y) + rng.normal(0, 5, 600), y)
+    assert blend.age_map is not None and blend.age_map_choice["chosen"] != "none"
+    y2 = rng.uniform(12, 216, 2000)
+    age, lo, hi = blend.combine(pulled(y2) + rng.normal(0, 5, 2000), pulled(y2) + rng.normal(0, 5, 2000))
+    assert abs(np.mean(age[y2 < 72] - y2[y2 < 72])) < 2 and abs(np.mean(age[y2 > 160] - y2[y2 > 160])) < 2
+    assert 0.86 <= np.mean((lo <= y2) & (y2 <= hi)) <= 0.94
+    assert LookupBlend.load(blend.save(tmp_path / "blend.json")) == blend
+    # Unbiased estimators keep no map (see test_blend_weight_follows_the_better_estimator).
+    assert LookupBlend.fit(y + rng.normal(0, 5, 600), y + rng.normal(0, 5, 600), y).age_map is None

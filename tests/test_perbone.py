@@ -28,11 +28,11 @@ from boneage.perbone import (
 from boneage.networks import PerBoneNet
 from boneage.synth import generate_hand
 
-#: A calibration in the shipped format: the identity bias, plain 90% Laplace-ish factors.
+#: A calibration in the shipped format: no age-band bias map, plain 90% Laplace-ish factors.
 CALIBRATION = {
     "model_version": "perbone-test",
-    "sex_known": {"bias": [0.0, 1.0], "film_factor": 1.645, "rus_factor": 1.645, "bone_factor": 1.645},
-    "sex_unknown": {"bias": [0.0, 1.0], "film_factor": 2.5, "rus_factor": 2.5, "bone_factor": 2.5},
+    "sex_known": {"age_map": None, "film_factor": 1.645, "rus_factor": 1.645, "bone_factor": 1.645},
+    "sex_unknown": {"age_map": None, "film_factor": 2.5, "rus_factor": 2.5, "bone_factor": 2.5},
 }
 #: Widths of the tiny network the tests build (the shipped one is (16, 32, 64, 128)).
 TINY_WIDTHS = (4, 8, 8, 8)
@@ -196,6 +196,21 @@ def test_the_method_is_withheld_with_fewer_than_seven_rus_bones():
     assert "withheld" in est.note and f"only {MIN_RUS_BONES - 1} of 13" in est.note
 
 
+def test_the_film_age_is_read_through_its_age_map_and_the_rus_age_is_not():
+    from boneage.agemap import fit_age_map
+
+    rng = np.random.default_rng(0)
+    y = rng.uniform(20, 220, 300)
+    age_map = fit_age_map(y, 130 + 0.8 * (y - 130) + rng.normal(0, 5, len(y)), degree=1)
+    plain = fixed_perbone(default=80.0).predict_crops(all_present(), "F")
+    mapped_estimator = fixed_perbone(default=80.0)
+    mapped_estimator.calibration["sex_known"]["age_map"] = age_map.to_dict()
+    mapped = mapped_estimator.predict_crops(all_present(), "F")
+    assert mapped.age_months == pytest.approx(float(age_map.apply(plain.age_months)), abs=1e-3) and mapped.age_months < 80.0
+    assert (mapped.lower_90, mapped.upper_90) == pytest.approx((float(age_map.apply(plain.lower_90)), float(age_map.apply(plain.upper_90))), abs=1e-3)
+    assert mapped.rus_age_months == plain.rus_age_months
+
+
 def test_sex_unknown_uses_its_own_wider_calibration():
     known = fixed_perbone().predict_crops(all_present(), "F")
     unknown = fixed_perbone().predict_crops(all_present(), None)
@@ -205,7 +220,7 @@ def test_sex_unknown_uses_its_own_wider_calibration():
 
 def test_registry_entry_loads_the_weights_and_calibration(tmp_path, hand):
     entry = models.get("perbone")
-    assert (entry.version, entry.weights_file, entry.folder.name) == ("perbone-2", "perbone.pt", "perbone")
+    assert (entry.version, entry.weights_file, entry.folder.name) == ("perbone-3", "perbone.pt", "perbone")
     est = tiny_perbone(seed=2)
     state = {k: v.half() for k, v in est.network.state_dict().items()}  # fp16 on disk, as shipped
     torch.save({"state_dict": state, "widths": list(TINY_WIDTHS), "model_version": "perbone-test"}, tmp_path / "perbone.pt")

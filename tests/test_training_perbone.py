@@ -112,6 +112,24 @@ def test_calibration_and_evaluation_of_consensus():
     assert g["mae"] < 10 and 0.85 <= g["coverage"] <= 0.95
     assert metrics["regions"][anatomy.MATURITY_REGIONS[3]]["kept"] < 0.05
     assert metrics["films_with_estimate"] == 1.0
+    assert cal["age_map"] is None and cal["age_map_choice"]["chosen"] == "none"  # an unbiased consensus keeps no map
+
+
+def test_a_consensus_pulled_toward_the_middle_gets_an_age_map():
+    rng = np.random.default_rng(2)
+    n = 300
+    y = rng.uniform(10, 220, n)
+    pulled = 130 + 0.8 * (y - 130) + rng.normal(0, 5, n)
+    ages = pulled[:, None] + rng.normal(0, 4, (n, N_REGIONS))
+    scales = np.full((n, N_REGIONS), 8.0)
+    cal = tp.calibrate(ages, scales, y)
+    assert cal["age_map"] is not None
+    sexes = np.where(rng.random(n) < 0.5, "F", "M")
+    g = tp.evaluate(ages, scales, y, sexes, cal)["groups"]
+    plain = tp.evaluate(ages, scales, y, sexes, {**cal, "age_map": None})["groups"]
+    for band in ("bone age < 6 y", "> 12 y"):
+        assert abs(g[band]["bias"]) < 2 < abs(plain[band]["bias"])
+    assert 0.85 <= g["all"]["coverage"] <= 0.95
 
 
 def test_crop_cache_is_built_once_and_reused(tmp_path, monkeypatch):
