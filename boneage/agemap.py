@@ -24,13 +24,17 @@ BANDS_MONTHS = ((0.0, 72.0), (72.0, 144.0), (144.0, 240.0))
 MIN_GAIN_MONTHS = 0.25
 #: Fewest held-out films on which a map is judged (each half must reach every band).
 MIN_FILMS = 40
-#: Grid (months) on which a map is tabulated.
+#: Grid (months) on which a map is tabulated, and the plausible range of ages.
 _GRID = np.arange(0.0, 240.0 + 1e-9, 1.0)
+_RANGE = (0.0, 240.0)
 
 
 @dataclass(frozen=True)
 class AgeMap:
     """A monotone map between a method's estimates and ages, tabulated on a 1-month grid.
+
+    Beyond the table both directions continue with slope 1 (an estimate past the ages the map was
+    fitted on is shifted by the map's end offset, not stretched).
 
     Attributes:
         estimates: ``f(age)`` on the grid (strictly increasing).
@@ -43,12 +47,15 @@ class AgeMap:
     degree: int
 
     def apply(self, values):
-        """Ages that ``values`` (estimates, any shape) stand for: ``f^-1(values)``, within the grid's range."""
-        return np.interp(values, self.estimates, self.ages)
+        """Ages that ``values`` (estimates, any shape; unclipped) stand for: ``f^-1(values)``.
+
+        Callers clip the result to their plausible range afterwards.
+        """
+        return _interp_slope_one(values, self.estimates, self.ages)
 
     def expected_estimate(self, ages):
         """The estimate ``f(age)`` the method gives on average at ``ages``."""
-        return np.interp(ages, self.ages, self.estimates)
+        return _interp_slope_one(ages, self.ages, self.estimates)
 
     def to_dict(self) -> dict:
         return {"degree": self.degree, "estimates": [round(v, 4) for v in self.estimates],
@@ -62,8 +69,24 @@ class AgeMap:
         return cls(tuple(float(v) for v in data["estimates"]), tuple(float(v) for v in data["ages"]), int(data["degree"]))
 
 
-def fit_age_map(ages: np.ndarray, estimates: np.ndarray, degree: int) -> AgeMap:
+def _interp_slope_one(values, xp, fp):
+    """``np.interp`` inside the table, slope 1 from its end points outside it."""
+    x = np.asarray(values, dtype=np.float64)
+    out = np.interp(x, xp, fp)
+    out = np.where(x < xp[0], fp[0] + (x - xp[0]), out)
+    return np.where(x > xp[-1], fp[-1] + (x - xp[-1]), out)
+
+
+#: Least slope ``df/dage`` a fitted map may have over the ages it was fitted on: a flatter map
+#: would stretch a small change of estimate into a large change of age.
+MIN_SLOPE = 0.3
+
+
+def fit_age_map(ages: np.ndarray, estimates: np.ndarray, degree: int) -> AgeMap | None:
     """Fit ``estimate = f(age)`` (Huber-robust polynomial) and tabulate it for inversion.
+
+    The polynomial holds over the range of ``ages``; beyond it ``f`` continues with slope 1 from
+    its end points (no extrapolated curvature).
 
     Args:
         ages: true bone ages (months) of held-out films.
@@ -71,8 +94,8 @@ def fit_age_map(ages: np.ndarray, estimates: np.ndarray, degree: int) -> AgeMap:
         degree: polynomial degree (1 = straight line).
 
     Returns:
-        :class:`AgeMap`; ``f`` is made strictly increasing on the grid (a flat or falling stretch,
-        possible at the grid's ends, rises by 1e-3 month a step) so that it can be inverted.
+        :class:`AgeMap`, or ``None`` when the fit is not increasing with slope at least
+        :data:`MIN_SLOPE` over the fitted ages (it could not be inverted sensibly).
     """
     from sklearn.linear_model import HuberRegressor
 
@@ -80,9 +103,12 @@ def fit_age_map(ages: np.ndarray, estimates: np.ndarray, degree: int) -> AgeMap:
     estimates = np.asarray(estimates, dtype=np.float64)
     powers = lambda a: np.stack([(a / 100.0) ** k for k in range(1, degree + 1)], axis=1)  # noqa: E731
     model = HuberRegressor(epsilon=1.35, alpha=0.0, max_iter=1000).fit(powers(ages), estimates)
-    f = model.predict(powers(_GRID))
-    for i in range(1, len(f)):
-        f[i] = max(f[i], f[i - 1] + 1e-3)
+    lo, hi = float(ages.min()), float(ages.max())
+    inside = np.clip(_GRID, lo, hi)
+    f = model.predict(powers(inside)) + (_GRID - inside)  # slope 1 outside [lo, hi]
+    slopes = np.diff(f)[(_GRID[1:] > lo) & (_GRID[:-1] < hi)]
+    if slopes.size and slopes.min() < MIN_SLOPE:
+        return None
     return AgeMap(tuple(float(v) for v in f), tuple(float(v) for v in _GRID), degree)
 
 
@@ -143,7 +169,9 @@ def choose_age_map(ages: np.ndarray, estimates: np.ndarray, degrees: tuple[int, 
             scores["none"].append(_score(ages[test], estimates[test]))
             for degree in degrees:
                 age_map = fit_age_map(ages[fit_half], estimates[fit_half], degree)
-                scores[f"degree_{degree}"].append(_score(ages[test], age_map.apply(estimates[test])))
+                # A map that cannot be inverted on this half scores as no map would plus the margin.
+                mapped = age_map.apply(estimates[test]) if age_map is not None else estimates[test]
+                scores[f"degree_{degree}"].append(_score(ages[test], np.clip(mapped, *_RANGE)))
     report: dict = {}
     for name in names:
         score, mae, worst = np.mean(scores[name], axis=0)
@@ -154,7 +182,9 @@ def choose_age_map(ages: np.ndarray, estimates: np.ndarray, degrees: tuple[int, 
     for degree in degrees:
         if report[f"degree_{degree}"]["score"] < report[chosen]["score"] - MIN_GAIN_MONTHS:
             chosen = f"degree_{degree}"
+    age_map = fit_age_map(ages, estimates, int(chosen.split("_")[1])) if chosen != "none" else None
+    if age_map is None and chosen != "none":
+        report["why"] = f"the {chosen} fit on all films is not invertible (slope < {MIN_SLOPE})"
+        chosen = "none"
     report["chosen"] = chosen
-    if chosen == "none":
-        return None, report
-    return fit_age_map(ages, estimates, int(chosen.split("_")[1])), report
+    return age_map, report

@@ -193,10 +193,9 @@ class Combiner:
         age = sum(w * estimates[m][0] for m, w in weights.items())
         half = sum(w * (estimates[m][2] - estimates[m][1]) / 2.0 for m, w in weights.items())
         half *= entry["factor"]
-        lo_r, hi_r = AGE_RANGE_MONTHS
-        age = float(np.clip(age, lo_r, hi_r))
-        lower, upper = max(lo_r, age - half), min(hi_r, age + half)
+        values = (age, age - half, age + half)
         age_map = AgeMap.from_dict(entry.get("age_map"))
-        if age_map is not None:
-            age, lower, upper = (float(age_map.apply(v)) for v in (age, lower, upper))
-        return CombinedAge(age, float(lower), float(upper), dict(weights))
+        if age_map is not None:  # read back through the map, then clipped
+            values = tuple(age_map.apply(v) for v in values)
+        age, lower, upper = (float(np.clip(v, *AGE_RANGE_MONTHS)) for v in values)
+        return CombinedAge(age, lower, upper, dict(weights))

@@ -96,9 +96,9 @@ def calibrated_interval(locations: np.ndarray, scales: np.ndarray, calibration: 
                         sex_known: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Estimate and 90% interval from the network's locations and scales, as shipped.
 
-    ``location +- factor * scale`` with the conformal factor of the sex mode, clipped to
-    :data:`AGE_RANGE_MONTHS`, then read through the mode's age-band bias map
-    (:mod:`boneage.agemap`) when the calibration holds one.
+    ``location +- factor * scale`` with the conformal factor of the sex mode, read through the
+    mode's age-band bias map (:mod:`boneage.agemap`) when the calibration holds one, clipped to
+    :data:`AGE_RANGE_MONTHS`.
 
     Args:
         locations, scales: network outputs in months.
@@ -108,11 +108,14 @@ def calibrated_interval(locations: np.ndarray, scales: np.ndarray, calibration: 
     from boneage.agemap import AgeMap
 
     mode = "sex_known" if sex_known else "sex_unknown"
-    age, lower, upper = clipped_interval(locations, scales, calibration[f"factor_{mode}"])
-    age_map = AgeMap.from_dict(calibration.get("age_map", {}).get(mode))
+    factor = calibration[f"factor_{mode}"]
+    age_map = AgeMap.from_dict((calibration.get("age_map") or {}).get(mode))
     if age_map is None:
-        return age, lower, upper
-    return age_map.apply(age), age_map.apply(lower), age_map.apply(upper)
+        return clipped_interval(locations, scales, factor)
+    # Mapped before clipping: the map's ends continue with slope 1, so nothing saturates.
+    locations, scales = np.asarray(locations, dtype=np.float64), np.asarray(scales, dtype=np.float64)
+    lo, hi = AGE_RANGE_MONTHS
+    return tuple(np.clip(age_map.apply(v), lo, hi) for v in (locations, locations - factor * scales, locations + factor * scales))
 
 
 def mix_by_sex(male: tuple[float, float, float], female: tuple[float, float, float],

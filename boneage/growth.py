@@ -523,11 +523,11 @@ class LookupBlend:
         """``(age, lower, upper)`` from the two estimators' ages (months)."""
         age = np.clip(self.regression_weight * np.asarray(regression_age, dtype=float)
                       + (1 - self.regression_weight) * np.asarray(lookup_age, dtype=float), *AGE_RANGE)
-        lower, upper = np.clip(age - self.half_width_90, *AGE_RANGE), np.clip(age + self.half_width_90, *AGE_RANGE)
+        values = (age, age - self.half_width_90, age + self.half_width_90)
         age_map = AgeMap.from_dict(self.age_map)
-        if age_map is None:
-            return age, lower, upper
-        return age_map.apply(age), age_map.apply(lower), age_map.apply(upper)
+        if age_map is not None:  # read back through the map, then clipped
+            values = tuple(age_map.apply(v) for v in values)
+        return tuple(np.clip(v, *AGE_RANGE) for v in values)
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON."""

@@ -613,10 +613,12 @@ class PerBoneEstimator:
                 f"(needs {MIN_RUS_BONES})"), sex_used=sex if key == "sex_known" else None,
                 model_version=self.model_version)
         age, scale, kept = consensus(ages, scales, usable)
-        c, lo, hi = _clip_interval(age, cal.get("film_factor", 1.645) * scale)
+        half = cal.get("film_factor", 1.645) * scale
         age_map = AgeMap.from_dict(cal.get("age_map"))
-        if age_map is not None:  # the film's age read back through its age-band bias map (boneage.agemap)
-            c, lo, hi = (float(age_map.apply(v)) for v in (c, lo, hi))
+        if age_map is None:
+            c, lo, hi = _clip_interval(age, half)
+        else:  # the film's age read back through its age-band bias map (boneage.agemap), then clipped
+            c, lo, hi = (float(np.clip(age_map.apply(v), *AGE_RANGE_MONTHS)) for v in (age, age - half, age + half))
         rus_usable = usable.copy()
         rus_usable[len(anatomy.RUS_BONES):] = False
         rus_age, rus_scale, _ = consensus(ages, scales, rus_usable)

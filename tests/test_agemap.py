@@ -66,3 +66,29 @@ def test_the_cnn_reads_estimate_and_interval_through_its_mode_map():
     assert age[0] < 60.0 and age[2] > 200.0  # young read younger, old older: the pull undone
     unknown = calibrated_interval(locations, scales, calibration, sex_known=False)
     assert all(np.array_equal(a, b) for a, b in zip(unknown, clipped_interval(locations, scales, 3.0)))
+
+
+def test_beyond_the_fitted_ages_a_map_shifts_with_slope_one():
+    rng = np.random.default_rng(3)
+    ages = rng.uniform(40, 200, 300)
+    age_map = fit_age_map(ages, 130 + 0.8 * (ages - 130) + rng.normal(0, 4, len(ages)), degree=2)
+    # Past 200 months f continues with slope 1: an estimate 10 months past f(200) is 10 months past 200,
+    # and an unclipped estimate past the grid still maps (nothing saturates at 240).
+    assert age_map.apply(float(age_map.expected_estimate(200.0)) + 10) == pytest.approx(210.0, abs=0.5)
+    assert age_map.apply(300.0) - age_map.apply(290.0) == pytest.approx(10.0, abs=1e-6)
+    assert age_map.apply(-5.0) < age_map.apply(0.0)
+
+
+def test_a_fit_that_cannot_be_inverted_is_refused():
+    rng = np.random.default_rng(4)
+    ages = rng.uniform(20, 220, 300)
+    flat_then_falling = 150 - 0.004 * (ages - 150) ** 2 + rng.normal(0, 2, len(ages))
+    assert fit_age_map(ages, flat_then_falling, degree=2) is None
+    age_map, report = choose_age_map(ages, flat_then_falling, degrees=(2,))
+    assert age_map is None and report["chosen"] == "none"
+
+
+def test_a_calibration_whose_map_is_none_reads_plainly():
+    calibration = {"factor_sex_known": 2.0, "factor_sex_unknown": 3.0, "age_map": None}
+    got = calibrated_interval(np.array([100.0]), np.array([5.0]), calibration, sex_known=True)
+    assert [float(v[0]) for v in got] == [100.0, 90.0, 110.0]

@@ -158,5 +158,14 @@ def test_a_stacking_that_pulls_toward_the_middle_is_read_back_through_an_age_map
     young = combiner.combine({"perbone": (58.0, 46.0, 70.0), "direct": (58.0, 46.0, 70.0)}, "F")
     assert young.age_months == pytest.approx(40.0, abs=4.0)  # 58 is where a 40-month-old's pulled reading lands
     assert young.lower_90 < young.age_months < young.upper_90
+    # Fresh films with the same pull: unbiased by band through the map, and the interval covers ~90%.
+    y2 = rng.uniform(20, 220, 1000)
+    pulled = {m: 130 + 0.8 * (y2 - 130) + rng.normal(0, 6, len(y2)) for m in ages}  # each method its own noise
+    fresh = [combiner.combine({m: (pulled[m][i], pulled[m][i] - 12.0, pulled[m][i] + 12.0) for m in ages}, "F")
+             for i in range(len(y2))]
+    got = np.array([c.age_months for c in fresh])
+    assert abs(np.mean(got[y2 < 72] - y2[y2 < 72])) < 2.5 and abs(np.mean(got[y2 > 160] - y2[y2 > 160])) < 2.5
+    covered = np.mean([c.lower_90 <= t <= c.upper_90 for c, t in zip(fresh, y2)])
+    assert 0.85 <= covered <= 0.95
     unbiased = fit_stacking({m: y + rng.normal(0, 6, len(y)) for m in ages}, half, y)["perbone+direct"]
     assert unbiased["age_map"] is None

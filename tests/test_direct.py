@@ -109,3 +109,32 @@ def test_an_uncertain_sex_weighs_the_readings_as_a_boy_and_as_a_girl(shipped):
     assert shipped.predict(film, "F", male_probability=0.9).age_months == girl.age_months
     assert "sex-agnostic" in shipped.predict(film, None).sex_note
     assert mix_by_sex((100.0, 90.0, 110.0), (80.0, 75.0, 95.0), 0.25) == (85.0, 75.0, 110.0)
+
+
+def test_predict_reads_through_the_age_map_of_its_calibration(tmp_path):
+    # The same network saved with and without an age-band bias map: every answer (sex given, and
+    # read as both sexes) is the plain one read through the map.
+    from boneage.agemap import fit_age_map
+
+    images, ages, sexes = random_films(16)
+    config = TrainConfig(epochs=1, input_size=32, cache_size=48, batch_size=8, device="cpu",
+                         widths=SMALL_DIRECT_WIDTHS, bf16=False)
+    result = train_on_arrays(images, ages, sexes, config, log=lambda *_: None)
+    rng = np.random.default_rng(0)
+    y = rng.uniform(20, 220, 300)
+    age_map = fit_age_map(y, 130 + 0.8 * (y - 130) + rng.normal(0, 5, len(y)), degree=1)
+    plain_cal = {"factor_sex_known": 2.0, "factor_sex_unknown": 2.5}
+    save_weights(tmp_path / "plain.pt", result, config, plain_cal)
+    save_weights(tmp_path / "mapped.pt", result, config,
+                 {**plain_cal, "age_map": {"sex_known": age_map.to_dict(), "sex_unknown": None}})
+    plain, mapped = DirectEstimator.load(tmp_path / "plain.pt"), DirectEstimator.load(tmp_path / "mapped.pt")
+    film = images[0].astype(np.float32) / 255.0
+    a, b = plain.predict(film, "M"), mapped.predict(film, "M")
+    assert 0 < a.lower_90 < a.upper_90 < 240  # a standardised target keeps the tiny network in range
+    for field in ("age_months", "lower_90", "upper_90"):
+        assert getattr(b, field) == pytest.approx(float(np.clip(age_map.apply(getattr(a, field)), 0, 240)), abs=1e-3)
+    boy, girl = mapped.predict(film, "M"), mapped.predict(film, "F")
+    mixed = mapped.predict(film, None, male_probability=0.25)
+    assert mixed.age_months == pytest.approx(0.25 * boy.age_months + 0.75 * girl.age_months, abs=1e-3)
+    # The sex-agnostic mode has no map here: unchanged.
+    assert mapped.predict(film, None).age_months == pytest.approx(plain.predict(film, None).age_months, abs=1e-6)

@@ -517,11 +517,11 @@ def evaluate(ages: np.ndarray, scales: np.ndarray, targets: np.ndarray, sexes: n
     rus_age, rus_scale, _ = film_consensus(ages, scales, rus_only=True)
     ok = np.isfinite(film_age)
     # As PerBoneEstimator reports it: clipped interval, read through the age-band bias map.
-    lower, upper = (np.clip(film_age + sign * cal["film_factor"] * film_scale, *AGE_RANGE_MONTHS) for sign in (-1, 1))
-    film_age = np.clip(film_age, *AGE_RANGE_MONTHS)
+    lower, upper = (film_age + sign * cal["film_factor"] * film_scale for sign in (-1, 1))
     age_map = AgeMap.from_dict(cal.get("age_map"))
     if age_map is not None:
         film_age, lower, upper = age_map.apply(film_age), age_map.apply(lower), age_map.apply(upper)
+    film_age, lower, upper = (np.clip(v, *AGE_RANGE_MONTHS) for v in (film_age, lower, upper))
     err = film_age - targets
     groups = {"all": ok, "female": ok & (sexes == "F"), "male": ok & (sexes == "M"),
               "bone age < 6 y": ok & (targets < 72), "6-12 y": ok & (targets >= 72) & (targets <= 144),
