@@ -2,7 +2,7 @@
 
 Usage:
     .venv/bin/python benchmarks/bench_realism.py [--seed 20261204] [--n 40] [--sizes 512 768]
-        [--n-classifier 300] [--skip-classifier]
+        [--n-classifier 300] [--skip-classifier] [--n-features 48]
 
 Prints two measures of the gap between synthetic and real films (the third, side-by-side sheets of
 synthetic hands and real films of the same sex and bone age, is ``scripts/synth_vs_real.py --out
@@ -19,6 +19,10 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     gradient histograms, a radial power spectrum, Laplacian energy at three scales and a 16 x 16
     thumbnail; a gradient-boosting classifier's ROC AUC on held-out images (5-fold
     cross-validation; 0.5 = indistinguishable, 1.0 = always told apart).
+(c) **Maturity measurements**: the shipped segmenter and :func:`boneage.measure.measure` on the real
+    training-split films (the multi-step feature cache) and on ``--n-features`` synthetic hands of
+    seed ``--seed + 1``: epiphysis / metaphysis width, epiphysis-metaphysis contact, carpal area
+    share, by bone-age band. The synthesis's maturity shapes are calibrated on this table.
 
 Research data are read in place from ``../shared``.
 """
@@ -128,6 +132,48 @@ def classifier_auc(n: int, seed: int) -> tuple[float, float]:
     return float(scores.mean()), float(scores.std())
 
 
+#: Maturity measurements compared in (c): what the synthesis was calibrated on (issue #22).
+FEATURES = ("distal_phalanx_3.epiphysis_ratio", "middle_phalanx_3.epiphysis_ratio", "proximal_phalanx_3.epiphysis_ratio",
+            "metacarpal_3.epiphysis_ratio", "radius.epiphysis_ratio", "middle_phalanx_3.fusion_contact",
+            "radius.fusion_contact", "capitate.area_rel", "hamate.area_rel", "lunate.area_rel")
+#: Bone-age bands of (c), months.
+FEATURE_BANDS = ((0, 60), (60, 108), (108, 144), (144, 180), (180, 240))
+
+
+def maturity_features(n: int, seed: int) -> None:
+    """(c): the same segmenter and measurements on real training-split films and on ``n`` synthetic hands, by band."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from boneage import datasets, models
+    from boneage.measure import measure
+    from boneage.synth import generate_hand
+    from boneage.training.multistep import film_features, load_segmenter_fn
+
+    dev = datasets.rsna_dev()
+    train = dev[dev["split"] == "train"].reset_index(drop=True)
+    real = film_features(train, models.get("segmenter").version, None, workers=2)
+    real_ages = train["bone_age_months"].to_numpy(float)
+    segment = load_segmenter_fn("cpu")
+    rng = np.random.default_rng(seed)
+    rows, ages = [], []
+    for i in tqdm(range(n), desc="synthetic measured", unit="hand", mininterval=10):
+        age = float(rng.uniform(24, 216))
+        hand = generate_hand(seed, i, size=768, bone_age_months=age, sex="F" if i % 2 else "M")
+        rows.append(measure(segment(hand.image), None).features())
+        ages.append(age)
+    synthetic, synthetic_ages = pd.DataFrame(rows), np.array(ages)
+    print(f"\nmaturity measurements, real training-split films / {n} synthetic hands (768 px), mean by bone-age band:")
+    print(f"  {'measurement':<36}" + "".join(f"{f'{lo}-{hi} mo':>16}" for lo, hi in FEATURE_BANDS))
+    for name in FEATURES:
+        cells = []
+        for lo, hi in FEATURE_BANDS:
+            r = real[name].to_numpy(float)[(real_ages >= lo) & (real_ages < hi)] if name in real else np.array([])
+            s = synthetic[name].to_numpy(float)[(synthetic_ages >= lo) & (synthetic_ages < hi)] if name in synthetic else np.array([])
+            cells.append(f"{np.nanmean(r) if r.size else np.nan:.2f} / {np.nanmean(s) if s.size else np.nan:.2f}")
+        print(f"  {name:<36}" + "".join(f"{c:>16}" for c in cells))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=20261204, help="synthetic seed no model or choice used")
@@ -135,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 768], help="synthetic image sizes for (a)")
     parser.add_argument("--n-classifier", type=int, default=300, help="real films (and as many synthetic hands) for (b)")
     parser.add_argument("--skip-classifier", action="store_true", help="skip (b)")
+    parser.add_argument("--n-features", type=int, default=48, help="synthetic hands measured for (c) (0: skip)")
     args = parser.parse_args(argv)
 
     from boneage import runtime
@@ -150,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         auc, sd = classifier_auc(args.n_classifier, args.seed)
         print(f"\nreal vs synthetic classifier: ROC AUC {auc:.3f} (SD {sd:.3f} over 5 folds; "
               f"{args.n_classifier} real training-split films, as many synthetic hands; 0.5 = indistinguishable)")
+    if args.n_features:
+        maturity_features(args.n_features, args.seed + 1)
     print(f"\n({time.perf_counter() - start:.0f} s)")
     return 0
 

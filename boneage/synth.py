@@ -203,6 +203,22 @@ _CORTEX_T = np.array([0.0, 0.12, 0.35, 0.65, 0.88, 1.0])
 _CORTEX_F = np.array([0.06, 0.22, 0.40, 0.40, 0.22, 0.06])
 
 
+# Calibrated on real development films (issue #22): the same segmenter and measurements run on
+# rsna-dev training films and on synthetic hands, compared by bone-age band
+# (epiphysis / metaphysis width, carpal area / hand area).
+#: Epiphysis width relative to its metaphysis ``(when capped, when it appears)`` by bone kind (the
+#: radius and ulna by name): distal and middle phalangeal epiphyses outgrow their metaphysis, the
+#: radius's is wide early on, the metacarpal heads stay narrower than the neck's flare.
+_EPIPHYSIS_WIDTH = {
+    "distal_phalanx": (1.2, 0.45),
+    "middle_phalanx": (1.2, 0.45),
+    "metacarpal": (0.8, 0.45),
+    "radius": (1.1, 0.6),
+}
+#: Carpal size against the bone model's adult length.
+_CARPAL_SIZE = {"lunate": 0.8}
+
+
 def _shaft_profile(kind: str, base: float, head: float) -> tuple[np.ndarray, np.ndarray]:
     """Half-width knots (in units of mid-shaft half-width) from the proximal (t=0) to the distal end."""
     if kind == "distal_phalanx":
@@ -308,9 +324,10 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             e_len = zone * (0.35 + 0.55 * m**0.6)
             gap = (1 - phi) * (0.5 * (zone - e_len) + 0.02 * width * 2)
             e_len = min(e_len, zone - gap) if zone > gap else zone * 0.5
-            e_width = meta_w * min(0.25 + 0.8 * m**0.6, 1.05)
+            grow_to, start_at = _EPIPHYSIS_WIDTH.get(bone if kind == "forearm" else kind, (1.05, 0.25))
+            e_width = meta_w * (start_at + (grow_to - start_at) * m**0.6)
             if phi >= 1:
-                e_width = meta_w
+                e_width = meta_w * grow_to * 0.97
         else:
             e_len = gap = e_width = 0.0
 
@@ -391,10 +408,11 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         if ba < appear:
             states[bone] = "absent"
             continue
-        # Carpal centres grow fast once they appear and fill their cartilage anlage by ~12 y.
+        # Carpal centres grow fast once they appear (real capitates and hamates of 2-5 y already
+        # hold most of their adult share of the hand) and fill their cartilage anlage by ~12 y.
         mature_at = max(144.0, appear + 48.0)
         s = float(np.clip((ba - appear) / (mature_at - appear), 0, 1))
-        size_frac = 0.18 + 0.82 * s**0.5
+        size_frac = 0.96 * (0.2 + 0.8 * s**0.3) * _CARPAL_SIZE.get(bone, 1.0)
         length = p["adult_length_mm"] * scale * size_frac * float(np.exp(rng.normal(0, sm["bone_length_noise_sd"])))
         aspect = 1 - (1 - p["width_ratio"]) * s**0.5
         width = length * aspect * float(np.exp(rng.normal(0, 0.04)))
