@@ -69,6 +69,22 @@ class AgeMap:
         return cls(tuple(float(v) for v in data["estimates"]), tuple(float(v) for v in data["ages"]), int(data["degree"]))
 
 
+#: Plain names of :func:`choose_age_map`'s candidates, for reports and model cards.
+CANDIDATE_NAMES = {"none": "no map", "degree_1": "a straight-line map", "degree_2": "a quadratic map"}
+
+
+def describe_choice(report: dict | None) -> str:
+    """One phrase on a :func:`choose_age_map` report for a model card: what was chosen and what it changed."""
+    if not report:
+        return "no age-band bias map (calibrated before it existed)"
+    chosen, none = report["chosen"], report["none"]
+    if chosen == "none":
+        return f"no map (worst band bias on held-out halves {none['worst_band_bias_months']:.1f} months)"
+    pick = report[chosen]
+    return (f"{CANDIDATE_NAMES.get(chosen, chosen)} (on held-out halves: worst band bias {none['worst_band_bias_months']:.1f} -> "
+            f"{pick['worst_band_bias_months']:.1f} months, MAE {none['mae_months']:.2f} -> {pick['mae_months']:.2f})")
+
+
 def _interp_slope_one(values, xp, fp):
     """``np.interp`` inside the table, slope 1 from its end points outside it."""
     x = np.asarray(values, dtype=np.float64)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from boneage.agemap import describe_choice
 from boneage.combine import METHODS, MODEL_VERSION, STACKING_FILE, Combiner, fit_stacking
 
 
@@ -161,18 +162,6 @@ def train_combined(out: str | Path | None = None, seed: int = 0, workers: int = 
 _NAMES = {"multistep": "multi-step", "perbone": "per-bone", "direct": "end-to-end CNN", "combined": "combined"}
 
 
-def _map_cell(entry: dict) -> str:
-    """A weights-table cell on the subset's age-band bias map: chosen or not, and what it changed."""
-    choice = entry.get("age_map_choice")
-    if not choice:
-        return "-"
-    chosen = choice["chosen"]
-    if chosen == "none":
-        return f"none ({choice['none']['worst_band_bias_months']:.1f})"
-    return (f"{'straight line' if chosen == 'degree_1' else 'quadratic'} ({choice['none']['worst_band_bias_months']:.1f} -> "
-            f"{choice[chosen]['worst_band_bias_months']:.1f})")
-
-
 def write_model_card(folder: str | Path | None = None) -> Path:
     """Write ``MODEL_CARD.md`` beside the stacking from its ``stacking.json`` and ``metrics.json``."""
     from boneage.paths import MODELS_DIR
@@ -182,11 +171,11 @@ def write_model_card(folder: str | Path | None = None) -> Path:
     m = json.loads((folder / "metrics.json").read_text())
 
     def weights_table(mode: str) -> str:
-        rows = ["| methods available | weights | interval factor | age-band bias map (worst band bias without -> with, on held-out halves) | out-of-fold MAE (months) | out-of-fold 90% coverage |",
+        rows = ["| methods available | weights | interval factor | age-band bias map | out-of-fold MAE (months) | out-of-fold 90% coverage |",
                 "|---|---|---|---|---|---|"]
         for key, v in stacking[mode].items():
             w = ", ".join(f"{_NAMES[k]} {x:.2f}" for k, x in v["weights"].items())
-            rows.append(f"| {' + '.join(_NAMES[k] for k in key.split('+'))} | {w} | {v['factor']:.2f} | {_map_cell(v)} | "
+            rows.append(f"| {' + '.join(_NAMES[k] for k in key.split('+'))} | {w} | {v['factor']:.2f} | {describe_choice(v.get('age_map_choice'))} | "
                         f"{v['oof_mae']:.1f} | {v['oof_coverage']:.1%} |")
         return "\n".join(rows)
 

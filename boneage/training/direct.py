@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boneage.agemap import AgeMap, choose_age_map
+from boneage.agemap import CANDIDATE_NAMES, AgeMap, choose_age_map
 from boneage.direct import (
     AGE_RANGE_MONTHS,
     CACHE_SIZE,
@@ -957,7 +957,7 @@ def _age_map_lines(m: dict) -> str:
         c = choice[mode]
         cells = " | ".join(f"{c[k]['mae_months']:.2f} / {c[k]['worst_band_bias_months']:.2f}" if k in c else "-"
                            for k in ("none", "degree_1", "degree_2"))
-        return f"| {mode.replace('_', ' ')} | {cells} | {c['chosen'].replace('_', ' ')} |"
+        return f"| {mode.replace('_', ' ')} | {cells} | {CANDIDATE_NAMES.get(c['chosen'], c['chosen'])} |"
 
     before, after = m.get("validation_without_age_map", {}), m["validation"]
     bands = ("overall", "age_under_6y", "age_6_to_12y", "age_over_12y")

@@ -605,19 +605,14 @@ _GROUPS = (("all", "all"), ("female", "female"), ("male", "male"), ("under_6y", 
 
 def _age_map_text(blend: dict) -> str:
     """Model-card text on the blend's age-band bias map (:mod:`boneage.agemap`)."""
-    choice = blend.get("age_map_choice")
-    if not choice:
+    from boneage.agemap import describe_choice
+
+    if not blend.get("age_map_choice"):
         return ""
-    chosen = choice["chosen"]
-    if chosen == "none":
-        return (f"\n  No age-band bias map: none paid on the out-of-fold ages (worst band bias "
-                f"{choice['none']['worst_band_bias_months']:.1f} months).")
-    kind = "straight-line" if chosen == "degree_1" else "quadratic"
-    return (f"\n  The blend is drawn toward the middle of the training ages (children read too old, adolescents too young):\n"
-            f"  it and its interval are read back through a {kind} age-band bias map fitted on the out-of-fold ages\n"
-            f"  (`boneage/agemap.py`; on held-out halves the worst band bias fell from {choice['none']['worst_band_bias_months']:.1f} to "
-            f"{choice[chosen]['worst_band_bias_months']:.1f} months\n  while the MAE rose from {choice['none']['mae_months']:.1f} to "
-            f"{choice[chosen]['mae_months']:.1f}); the interval's half-width is fitted on the mapped scale.")
+    return ("\n  The blend is drawn toward the middle of the training ages (children read too old, adolescents too young);\n"
+            "  where it pays on the out-of-fold ages it and its interval are read back through an age-band bias map\n"
+            f"  fitted there (`boneage/agemap.py`): {describe_choice(blend['age_map_choice'])}; the interval's\n"
+            "  half-width is fitted on the mapped scale.")
 
 
 def write_model_card(folder: str | Path = MULTISTEP_DIR) -> Path:

@@ -687,17 +687,10 @@ def train(config: TrainConfig, log=print) -> dict | None:
 
 def _age_map_sentence(calibration: dict) -> str:
     """Model-card sentence on the film age's age-band bias map (:mod:`boneage.agemap`) per sex mode."""
-    parts = []
-    for mode in ("sex_known", "sex_unknown"):
-        choice = calibration[mode].get("age_map_choice")
-        if not choice:
-            return "no age-band bias map (calibrated before it existed)."
-        chosen = choice["chosen"]
-        name = {"none": "no map", "degree_1": "a straight-line map", "degree_2": "a quadratic map"}.get(chosen, chosen)
-        parts.append(f"{mode.replace('_', ' ')}: {name} (worst band bias on held-out halves "
-                     f"{choice['none']['worst_band_bias_months']:.1f} months without"
-                     + (f", {choice[chosen]['worst_band_bias_months']:.1f} with; MAE {choice['none']['mae_months']:.2f} -> "
-                        f"{choice[chosen]['mae_months']:.2f})" if chosen != "none" else ")"))
+    from boneage.agemap import describe_choice
+
+    parts = [f"{mode.replace('_', ' ')}: {describe_choice(calibration[mode].get('age_map_choice'))}"
+             for mode in ("sex_known", "sex_unknown")]
     return ("the consensus is drawn toward the crowded middle of the training ages; where it pays on the hold-out "
             "(`boneage/agemap.py`: MAE + worst band bias on random halves, a map must win by 0.25 month) the film age "
             "and its interval are read back through a monotone map fitted there (RUS, carpal and single-bone ages stay "
