@@ -26,9 +26,11 @@ ALGORITHM_NAMES = {
     "direct": "boneage end-to-end CNN",
 }
 #: Private codes of the per-bone method's partial ages (measurements in its group).
+#: The per-bone method's parts, reported as read: unlike the method's film age they are not read
+#: through its age-band bias map (boneage.agemap), so that RUS and carpal compare with each other.
 PERBONE_PART_CODES = {
-    "perbone_rus": ("BA-RUS", "Bone age, RUS bones"),
-    "perbone_carpal": ("BA-CARPAL", "Bone age, carpal region"),
+    "perbone_rus": ("BA-RUS", "Bone age, RUS bones, as read (no age-band map)"),
+    "perbone_carpal": ("BA-CARPAL", "Bone age, carpal region, as read (no age-band map)"),
 }
 
 

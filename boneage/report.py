@@ -361,11 +361,14 @@ def bone_table_rows(result: BoneAgeResult) -> list[dict[str, Any]]:
 
 
 def rus_carpal_text(result: BoneAgeResult) -> str:
-    """The per-bone method's RUS and carpal ages side by side ("" when it gave neither)."""
+    """The per-bone method's RUS and carpal ages side by side ("" when it gave neither).
+
+    They are as read: unlike the method's film age, not through its age-band bias map.
+    """
     parts = [f"{label}: {estimate_text(est)}" for est, label in ((result.perbone_rus, "RUS bones"),
                                                                   (result.perbone_carpal, "carpal region"))
              if est.available]
-    return " · ".join(parts)
+    return " · ".join(parts) + " (as read, without the age-band map)" if parts else ""
 
 
 def _num(v, digits: int = 3):
