@@ -231,7 +231,7 @@ register(
         kind="classifier",
         folder=MODELS_DIR / "sex",
         weights_file="sex.pt",
-        version="sex-2",
+        version="sex-3",
         loader="boneage.sex:SexEstimator.load",
         description="sex read from the per-bone crops when a film comes without it (used only when >= 80% sure)",
     )

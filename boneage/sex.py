@@ -30,7 +30,7 @@ WEIGHTS_FILE = "sex.pt"
 ONNX_FILE = "sex.onnx"
 CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
-MODEL_VERSION = "sex-2"
+MODEL_VERSION = "sex-3"
 #: A predicted sex is used only when the network is at least this sure of it.
 CONFIDENT_PROBABILITY = 0.8
 #: Below this bone age (months, the per-bone method's sex-agnostic reading) the sex is not read:
