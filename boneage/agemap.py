@@ -69,6 +69,28 @@ class AgeMap:
         return cls(tuple(float(v) for v in data["estimates"]), tuple(float(v) for v in data["ages"]), int(data["degree"]))
 
 
+def read_interval(age_map: AgeMap | None, centre, half, age_range: tuple[float, float] = _RANGE):
+    """``(age, lower, upper)`` of ``centre +- half`` read through ``age_map`` (if any), then clipped.
+
+    Mapping before clipping keeps an estimate past the range from saturating (the map's ends
+    continue with slope 1). Every method reads its interval this way.
+    """
+    centre, half = np.asarray(centre, dtype=np.float64), np.asarray(half, dtype=np.float64)
+    values = (centre, centre - half, centre + half)
+    if age_map is not None:
+        values = tuple(age_map.apply(v) for v in values)
+    return tuple(np.clip(v, *age_range) for v in values)
+
+
+def expected_estimates(age_map: AgeMap | None, ages):
+    """What a method reads on average at ``ages``: ``f(ages)`` with a map, ``ages`` without.
+
+    Conformal factors of a mapped interval are fitted on ``|estimate - f(age)| / scale``: the
+    interval ``[f^-1(e - k s), f^-1(e + k s)]`` holds ``age`` exactly when that is at most ``k``.
+    """
+    return np.asarray(ages, dtype=np.float64) if age_map is None else age_map.expected_estimate(ages)
+
+
 #: Plain names of :func:`choose_age_map`'s candidates, for reports and model cards.
 CANDIDATE_NAMES = {"none": "no map", "degree_1": "a straight-line map", "degree_2": "a quadratic map"}
 
@@ -185,9 +207,8 @@ def choose_age_map(ages: np.ndarray, estimates: np.ndarray, degrees: tuple[int, 
             scores["none"].append(_score(ages[test], estimates[test]))
             for degree in degrees:
                 age_map = fit_age_map(ages[fit_half], estimates[fit_half], degree)
-                # A map that cannot be inverted on this half scores as no map would plus the margin.
-                mapped = age_map.apply(estimates[test]) if age_map is not None else estimates[test]
-                scores[f"degree_{degree}"].append(_score(ages[test], np.clip(mapped, *_RANGE)))
+                # A map that cannot be inverted on this half scores as no map would.
+                scores[f"degree_{degree}"].append(_score(ages[test], read_interval(age_map, estimates[test], 0.0)[0]))
     report: dict = {}
     for name in names:
         score, mae, worst = np.mean(scores[name], axis=0)

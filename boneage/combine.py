@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boneage.agemap import AgeMap, choose_age_map
+from boneage.agemap import AgeMap, choose_age_map, expected_estimates, read_interval
 
 #: The stacked methods, in the order of their weights.
 METHODS: tuple[str, ...] = ("multistep", "perbone", "direct")
@@ -112,7 +112,7 @@ def fit_stacking(ages: dict[str, np.ndarray], half_widths: dict[str, np.ndarray]
                 "age_map": age_map.to_dict() if age_map is not None else None,
                 "age_map_choice": age_map_choice,
                 "n": int(len(y)),
-                "oof_mae": round(float(np.abs((age_map.apply(pred) if age_map else pred) - y).mean()), 2),
+                "oof_mae": round(float(np.abs(read_interval(age_map, pred, 0.0)[0] - y).mean()), 2),
                 "oof_coverage": round(float(covered.mean()), 3),
                 "method_mae": {m: round(float(np.abs(a[:, j] - y).mean()), 2) for j, m in enumerate(subset)},
             }
@@ -124,8 +124,7 @@ def _interval_ratio(ages: np.ndarray, half_widths: np.ndarray, targets: np.ndarr
 
     Without a map that is ``|age - target| / h``; with one, ``|age - f(target)| / h``.
     """
-    expected = age_map.expected_estimate(targets) if age_map is not None else targets
-    return np.abs(ages - expected) / half_widths
+    return np.abs(ages - expected_estimates(age_map, targets)) / half_widths
 
 
 def _finite(estimate: tuple[float | None, float | None, float | None]) -> bool:
@@ -193,9 +192,5 @@ class Combiner:
         age = sum(w * estimates[m][0] for m, w in weights.items())
         half = sum(w * (estimates[m][2] - estimates[m][1]) / 2.0 for m, w in weights.items())
         half *= entry["factor"]
-        values = (age, age - half, age + half)
-        age_map = AgeMap.from_dict(entry.get("age_map"))
-        if age_map is not None:  # read back through the map, then clipped
-            values = tuple(age_map.apply(v) for v in values)
-        age, lower, upper = (float(np.clip(v, *AGE_RANGE_MONTHS)) for v in values)
-        return CombinedAge(age, lower, upper, dict(weights))
+        age, lower, upper = read_interval(AgeMap.from_dict(entry.get("age_map")), age, half, AGE_RANGE_MONTHS)
+        return CombinedAge(float(age), float(lower), float(upper), dict(weights))

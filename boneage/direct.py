@@ -105,17 +105,11 @@ def calibrated_interval(locations: np.ndarray, scales: np.ndarray, calibration: 
         calibration: the weights' calibration (conformal factors, optional ``age_map``).
         sex_known: whether the sex code was given (else the sex-agnostic mode ran).
     """
-    from boneage.agemap import AgeMap
+    from boneage.agemap import AgeMap, read_interval
 
     mode = "sex_known" if sex_known else "sex_unknown"
-    factor = calibration[f"factor_{mode}"]
     age_map = AgeMap.from_dict((calibration.get("age_map") or {}).get(mode))
-    if age_map is None:
-        return clipped_interval(locations, scales, factor)
-    # Mapped before clipping: the map's ends continue with slope 1, so nothing saturates.
-    locations, scales = np.asarray(locations, dtype=np.float64), np.asarray(scales, dtype=np.float64)
-    lo, hi = AGE_RANGE_MONTHS
-    return tuple(np.clip(age_map.apply(v), lo, hi) for v in (locations, locations - factor * scales, locations + factor * scales))
+    return read_interval(age_map, locations, calibration[f"factor_{mode}"] * np.asarray(scales), AGE_RANGE_MONTHS)
 
 
 def mix_by_sex(male: tuple[float, float, float], female: tuple[float, float, float],

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from boneage.agemap import AgeMap, choose_age_map
+from boneage.agemap import AgeMap, choose_age_map, expected_estimates, read_interval
 
 #: The age grid of every reference table (months).
 AGE_GRID = np.arange(0.0, 240.0 + 1e-9, 2.0)
@@ -512,9 +512,8 @@ class LookupBlend:
         w = float(weights[best])
         blend = np.clip(w * reg + (1 - w) * look, *AGE_RANGE)
         age_map, choice = choose_age_map(y, blend)
-        expected = age_map.expected_estimate(y) if age_map is not None else y
-        mapped = age_map.apply(blend) if age_map is not None else blend
-        return cls(w, conformal_half_width(np.abs(blend - expected)), float(np.mean(np.abs(mapped - y))),
+        mapped = read_interval(age_map, blend, 0.0, AGE_RANGE)[0]
+        return cls(w, conformal_half_width(np.abs(blend - expected_estimates(age_map, y))), float(np.mean(np.abs(mapped - y))),
                    float(np.mean(np.abs(reg - y))), float(np.mean(np.abs(look - y))),
                    age_map.to_dict() if age_map is not None else None, choice)
 
@@ -523,11 +522,7 @@ class LookupBlend:
         """``(age, lower, upper)`` from the two estimators' ages (months)."""
         age = np.clip(self.regression_weight * np.asarray(regression_age, dtype=float)
                       + (1 - self.regression_weight) * np.asarray(lookup_age, dtype=float), *AGE_RANGE)
-        values = (age, age - self.half_width_90, age + self.half_width_90)
-        age_map = AgeMap.from_dict(self.age_map)
-        if age_map is not None:  # read back through the map, then clipped
-            values = tuple(age_map.apply(v) for v in values)
-        return tuple(np.clip(v, *AGE_RANGE) for v in values)
+        return read_interval(AgeMap.from_dict(self.age_map), age, self.half_width_90, AGE_RANGE)
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON."""

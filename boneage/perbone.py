@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from boneage import anatomy
-from boneage.agemap import AgeMap
+from boneage.agemap import AgeMap, read_interval
 from boneage.direct import sex_to_code
 
 #: Crop size (rows, cols): rows run along the bone, epiphysis end at the top.
@@ -613,12 +613,9 @@ class PerBoneEstimator:
                 f"(needs {MIN_RUS_BONES})"), sex_used=sex if key == "sex_known" else None,
                 model_version=self.model_version)
         age, scale, kept = consensus(ages, scales, usable)
-        half = cal.get("film_factor", 1.645) * scale
-        age_map = AgeMap.from_dict(cal.get("age_map"))
-        if age_map is None:
-            c, lo, hi = _clip_interval(age, half)
-        else:  # the film's age read back through its age-band bias map (boneage.agemap), then clipped
-            c, lo, hi = (float(np.clip(age_map.apply(v), *AGE_RANGE_MONTHS)) for v in (age, age - half, age + half))
+        # The film's age read back through its age-band bias map (boneage.agemap), then clipped.
+        c, lo, hi = (float(v) for v in read_interval(AgeMap.from_dict(cal.get("age_map")), age,
+                                                      cal.get("film_factor", 1.645) * scale, AGE_RANGE_MONTHS))
         rus_usable = usable.copy()
         rus_usable[len(anatomy.RUS_BONES):] = False
         rus_age, rus_scale, _ = consensus(ages, scales, rus_usable)

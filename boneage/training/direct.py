@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boneage.agemap import CANDIDATE_NAMES, AgeMap, choose_age_map
+from boneage.agemap import CANDIDATE_NAMES, AgeMap, choose_age_map, expected_estimates
 from boneage.direct import (
     AGE_RANGE_MONTHS,
     CACHE_SIZE,
@@ -786,8 +786,7 @@ def train(config: TrainConfig, log=print) -> dict:
     log(f"age-band bias map: {json.dumps(age_map_choice)}")
 
     def expected(mode):
-        age_map = AgeMap.from_dict(age_maps[mode])
-        return age_map.expected_estimate(calib_ages) if age_map is not None else calib_ages
+        return expected_estimates(AgeMap.from_dict(age_maps[mode]), calib_ages)
 
     calibration = {
         "level": INTERVAL_LEVEL,

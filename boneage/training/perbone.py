@@ -491,7 +491,7 @@ def calibrate(ages: np.ndarray, scales: np.ndarray, targets: np.ndarray) -> dict
         map ``age_map`` (``None`` when none pays, :func:`boneage.agemap.choose_age_map`) and
         ``age_map_choice``. With a map the film factor is that of the mapped interval.
     """
-    from boneage.agemap import choose_age_map
+    from boneage.agemap import choose_age_map, expected_estimates
     from boneage.combine import conformal_factor as conformal
 
     film_age, film_scale, _ = film_consensus(ages, scales)
@@ -499,9 +499,8 @@ def calibrate(ages: np.ndarray, scales: np.ndarray, targets: np.ndarray) -> dict
     bone = np.abs(ages - targets[:, None]) / scales
     ok = np.isfinite(film_age)
     age_map, choice = choose_age_map(targets[ok], np.clip(film_age[ok], *AGE_RANGE_MONTHS))
-    expected = age_map.expected_estimate(targets) if age_map is not None else targets
     return {
-        "film_factor": conformal(np.abs(film_age - expected) / film_scale),
+        "film_factor": conformal(np.abs(film_age - expected_estimates(age_map, targets)) / film_scale),
         "rus_factor": conformal(np.abs(rus_age - targets) / rus_scale),
         "bone_factor": conformal(bone.ravel()),
         "age_map": age_map.to_dict() if age_map is not None else None,
@@ -511,17 +510,14 @@ def calibrate(ages: np.ndarray, scales: np.ndarray, targets: np.ndarray) -> dict
 
 def evaluate(ages: np.ndarray, scales: np.ndarray, targets: np.ndarray, sexes: np.ndarray, cal: dict) -> dict:
     """MAE, bias and 90% coverage of the consensus (and RUS, carpal, per region) on some films."""
-    from boneage.agemap import AgeMap
+    from boneage.agemap import AgeMap, read_interval
 
     film_age, film_scale, kept = film_consensus(ages, scales)
     rus_age, rus_scale, _ = film_consensus(ages, scales, rus_only=True)
     ok = np.isfinite(film_age)
-    # As PerBoneEstimator reports it: clipped interval, read through the age-band bias map.
-    lower, upper = (film_age + sign * cal["film_factor"] * film_scale for sign in (-1, 1))
-    age_map = AgeMap.from_dict(cal.get("age_map"))
-    if age_map is not None:
-        film_age, lower, upper = age_map.apply(film_age), age_map.apply(lower), age_map.apply(upper)
-    film_age, lower, upper = (np.clip(v, *AGE_RANGE_MONTHS) for v in (film_age, lower, upper))
+    # As PerBoneEstimator reports it: read through the age-band bias map, then clipped.
+    film_age, lower, upper = read_interval(AgeMap.from_dict(cal.get("age_map")), film_age,
+                                           cal["film_factor"] * film_scale, AGE_RANGE_MONTHS)
     err = film_age - targets
     groups = {"all": ok, "female": ok & (sexes == "F"), "male": ok & (sexes == "M"),
               "bone age < 6 y": ok & (targets < 72), "6-12 y": ok & (targets >= 72) & (targets <= 144),
