@@ -1,15 +1,15 @@
 """How real do the synthetic hands look to the shipped models and to a classifier (issue #22)?
 
 Usage:
-    .venv/bin/python benchmarks/bench_realism.py [--seed 20261204] [--n 40] [--sizes 512 768]
-        [--n-classifier 300] [--skip-classifier] [--n-features 48]
+    .venv/bin/python benchmarks/bench_realism.py [--seed 20261205] [--n 40] [--sizes 512 768]
+        [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60]
 
-Prints two measures of the gap between synthetic and real films (the third, side-by-side sheets of
+Prints measures of the gap between synthetic and real films (another, side-by-side sheets of
 synthetic hands and real films of the same sex and bone age, is ``scripts/synth_vs_real.py --out
 /tmp/synth_vs_real.png``, kept outside the repository):
 
 (a) **The shipped models on fresh synthetic hands**: ``--n`` hands of a seed no model or choice
-    used (default 20261204), at each of ``--sizes`` px, estimated with their sex through the whole
+    used (default 20261205), at each of ``--sizes`` px, estimated with their sex through the whole
     pipeline (``BoneAgeEstimator.estimate``); each method's MAE, overall and by bone-age band, and how
     often it gave an age. Also each built-in example case (``data/examples``): its truth, every
     method's reading and the spread between the methods.
@@ -23,6 +23,12 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     training-split films (the multi-step feature cache) and on ``--n-features`` synthetic hands of
     seed ``--seed + 1``: epiphysis / metaphysis width, epiphysis-metaphysis contact, carpal area
     share, by bone-age band. The synthesis's maturity shapes are calibrated on this table.
+(d) **Film look**: on ``--n-look`` real training-split films and as many synthetic hands (768 px, seed
+    ``--seed + 2``), cross-shaft grey-level profiles of three shafts found by the shipped segmenter,
+    after the percentile window: the soft tissue beside the shaft, the bone's cortex above it, the
+    medulla's share of that (centre / cortex, both above soft tissue) and the shaft's width / length,
+    by bone-age band. The synthesis's attenuations, soft-tissue thicknesses, medullary densities,
+    shaft slenderness and film processing are calibrated on this table.
 
 Research data are read in place from ``../shared``.
 """
@@ -174,14 +180,106 @@ def maturity_features(n: int, seed: int) -> None:
         print(f"  {name:<36}" + "".join(f"{c:>16}" for c in cells))
 
 
+#: Shafts profiled in (d) and the bone-age bands (months) of its table.
+LOOK_BONES = ("proximal_phalanx_3", "metacarpal_3", "radius")
+LOOK_BANDS = ((0, 72), (72, 144), (144, 240))
+#: Offsets across a shaft in units of its local half-width (0 = axis, +-1 = its edges).
+_ACROSS = np.linspace(-1.8, 1.8, 37)
+
+
+def shaft_profiles(pixels: np.ndarray, label_map: np.ndarray) -> dict[str, tuple[float, float, float, float]]:
+    """(d) for one film: ``(soft, cortex - soft, medulla share, width / length)`` of each shaft of :data:`LOOK_BONES`.
+
+    Args:
+        pixels: the film, windowed to [0, 1] (0.5-99.5 percentiles).
+        label_map: the segmenter's labels on the same grid.
+
+    Returns:
+        Per bone found: soft tissue at 1.3-1.6 half-widths from the axis; the cortex's peak
+        (0.6-1.0 half-widths) above it; the centre's (|offset| <= 0.2) height above soft tissue as a
+        share of the cortex's; mean width over the major-axis length. Profiles are averaged over seven
+        cuts across the middle 30% of the shaft.
+    """
+    from scipy import ndimage
+    from skimage.measure import regionprops
+
+    from boneage import anatomy
+
+    out = {}
+    for bone in LOOK_BONES:
+        mask = label_map == anatomy.shaft_label(bone)
+        if mask.sum() < 50:
+            continue
+        region = regionprops(mask.astype(np.uint8))[0]
+        axis = np.array([np.cos(region.orientation), np.sin(region.orientation)])  # (row, col)
+        across = np.array([-axis[1], axis[0]])
+        profiles, widths = [], []
+        for t in np.linspace(-0.15, 0.15, 7) * region.axis_major_length:
+            centre = np.array(region.centroid) + axis * t
+            steps = np.arange(-2 * region.axis_minor_length, 2 * region.axis_minor_length, 0.5)
+            inside = steps[ndimage.map_coordinates(mask.astype(np.float32), centre[:, None] + across[:, None] * steps, order=0) > 0.5]
+            if inside.size < 4:
+                continue
+            half, middle = (inside.max() - inside.min()) / 2, (inside.max() + inside.min()) / 2
+            widths.append(2 * half)
+            points = centre[:, None] + across[:, None] * (middle + _ACROSS * half)
+            profiles.append(ndimage.map_coordinates(pixels, points, order=1))
+        if not profiles:
+            continue
+        p = np.mean(profiles, axis=0)
+        soft = p[(np.abs(_ACROSS) >= 1.3) & (np.abs(_ACROSS) <= 1.6)].mean()
+        cortex = p[(np.abs(_ACROSS) >= 0.6) & (np.abs(_ACROSS) <= 1.0)].max()
+        medulla = p[np.abs(_ACROSS) <= 0.2].mean()
+        out[bone] = (float(soft), float(cortex - soft), float((medulla - soft) / max(cortex - soft, 1e-3)),
+                     float(np.mean(widths) / region.axis_major_length))
+    return out
+
+
+def film_look(n: int, seed: int) -> None:
+    """(d): shaft grey-level profiles and slenderness on real training-split films and ``n`` synthetic hands, by band."""
+    from tqdm import tqdm
+
+    from boneage import datasets, models
+    from boneage.io import load_radiograph
+    from boneage.preprocess import normalise_intensity
+    from boneage.synth import generate_hand
+
+    segmenter = models.load("segmenter")
+    dev = datasets.rsna_dev()
+    train = dev[dev["split"] == "train"].sample(n=min(n, int((dev["split"] == "train").sum())), random_state=seed)
+    rng = np.random.default_rng(seed)
+    films = [("real", path, float(age), None) for path, age in zip(train["path"], train["bone_age_months"])]
+    films += [("synthetic", None, float(rng.uniform(24, 216)), i) for i in range(len(train))]
+    rows = []
+    for kind, path, age, index in tqdm(films, desc="film look", unit="film", mininterval=10):
+        pixels = (load_radiograph(path).pixels if kind == "real" else
+                  generate_hand(seed, index, size=768, bone_age_months=age, sex="F" if index % 2 else "M").image)
+        windowed = normalise_intensity(np.asarray(pixels, dtype=np.float32))
+        for bone, values in shaft_profiles(windowed, segmenter.segment(pixels)).items():
+            rows.append((kind, bone, age, values))
+    names = ("soft tissue", "cortex - soft", "medulla share", "width / length")
+    print(f"\nfilm look, real training-split films / {len(train)} synthetic hands (768 px), mean by bone-age band "
+          "(grey levels after the 0.5-99.5% window):")
+    print(f"  {'shaft and measurement':<36}" + "".join(f"{f'{lo}-{hi} mo':>16}" for lo, hi in LOOK_BANDS))
+    for bone in LOOK_BONES:
+        for j, name in enumerate(names):
+            cells = []
+            for lo, hi in LOOK_BANDS:
+                means = [np.mean([v[j] for k, b, a, v in rows if k == kind and b == bone and lo <= a < hi] or [np.nan])
+                         for kind in ("real", "synthetic")]
+                cells.append(f"{means[0]:.2f} / {means[1]:.2f}")
+            print(f"  {f'{bone} {name}':<36}" + "".join(f"{c:>16}" for c in cells))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=20261204, help="synthetic seed no model or choice used")
+    parser.add_argument("--seed", type=int, default=20261205, help="synthetic seed no model or choice used")
     parser.add_argument("--n", type=int, default=40, help="synthetic hands per size for (a) (default 40)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 768], help="synthetic image sizes for (a)")
     parser.add_argument("--n-classifier", type=int, default=300, help="real films (and as many synthetic hands) for (b)")
     parser.add_argument("--skip-classifier", action="store_true", help="skip (b)")
     parser.add_argument("--n-features", type=int, default=48, help="synthetic hands measured for (c) (0: skip)")
+    parser.add_argument("--n-look", type=int, default=60, help="real films (and as many synthetic hands) for (d) (0: skip)")
     args = parser.parse_args(argv)
 
     from boneage import runtime
@@ -199,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.n_classifier} real training-split films, as many synthetic hands; 0.5 = indistinguishable)")
     if args.n_features:
         maturity_features(args.n_features, args.seed + 1)
+    if args.n_look:
+        film_look(args.n_look, args.seed + 2)
     print(f"\n({time.perf_counter() - start:.0f} s)")
     return 0
 

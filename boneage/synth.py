@@ -191,6 +191,7 @@ class _Part:
     cap_end: float
     density: float
     labelled: bool = True  # False: visible in the image but not in the label map (sesamoids)
+    trabecular_density: float = 1.0  # the medulla's density relative to ``density``
 
 
 def _unit(angle_deg: float) -> np.ndarray:
@@ -215,8 +216,31 @@ _EPIPHYSIS_WIDTH = {
     "metacarpal": (0.8, 0.45),
     "radius": (1.1, 0.6),
 }
+#: Film processing (issue #22): dynamic range compression (amount, low-pass scale in mm) and the mean
+#: unsharp-mask gain of edge enhancement, set against development films with the attenuations below.
+DRC_AMOUNT = 0.23
+DRC_SIGMA_MM = 12.5
+EDGE_ENHANCEMENT = 0.9
 #: Carpal size against the bone model's adult length.
 _CARPAL_SIZE = {"lunate": 0.8}
+#: All carpals against the bone model: real carpi are packed, their bones touching and overlapping in
+#: projection (issue #22: per-bone crops of the carpus compared with development films).
+_CARPAL_SCALE = 1.11
+#: Shaft width / length by bone kind relative to the bone model, at bone ages 45, 110 and 175 months:
+#: the segmenter's shafts on rsna-dev training films grow more slender with age (proximal phalanx 3:
+#: 0.22 -> 0.19 -> 0.175; metacarpal 3: 0.156 -> 0.124 -> 0.113), synthetic ones did not.
+_SLENDERNESS_AGES = (45.0, 110.0, 175.0)
+_SLENDERNESS = {
+    "proximal_phalanx": (1.11, 0.935, 0.845),
+    "middle_phalanx": (1.11, 0.935, 0.845),
+    "distal_phalanx": (1.11, 0.935, 0.845),
+    "metacarpal": (1.05, 0.84, 0.82),
+}
+#: Density of a shaft's medulla relative to its cortex's material, by bone kind: real metacarpals show
+#: a dark medullary canal between bright cortices (centre / edge contrast 0.4-0.55 on development
+#: films), phalanges and the radius a fuller one (0.75-0.8).
+_TRABECULAR_DENSITY = {"metacarpal": 0.58, "forearm": 0.97}
+_TRABECULAR_DENSITY_DEFAULT = 0.87
 
 
 def _shaft_profile(kind: str, base: float, head: float) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +292,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     mineral = 0.55 + 0.45 * min(ba / 180.0, 1.0)  # young bone is less mineralised (prior)
     # The radius and ulna are thick; real films show them only a little brighter than metacarpals
     # (film latitude), so their density is damped.
-    forearm_density = 0.7
+    forearm_density = 0.77
 
     def tempo_appear(age: float) -> float:
         sd = max(sm["appear_tempo_sd_min_months"], sm["appear_tempo_sd_fraction"] * age)
@@ -295,6 +319,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         cos_t = float(np.cos(np.deg2rad(tilt_deg)))
         a_len = a_true * cos_t  # projected
         width = p["width_ratio"] * a_true * float(np.exp(rng.normal(0, sm["width_noise_sd"])))
+        if kind in _SLENDERNESS:
+            width *= float(np.interp(ba, _SLENDERNESS_AGES, _SLENDERNESS[kind]))
         d = _unit(angle)
         zone = p["epiphysis_fraction"] * a_len
         end = anatomy.epiphysis_end(bone)
@@ -315,7 +341,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         shaft_len = a_len - zone
         cortex = np.interp(t_k, _CORTEX_T, _CORTEX_F) * (0.65 + 0.35 * min(ba / 150.0, 1.0))
         # The epiphyseal end of the shaft is flat (physis); the other end is a rounded joint surface.
-        flat = 0.12 * width
+        # As the physis closes, metaphysis and epiphysis meet flat: no notch is left at a fused physis.
+        flat = 0.12 * width * ((1 - phi) if ossified else 1.0)
         round_end = 0.45 * width * (p["head_ratio"] if end == "proximal" else p["base_ratio"])
         if kind == "forearm":
             round_end = 0.0
@@ -343,7 +370,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         density = mineral * (forearm_density if kind == "forearm" else 1.0)
         parts.append(
             _Part(bone, anatomy.shaft_label(bone), shaft_start, d, shaft_len, t_k, hw_k,
-                  cortex, cap_start, cap_end, density)
+                  cortex, cap_start, cap_end, density,
+                  trabecular_density=_TRABECULAR_DENSITY.get(kind, _TRABECULAR_DENSITY_DEFAULT))
         )
         if ossified:
             # Young centres are ovoid; mature epiphyses are flatter with squarer corners.
@@ -359,10 +387,24 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             if kind == "metacarpal" and end == "distal":
                 cap = e_len * 0.5  # the metacarpal head stays rounded
                 e_hw = np.array([e_width / 2, e_width / 2])
+            # The physis side flattens as it fuses; the joint side keeps its dome.
+            physis_cap = max(cap * (1 - phi), 1e-3)
+            caps = (max(cap, 1e-3), physis_cap) if end == "proximal" else (physis_cap, max(cap, 1e-3))
             parts.append(
                 _Part(bone, anatomy.epiphysis_label(bone), epi_start, d, e_len, e_t, e_hw,
-                      np.full(2, 0.12), max(cap, 1e-3), max(cap, 1e-3), density * 0.95)
+                      np.full(2, 0.12), caps[0], caps[1], density * 0.95)
             )
+            scar = min(1.0, max(phi - 0.5, 0.0) * 2) * float(np.exp(-max(ba - f1, 0.0) / 36.0))
+            if scar > 0.05:
+                # A closing physis leaves a thin sclerotic line that fades over the years after
+                # fusion (the epiphyseal scar): visible, not labelled.
+                physis = shaft_start if end == "proximal" else start + d * shaft_len
+                scar_len = max(0.5, 0.04 * width)
+                parts.append(
+                    _Part(bone, anatomy.shaft_label(bone), physis - d * scar_len / 2, d, scar_len,
+                          np.array([0.0, 1.0]), np.full(2, meta_w / 2 * 0.97), np.full(2, 0.3),
+                          0.0, 0.0, density * 0.8 * scar, labelled=False)
+                )
             if kind == "forearm" and m > 0.3:
                 # Styloid processes grow out of the maturing epiphyses (radial: the wedge's tall
                 # side; ulnar: a spike on the ulnar side). Same label as the epiphysis.
@@ -412,7 +454,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         # hold most of their adult share of the hand) and fill their cartilage anlage by ~12 y.
         mature_at = max(144.0, appear + 48.0)
         s = float(np.clip((ba - appear) / (mature_at - appear), 0, 1))
-        size_frac = 0.96 * (0.2 + 0.8 * s**0.3) * _CARPAL_SIZE.get(bone, 1.0)
+        size_frac = 0.96 * (0.2 + 0.8 * s**0.3) * _CARPAL_SIZE.get(bone, 1.0) * _CARPAL_SCALE
         length = p["adult_length_mm"] * scale * size_frac * float(np.exp(rng.normal(0, sm["bone_length_noise_sd"])))
         aspect = 1 - (1 - p["width_ratio"]) * s**0.5
         width = length * aspect * float(np.exp(rng.normal(0, 0.04)))
@@ -500,12 +542,14 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     mc2_base = np.array([mc2["x_mm"], mc2["y_mm"]]) * scale
     thumb = np.array(thumb_pts + [mc2_base, mc2_base + _unit(mc2["angle_deg"]) * 18 * scale,
                                   np.array([x_r - 6 * scale, 30 * scale])])
-    thick_palm = 30.0 * scale
+    # Thicknesses set so that finger, palm and forearm soft tissue are as bright against each other
+    # and against the bones as on development films (issue #22, benchmarks/bench_realism.py).
+    thick_palm = 51.0 * scale
     soft.append((hull, thick_palm))
-    soft.append((forearm, thick_palm * 1.1))
+    soft.append((forearm, thick_palm * 1.64))
     soft.append((thumb[ConvexHull(thumb).vertices], 22.0 * scale))
     for p0, p1, r in finger_points:
-        soft.append((np.stack([p0, p1]), -r))  # negative thickness: a finger cylinder of radius r
+        soft.append((np.stack([p0, p1]), -0.88 * r))  # negative thickness: a finger cylinder of radius r
     return _Hand(parts, lengths, full, states, soft)
 
 
@@ -614,6 +658,7 @@ def generate_hand(
         shape = ShapePx(part.label, start, d, part.length / spacing, part.t_knots,
                         part.halfwidth_knots / spacing, part.cortex_knots,
                         part.cap_start / spacing, part.cap_end / spacing, part.density,
+                        trabecular_density=part.trabecular_density,
                         texture_amp=trab_amp, texture_offset=tuple(int(x) for x in rng.integers(1 << 12, 1 << 16, 2)),
                         texture_px=texture_px)
         px = paint_shape(canvas, shape, paint_label=part.labelled)
@@ -645,15 +690,17 @@ def generate_hand(
     # --- X-ray physics and film -----------------------------------------------------------------
     tex = texture(rows, cols, rng)
     grain_amp = rng.uniform(0.03, 0.08)  # fine isotropic grain on top of the oriented struts
-    mu_soft = rng.uniform(0.0055, 0.01)
-    mu_cort = rng.uniform(0.075, 0.1)
-    mu_trab = rng.uniform(0.016, 0.026)
+    # Attenuations (per mm) set against development films: there soft tissue is almost as bright as
+    # thin bone, and a bone adds about as much brightness as its own soft tissue has (issue #22).
+    mu_soft = rng.uniform(0.0099, 0.018)
+    mu_cort = rng.uniform(0.0465, 0.062)
+    mu_trab = rng.uniform(0.0099, 0.0161)
     att = (
         mu_soft * tissue
         + mu_cort * canvas.cortical * spacing
         + mu_trab * canvas.trabecular * spacing * (1 + grain_amp * tex)
     )
-    signal = 1 - np.exp(-1.2 * att)
+    signal = 1 - np.exp(-0.88 * att)
     # Heel effect and uneven exposure: a gentle gradient of the background.
     gy, gx = np.linspace(-1, 1, rows, dtype=np.float32)[:, None], np.linspace(-1, 1, cols, dtype=np.float32)[None, :]
     bg_level = rng.uniform(0.0, 0.1) if rng.random() < 0.75 else rng.uniform(0.1, 0.3)
@@ -661,15 +708,22 @@ def generate_hand(
     # Exposure/window relative to the brightest bone, as a technologist or auto-window would set it.
     bone_signal = signal[::3, ::3][canvas.cortical[::3, ::3] > 0]
     hi = float(np.percentile(bone_signal, 98)) if bone_signal.size else 0.6
-    ref = hi * rng.uniform(0.95, 1.35)
+    ref = hi * rng.uniform(1.0, 1.1)
     gamma = rng.uniform(0.7, 1.35)
-    # Film-like shoulder: bright bone compresses smoothly instead of clipping, so the medulla
-    # stays visibly darker than the cortex even on over-exposed films.
     x = signal / np.float32(ref)
-    x = np.where(x < 0.8, x, 0.8 + 0.2 * np.tanh((x - 0.8) / 0.2))
     img = bg + (1 - bg) * np.clip(x, 0, 1) ** gamma
     blur = rng.uniform(0.3, 1.0)
     img = smooth(img.astype(np.float32), blur)
+    # Processing as on computed-radiography films: dynamic range compression inside the anatomy
+    # (large-scale contrast flattened; direct exposure stays dark), then edge enhancement.
+    body = tissue > 0.5
+    if body.any():
+        sigma = DRC_SIGMA_MM / spacing
+        low = smooth(img, sigma)
+        weight = smooth(body.astype(np.float32), sigma / 2)
+        img = img - DRC_AMOUNT * rng.uniform(0.7, 1.3) * (low - float(img[body].mean())) * weight
+    amount = EDGE_ENHANCEMENT * rng.uniform(0.5, 1.5)
+    img = img + amount * (img - smooth(img, rng.uniform(1.0, 3.0)))
     noise_sd = rng.uniform(0.004, 0.025)
     img = img + rng.standard_normal((rows, cols), dtype=np.float32) * noise_sd * (0.5 + img)
 

@@ -39,6 +39,7 @@ class ShapePx:
     texture_amp: float = 0.0  # trabecular texture, oriented along the bone axis
     texture_offset: tuple[int, int] = (0, 0)
     texture_px: float = 1.0  # image pixels per texture pixel (keeps the texture's size in mm)
+    trabecular_density: float = 1.0  # the medulla's density relative to ``density``
 
 
 @dataclass
@@ -114,7 +115,7 @@ def paint_shape(canvas: Canvas, shape: ShapePx, paint_label: bool = True) -> tup
         ti = (u / np.float32(shape.texture_px)).astype(np.int32) + shape.texture_offset[0]
         tj = (v / np.float32(shape.texture_px)).astype(np.int32) + shape.texture_offset[1]
         inner = inner * (1 + np.float32(shape.texture_amp) * bank[ti % tile, tj % tile])
-    canvas.trabecular[r0:r1, c0:c1] += inner * np.float32(shape.density)
+    canvas.trabecular[r0:r1, c0:c1] += inner * np.float32(shape.density * shape.trabecular_density)
     inside = v2 < hw * hw
     rr, cc = np.nonzero(inside)
     if rr.size == 0:

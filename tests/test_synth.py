@@ -263,3 +263,60 @@ def test_ossification_states_match_the_label_map() -> None:
             state = hand.ossification[carpal]
             assert (state != "absent") == (anatomy.shaft_label(carpal) in present), (i, carpal, state)
             assert (state != "absent") == (carpal in hand.lengths_mm)
+
+
+# --- calibration on real development films (issue #22) ------------------------------------------
+def _shaft_width_over_length(label_map: np.ndarray, bone: str) -> float:
+    from skimage.measure import regionprops
+
+    region = regionprops((label_map == anatomy.shaft_label(bone)).astype(np.uint8))[0]
+    return region.axis_minor_length / region.axis_major_length
+
+
+def test_shafts_grow_more_slender_with_age() -> None:
+    # Real shafts (segmenter on development films) go from width/length 0.22 to 0.175 (proximal
+    # phalanx 3) and 0.156 to 0.113 (metacarpal 3) between 4 and 15 years.
+    for bone in ("proximal_phalanx_3", "metacarpal_3"):
+        young = np.mean([_shaft_width_over_length(generate_hand(5, i, size=512, bone_age_months=45.0, sex="M").label_map, bone)
+                         for i in range(4)])
+        old = np.mean([_shaft_width_over_length(generate_hand(5, i, size=512, bone_age_months=175.0, sex="M").label_map, bone)
+                       for i in range(4)])
+        assert old < 0.85 * young, (bone, young, old)
+
+
+def _tubular_parts(ba: float, sex: str = "M"):
+    from boneage.synth import _build_hand
+
+    hand = _build_hand(np.random.default_rng(3), ba, sex)
+    return hand, {(p.bone, p.label, p.labelled): p for p in hand.parts}
+
+
+def test_a_fused_physis_is_flat_and_leaves_a_scar_line() -> None:
+    hand, parts = _tubular_parts(216.0)
+    bone = "proximal_phalanx_3"  # epiphysis at its proximal end
+    assert hand.ossification[anatomy.structure(anatomy.epiphysis_label(bone)).name] == "fused"
+    shaft = parts[(bone, anatomy.shaft_label(bone), True)]
+    epiphysis = parts[(bone, anatomy.epiphysis_label(bone), True)]
+    # Flat faces meeting with no gap: no dark notch where the physis was.
+    assert shaft.cap_start == 0.0 and epiphysis.cap_end <= 1e-3
+    assert np.allclose(epiphysis.start + epiphysis.direction * epiphysis.length, shaft.start, atol=1e-6)
+    scar = parts.get((bone, anatomy.shaft_label(bone), False))
+    assert scar is not None and scar.length < 1.0  # a thin line, drawn but not labelled
+
+
+def test_an_open_physis_keeps_its_gap_and_rounded_faces() -> None:
+    hand, parts = _tubular_parts(90.0)
+    bone = "proximal_phalanx_3"
+    assert hand.ossification[anatomy.structure(anatomy.epiphysis_label(bone)).name] in ("growing", "capped")
+    shaft = parts[(bone, anatomy.shaft_label(bone), True)]
+    epiphysis = parts[(bone, anatomy.epiphysis_label(bone), True)]
+    gap = float(np.linalg.norm(shaft.start - (epiphysis.start + epiphysis.direction * epiphysis.length)))
+    assert gap > 0.2 and shaft.cap_start > 0 and epiphysis.cap_end > 0.1
+    assert (bone, anatomy.shaft_label(bone), False) not in parts  # no scar before fusion
+
+
+def test_metacarpals_have_a_darker_medulla_than_phalanges() -> None:
+    _, parts = _tubular_parts(150.0)
+    mc = parts[("metacarpal_3", anatomy.shaft_label("metacarpal_3"), True)]
+    ph = parts[("proximal_phalanx_3", anatomy.shaft_label("proximal_phalanx_3"), True)]
+    assert mc.trabecular_density < ph.trabecular_density <= 1.0
