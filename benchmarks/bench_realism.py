@@ -1,7 +1,7 @@
 """How real do the synthetic hands look to the shipped models and to a classifier (issue #22)?
 
 Usage:
-    .venv/bin/python benchmarks/bench_realism.py [--seed 20261205] [--n 40] [--sizes 512 768]
+    .venv/bin/python benchmarks/bench_realism.py [--seed 20261210] [--n 40] [--sizes 512 768]
         [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60]
 
 Prints measures of the gap between synthetic and real films (another, side-by-side sheets of
@@ -9,7 +9,7 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
 /tmp/synth_vs_real.png``, kept outside the repository):
 
 (a) **The shipped models on fresh synthetic hands**: ``--n`` hands of a seed no model or choice
-    used (default 20261205), at each of ``--sizes`` px, estimated with their sex through the whole
+    used (default 20261210), at each of ``--sizes`` px, estimated with their sex through the whole
     pipeline (``BoneAgeEstimator.estimate``); each method's MAE, overall and by bone-age band, and how
     often it gave an age. Also each built-in example case (``data/examples``): its truth, every
     method's reading and the spread between the methods.
@@ -23,12 +23,13 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     training-split films (the multi-step feature cache) and on ``--n-features`` synthetic hands of
     seed ``--seed + 1``: epiphysis / metaphysis width, epiphysis-metaphysis contact, carpal area
     share, by bone-age band. The synthesis's maturity shapes are calibrated on this table.
-(d) **Film look**: on ``--n-look`` real training-split films and as many synthetic hands (768 px, seed
-    ``--seed + 2``), cross-shaft grey-level profiles of three shafts found by the shipped segmenter,
+(d) **Film look**: on ``--n-look`` real training-split films and as many synthetic hands of the same
+    bone ages (768 px, seed ``--seed + 2``), cross-shaft grey-level profiles of three shafts found by the shipped segmenter,
     after the percentile window: the soft tissue beside the shaft, the bone's cortex above it, the
     medulla's share of that (centre / cortex, both above soft tissue) and the shaft's width / length,
-    by bone-age band. The synthesis's attenuations, soft-tissue thicknesses, medullary densities,
-    shaft slenderness and film processing are calibrated on this table.
+    by bone-age band (the radius leaves the film, so its width / length is not shown). The synthesis's
+    attenuations, soft-tissue thicknesses, medullary densities, shaft slenderness and film processing
+    were set with these measurements and the bone crops' grey levels, on hands of other seeds.
 
 Research data are read in place from ``../shared``.
 """
@@ -247,9 +248,9 @@ def film_look(n: int, seed: int) -> None:
     segmenter = models.load("segmenter")
     dev = datasets.rsna_dev()
     train = dev[dev["split"] == "train"].sample(n=min(n, int((dev["split"] == "train").sum())), random_state=seed)
-    rng = np.random.default_rng(seed)
     films = [("real", path, float(age), None) for path, age in zip(train["path"], train["bone_age_months"])]
-    films += [("synthetic", None, float(rng.uniform(24, 216)), i) for i in range(len(train))]
+    # Synthetic hands of the real films' bone ages, so that each band compares like with like.
+    films += [("synthetic", None, float(np.clip(age, 12, 228)), i) for i, age in enumerate(train["bone_age_months"])]
     rows = []
     for kind, path, age, index in tqdm(films, desc="film look", unit="film", mininterval=10):
         pixels = (load_radiograph(path).pixels if kind == "real" else
@@ -263,6 +264,8 @@ def film_look(n: int, seed: int) -> None:
     print(f"  {'shaft and measurement':<36}" + "".join(f"{f'{lo}-{hi} mo':>16}" for lo, hi in LOOK_BANDS))
     for bone in LOOK_BONES:
         for j, name in enumerate(names):
+            if bone == "radius" and name == "width / length":
+                continue  # the radius runs off the film: its visible length is the framing's
             cells = []
             for lo, hi in LOOK_BANDS:
                 means = [np.mean([v[j] for k, b, a, v in rows if k == kind and b == bone and lo <= a < hi] or [np.nan])
@@ -273,7 +276,7 @@ def film_look(n: int, seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=20261205, help="synthetic seed no model or choice used")
+    parser.add_argument("--seed", type=int, default=20261210, help="synthetic seed no model or choice used")
     parser.add_argument("--n", type=int, default=40, help="synthetic hands per size for (a) (default 40)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 768], help="synthetic image sizes for (a)")
     parser.add_argument("--n-classifier", type=int, default=300, help="real films (and as many synthetic hands) for (b)")

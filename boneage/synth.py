@@ -218,9 +218,9 @@ _EPIPHYSIS_WIDTH = {
 }
 #: Film processing (issue #22): dynamic range compression (amount, low-pass scale in mm) and the mean
 #: unsharp-mask gain of edge enhancement, set against development films with the attenuations below.
-DRC_AMOUNT = 0.23
-DRC_SIGMA_MM = 12.5
-EDGE_ENHANCEMENT = 0.9
+_DRC_AMOUNT = 0.23
+_DRC_SIGMA_MM = 12.5
+_EDGE_ENHANCEMENT = 0.9
 #: Carpal size against the bone model's adult length.
 _CARPAL_SIZE = {"lunate": 0.8}
 #: All carpals against the bone model: real carpi are packed, their bones touching and overlapping in
@@ -342,7 +342,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         cortex = np.interp(t_k, _CORTEX_T, _CORTEX_F) * (0.65 + 0.35 * min(ba / 150.0, 1.0))
         # The epiphyseal end of the shaft is flat (physis); the other end is a rounded joint surface.
         # As the physis closes, metaphysis and epiphysis meet flat: no notch is left at a fused physis.
-        flat = 0.12 * width * ((1 - phi) if ossified else 1.0)
+        flat = 0.12 * width * (1 - phi)  # phi is 0 until the epiphysis has ossified
         round_end = 0.45 * width * (p["head_ratio"] if end == "proximal" else p["base_ratio"])
         if kind == "forearm":
             round_end = 0.0
@@ -396,14 +396,16 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             )
             scar = min(1.0, max(phi - 0.5, 0.0) * 2) * float(np.exp(-max(ba - f1, 0.0) / 36.0))
             if scar > 0.05:
-                # A closing physis leaves a thin sclerotic line that fades over the years after
-                # fusion (the epiphyseal scar): visible, not labelled.
+                # A closing physis leaves a thin sclerotic line (the epiphyseal scar), drawn from
+                # half-way through fusion and fading with an e-folding time of 3 years after it:
+                # visible, not labelled. 1 mm long (at least ~1.5 px at 512 px) and half as dense as a
+                # 0.5 mm line would be, so that small images do not lose or double it.
                 physis = shaft_start if end == "proximal" else start + d * shaft_len
-                scar_len = max(0.5, 0.04 * width)
+                scar_len = max(1.0, 0.04 * width)
                 parts.append(
-                    _Part(bone, anatomy.shaft_label(bone), physis - d * scar_len / 2, d, scar_len,
+                    _Part(bone, 0, physis - d * scar_len / 2, d, scar_len,
                           np.array([0.0, 1.0]), np.full(2, meta_w / 2 * 0.97), np.full(2, 0.3),
-                          0.0, 0.0, density * 0.8 * scar, labelled=False)
+                          0.0, 0.0, density * 0.4 * scar, labelled=False)
                 )
             if kind == "forearm" and m > 0.3:
                 # Styloid processes grow out of the maturing epiphyses (radial: the wedge's tall
@@ -549,7 +551,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     soft.append((forearm, thick_palm * 1.64))
     soft.append((thumb[ConvexHull(thumb).vertices], 22.0 * scale))
     for p0, p1, r in finger_points:
-        soft.append((np.stack([p0, p1]), -0.88 * r))  # negative thickness: a finger cylinder of radius r
+        soft.append((np.stack([p0, p1]), -0.88 * r))  # negative thickness: a finger cylinder of radius 0.88 r
     return _Hand(parts, lengths, full, states, soft)
 
 
@@ -662,7 +664,7 @@ def generate_hand(
                         texture_amp=trab_amp, texture_offset=tuple(int(x) for x in rng.integers(1 << 12, 1 << 16, 2)),
                         texture_px=texture_px)
         px = paint_shape(canvas, shape, paint_label=part.labelled)
-        if part.bone in anatomy.FOREARM and px is not None:
+        if part.bone in anatomy.FOREARM and part.labelled and px is not None:
             visible.setdefault(part.bone, []).append(np.stack(px, 1))
             forearm_axes[part.bone] = (start, d)
     lengths = dict(hand.lengths_mm)
@@ -718,11 +720,11 @@ def generate_hand(
     # (large-scale contrast flattened; direct exposure stays dark), then edge enhancement.
     body = tissue > 0.5
     if body.any():
-        sigma = DRC_SIGMA_MM / spacing
+        sigma = _DRC_SIGMA_MM / spacing
         low = smooth(img, sigma)
         weight = smooth(body.astype(np.float32), sigma / 2)
-        img = img - DRC_AMOUNT * rng.uniform(0.7, 1.3) * (low - float(img[body].mean())) * weight
-    amount = EDGE_ENHANCEMENT * rng.uniform(0.5, 1.5)
+        img = img - _DRC_AMOUNT * rng.uniform(0.7, 1.3) * (low - float(img[body].mean())) * weight
+    amount = _EDGE_ENHANCEMENT * rng.uniform(0.5, 1.5)  # kernel in pixels, as the scanner's processing
     img = img + amount * (img - smooth(img, rng.uniform(1.0, 3.0)))
     noise_sd = rng.uniform(0.004, 0.025)
     img = img + rng.standard_normal((rows, cols), dtype=np.float32) * noise_sd * (0.5 + img)

@@ -3,7 +3,7 @@
 Everything works directly at the target resolution on small bounding boxes with vectorised numpy, so
 one 512-px hand renders in a few tens of milliseconds on one core. Geometry arrives in pixels; the
 physical model (path lengths through cortex, trabecular bone and soft tissue, in mm) is turned into
-a film-like image by :func:`form_image`.
+a film-like image by :func:`boneage.synth.generate_hand`.
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ def paint_shape(canvas: Canvas, shape: ShapePx, paint_label: bool = True) -> tup
 
     The part is modelled as a tube (a solid of revolution about its axis), so the path length of a
     ray at lateral offset ``v`` is the chord ``2 sqrt(R^2 - v^2)``; the medullary cavity of radius
-    ``R (1 - cortex)`` is subtracted from the cortical path and counted as trabecular bone. That
-    is what makes the cortex bright at the edges of a shaft, as on real films.
+    ``R (1 - cortex)`` is subtracted from the cortical path and counted as trabecular bone, weighted by
+    ``shape.trabecular_density`` (an emptier medulla below 1). That is what makes the cortex bright at
+    the edges of a shaft, as on real films.
 
     Args:
         canvas: accumulators, modified in place.

@@ -281,27 +281,35 @@ def test_shafts_grow_more_slender_with_age() -> None:
                          for i in range(4)])
         old = np.mean([_shaft_width_over_length(generate_hand(5, i, size=512, bone_age_months=175.0, sex="M").label_map, bone)
                        for i in range(4)])
-        assert old < 0.85 * young, (bone, young, old)
+        assert old < 0.9 * young, (bone, young, old)  # 0.82 and 0.75 with the shipped table
 
 
-def _tubular_parts(ba: float, sex: str = "M"):
+def _tubular_parts(ba: float, sex: str = "M") -> tuple:
+    """A hand's geometry and its parts keyed by ``(bone, label, labelled)``."""
     from boneage.synth import _build_hand
 
     hand = _build_hand(np.random.default_rng(3), ba, sex)
     return hand, {(p.bone, p.label, p.labelled): p for p in hand.parts}
 
 
-def test_a_fused_physis_is_flat_and_leaves_a_scar_line() -> None:
+@pytest.mark.parametrize("bone", ["proximal_phalanx_3", "metacarpal_3"])  # epiphysis proximal / distal
+def test_a_fused_physis_is_flat_and_leaves_a_scar_line(bone: str) -> None:
     hand, parts = _tubular_parts(216.0)
-    bone = "proximal_phalanx_3"  # epiphysis at its proximal end
     assert hand.ossification[anatomy.structure(anatomy.epiphysis_label(bone)).name] == "fused"
     shaft = parts[(bone, anatomy.shaft_label(bone), True)]
     epiphysis = parts[(bone, anatomy.epiphysis_label(bone), True)]
     # Flat faces meeting with no gap: no dark notch where the physis was.
-    assert shaft.cap_start == 0.0 and epiphysis.cap_end <= 1e-3
-    assert np.allclose(epiphysis.start + epiphysis.direction * epiphysis.length, shaft.start, atol=1e-6)
-    scar = parts.get((bone, anatomy.shaft_label(bone), False))
-    assert scar is not None and scar.length < 1.0  # a thin line, drawn but not labelled
+    if anatomy.epiphysis_end(bone) == "proximal":
+        physis = shaft.start
+        assert shaft.cap_start == 0.0 and epiphysis.cap_end <= 1e-3 and epiphysis.cap_start > 0.1
+        assert np.allclose(epiphysis.start + epiphysis.direction * epiphysis.length, physis, atol=1e-6)
+    else:
+        physis = shaft.start + shaft.direction * shaft.length
+        assert shaft.cap_end == 0.0 and epiphysis.cap_start <= 1e-3 and epiphysis.cap_end > 0.1
+        assert np.allclose(epiphysis.start, physis, atol=1e-6)
+    scar = parts.get((bone, 0, False))
+    assert scar is not None and scar.length <= 1.5  # a thin line, drawn but not labelled
+    assert np.allclose(scar.start + scar.direction * scar.length / 2, physis, atol=1e-6)
 
 
 def test_an_open_physis_keeps_its_gap_and_rounded_faces() -> None:
@@ -312,11 +320,30 @@ def test_an_open_physis_keeps_its_gap_and_rounded_faces() -> None:
     epiphysis = parts[(bone, anatomy.epiphysis_label(bone), True)]
     gap = float(np.linalg.norm(shaft.start - (epiphysis.start + epiphysis.direction * epiphysis.length)))
     assert gap > 0.2 and shaft.cap_start > 0 and epiphysis.cap_end > 0.1
-    assert (bone, anatomy.shaft_label(bone), False) not in parts  # no scar before fusion
+    assert (bone, 0, False) not in parts  # no scar before fusion
 
 
 def test_metacarpals_have_a_darker_medulla_than_phalanges() -> None:
-    _, parts = _tubular_parts(150.0)
-    mc = parts[("metacarpal_3", anatomy.shaft_label("metacarpal_3"), True)]
-    ph = parts[("proximal_phalanx_3", anatomy.shaft_label("proximal_phalanx_3"), True)]
-    assert mc.trabecular_density < ph.trabecular_density <= 1.0
+    # Rendered: the metacarpal's centre keeps less of its cortex's brightness above the soft tissue
+    # than the phalanx's (real films: medulla share 0.44-0.50 against 0.77-0.79).
+    from scipy import ndimage
+    from skimage.measure import regionprops
+
+    def medulla_share(image: np.ndarray, labels: np.ndarray, bone: str) -> float:
+        region = regionprops((labels == anatomy.shaft_label(bone)).astype(np.uint8))[0]
+        axis = np.array([np.cos(region.orientation), np.sin(region.orientation)])
+        across = np.array([-axis[1], axis[0]])
+        half = region.axis_minor_length / 2 / 1.15  # the second-moment axis of a bar is 1.15x its width
+        offsets = np.linspace(-1.5, 1.5, 31)
+        points = np.array(region.centroid)[:, None] + across[:, None] * offsets * half
+        p = ndimage.map_coordinates(image, points, order=1)
+        soft, cortex = p[np.abs(offsets) >= 1.3].mean(), p[(np.abs(offsets) >= 0.5) & (np.abs(offsets) <= 1.0)].max()
+        return float((p[np.abs(offsets) <= 0.2].mean() - soft) / (cortex - soft))
+
+    shares = {"metacarpal_3": [], "proximal_phalanx_3": []}
+    for i in range(4):
+        hand = generate_hand(9, i, size=768, bone_age_months=150.0, sex="F")
+        for bone in shares:
+            shares[bone].append(medulla_share(hand.image, hand.label_map, bone))
+    # 0.60 against 0.73 as shipped; a phalanx-like metacarpal medulla (0.87) gives 0.65.
+    assert np.median(shares["metacarpal_3"]) < np.median(shares["proximal_phalanx_3"]) - 0.1, shares
