@@ -24,9 +24,11 @@ def test_pool_workers_ignore_ctrl_c(tmp_path):
     the main process end them."""
     script = tmp_path / "pool.py"
     script.write_text(
-        "import sys, time\n"
+        "import signal, sys, time\n"
         "from boneage import engines\n"
         "if __name__ == '__main__':\n"
+        # As launched from a terminal: a background job (nohup ... &) inherits SIGINT ignored.
+        "    signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "    try:\n"
         "        with engines.start_pool(2, time.sleep, (0,)) as pool:\n"
         "            results = pool.imap_unordered(time.sleep, [60, 60])\n"
