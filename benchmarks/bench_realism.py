@@ -184,64 +184,17 @@ def maturity_features(n: int, seed: int) -> None:
 #: Shafts profiled in (d) and the bone-age bands (months) of its table.
 LOOK_BONES = ("proximal_phalanx_3", "metacarpal_3", "radius")
 LOOK_BANDS = ((0, 72), (72, 144), (144, 240))
-#: Offsets across a shaft in units of its local half-width (0 = axis, +-1 = its edges).
-_ACROSS = np.linspace(-1.8, 1.8, 37)
-
-
-def shaft_profiles(pixels: np.ndarray, label_map: np.ndarray) -> dict[str, tuple[float, float, float, float]]:
-    """(d) for one film: ``(soft, cortex - soft, medulla share, width / length)`` of each shaft of :data:`LOOK_BONES`.
-
-    Args:
-        pixels: the film, windowed to [0, 1] (0.5-99.5 percentiles).
-        label_map: the segmenter's labels on the same grid.
-
-    Returns:
-        Per bone found: soft tissue at 1.3-1.6 half-widths from the axis; the cortex's peak
-        (0.6-1.0 half-widths) above it; the centre's (|offset| <= 0.2) height above soft tissue as a
-        share of the cortex's; mean width over the major-axis length. Profiles are averaged over seven
-        cuts across the middle 30% of the shaft.
-    """
-    from scipy import ndimage
-    from skimage.measure import regionprops
-
-    from boneage import anatomy
-
-    out = {}
-    for bone in LOOK_BONES:
-        mask = label_map == anatomy.shaft_label(bone)
-        if mask.sum() < 50:
-            continue
-        region = regionprops(mask.astype(np.uint8))[0]
-        axis = np.array([np.cos(region.orientation), np.sin(region.orientation)])  # (row, col)
-        across = np.array([-axis[1], axis[0]])
-        profiles, widths = [], []
-        for t in np.linspace(-0.15, 0.15, 7) * region.axis_major_length:
-            centre = np.array(region.centroid) + axis * t
-            steps = np.arange(-2 * region.axis_minor_length, 2 * region.axis_minor_length, 0.5)
-            inside = steps[ndimage.map_coordinates(mask.astype(np.float32), centre[:, None] + across[:, None] * steps, order=0) > 0.5]
-            if inside.size < 4:
-                continue
-            half, middle = (inside.max() - inside.min()) / 2, (inside.max() + inside.min()) / 2
-            widths.append(2 * half)
-            points = centre[:, None] + across[:, None] * (middle + _ACROSS * half)
-            profiles.append(ndimage.map_coordinates(pixels, points, order=1))
-        if not profiles:
-            continue
-        p = np.mean(profiles, axis=0)
-        soft = p[(np.abs(_ACROSS) >= 1.3) & (np.abs(_ACROSS) <= 1.6)].mean()
-        cortex = p[(np.abs(_ACROSS) >= 0.6) & (np.abs(_ACROSS) <= 1.0)].max()
-        medulla = p[np.abs(_ACROSS) <= 0.2].mean()
-        out[bone] = (float(soft), float(cortex - soft), float((medulla - soft) / max(cortex - soft, 1e-3)),
-                     float(np.mean(widths) / region.axis_major_length))
-    return out
 
 
 def film_look(n: int, seed: int) -> None:
     """(d): shaft grey-level profiles and slenderness on real training-split films and ``n`` synthetic hands, by band."""
     from tqdm import tqdm
 
+    from dataclasses import astuple
+
     from boneage import datasets, models
     from boneage.io import load_radiograph
+    from boneage.measure import shaft_profile
     from boneage.preprocess import normalise_intensity
     from boneage.synth import generate_hand
 
@@ -256,9 +209,12 @@ def film_look(n: int, seed: int) -> None:
         pixels = (load_radiograph(path).pixels if kind == "real" else
                   generate_hand(seed, index, size=768, bone_age_months=age, sex="F" if index % 2 else "M").image)
         windowed = normalise_intensity(np.asarray(pixels, dtype=np.float32))
-        for bone, values in shaft_profiles(windowed, segmenter.segment(pixels)).items():
-            rows.append((kind, bone, age, values))
-    names = ("soft tissue", "cortex - soft", "medulla share", "width / length")
+        labels = segmenter.segment(pixels)
+        for bone in LOOK_BONES:
+            profile = shaft_profile(windowed, labels, bone)
+            if profile is not None:
+                rows.append((kind, bone, age, astuple(profile)))
+    names = ("soft tissue", "cortex - soft", "medulla share", "width / length")  # ShaftProfile's fields
     print(f"\nfilm look, real training-split films / {len(train)} synthetic hands (768 px), mean by bone-age band "
           "(grey levels after the 0.5-99.5% window):")
     print(f"  {'shaft and measurement':<36}" + "".join(f"{f'{lo}-{hi} mo':>16}" for lo, hi in LOOK_BANDS))

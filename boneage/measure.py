@@ -318,6 +318,70 @@ def _laid_out_as_a_finger(bones: list[tuple[int, np.ndarray, np.ndarray, float, 
     return True
 
 
+@dataclass
+class ShaftProfile:
+    """Grey levels across the middle of one shaft (how a film draws bone against soft tissue).
+
+    Attributes:
+        soft: soft tissue beside the shaft (1.3-1.6 half-widths from its axis).
+        cortex_above_soft: the cortex's peak (0.6-1.0 half-widths) minus ``soft``.
+        medulla_share: the centre's (|offset| <= 0.2 half-widths) height above ``soft`` as a share of the
+            cortex's: near 1 for a full medulla, lower for an empty canal between bright cortices.
+        width_over_length: the shaft's mean width over its major-axis length.
+    """
+
+    soft: float
+    cortex_above_soft: float
+    medulla_share: float
+    width_over_length: float
+
+
+#: Offsets across a shaft in units of its local half-width (0 = axis, +-1 = its edges).
+_ACROSS = np.linspace(-1.8, 1.8, 37)
+
+
+def shaft_profile(pixels: np.ndarray, label_map: np.ndarray, bone: str) -> ShaftProfile | None:
+    """Cross-shaft grey-level profile of ``bone``, averaged over seven cuts across its middle 30%.
+
+    Used to compare how synthetic and real films draw bone (``benchmarks/bench_realism.py``, issue #22).
+
+    Args:
+        pixels: the film, on the label map's grid (ratios are unchanged by a linear window).
+        label_map: bone labels (``boneage.anatomy`` ids).
+        bone: a tubular bone.
+
+    Returns:
+        The profile, or ``None`` when the shaft has fewer than 50 pixels or no cut crosses it.
+    """
+    from skimage.measure import regionprops
+
+    mask = label_map == anatomy.shaft_label(bone)
+    if mask.sum() < 50:
+        return None
+    region = regionprops(mask.astype(np.uint8))[0]
+    axis = np.array([np.cos(region.orientation), np.sin(region.orientation)])  # (row, col)
+    across = np.array([-axis[1], axis[0]])
+    steps = np.arange(-2 * region.axis_minor_length, 2 * region.axis_minor_length, 0.5)
+    profiles, widths = [], []
+    for t in np.linspace(-0.15, 0.15, 7) * region.axis_major_length:
+        centre = np.array(region.centroid) + axis * t
+        on_mask = ndimage.map_coordinates(mask.astype(np.float32), centre[:, None] + across[:, None] * steps, order=0)
+        inside = steps[on_mask > 0.5]
+        if inside.size < 4:
+            continue
+        half, middle = (inside.max() - inside.min()) / 2, (inside.max() + inside.min()) / 2
+        widths.append(2 * half)
+        profiles.append(ndimage.map_coordinates(pixels.astype(np.float32), centre[:, None] + across[:, None] * (middle + _ACROSS * half),
+                                                order=1))
+    if not profiles:
+        return None
+    p = np.mean(profiles, axis=0)
+    soft = float(p[(np.abs(_ACROSS) >= 1.3) & (np.abs(_ACROSS) <= 1.6)].mean())
+    rise = float(p[(np.abs(_ACROSS) >= 0.6) & (np.abs(_ACROSS) <= 1.0)].max()) - soft
+    medulla = float(p[np.abs(_ACROSS) <= 0.2].mean())
+    return ShaftProfile(soft, rise, (medulla - soft) / max(rise, 1e-3), float(np.mean(widths) / region.axis_major_length))
+
+
 def _calibrate(m: BoneMeasurement, spacing: tuple[float, float] | None) -> None:
     if spacing is None or not m.present:
         return

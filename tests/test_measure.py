@@ -172,3 +172,25 @@ def test_finger_rays_count_digits_laid_out_in_order():
         _bone(labels, bone, (row, col), 30, 8, 0)
     assert finger_rays(labels) == 0
     assert finger_rays(np.zeros((10, 10), np.uint8)) == 0
+
+
+def test_shaft_profile_reads_a_drawn_tube() -> None:
+    from boneage.measure import shaft_profile
+    from boneage.synth_render import Canvas, ShapePx, paint_shape
+
+    def film(trabecular_density: float) -> tuple[np.ndarray, np.ndarray]:
+        canvas = Canvas.empty(80, 120)
+        # A shaft 80 px long and 16 px wide along the columns, labelled as metacarpal 3's shaft.
+        paint_shape(canvas, ShapePx(anatomy.shaft_label("metacarpal_3"), np.array([20.0, 40.0]), np.array([1.0, 0.0]),
+                                    80.0, np.array([0.0, 1.0]), np.array([8.0, 8.0]), np.array([0.3, 0.3]), 0.0, 0.0,
+                                    trabecular_density=trabecular_density))
+        return 0.2 + 0.02 * (canvas.cortical + canvas.trabecular), canvas.labels
+
+    full, hollow = (shaft_profile(*film(d), "metacarpal_3") for d in (1.0, 0.3))
+    assert full.soft == pytest.approx(0.2, abs=1e-3)  # beside the bone: the background
+    # The length is the second-moment major axis (1.15x a bar's length) and the width the labelled
+    # pixels' extent (a pixel or two under 16): 16 / 92 at most.
+    assert 0.14 < full.width_over_length <= 16 / (80 * 1.1547)
+    assert full.medulla_share > 0.9 and hollow.medulla_share < full.medulla_share - 0.3  # an emptier canal reads darker
+    assert hollow.cortex_above_soft < full.cortex_above_soft
+    assert shaft_profile(*film(1.0), "metacarpal_2") is None  # no such shaft on the film
