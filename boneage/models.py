@@ -231,7 +231,7 @@ register(
         kind="classifier",
         folder=MODELS_DIR / "sex",
         weights_file="sex.pt",
-        version="sex-3",
+        version="sex-4",
         loader="boneage.sex:SexEstimator.load",
         description="sex read from the per-bone crops when a film comes without it (used only when >= 80% sure)",
     )
@@ -243,7 +243,7 @@ register(
         kind="stacking",
         folder=MODELS_DIR / "combined",
         weights_file="stacking.json",
-        version="combined-4",
+        version="combined-5",
         loader="boneage.combine:Combiner.load",
         description="stacking of the multi-step, per-bone and end-to-end ages (weights per available subset) "
                     "-> the combined estimate with a calibrated 90% interval",

@@ -11,7 +11,7 @@ from boneage.networks import PerBoneNet
 from boneage.perbone import CROP_SHAPE, BoneCrops
 from boneage.sex import CONFIDENT_PROBABILITY, MIN_REGIONS, SexEstimator, SexPrediction
 from boneage.synth import generate_hand
-from boneage.training.sex import fit_temperature, sex_metrics
+from boneage.training.sex import fit_platt, male_probabilities, sex_metrics
 
 N = len(anatomy.MATURITY_REGIONS)
 
@@ -43,6 +43,17 @@ def test_probability_is_the_tempered_mean_logit():
     assert girl.sex == "F" and girl.probability > CONFIDENT_PROBABILITY and girl.confident
 
 
+def test_probability_applies_the_logit_offset_before_the_temperature():
+    calibration = {"temperature": 2.0, "logit_offset": 1.0}
+    est = SexEstimator(ConstantLogit(2.0), calibration)
+    assert est.male_probability(_crops()) == pytest.approx(1 / (1 + np.exp(-0.5)))
+    # The training code's formula is the same one.
+    assert est.male_probability(_crops()) == pytest.approx(float(male_probabilities(np.array([2.0]), 2.0, 1.0)[0]))
+    # A logit at the offset is a coin toss: neither sex is claimed with confidence.
+    at_offset = SexEstimator(ConstantLogit(1.0), calibration).predict(_crops())
+    assert at_offset.probability == pytest.approx(0.5) and not at_offset.confident
+
+
 def test_too_few_crops_give_no_prediction():
     est = SexEstimator(ConstantLogit(5.0), {})
     assert est.predict(_crops(MIN_REGIONS - 1)) is None
@@ -65,16 +76,32 @@ def test_saved_weights_load_back(tmp_path):
         SexEstimator.load(tmp_path / "absent")
 
 
-def test_temperature_and_metrics():
+def test_platt_scaling_removes_a_bias_towards_one_sex_and_softens_overconfidence():
     rng = np.random.default_rng(0)
     male = (rng.random(400) < 0.5).astype(float)
-    # Over-confident logits: the fitted temperature must soften them (T > 1).
-    logits = np.where(male > 0, 1.0, -1.0) * 6.0 + rng.normal(0, 6.0, 400)
-    assert fit_temperature(logits, male) > 1.5
-    p = 1 / (1 + np.exp(-logits / fit_temperature(logits, male)))
+    # Over-confident logits, shifted 3 units towards "boy": the fit must soften (T > 1) and shift back.
+    logits = np.where(male > 0, 1.0, -1.0) * 6.0 + rng.normal(0, 6.0, 400) + 3.0
+    temperature, offset = fit_platt(logits, male)
+    assert temperature > 1.5 and 1.5 < offset < 4.5
+    p = male_probabilities(logits, temperature, offset)
+    assert np.mean((p >= 0.5) == (male > 0)) > np.mean((logits >= 0) == (male > 0))
+    assert abs(np.mean(p) - male.mean()) < 0.03  # calibrated: as many boys expected as there are
     m = sex_metrics(p, male, rng.uniform(0, 220, 400))
     assert 0.5 < m["all"]["accuracy"] < 1.0 and 0 <= m["all"]["confident_share"] <= 1
     assert m["all"]["confident_accuracy"] >= m["all"]["accuracy"]
+    assert m["all"]["male_share"] == pytest.approx(male.mean(), abs=1e-3)
+    assert abs(m["all"]["predicted_male_share"] - male.mean()) < 0.1 and 0.1 < m["all"]["log_loss"] < np.log(2)
+    # Films without a logit are ignored, not fitted as zeros.
+    assert fit_platt(np.r_[logits, np.nan], np.r_[male, 1.0]) == pytest.approx((temperature, offset))
+
+
+def test_platt_scaling_refuses_what_it_cannot_calibrate():
+    with pytest.raises(ValueError, match="two films of each sex"):
+        fit_platt(np.array([1.0, 2.0, -1.0]), np.array([1.0, 1.0, 0.0]))
+    rng = np.random.default_rng(1)
+    male = (rng.random(200) < 0.5).astype(float)
+    with pytest.raises(ValueError, match="run against the sex"):
+        fit_platt(np.where(male > 0, -2.0, 2.0) + rng.normal(0, 1, 200), male)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -206,3 +208,16 @@ def test_train_sex_command_writes_a_model_that_loads(tmp_path, monkeypatch, rsna
     assert metrics["validation"]["all"]["n"] == 8 and 0.0 <= metrics["validation"]["all"]["accuracy"] <= 1.0
     assert "boneage train sex --epochs 1" in (tmp_path / "s" / "MODEL_CARD.md").read_text()
     assert SexEstimator.load(tmp_path / "s").calibration["temperature"] > 0
+
+    # --calibrate-only refits the calibration of the same weights and keeps the training record.
+    from boneage.sex import CALIBRATION_FILE, METRICS_FILE, WEIGHTS_FILE
+    from boneage.training.sex import recalibrate_sex
+
+    weights = (tmp_path / "s" / WEIGHTS_FILE).read_bytes()
+    (tmp_path / "s" / CALIBRATION_FILE).write_text('{"temperature": 99.0}')
+    recalibrated = recalibrate_sex(tp.TrainConfig(threads=1, workers=1, limit=32, out=str(tmp_path / "s")), log=lambda *_: None)
+    assert (tmp_path / "s" / WEIGHTS_FILE).read_bytes() == weights
+    assert recalibrated["training"] == metrics["training"]
+    assert json.loads((tmp_path / "s" / METRICS_FILE).read_text())["training"] == metrics["training"]
+    calibration = SexEstimator.load(tmp_path / "s").calibration
+    assert calibration["temperature"] != 99.0 and "logit_offset" in calibration
