@@ -402,9 +402,60 @@ def load_crop_network(path: str | Path | None, folder_name: str, weights_file: s
     return weights, checkpoint, network
 
 
-def crop_network_inputs(crops: BoneCrops, idx: np.ndarray) -> np.ndarray:
-    """The present crops ``idx`` as the crop network's input: float32 ``(N, 1, *CROP_SHAPE)`` in [0, 1]."""
-    return crops.images[idx][:, None].astype(np.float32) / np.float32(255.0)
+#: How a crop's grey levels reach a crop network: ``"window"``, the crop as cut (its own 1st-99th
+#: percentiles); ``"equalised"``, each crop histogram-equalised on its own (:func:`equalise_crops`).
+#: A model folder's ``calibration.json`` names its own (``crop_intensity``; absent: ``"window"``).
+CROP_INTENSITIES = ("window", "equalised")
+
+
+def equalise_crops(images: np.ndarray) -> np.ndarray:
+    """Histogram-equalise uint8 crops, each on its own.
+
+    Why: the per-bone network reads the grey-level distribution of a crop, not only its shapes, and a
+    film's processing (another hospital's look-up table, edge enhancement, dynamic range compression)
+    changes that distribution. After equalisation every crop has the same, flat distribution: only the
+    order of its grey levels, i.e. the shapes, remains, and an increasing grey-level curve applied to the
+    film changes next to nothing (uint8 rounding). Not the shipped choice: a network trained this way
+    (``boneage train perbone --crop-intensity equalised``) read adolescent synthetic hands 18 months
+    young instead of 38, but erred 0.3 months more on the real calibration hold-out (7.55 vs 7.21).
+
+    Args:
+        images: uint8 crops ``(..., H, W)``.
+
+    Returns:
+        uint8 array of the same shape: each pixel's mid-rank in its own crop, scaled to 0-255.
+    """
+    if images.dtype != np.uint8:
+        raise ValueError(f"equalise_crops needs uint8 crops, got {images.dtype}")
+    shape = images.shape
+    flat = images.reshape(-1, shape[-2] * shape[-1])
+    n = flat.shape[0]
+    if n == 0:
+        return images.copy()
+    counts = np.bincount((flat.astype(np.int64) + 256 * np.arange(n)[:, None]).ravel(), minlength=256 * n).reshape(n, 256)
+    mid_rank = np.cumsum(counts, axis=1) - counts / 2.0
+    lut = np.round(mid_rank * (255.0 / flat.shape[1])).astype(np.uint8)
+    return np.take_along_axis(lut, flat.astype(np.intp), axis=1).reshape(shape)
+
+
+def crop_network_inputs(crops: BoneCrops, idx: np.ndarray, intensity: str = "window") -> np.ndarray:
+    """The present crops ``idx`` as a crop network's input: float32 ``(N, 1, *CROP_SHAPE)`` in [0, 1].
+
+    Args:
+        crops: a film's crops.
+        idx: the regions to feed.
+        intensity: one of :data:`CROP_INTENSITIES`, as the network was trained.
+    """
+    return crop_intensity_inputs(crops.images[idx], intensity)[:, None]
+
+
+def crop_intensity_inputs(images: np.ndarray, intensity: str = "window") -> np.ndarray:
+    """uint8 crops ``(..., H, W)`` as float32 network inputs in [0, 1] (see :data:`CROP_INTENSITIES`)."""
+    if intensity not in CROP_INTENSITIES:
+        raise ValueError(f"unknown crop intensity {intensity!r}; expected one of {CROP_INTENSITIES}")
+    if intensity == "equalised":
+        images = equalise_crops(images)
+    return images.astype(np.float32) / np.float32(255.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -580,7 +631,8 @@ class PerBoneEstimator:
         if len(idx) == 0:
             return ages, scales
         code = np.full(len(idx), sex_to_code(sex), dtype=np.float32)
-        loc, log_scale = self._forward(crop_network_inputs(crops, idx), idx.astype(np.int64), code)
+        inputs = crop_network_inputs(crops, idx, self.calibration.get("crop_intensity", "window"))
+        loc, log_scale = self._forward(inputs, idx.astype(np.int64), code)
         ages[idx] = loc * AGE_SCALE + AGE_CENTRE
         scales[idx] = np.exp(log_scale) * AGE_SCALE
         return ages, scales

@@ -100,7 +100,8 @@ class SexEstimator:
         idx = np.flatnonzero(crops.present)
         if len(idx) < MIN_REGIONS:
             return None
-        logits, _ = self._forward(crop_network_inputs(crops, idx), idx.astype(np.int64), np.zeros(len(idx), np.float32))
+        inputs = crop_network_inputs(crops, idx, self.calibration.get("crop_intensity", "window"))
+        logits, _ = self._forward(inputs, idx.astype(np.int64), np.zeros(len(idx), np.float32))
         mean = float(logits.astype(np.float64).mean())
         logit = (mean - float(self.calibration.get("logit_offset", 0.0))) / float(self.calibration.get("temperature", 1.0))
         return float(1.0 / (1.0 + np.exp(-logit)))

@@ -23,7 +23,9 @@ from boneage.perbone import (
     BoneCrops,
     PerBoneEstimator,
     bone_crops,
+    crop_network_inputs,
     crops_from_reading,
+    equalise_crops,
 )
 from boneage.networks import PerBoneNet
 from boneage.synth import generate_hand
@@ -509,3 +511,56 @@ def test_an_uncertain_sex_weighs_every_age_read_as_a_boy_and_as_a_girl():
     assert mixed.sex_used is None and "male probability (25%)" in mixed.note
     # Without a probability the sex-agnostic reading is unchanged.
     assert est.predict_crops(all_present(), None).age_months == pytest.approx(120.0, abs=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Crop grey levels: as cut, or equalised
+# ------------------------------------------------------------------------------------------------
+def test_equalised_crops_are_flat_keep_the_order_and_ignore_a_grey_level_curve():
+    rng = np.random.default_rng(0)
+    crops = np.clip(rng.normal(180, 30, (3, 2, *CROP_SHAPE)), 0, 255).astype(np.uint8)  # bright, narrow
+    out = equalise_crops(crops)
+    assert out.shape == crops.shape and out.dtype == np.uint8
+    # Each crop on its own: a flat distribution over 0-255, whatever the input's.
+    for crop in out.reshape(-1, *CROP_SHAPE):
+        assert np.quantile(crop, [0.25, 0.5, 0.75]) == pytest.approx([64, 128, 191], abs=6)
+    # Grey-level order kept: a brighter input pixel is never darker after.
+    a, b = crops.reshape(6, -1), out.reshape(6, -1)
+    order = np.argsort(a[0], kind="stable")
+    assert np.all(np.diff(b[0][order].astype(int)) >= 0)
+    # An increasing curve (gamma, contrast) changes nothing.
+    curved = np.round(255 * (crops / 255.0) ** 1.7).astype(np.uint8)
+    assert np.abs(equalise_crops(curved).astype(int) - out).max() <= 3
+    # A constant crop stays one grey; empty input and non-uint8 input.
+    assert np.unique(equalise_crops(np.full((1, *CROP_SHAPE), 7, np.uint8))).size == 1
+    assert equalise_crops(np.zeros((0, *CROP_SHAPE), np.uint8)).shape == (0, *CROP_SHAPE)
+    with pytest.raises(ValueError, match="uint8"):
+        equalise_crops(crops.astype(np.float32))
+
+
+class RecordingBoneNet(FixedBoneNet):
+    """:class:`FixedBoneNet` that keeps the last input it was given."""
+
+    def forward(self, crops, regions, sex_code):
+        self.seen = crops.detach().clone()
+        return super().forward(crops, regions, sex_code)
+
+
+def test_the_estimator_feeds_the_grey_levels_its_calibration_names():
+    rng = np.random.default_rng(1)
+    crops = all_present(np.clip(rng.normal(200, 20, (len(anatomy.MATURITY_REGIONS), *CROP_SHAPE)), 0, 255).astype(np.uint8))
+    seen = {}
+    for intensity in (None, "window", "equalised"):
+        calibration = json.loads(json.dumps(CALIBRATION))
+        if intensity:
+            calibration["crop_intensity"] = intensity
+        net = RecordingBoneNet()
+        PerBoneEstimator(net, calibration).predict_crops(crops, "F")
+        seen[intensity] = net.seen.numpy()
+    assert np.array_equal(seen[None], seen["window"])  # a model folder without the key: as cut
+    assert seen["window"].mean() > 0.7 and abs(seen["equalised"].mean() - 0.5) < 0.02
+    assert np.allclose(crop_network_inputs(crops, np.arange(3), "equalised")[:, 0], equalise_crops(crops.images[:3]) / 255.0)
+    bad = json.loads(json.dumps(CALIBRATION))
+    bad["crop_intensity"] = "histogram"
+    with pytest.raises(ValueError, match="unknown crop intensity 'histogram'"):
+        PerBoneEstimator(FixedBoneNet(), bad).predict_crops(crops, "F")

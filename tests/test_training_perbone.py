@@ -177,6 +177,22 @@ def test_train_arguments_match_config():
     args = parser.parse_args([])
     d = tp.TrainConfig()
     assert (args.epochs, args.batch, args.lr, args.crop_fraction) == (d.epochs, d.batch, d.lr, d.crop_fraction)
+    assert args.crop_intensity == d.crop_intensity == "window"
+    assert parser.parse_args(["--crop-intensity", "equalised"]).crop_intensity == "equalised"
+
+
+def test_crop_intensity_is_applied_to_every_split_in_place():
+    from boneage.perbone import equalise_crops
+
+    rng = np.random.default_rng(0)
+    data = {k: {"images": rng.integers(100, 160, (n, 2, *CROP_SHAPE)).astype(np.uint8)} for k, n in (("fit", 5), ("val", 3))}
+    before = {k: v["images"].copy() for k, v in data.items()}
+    tp.apply_crop_intensity(data, "window")
+    assert all(np.array_equal(data[k]["images"], before[k]) for k in data)
+    tp.apply_crop_intensity(data, "equalised", chunk=2)  # chunks smaller than a split
+    assert all(np.array_equal(data[k]["images"], equalise_crops(before[k])) for k in data)
+    with pytest.raises(ValueError, match="unknown crop intensity"):
+        tp.apply_crop_intensity(data, "clahe")
 
 
 @pytest.mark.slow
@@ -195,6 +211,7 @@ def test_train_command_writes_weights_card_and_metrics_that_load(tmp_path, monke
     assert "BatchNorm statistics re-estimated" in card
     est = PerBoneEstimator.load(tmp_path / "m")
     assert set(est.calibration) >= {"sex_known", "sex_unknown"}
+    assert est.calibration["crop_intensity"] == "window"  # recorded, so inference feeds what training fed
 
 
 @pytest.mark.slow
@@ -221,3 +238,4 @@ def test_train_sex_command_writes_a_model_that_loads(tmp_path, monkeypatch, rsna
     assert json.loads((tmp_path / "s" / METRICS_FILE).read_text())["training"] == metrics["training"]
     calibration = SexEstimator.load(tmp_path / "s").calibration
     assert calibration["temperature"] != 99.0 and "logit_offset" in calibration
+    assert calibration["crop_intensity"] == "window"

@@ -248,6 +248,9 @@ class TrainConfig:
     #: Films (drawn from the fit set) whose clean crops re-estimate the BatchNorm statistics after
     #: training; kept only if the hold-out consensus MAE drops (age task only). 0 = off.
     bn_recalibration_films: int = 3000
+    #: How the crops' grey levels reach the network (:data:`boneage.perbone.CROP_INTENSITIES`);
+    #: recorded in the model's calibration so that inference does the same.
+    crop_intensity: str = "window"
 
 
 def _laplace_loss(loc, log_scale, target):
@@ -396,6 +399,7 @@ def train_network(images: np.ndarray, present: np.ndarray, targets: np.ndarray, 
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         # Checkpoints written before the sex task existed are per-bone age runs.
         state["settings"].setdefault("task", "age")
+        state["settings"].setdefault("crop_intensity", "window")  # written before the option existed
         if state["settings"] == settings and state["n_crops"] == len(films):
             network.load_state_dict(state["network"])
             ema.load_state_dict(state["ema"])
@@ -558,6 +562,26 @@ def sex_codes(sexes) -> np.ndarray:
     return np.array([sex_to_code(x) for x in sexes], np.float32)
 
 
+def apply_crop_intensity(data: dict, intensity: str, chunk: int = 512) -> None:
+    """Bring every split's cached uint8 crops to the network's grey levels, in place.
+
+    Args:
+        data: split name -> :func:`build_crop_cache` arrays (``images`` is changed).
+        intensity: one of :data:`boneage.perbone.CROP_INTENSITIES` (``"window"``: left as cut).
+        chunk: films equalised at a time (bounds the temporary memory).
+    """
+    from boneage.perbone import CROP_INTENSITIES, equalise_crops
+
+    if intensity not in CROP_INTENSITIES:
+        raise ValueError(f"unknown crop intensity {intensity!r}; expected one of {CROP_INTENSITIES}")
+    if intensity == "window":
+        return
+    for split in data.values():
+        images = split["images"]
+        for start in range(0, len(images), chunk):
+            images[start:start + chunk] = equalise_crops(images[start:start + chunk])
+
+
 def crop_tables(config: TrainConfig, log=print) -> tuple[dict, dict]:
     """The films a crop network is fitted, calibrated and validated on, and their crops.
 
@@ -607,6 +631,7 @@ def train(config: TrainConfig, log=print) -> dict | None:
     out.mkdir(parents=True, exist_ok=True)
     wall = time.time()
     tables, data = crop_tables(config, log)
+    apply_crop_intensity(data, config.crop_intensity)
     fit, holdout, val = tables["fit"], tables["holdout"], tables["val"]
     log(f"per-bone network: {len(fit)} films to fit ({(fit['source'] == 'rsna-dev').sum()} rsna-dev, "
         f"{(fit['source'] == 'rsna-299').sum()} rsna-299), hold-out {len(holdout)}, validation {len(val)}")
@@ -648,7 +673,7 @@ def train(config: TrainConfig, log=print) -> dict | None:
     # fp16 storage; everything below is computed with the weights as shipped.
     state = {k: v.half() if v.is_floating_point() else v for k, v in network.state_dict().items()}
     network.load_state_dict({k: v.float() for k, v in state.items()})
-    calibration: dict = {"model_version": MODEL_VERSION, "holdout_n": len(holdout)}
+    calibration: dict = {"model_version": MODEL_VERSION, "holdout_n": len(holdout), "crop_intensity": config.crop_intensity}
     outputs = {}
     for mode in ("sex_known", "sex_unknown"):
         for split in ("holdout", "val"):
@@ -727,7 +752,8 @@ def write_model_card(folder: str | Path | None = None) -> Path:
     regions = "\n".join(f"| {anatomy.display_name(r)} | {v['n']} | {v['mae']:.1f} | {v['kept']:.0%} |"
                         for r, v in vk["regions"].items())
     command = (f"boneage train perbone --epochs {cfg['epochs']} --batch {cfg['batch']} --lr {cfg['lr']} "
-               f"--seed {cfg['seed']} --threads {cfg['threads']}")
+               f"--seed {cfg['seed']} --threads {cfg['threads']}"
+               + (f" --crop-intensity {cfg['crop_intensity']}" if cfg.get("crop_intensity", "window") != "window" else ""))
     weights = folder / "perbone.pt"
     size_mb = weights.stat().st_size / 1e6 if weights.is_file() else float("nan")
     card = f"""# Model card: per-bone maturity network (`{MODEL_VERSION}`)
@@ -826,13 +852,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=0.0, help="stop (resumably) after this long")
     parser.add_argument("--limit", type=int, default=0, help="only N films (smoke test)")
     parser.add_argument("--out", default="", help="output folder (default data/models/perbone)")
+    parser.add_argument("--crop-intensity", choices=("window", "equalised"), default=d.crop_intensity,
+                        help="the crops' grey levels as cut (window, default) or each histogram-equalised")
 
 
 def train_command(args: argparse.Namespace) -> int:
     """``boneage train perbone``."""
     config = TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads,
                          workers=args.workers, crop_fraction=args.crop_fraction, max_minutes=args.max_minutes,
-                         limit=args.limit, out=args.out)
+                         limit=args.limit, out=args.out, crop_intensity=args.crop_intensity)
     metrics = train(config)
     if metrics is None:
         return 3

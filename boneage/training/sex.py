@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boneage.training.perbone import TrainConfig, crop_tables, sex_codes, train_network
+from boneage.training.perbone import TrainConfig, apply_crop_intensity, crop_tables, sex_codes, train_network
 
 
 def film_logits(network, images: np.ndarray, present: np.ndarray, batch: int = 1024) -> np.ndarray:
@@ -113,6 +113,7 @@ def train_sex(config: TrainConfig, log=print) -> dict | None:
     out.mkdir(parents=True, exist_ok=True)
     wall = time.time()
     tables, data = crop_tables(config, log)
+    apply_crop_intensity(data, config.crop_intensity)
     fit, holdout, val = tables["fit"], tables["holdout"], tables["val"]
     codes = {k: sex_codes(v["sex"]) for k, v in tables.items()}
     male = {k: (c > 0).astype(float) for k, c in codes.items()}
@@ -171,8 +172,9 @@ def calibrate(network, tables: dict, data: dict, training: dict, out: Path, log=
         "holdout": sex_metrics(p["holdout"], male["holdout"], ages["holdout"]),
         "training": training,
     }
+    intensity = training.get("config", {}).get("crop_intensity", "window")
     (out / CALIBRATION_FILE).write_text(json.dumps({"model_version": MODEL_VERSION, "temperature": temperature,
-                                                    "logit_offset": offset}, indent=2) + "\n")
+                                                    "logit_offset": offset, "crop_intensity": intensity}, indent=2) + "\n")
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     write_model_card(out)
     v = metrics["validation"]["all"]
@@ -197,7 +199,9 @@ def recalibrate_sex(config: TrainConfig, log=print) -> dict:
     metrics_file = out / METRICS_FILE
     training = json.loads(metrics_file.read_text()).get("training", {}) if metrics_file.is_file() else {}
     config.task = "sex"
+    config.crop_intensity = training.get("config", {}).get("crop_intensity", "window")  # as the weights were trained
     tables, data = crop_tables(config, log)
+    apply_crop_intensity(data, config.crop_intensity)
     return calibrate(network, tables, data, training, out, log)
 
 
