@@ -314,7 +314,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "sex",
         help="sex-from-film network over the per-bone crops (used when a film comes without its sex)",
         description=("Train the sex-from-film network on the per-bone crop cache (rsna-299 + the rsna-dev "
-                     "training split), fit its temperature on the shared hold-out, report the validation split. "
+                     "training split), fit its calibration (temperature and logit offset) on the shared hold-out, "
+                     "report the validation split. --calibrate-only refits the calibration of the weights there. "
                      "Writes data/models/sex/."),
     )
     from boneage.training.sex import add_train_arguments as add_sex_arguments
