@@ -34,8 +34,8 @@ MODEL_VERSION = "sex-4"
 #: A predicted sex is used only when the network is at least this sure of it.
 CONFIDENT_PROBABILITY = 0.8
 #: Below this bone age (months, the per-bone method's sex-agnostic reading) the sex is not read:
-#: there it is least readable (the model card gives the accuracy by age band) and matters least (a
-#: boy's and a girl's readings of the same young film differ by about half as much as later).
+#: there it matters least (a boy's and a girl's readings of the same young film differ by about
+#: half as much as later) and the few young films leave its accuracy uncertain (model card, by band).
 MIN_BONE_AGE_MONTHS = 72.0
 #: Fewest cropped regions for a prediction.
 MIN_REGIONS = 7

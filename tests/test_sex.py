@@ -54,6 +54,47 @@ def test_probability_applies_the_logit_offset_before_the_temperature():
     assert at_offset.probability == pytest.approx(0.5) and not at_offset.confident
 
 
+class RecordingLogit(ConstantLogit):
+    """:class:`ConstantLogit` that keeps the crops it was given."""
+
+    def forward(self, crops, regions, sex_code):
+        self.seen = crops.detach().clone()
+        return super().forward(crops, regions, sex_code)
+
+
+def test_the_sex_network_is_fed_the_grey_levels_its_calibration_names():
+    rng = np.random.default_rng(2)
+    crops = BoneCrops(np.clip(rng.normal(200, 20, (N, *CROP_SHAPE)), 0, 255).astype(np.uint8), np.ones(N, bool),
+                      np.ones(N, np.float32))
+    means = {}
+    for intensity in ("window", "equalised"):
+        net = RecordingLogit(1.0)
+        SexEstimator(net, {"crop_intensity": intensity}).male_probability(crops)
+        means[intensity] = float(net.seen.mean())
+    assert means["window"] > 0.7 and abs(means["equalised"] - 0.5) < 0.02
+
+
+def test_a_full_runs_uncalibratable_hold_out_is_refused_not_shipped_raw(tmp_path):
+    from boneage.training.sex import calibrate
+
+    class Net:
+        pass
+
+    import pandas as pd
+
+    import boneage.training.sex as ts
+
+    tables = {k: pd.DataFrame({"sex": ["M", "M", "F"], "bone_age_months": [100.0, 120.0, 130.0]}) for k in ("holdout", "val")}
+    original = ts.film_logits
+    ts.film_logits = lambda network, images, present: np.array([1.0, 2.0, -1.0])
+    try:
+        with pytest.raises(ValueError, match="two films of each sex"):
+            calibrate(Net(), tables, {k: {"images": None, "present": None} for k in tables}, {}, tmp_path)
+        assert not any(tmp_path.iterdir())  # nothing written
+    finally:
+        ts.film_logits = original
+
+
 def test_too_few_crops_give_no_prediction():
     est = SexEstimator(ConstantLogit(5.0), {})
     assert est.predict(_crops(MIN_REGIONS - 1)) is None

@@ -231,11 +231,16 @@ def test_train_sex_command_writes_a_model_that_loads(tmp_path, monkeypatch, rsna
     from boneage.training.sex import recalibrate_sex
 
     weights = (tmp_path / "s" / WEIGHTS_FILE).read_bytes()
-    (tmp_path / "s" / CALIBRATION_FILE).write_text('{"temperature": 99.0}')
+    # The crops are fed as the folder's calibration says (here: equalised), and that is kept.
+    (tmp_path / "s" / CALIBRATION_FILE).write_text('{"temperature": 99.0, "crop_intensity": "equalised"}')
+    with pytest.raises(ValueError, match="needs --out"):
+        recalibrate_sex(tp.TrainConfig(threads=1, workers=1, limit=32), log=lambda *_: None)
     recalibrated = recalibrate_sex(tp.TrainConfig(threads=1, workers=1, limit=32, out=str(tmp_path / "s")), log=lambda *_: None)
     assert (tmp_path / "s" / WEIGHTS_FILE).read_bytes() == weights
-    assert recalibrated["training"] == metrics["training"]
-    assert json.loads((tmp_path / "s" / METRICS_FILE).read_text())["training"] == metrics["training"]
+    expected = json.loads(json.dumps(metrics["training"]))
+    expected["config"]["crop_intensity"] = "equalised"
+    assert recalibrated["training"] == expected and recalibrated["recalibrated_from"] == metrics["model_version"]
+    assert json.loads((tmp_path / "s" / METRICS_FILE).read_text())["training"] == expected
     calibration = SexEstimator.load(tmp_path / "s").calibration
     assert calibration["temperature"] != 99.0 and "logit_offset" in calibration
-    assert calibration["crop_intensity"] == "window"
+    assert calibration["crop_intensity"] == "equalised"
