@@ -248,3 +248,23 @@ def test_recorded_command_reproduces_the_config():
     config = TrainConfig(epochs=5, batch_size=16, learning_rate=1e-3, widths=(48, 96, 192, 384), members=2, seed=3, device="cpu")
     args = build_parser().parse_args(["train", "direct", *training._config_to_argv(config)])
     assert training.config_from_args(args) == config
+
+
+def test_decode_images_in_worker_processes_matches_this_process(tmp_path):
+    # Worker processes are spawned, not forked: forking a process that already runs torch and tqdm
+    # threads once left a pool worker deadlocked and hung CI.
+    from PIL import Image
+
+    from boneage.training.direct import decode_images
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"film{i}.png"
+        Image.fromarray((rng.random((90, 70)) * 255).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    torch.ones(64, 64) @ torch.ones(64, 64)  # start torch's thread pool first, as training does
+    serial = decode_images(paths, size=32, workers=1)
+    pooled = decode_images(paths, size=32, workers=2)
+    assert serial.shape == (3, 32, 32) and serial.dtype == np.uint8
+    np.testing.assert_array_equal(serial, pooled)

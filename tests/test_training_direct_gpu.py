@@ -115,3 +115,9 @@ def test_a_pack_trains_only_the_run_it_was_packed_for(tmp_path):
         train_member(pack, 0, _tiny(seed=5, input_size=32), tmp_path / "out", tmp_path / "work")
     with pytest.raises(ValueError, match="limit None, the run asks for 100"):
         train_member(pack, 0, _tiny(limit=100, input_size=32), tmp_path / "out", tmp_path / "work")
+
+
+def test_decoding_threads_give_what_one_thread_gives():
+    images, _, _ = _films(6)
+    data, offsets = encode_webp(images)
+    np.testing.assert_array_equal(decode_webp(data, offsets, workers=1), decode_webp(data, offsets, workers=3))

@@ -220,7 +220,8 @@ def decode_images(paths: list[str], size: int = CACHE_SIZE, workers: int = 2, de
         return out
     import multiprocessing as mp
 
-    with mp.get_context("fork").Pool(workers) as pool:
+    # spawn: forking a process that runs torch or tqdm threads can deadlock a child (seen in CI)
+    with mp.get_context("spawn").Pool(workers) as pool:
         for i, arr in enumerate(tqdm(pool.imap(_decode_one, jobs, chunksize=32), total=len(jobs), desc=desc, mininterval=5)):
             out[i] = arr
     return out

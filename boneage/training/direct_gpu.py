@@ -66,10 +66,12 @@ def decode_webp(data: np.ndarray, offsets: np.ndarray, workers: int = 1) -> np.n
     """
     blobs = [data[offsets[i]:offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
     if workers > 1:
-        import multiprocessing as mp
+        # Threads, not a fork pool: Pillow's WebP decoder releases the GIL, and forking a process
+        # that runs torch or tqdm threads can leave a child holding a lock forever (a CI hang).
+        from concurrent.futures import ThreadPoolExecutor
 
-        with mp.get_context("fork").Pool(workers) as pool:
-            images = pool.map(_decode_blob, blobs, chunksize=64)
+        with ThreadPoolExecutor(workers) as pool:
+            images = list(pool.map(_decode_blob, blobs))
     else:
         images = [_decode_blob(b) for b in blobs]
     shapes = {im.shape for im in images}
