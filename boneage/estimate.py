@@ -436,17 +436,13 @@ class BoneAgeEstimator:
             The male probability when the sex was read but is too uncertain to use alone (the
             per-bone and end-to-end methods then weigh their readings as a boy and as a girl by it),
             else ``None``.
-        """
-        from boneage.sex import MIN_BONE_AGE_MONTHS
 
+        Read at every age: even under 6 years of bone age, where the film shows little of the sex,
+        both sexes' readings weighed by its probability beat the sex-agnostic reading on the
+        calibration hold-out (25 films: CNN 9.1 -> 7.5 months, per-bone 9.0 -> 7.4; the agnostic
+        mode reads young films 5 months young).
+        """
         try:
-            if self.perbone is not None:
-                agnostic = self.perbone.predict_crops(crops, None)
-                if agnostic.age_months is not None and agnostic.age_months < MIN_BONE_AGE_MONTHS:
-                    # Before 6 years the hand shows too little of the sex (see the sex model card).
-                    result.qc.append("sex not given, and not read from a film this young (under 6 years): "
-                                     "sex-agnostic readings")
-                    return None
             prediction = self.sex_model.predict(crops)
         except Exception as exc:  # reading the sex failing leaves it unknown, never the film
             result.qc.append(f"sex could not be read from the film ({type(exc).__name__}: {exc})")

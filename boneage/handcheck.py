@@ -77,36 +77,6 @@ def hand_features(label_map: np.ndarray, probabilities: np.ndarray, model_input:
         bone_contrast_border=bone_mean - float(np.median(frame)),
     )
     return feats
-    boxes = ndimage.find_objects(labels.astype(np.int32), max_label=anatomy.NUM_CLASSES - 1)
-    whole = present = 0
-    for name in anatomy.TUBULAR_BONES:
-        label = anatomy.shaft_label(name)
-        box = boxes[label - 1]
-        if box is None:
-            continue
-        present += 1
-        whole += ndimage.label(labels[box] == label)[1] == 1
-
-    def found(name: str) -> bool:
-        return any(boxes[i - 1] is not None for i in anatomy.bone_labels(name))
-
-    divergence = thumb_divergence_deg(labels, spacing)
-    x = np.asarray(model_input, dtype=np.float32)
-    frame = np.concatenate([x[:4].ravel(), x[-4:].ravel(), x[:, :4].ravel(), x[:, -4:].ravel()])
-    bone_mean = float(x[bone].mean())
-    feats.update(
-        finger_rays=float(finger_rays(labels)),
-        thumb_side=0.0 if divergence is None else float(np.sign(divergence)),
-        whole_share=whole / len(anatomy.TUBULAR_BONES),
-        present_share=present / len(anatomy.TUBULAR_BONES),
-        confidence=float(probabilities.max(0)[bone].mean()),
-        bone_fraction=float(bone.mean()),
-        carpal_count=float(sum(found(b) for b in anatomy.CARPALS)),
-        forearm_count=float(sum(found(b) for b in anatomy.FOREARM)),
-        bone_contrast=bone_mean - float(np.median(x[~bone])) if (~bone).any() else 0.0,
-        bone_contrast_border=bone_mean - float(np.median(frame)),
-    )
-    return feats
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,22 @@ METRICS_FILE = "metrics.json"
 MODEL_VERSION = "sex-4"
 #: A predicted sex is used only when the network is at least this sure of it.
 CONFIDENT_PROBABILITY = 0.8
-#: Below this bone age (months, the per-bone method's sex-agnostic reading) the sex is not read:
-#: there it matters least (a boy's and a girl's readings of the same young film differ by about
-#: half as much as later) and the few young films leave its accuracy uncertain (model card, by band).
-MIN_BONE_AGE_MONTHS = 72.0
 #: Fewest cropped regions for a prediction.
 MIN_REGIONS = 7
 
+
+
+def calibrated_male_probability(logits: np.ndarray | float, temperature: float, offset: float) -> np.ndarray:
+    """A film's mean crop logit as a probability: ``sigmoid((logit - offset) / temperature)``.
+
+    Args:
+        logits: mean crop logits, one per film (or one number).
+        temperature, offset: the Platt calibration (``calibration.json``).
+
+    Returns:
+        The male probabilities, of the logits' shape.
+    """
+    return 1.0 / (1.0 + np.exp(-(np.asarray(logits, dtype=np.float64) - offset) / temperature))
 
 @dataclass
 class SexPrediction:
@@ -103,8 +112,8 @@ class SexEstimator:
         inputs = crop_network_inputs(crops, idx, self.calibration.get("crop_intensity", "window"))
         logits, _ = self._forward(inputs, idx.astype(np.int64), np.zeros(len(idx), np.float32))
         mean = float(logits.astype(np.float64).mean())
-        logit = (mean - float(self.calibration.get("logit_offset", 0.0))) / float(self.calibration.get("temperature", 1.0))
-        return float(1.0 / (1.0 + np.exp(-logit)))
+        return float(calibrated_male_probability(mean, float(self.calibration.get("temperature", 1.0)),
+                                                 float(self.calibration.get("logit_offset", 0.0))))
 
     def predict(self, crops: BoneCrops) -> SexPrediction | None:
         """The likelier sex and how sure the network is (``None`` without enough crops)."""

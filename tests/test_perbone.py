@@ -534,6 +534,9 @@ def test_equalised_crops_are_flat_keep_the_order_and_ignore_a_grey_level_curve()
     # A constant crop stays one grey; empty input and non-uint8 input.
     assert np.unique(equalise_crops(np.full((1, *CROP_SHAPE), 7, np.uint8))).size == 1
     assert equalise_crops(np.zeros((0, *CROP_SHAPE), np.uint8)).shape == (0, *CROP_SHAPE)
+    assert equalise_crops(np.zeros((3, 0, 5), np.uint8)).shape == (3, 0, 5)
+    with pytest.raises(ValueError, match=r"\(\.\.\., H, W\)"):
+        equalise_crops(np.zeros(10, np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         equalise_crops(crops.astype(np.float32))
 

@@ -9,9 +9,9 @@ import torch
 from boneage import anatomy
 from boneage.networks import PerBoneNet
 from boneage.perbone import CROP_SHAPE, BoneCrops
-from boneage.sex import CONFIDENT_PROBABILITY, MIN_REGIONS, SexEstimator, SexPrediction
+from boneage.sex import CONFIDENT_PROBABILITY, MIN_REGIONS, SexEstimator, SexPrediction, calibrated_male_probability
 from boneage.synth import generate_hand
-from boneage.training.sex import fit_platt, male_probabilities, sex_metrics
+from boneage.training.sex import fit_platt, sex_metrics
 
 N = len(anatomy.MATURITY_REGIONS)
 
@@ -47,8 +47,8 @@ def test_probability_applies_the_logit_offset_before_the_temperature():
     calibration = {"temperature": 2.0, "logit_offset": 1.0}
     est = SexEstimator(ConstantLogit(2.0), calibration)
     assert est.male_probability(_crops()) == pytest.approx(1 / (1 + np.exp(-0.5)))
-    # The training code's formula is the same one.
-    assert est.male_probability(_crops()) == pytest.approx(float(male_probabilities(np.array([2.0]), 2.0, 1.0)[0]))
+    # The training code calibrates with the same function, vectorised over films.
+    assert calibrated_male_probability(np.array([2.0, 1.0]), 2.0, 1.0) == pytest.approx([1 / (1 + np.exp(-0.5)), 0.5])
     # A logit at the offset is a coin toss: neither sex is claimed with confidence.
     at_offset = SexEstimator(ConstantLogit(1.0), calibration).predict(_crops())
     assert at_offset.probability == pytest.approx(0.5) and not at_offset.confident
@@ -124,7 +124,7 @@ def test_platt_scaling_removes_a_bias_towards_one_sex_and_softens_overconfidence
     logits = np.where(male > 0, 1.0, -1.0) * 6.0 + rng.normal(0, 6.0, 400) + 3.0
     temperature, offset = fit_platt(logits, male)
     assert temperature > 1.5 and 1.5 < offset < 4.5
-    p = male_probabilities(logits, temperature, offset)
+    p = calibrated_male_probability(logits, temperature, offset)
     assert np.mean((p >= 0.5) == (male > 0)) > np.mean((logits >= 0) == (male > 0))
     assert abs(np.mean(p) - male.mean()) < 0.03  # calibrated: as many boys expected as there are
     m = sex_metrics(p, male, rng.uniform(0, 220, 400))
@@ -215,14 +215,25 @@ def test_a_given_sex_is_never_predicted_over(bundle):
     assert model.calls == 0 and result.sex == "M" and result.sex_source == "user" and result.sex_probability is None
 
 
-def test_sex_is_not_read_from_a_young_film(bundle):
+def test_sex_is_read_from_a_young_film_too_and_weighed_when_uncertain(bundle):
+    # Under 6 years the film shows little of the sex, but both sexes' readings weighed by the
+    # probability still beat the sex-agnostic reading (calibration hold-out): the sex is read there too.
     from test_estimate import FakeDirect, _three_methods
     from test_perbone import fixed_perbone
 
-    est = _three_methods(bundle, direct=FakeDirect(40.0), perbone=fixed_perbone(default=40.0))
-    model = FixedSex("F", 0.99)
+    seen = []
+
+    class MixingDirect(FakeDirect):
+        def predict(self, pixels, sex=None, male_probability=None):
+            seen.append((sex, male_probability))
+            return super().predict(pixels, sex)
+
+    est = _three_methods(bundle, direct=MixingDirect(40.0), perbone=fixed_perbone(default=40.0))
+    model = FixedSex("M", 0.6)
     est.sex_model = model
     hand = est.oracle.add(generate_hand(99, 5, size=384, age_range=(30, 50)))
     result = est.estimate(hand.image)
-    assert model.calls == 0 and result.sex is None and result.sex_probability is None
-    assert any("not read from a film this young" in q for q in result.qc)
+    assert model.calls == 1 and result.sex is None and result.predicted_sex == "M"
+    assert result.sex_probability == pytest.approx(0.6)
+    assert seen == [(None, pytest.approx(0.6))]
+    assert not any("this young" in q for q in result.qc)

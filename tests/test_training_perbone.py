@@ -244,3 +244,32 @@ def test_train_sex_command_writes_a_model_that_loads(tmp_path, monkeypatch, rsna
     calibration = SexEstimator.load(tmp_path / "s").calibration
     assert calibration["temperature"] != 99.0 and "logit_offset" in calibration
     assert calibration["crop_intensity"] == "equalised"
+
+
+def test_an_equalised_network_is_trained_on_equalised_batches(tmp_path, monkeypatch):
+    # The exposure augmentation would unflatten equalised crops; training must feed what inference
+    # feeds (the crop equalised), so each training batch is re-equalised after augmentation.
+    from boneage.networks import PerBoneNet
+
+    images, present, ages, codes = _toy_crops()
+    tp.apply_crop_intensity({"fit": {"images": images}}, "equalised")
+    seen = []
+    forward = PerBoneNet.forward
+
+    def spy(self, x, *args, **kwargs):
+        if self.training:
+            seen.append(x.detach().float().clone())
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(PerBoneNet, "forward", spy)
+    for intensity in ("window", "equalised"):
+        seen.clear()
+        config = _config(tmp_path / intensity)
+        config.crop_intensity = intensity
+        tp.train_network(images, present, ages, codes, config, tmp_path / intensity, log=lambda *_: None)
+        assert seen
+        per_crop_mean = torch.cat(seen).mean(dim=(1, 2, 3))
+        if intensity == "equalised":
+            assert (per_crop_mean - 0.5).abs().max() < 0.02  # flat histograms, as at inference
+        else:
+            assert (per_crop_mean - 0.5).abs().max() > 0.05  # augmented exposure moves the mean

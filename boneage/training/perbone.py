@@ -376,7 +376,7 @@ def train_network(images: np.ndarray, present: np.ndarray, targets: np.ndarray, 
 
     from boneage.models import cpu_has_fast_bf16
     from boneage.networks import PerBoneNet
-    from boneage.perbone import AGE_CENTRE, AGE_SCALE
+    from boneage.perbone import AGE_CENTRE, AGE_SCALE, crop_intensity_inputs
 
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
@@ -439,7 +439,12 @@ def train_network(images: np.ndarray, present: np.ndarray, targets: np.ndarray, 
             sel = order[step * config.batch:(step + 1) * config.batch]
             f, r = films[sel], regions[sel]
             x = torch.from_numpy(images[f, r]).float().div_(255.0).unsqueeze(1)
-            x = augment_crops(x, generator).contiguous(memory_format=torch.channels_last)
+            x = augment_crops(x, generator)
+            if config.crop_intensity != "window":
+                # The exposure augmentation unflattens equalised crops: bring the batch back to
+                # the grey levels inference feeds (crops cut, then equalised).
+                x = torch.from_numpy(crop_intensity_inputs(x.mul(255.0).round_().to(torch.uint8).numpy(), config.crop_intensity))
+            x = x.contiguous(memory_format=torch.channels_last)
             code = codes_all[f] * (torch.rand(len(f), generator=generator) >= config.sex_dropout).float()
             if sex_task:
                 code = torch.zeros_like(code)  # the sex is what this network must tell

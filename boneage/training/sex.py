@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from boneage.sex import calibrated_male_probability
 from boneage.training.perbone import TrainConfig, apply_crop_intensity, crop_tables, sex_codes, train_network
 
 
@@ -70,11 +71,6 @@ def fit_platt(logits: np.ndarray, male: np.ndarray) -> tuple[float, float]:
     if slope <= 0:
         raise ValueError(f"the network's logits run against the sex on the hold-out (slope {slope:.3f}): not calibrated")
     return 1.0 / slope, -intercept / slope
-
-
-def male_probabilities(logits: np.ndarray, temperature: float, offset: float) -> np.ndarray:
-    """``sigmoid((logit - offset) / temperature)``, as :meth:`boneage.sex.SexEstimator.male_probability`."""
-    return 1.0 / (1.0 + np.exp(-(np.asarray(logits) - offset) / temperature))
 
 
 def sex_metrics(p_male: np.ndarray, male: np.ndarray, ages: np.ndarray) -> dict:
@@ -172,7 +168,7 @@ def calibrate(network, tables: dict, data: dict, training: dict, out: Path, log=
         # A smoke run's few hold-out films: keep the raw logits, and say so.
         temperature, offset, note = 1.0, 0.0, f"calibration not fitted ({exc}); raw logits used"
         log(f"warning: {note}")
-    p = {k: male_probabilities(v, temperature, offset) for k, v in logits.items()}
+    p = {k: calibrated_male_probability(v, temperature, offset) for k, v in logits.items()}
     metrics = {
         "model_version": MODEL_VERSION,
         "temperature": temperature,
@@ -298,10 +294,11 @@ the per-bone augmentation, {cfg['epochs']} epochs, AdamW lr {cfg['lr']}, one-cyc
 ## Limitations
 - Before puberty the hand shows little of the sex. Under 6 years of bone age (the per-bone method's
   sex-agnostic reading) the network was right for {young['accuracy']:.0%} of the hold-out's {young['n']} films (where its
-  calibration was fitted), and there a boy's and a girl's readings differ least (by about a year, half as much as
-  later), so the estimator does not read the sex there at all (`boneage.sex.MIN_BONE_AGE_MONTHS`); from 6 to
-  12 years {1 - middle['confident_share']:.0%} of the hold-out's predictions are not sure enough to use alone (the
-  per-bone and end-to-end methods then weigh both sexes by them).
+  calibration was fitted); a boy's and a girl's readings differ least there (by about a year, half as much as
+  later). The estimator still reads the sex at every age: where it is not sure enough to use alone (from 6 to
+  12 years {1 - middle['confident_share']:.0%} of the hold-out's predictions), the per-bone and end-to-end methods weigh both sexes'
+  readings by it, which beat their sex-agnostic readings on the hold-out even under 6 years (the agnostic
+  readings there are about 5 months young).
 - Accuracy overall: {m['validation']['all']['accuracy']:.1%} on the validation split, {m['holdout']['all']['accuracy']:.1%} on the hold-out (the
   project aims for 85%). The crops are scaled to each bone, so hand size and proportions, strong sex
   signs, are not seen. The whole film did not help as tried so far: a logistic regression on the frozen
