@@ -275,7 +275,7 @@ probability is `sigmoid((mean crop logit - {m.get('logit_offset', 0.0):.2f}) / {
 (Platt scaling) fitted on the 200-film calibration hold-out of the training split.{platt_why} A prediction at least {CONFIDENT_PROBABILITY:.0%} sure is used by every method and said
 (`sex_source = "predicted"` with its probability); with a less certain one, the per-bone and
 end-to-end methods weigh their readings as a boy and as a girl by the male probability (the
-multi-step method and films under 6 years keep the sex-agnostic readings). Registered as `boneage.models.get("sex")`.
+multi-step method keeps its sex-agnostic reading; the sex is read at every age). Registered as `boneage.models.get("sex")`.
 
 ## Validation (fixed `rsna-dev` validation split; never used for a choice)
 {table(m['validation'])}
