@@ -172,6 +172,20 @@ def _estimate(bundle, sex_model, sex=None):
     return est.estimate(hand.image, sex=sex)
 
 
+def _recording_direct(age: float):
+    """An end-to-end double that records the (sex, male probability) it was asked with."""
+    from test_estimate import FakeDirect
+
+    class RecordingDirect(FakeDirect):
+        def predict(self, pixels, sex=None, male_probability=None):
+            self.seen.append((sex, male_probability))
+            return super().predict(pixels, sex)
+
+    direct = RecordingDirect(age)
+    direct.seen = []
+    return direct
+
+
 def test_confident_prediction_is_used_and_said(bundle):
     model = FixedSex("F", 0.93)
     result = _estimate(bundle, model)
@@ -186,16 +200,10 @@ def test_confident_prediction_is_used_and_said(bundle):
 def test_uncertain_prediction_is_reported_and_both_sexes_are_weighed_by_it(bundle):
     # Too uncertain to use alone: the sex stays unknown, and the per-bone and end-to-end methods read
     # the film as a boy and as a girl weighted by the male probability (here 1 - 0.7 = 0.3).
-    from test_estimate import FakeDirect, _three_methods
+    from test_estimate import _three_methods
 
-    seen = []
-
-    class MixingDirect(FakeDirect):
-        def predict(self, pixels, sex=None, male_probability=None):
-            seen.append((sex, male_probability))
-            return super().predict(pixels, sex)
-
-    est = _three_methods(bundle, direct=MixingDirect(120.0))
+    direct = _recording_direct(120.0)
+    est = _three_methods(bundle, direct=direct)
     est.sex_model = FixedSex("F", 0.7)
     hand = est.oracle.add(generate_hand(99, 4, size=384, age_range=(100, 140)))
     result = est.estimate(hand.image)
@@ -204,7 +212,7 @@ def test_uncertain_prediction_is_reported_and_both_sexes_are_weighed_by_it(bundl
     assert result.predicted_sex == "F" and result.sex_probability == pytest.approx(0.7)
     assert any("too uncertain to use alone: per-bone and end-to-end method(s) read it as both sexes" in q
                for q in result.qc)
-    assert seen == [(None, pytest.approx(0.3))]
+    assert direct.seen == [(None, pytest.approx(0.3))]
     assert "read as a boy and as a girl, weighted by the film's male probability (30%)" in result.perbone.note
     assert "validation MAE" not in result.perbone.note  # the sex-agnostic mode's figures are not quoted
 
@@ -218,22 +226,16 @@ def test_a_given_sex_is_never_predicted_over(bundle):
 def test_sex_is_read_from_a_young_film_too_and_weighed_when_uncertain(bundle):
     # Under 6 years the film shows little of the sex, but both sexes' readings weighed by the
     # probability still beat the sex-agnostic reading (calibration hold-out): the sex is read there too.
-    from test_estimate import FakeDirect, _three_methods
+    from test_estimate import _three_methods
     from test_perbone import fixed_perbone
 
-    seen = []
-
-    class MixingDirect(FakeDirect):
-        def predict(self, pixels, sex=None, male_probability=None):
-            seen.append((sex, male_probability))
-            return super().predict(pixels, sex)
-
-    est = _three_methods(bundle, direct=MixingDirect(40.0), perbone=fixed_perbone(default=40.0))
+    direct = _recording_direct(40.0)
+    est = _three_methods(bundle, direct=direct, perbone=fixed_perbone(default=40.0))
     model = FixedSex("M", 0.6)
     est.sex_model = model
     hand = est.oracle.add(generate_hand(99, 5, size=384, age_range=(30, 50)))
     result = est.estimate(hand.image)
     assert model.calls == 1 and result.sex is None and result.predicted_sex == "M"
     assert result.sex_probability == pytest.approx(0.6)
-    assert seen == [(None, pytest.approx(0.6))]
+    assert direct.seen == [(None, pytest.approx(0.6))]
     assert not any("this young" in q for q in result.qc)

@@ -1056,6 +1056,11 @@ Left-hand PA radiograph (+ sex when known) -> bone age in months with a 90% inte
 set to "unknown" (it was trained with the sex hidden for {int(100 * SEX_DROPOUT)}% of samples), the
 result says so (`sex_used=None`, `sex_note`) and its interval is calibrated separately; a sex is
 never assumed.
+In the whole pipeline (`boneage predict`, `BoneAgeEstimator`) a film without its sex first has the sex
+read from its bone crops (`data/models/sex/`): used when at least 80% sure, otherwise this network's
+readings as a boy and as a girl are weighed by the probability; the unknown-sex mode below is the
+fallback when the sex cannot be read at all. That path's validation figure is in the README
+(`benchmarks/bench_sex_unknown.py`).
 
 ## Model
 {_members_line(t)}- Narrow MONAI 2-D ResNet-18 (`monai.networks.nets.ResNet`, basic blocks 2-2-2-2, widths
