@@ -418,7 +418,7 @@ def equalise_crops(images: np.ndarray) -> np.ndarray:
     film changes next to nothing (uint8 rounding). Not the shipped choice: a network trained this way
     (``boneage train perbone --crop-intensity equalised``) read adolescent synthetic hands 18 months
     young instead of 38, but erred 0.3 months more on the real calibration hold-out (7.55 vs 7.21;
-    trained before its batches were re-equalised after the exposure augmentation).
+    7.44 once its training batches were re-equalised after the exposure augmentation).
 
     Args:
         images: uint8 crops ``(..., H, W)``.
