@@ -37,7 +37,6 @@ CONFIDENT_PROBABILITY = 0.8
 MIN_REGIONS = 7
 
 
-
 def calibrated_male_probability(logits: np.ndarray | float, temperature: float, offset: float) -> np.ndarray:
     """A film's mean crop logit as a probability: ``sigmoid((logit - offset) / temperature)``.
 
@@ -49,6 +48,7 @@ def calibrated_male_probability(logits: np.ndarray | float, temperature: float, 
         The male probabilities, of the logits' shape.
     """
     return 1.0 / (1.0 + np.exp(-(np.asarray(logits, dtype=np.float64) - offset) / temperature))
+
 
 @dataclass
 class SexPrediction:

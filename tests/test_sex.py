@@ -74,25 +74,26 @@ def test_the_sex_network_is_fed_the_grey_levels_its_calibration_names():
     assert means["window"] > 0.7 and abs(means["equalised"] - 0.5) < 0.02
 
 
-def test_a_full_runs_uncalibratable_hold_out_is_refused_not_shipped_raw(tmp_path):
-    from boneage.training.sex import calibrate
-
-    class Net:
-        pass
-
+def test_a_full_runs_uncalibratable_hold_out_is_refused_not_shipped_raw(tmp_path, monkeypatch):
     import pandas as pd
 
     import boneage.training.sex as ts
 
     tables = {k: pd.DataFrame({"sex": ["M", "M", "F"], "bone_age_months": [100.0, 120.0, 130.0]}) for k in ("holdout", "val")}
-    original = ts.film_logits
-    ts.film_logits = lambda network, images, present: np.array([1.0, 2.0, -1.0])
-    try:
-        with pytest.raises(ValueError, match="two films of each sex"):
-            calibrate(Net(), tables, {k: {"images": None, "present": None} for k in tables}, {}, tmp_path)
-        assert not any(tmp_path.iterdir())  # nothing written
-    finally:
-        ts.film_logits = original
+    monkeypatch.setattr(ts, "film_logits", lambda network, images, present: np.array([1.0, 2.0, -1.0]))
+    data = {k: {"images": None, "present": None} for k in tables}
+    with pytest.raises(ValueError, match="two films of each sex"):
+        ts.calibrate(object(), tables, data, {}, tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing written
+    # A smoke run keeps the raw logits instead, and says so.
+    from dataclasses import asdict
+
+    training = {"config": asdict(ts.TrainConfig(task="sex")), "n_fit_films": 8, "train_minutes": 0.1}
+    metrics = ts.calibrate(object(), tables, data, training, tmp_path, log=lambda *_: None, smoke=True)
+    assert (metrics["temperature"], metrics["logit_offset"]) == (1.0, 0.0) and "raw logits" in metrics["calibration_note"]
+    # Its card is written although the hold-out has no film under 6 years.
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "raw logits used" in card and "not scored (no such hold-out films)" in card
 
 
 def test_too_few_crops_give_no_prediction():

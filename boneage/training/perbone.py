@@ -369,7 +369,6 @@ def train_network(images: np.ndarray, present: np.ndarray, targets: np.ndarray, 
         The EMA network (eval mode).
     """
     import copy
-    import math
 
     import torch
     from tqdm import tqdm
@@ -857,7 +856,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=0.0, help="stop (resumably) after this long")
     parser.add_argument("--limit", type=int, default=0, help="only N films (smoke test)")
     parser.add_argument("--out", default="", help="output folder (default data/models/perbone)")
-    parser.add_argument("--crop-intensity", choices=("window", "equalised"), default=d.crop_intensity,
+    add_crop_intensity_argument(parser)
+
+
+def add_crop_intensity_argument(parser: argparse.ArgumentParser) -> None:
+    """``--crop-intensity``, shared by the crop networks' commands (per-bone, sex)."""
+    from boneage.perbone import CROP_INTENSITIES
+
+    parser.add_argument("--crop-intensity", choices=CROP_INTENSITIES, default=TrainConfig().crop_intensity,
                         help="the crops' grey levels as cut (window, default) or each histogram-equalised")
 
 

@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from boneage.sex import calibrated_male_probability
-from boneage.training.perbone import TrainConfig, apply_crop_intensity, crop_tables, sex_codes, train_network
+from boneage.training.perbone import (
+    TrainConfig,
+    add_crop_intensity_argument,
+    apply_crop_intensity,
+    crop_tables,
+    sex_codes,
+    train_network,
+)
 
 
 def film_logits(network, images: np.ndarray, present: np.ndarray, batch: int = 1024) -> np.ndarray:
@@ -246,7 +253,10 @@ def write_model_card(folder: str | Path | None = None) -> Path:
             rows.append(f"| {name} | {g['n']} | {g['accuracy']:.1%} | {g['confident_share']:.1%} | {ca} |")
         return "\n".join(rows)
 
-    young, middle = m["holdout"]["bone age < 6 y"], m["holdout"]["6-12 y"]
+    # A --limit run's few hold-out films may leave an age band empty (sex_metrics then omits it).
+    young, middle = m["holdout"].get("bone age < 6 y"), m["holdout"].get("6-12 y")
+    young_accuracy = f"right for {young['accuracy']:.0%} of the hold-out's {young['n']} films" if young else "not scored (no such hold-out films)"
+    middle_unsure = f"{1 - middle['confident_share']:.0%}" if middle else "an unmeasured share"
     intensity_flag = (f" --crop-intensity {cfg['crop_intensity']}" if cfg.get("crop_intensity", "window") != "window" else "")
     platt_why = ""
     if m.get("recalibrated_from") == "sex-3":  # the measured reason for this recalibration, kept with it
@@ -293,10 +303,10 @@ the per-bone augmentation, {cfg['epochs']} epochs, AdamW lr {cfg['lr']}, one-cyc
 
 ## Limitations
 - Before puberty the hand shows little of the sex. Under 6 years of bone age (the per-bone method's
-  sex-agnostic reading) the network was right for {young['accuracy']:.0%} of the hold-out's {young['n']} films (where its
+  sex-agnostic reading) the network was {young_accuracy} (where its
   calibration was fitted); a boy's and a girl's readings differ least there (by about a year, half as much as
   later). The estimator still reads the sex at every age: where it is not sure enough to use alone (from 6 to
-  12 years {1 - middle['confident_share']:.0%} of the hold-out's predictions), the per-bone and end-to-end methods weigh both sexes'
+  12 years {middle_unsure} of the hold-out's predictions), the per-bone and end-to-end methods weigh both sexes'
   readings by it, which beat their sex-agnostic readings on the hold-out even under 6 years (the agnostic
   readings there are about 5 months young).
 - Accuracy overall: {m['validation']['all']['accuracy']:.1%} on the validation split, {m['holdout']['all']['accuracy']:.1%} on the hold-out (the
@@ -322,8 +332,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=0.0, help="stop (resumably) after this long")
     parser.add_argument("--limit", type=int, default=0, help="only N films (smoke test)")
     parser.add_argument("--out", default="", help="output folder (default data/models/sex)")
-    parser.add_argument("--crop-intensity", choices=("window", "equalised"), default="window",
-                        help="the crops' grey levels as cut (window, default) or each histogram-equalised")
+    add_crop_intensity_argument(parser)
     parser.add_argument("--calibrate-only", action="store_true",
                         help="keep the folder's weights; refit only their calibration on the hold-out")
 
