@@ -217,10 +217,12 @@ _EPIPHYSIS_WIDTH = {
     "radius": (1.1, 0.6),
 }
 #: Film processing (issue #22): dynamic range compression (amount, low-pass scale in mm) and the mean
-#: unsharp-mask gain of edge enhancement, set against development films with the attenuations below.
-_DRC_AMOUNT = 0.23
+#: unsharp-mask gain of edge enhancement, set against development films with the attenuations below,
+#: then halved (from 0.23 and 0.9): with both at full strength the shipped end-to-end network read
+#: synthetic 6-12 y hands some 15 months older still (exploratory seeds, issue #22).
+_DRC_AMOUNT = 0.12
 _DRC_SIGMA_MM = 12.5
-_EDGE_ENHANCEMENT = 0.9
+_EDGE_ENHANCEMENT = 0.45
 #: Carpal size against the bone model's adult length.
 _CARPAL_SIZE = {"lunate": 0.8}
 #: All carpals against the bone model: real carpi are packed, their bones touching and overlapping in
@@ -241,6 +243,25 @@ _SLENDERNESS = {
 #: films), phalanges and the radius a fuller one (0.75-0.8).
 _TRABECULAR_DENSITY = {"metacarpal": 0.58, "forearm": 0.97}
 _TRABECULAR_DENSITY_DEFAULT = 0.87
+#: Mature joint ends (issue #22). The shipped per-bone network, trained on real films, read the fused
+#: epiphyses of synthetic 12.5-18 y hands as those of 7-8 y olds (-91 months on average; distal phalanges
+#: -95 to -137): they were trapezoid "hats" narrowing towards the joint on a waisted shaft with a small,
+#: round head. Real adult joint ends are broad and flat: the base's articular surface is as wide as the
+#: physis (concave, not domed) and phalangeal heads and tufts are broad, squarish condyles.
+#: Epiphysis width / metaphysis width once the physis has fused (reached in proportion to fusion).
+_FUSED_EPIPHYSIS_WIDTH = 1.2
+#: Share of the epiphysis's joint-side dome flattened once fused.
+_FUSED_JOINT_FLATTENING = 0.8
+#: A phalanx's head (distal phalanx: tuft) width and end rounding at full maturity, against the bone
+#: model's; they change with the cube of the epiphysis's maturity, so mostly in adolescence.
+_MATURE_HEAD_WIDTH = 1.25
+_MATURE_HEAD_ROUNDING = 0.5
+#: Distance (mm) over which the palm, thenar and forearm slabs round off from their outline: their
+#: cross-sections are rounded over about half their thickness, not flat to within 8 mm of the skin
+#: (the earlier value). With 8 mm the palm was a bright block with a hard edge at the finger webs,
+#: and the shipped end-to-end network read synthetic 6-12 y hands 28-41 months old on exploratory
+#: seeds; with 20 mm 11-15 (issue #22).
+_SOFT_TISSUE_ROUNDING_MM = 20.0
 
 
 def _shaft_profile(kind: str, base: float, head: float) -> tuple[np.ndarray, np.ndarray]:
@@ -335,7 +356,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         epi_name = anatomy.structure(anatomy.epiphysis_label(bone)).name
         states[epi_name] = _state(m, phi) if ossified else "absent"
 
-        t_k, w_k = _shaft_profile(kind, p["base_ratio"], p["head_ratio"])
+        head_maturity = m**3 if kind.endswith("phalanx") else 0.0
+        t_k, w_k = _shaft_profile(kind, p["base_ratio"], p["head_ratio"] * (1 + (_MATURE_HEAD_WIDTH - 1) * head_maturity))
         hw_k = w_k * width / 2
         meta_w = (p["base_ratio"] if end == "proximal" else p["head_ratio"]) * width
         shaft_len = a_len - zone
@@ -344,6 +366,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         # As the physis closes, metaphysis and epiphysis meet flat: no notch is left at a fused physis.
         flat = 0.12 * width * (1 - phi)  # phi is 0 until the epiphysis has ossified
         round_end = 0.45 * width * (p["head_ratio"] if end == "proximal" else p["base_ratio"])
+        round_end *= 1 - (1 - _MATURE_HEAD_ROUNDING) * head_maturity
         if kind == "forearm":
             round_end = 0.0
         cap_start, cap_end = (flat, round_end) if end == "proximal" else (round_end, flat)
@@ -353,8 +376,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             e_len = min(e_len, zone - gap) if zone > gap else zone * 0.5
             grow_to, start_at = _EPIPHYSIS_WIDTH.get(bone if kind == "forearm" else kind, (1.05, 0.25))
             e_width = meta_w * (start_at + (grow_to - start_at) * m**0.6)
-            if phi >= 1:
-                e_width = meta_w * grow_to * 0.97
+            # Fusing, the epiphysis grows to overhang its metaphysis a little: a broad, flat joint end.
+            e_width = e_width * (1 - phi) + meta_w * _FUSED_EPIPHYSIS_WIDTH * phi
         else:
             e_len = gap = e_width = 0.0
 
@@ -379,7 +402,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             # A maturing epiphysis is a dome: broad on the physis side (where it caps the
             # metaphysis), narrower towards the joint.
             e_t = np.array([0.0, 1.0])
-            narrow = 1 - 0.3 * m
+            narrow = 1 - 0.3 * m * (1 - phi)  # the joint side broadens again as the physis fuses
             if end == "proximal":  # the physis side is the distal end of the part
                 e_hw = np.array([e_width / 2 * narrow, e_width / 2])
             else:
@@ -389,6 +412,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                 e_hw = np.array([e_width / 2, e_width / 2])
             # The physis side flattens as it fuses; the joint side keeps its dome.
             physis_cap = max(cap * (1 - phi), 1e-3)
+            cap *= 1 - _FUSED_JOINT_FLATTENING * phi
             caps = (max(cap, 1e-3), physis_cap) if end == "proximal" else (physis_cap, max(cap, 1e-3))
             parts.append(
                 _Part(bone, anatomy.epiphysis_label(bone), epi_start, d, e_len, e_t, e_hw,
@@ -473,7 +497,10 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         states[bone] = "mature" if s >= 1 else ("appeared" if s < 0.3 else "growing")
 
     # --- digits -----------------------------------------------------------------------------
-    spread = rng.uniform(0.2, 1.4)
+    # Fingers' spread beyond their metacarpal's ray: the rays themselves fan out (bone model), and the
+    # index-to-little-finger angle of the 41 keypoint-annotated development hands (median 25 degrees,
+    # IQR 13-37) is met with a little spread of the fingers (issue #22).
+    spread = rng.uniform(0.06, 0.42)
     # Soft tissue around the bones is relatively thicker in small children (chubby fingers).
     chubby = scale**0.6 * float(np.exp(rng.normal(0, 0.12)))
     sesamoid_age = tempo_appear(mm[(sex, "thumb_sesamoid")][0])
@@ -677,7 +704,7 @@ def generate_hand(
 
     # --- soft tissue --------------------------------------------------------------------------
     # Fingers are cylinders (chord 2 sqrt(r^2 - d^2) around each phalanx); the palm, thenar and
-    # forearm are slabs whose thickness rounds off over ~8 mm from their outline.
+    # forearm are slabs whose thickness rounds off from their outline.
     slab = np.zeros((rows, cols), np.float32)
     fingers = np.zeros((rows, cols), np.float32)
     for poly, thick in hand.soft_polys:
@@ -686,7 +713,7 @@ def generate_hand(
             soft_capsule(fingers, p[0], p[1], -thick / spacing, spacing)
         else:
             fill_polygon(slab, p, thick)
-    slab = rounded_slab(slab, 8.0 / spacing)
+    slab = rounded_slab(slab, _SOFT_TISSUE_ROUNDING_MM / spacing)
     tissue = smooth(np.maximum(slab, fingers), 0.5 / spacing)
 
     # --- X-ray physics and film -----------------------------------------------------------------

@@ -327,3 +327,58 @@ def test_metacarpals_have_a_darker_medulla_than_phalanges() -> None:
             shares[bone].append(shaft_profile(hand.image, hand.label_map, bone).medulla_share)
     # As shipped the gap is about 0.15; with a phalanx-like metacarpal medulla (0.87) it is about 0.07.
     assert np.median(shares["metacarpal_3"]) < np.median(shares["proximal_phalanx_3"]) - 0.1, shares
+
+
+def test_mature_joint_ends_are_broad_and_flat() -> None:
+    # The shipped per-bone network read fused synthetic epiphyses as a 7-8 y old's while they were
+    # trapezoids narrowing towards the joint with small round heads (issue #22).
+    _, young = _tubular_parts(90.0)
+    hand, mature = _tubular_parts(216.0)
+    for bone in ("proximal_phalanx_3", "middle_phalanx_3", "distal_phalanx_3"):
+        assert hand.ossification[anatomy.structure(anatomy.epiphysis_label(bone)).name] == "fused"
+        shaft = mature[(bone, anatomy.shaft_label(bone), True)]
+        epiphysis = mature[(bone, anatomy.epiphysis_label(bone), True)]
+        # Joint side as broad as the physis side, and wider than the metaphysis it sits on.
+        assert epiphysis.halfwidth_knots[0] == pytest.approx(epiphysis.halfwidth_knots[-1])
+        assert epiphysis.halfwidth_knots.min() >= 1.15 * shaft.halfwidth_knots[0], bone
+        # The head (tuft) is broader against the mid-shaft, and squarer, than a child's.
+        def head(p):
+            mid = float(np.interp(0.55, p.t_knots, p.halfwidth_knots))
+            return p.halfwidth_knots[-2:].max() / mid, p.cap_end / p.halfwidth_knots[-1]
+        (young_width, young_round), (old_width, old_round) = (
+            head(young[(bone, anatomy.shaft_label(bone), True)]), head(shaft))
+        assert old_width > 1.15 * young_width and old_round < 0.7 * young_round, bone
+
+
+def _joints(hand) -> dict[str, np.ndarray]:
+    """Joint points of a synthetic hand in mm: each tubular bone's proximal and distal end."""
+    ends: dict[str, list[np.ndarray]] = {}
+    for p in hand.parts:
+        if p.labelled and p.bone in anatomy.TUBULAR_BONES:
+            ends.setdefault(p.bone, []).extend([p.start, p.start + p.direction * p.length])
+    out = {}
+    for bone, pts in ends.items():
+        axis = pts[1] - pts[0]
+        proj = [float(q @ axis) for q in pts]
+        out[bone + ".base"], out[bone + ".end"] = pts[int(np.argmin(proj))], pts[int(np.argmax(proj))]
+    return out
+
+
+def test_hand_layout_matches_the_annotated_development_hands() -> None:
+    # rsna-dev hand_keypoints.csv, 41 hands: MCP2-MCP5 distance / middle-finger length median 0.74
+    # (IQR 0.72-0.78), thumb (CMC -> tip) at 31 degrees (IQR 20-38) to the wrist -> MCP3 axis. Before
+    # issue #22 synthetic hands had 0.57 and 39 degrees.
+    from boneage.synth import _build_hand
+
+    widths, angles = [], []
+    for i in range(30):
+        rng = np.random.default_rng([11, i])
+        hand = _build_hand(rng, float(rng.uniform(24, 216)), "MF"[i % 2])
+        j = _joints(hand)
+        mcp = {d: (j[f"metacarpal_{d}.end"] + j[f"proximal_phalanx_{d}.base"]) / 2 for d in (2, 3, 5)}
+        finger = np.linalg.norm(j["distal_phalanx_3.end"] - mcp[3])
+        widths.append(np.linalg.norm(mcp[2] - mcp[5]) / finger)
+        axis, thumb = mcp[3], j["distal_phalanx_1.end"] - j["metacarpal_1.base"]  # the wrist is near the origin
+        angles.append(np.degrees(np.arccos(axis @ thumb / np.linalg.norm(axis) / np.linalg.norm(thumb))))
+    assert 0.64 <= np.median(widths) <= 0.84, np.median(widths)
+    assert 25 <= np.median(angles) <= 37, np.median(angles)
