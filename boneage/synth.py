@@ -210,12 +210,19 @@ _CORTEX_F = np.array([0.06, 0.22, 0.40, 0.40, 0.22, 0.06])
 #: Epiphysis width relative to its metaphysis ``(when capped, when it appears)`` by bone kind (the
 #: radius and ulna by name): distal and middle phalangeal epiphyses outgrow their metaphysis, the
 #: radius's is wide early on, the metacarpal heads stay narrower than the neck's flare.
+#: The starting widths were then raised x1.4 (0.45 -> 0.63, radius 0.6 -> 0.84, others 0.25 -> 0.35),
+#: with the starting height (:data:`_EPIPHYSIS_HEIGHT`): the shipped per-bone network read synthetic
+#: 2-6 y hands 16 months young, their new centres thin slivers beside real films' discs (issue #22).
 _EPIPHYSIS_WIDTH = {
-    "distal_phalanx": (1.2, 0.45),
-    "middle_phalanx": (1.2, 0.45),
-    "metacarpal": (0.8, 0.45),
-    "radius": (1.1, 0.6),
+    "distal_phalanx": (1.2, 0.63),
+    "middle_phalanx": (1.2, 0.63),
+    "metacarpal": (0.8, 0.63),
+    "radius": (1.1, 0.84),
 }
+_EPIPHYSIS_WIDTH_DEFAULT = (1.05, 0.35)
+#: Epiphysis height as a share of its cartilage zone ``(when it appears, when capped)``; was 0.35 at
+#: appearance.
+_EPIPHYSIS_HEIGHT = (0.5, 0.9)
 #: Film processing (issue #22): dynamic range compression (amount, low-pass scale in mm) and the mean
 #: unsharp-mask gain of edge enhancement, set against development films with the attenuations below,
 #: then halved (from 0.23 and 0.9): with both at full strength the shipped end-to-end network read
@@ -371,10 +378,10 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             round_end = 0.0
         cap_start, cap_end = (flat, round_end) if end == "proximal" else (round_end, flat)
         if ossified:
-            e_len = zone * (0.35 + 0.55 * m**0.6)
+            e_len = zone * (_EPIPHYSIS_HEIGHT[0] + (_EPIPHYSIS_HEIGHT[1] - _EPIPHYSIS_HEIGHT[0]) * m**0.6)
             gap = (1 - phi) * (0.5 * (zone - e_len) + 0.02 * width * 2)
             e_len = min(e_len, zone - gap) if zone > gap else zone * 0.5
-            grow_to, start_at = _EPIPHYSIS_WIDTH.get(bone if kind == "forearm" else kind, (1.05, 0.25))
+            grow_to, start_at = _EPIPHYSIS_WIDTH.get(bone if kind == "forearm" else kind, _EPIPHYSIS_WIDTH_DEFAULT)
             e_width = meta_w * (start_at + (grow_to - start_at) * m**0.6)
             # Fusing, the epiphysis grows to overhang its metaphysis a little: a broad, flat joint end.
             e_width = e_width * (1 - phi) + meta_w * _FUSED_EPIPHYSIS_WIDTH * phi

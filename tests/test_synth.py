@@ -382,3 +382,25 @@ def test_hand_layout_matches_the_annotated_development_hands() -> None:
         angles.append(np.degrees(np.arccos(axis @ thumb / np.linalg.norm(axis) / np.linalg.norm(thumb))))
     assert 0.64 <= np.median(widths) <= 0.84, np.median(widths)
     assert 25 <= np.median(angles) <= 37, np.median(angles)
+
+
+def test_young_epiphyses_are_discs_not_slivers() -> None:
+    # Real 2-6 y films show new phalangeal centres as discs most of their metaphysis wide; the shipped
+    # per-bone network read synthetic ones (45% wide, a third of their cartilage zone high) 16 months
+    # young (issue #22).
+    from boneage.synth import _build_hand
+
+    widths, heights = [], []
+    for i in range(12):
+        hand = _build_hand(np.random.default_rng([13, i]), 48.0, "MF"[i % 2])
+        parts = {(p.bone, p.label): p for p in hand.parts if p.labelled}
+        for bone in ("middle_phalanx_3", "distal_phalanx_3"):
+            epiphysis = parts.get((bone, anatomy.epiphysis_label(bone)))
+            if epiphysis is None:
+                continue
+            shaft = parts[(bone, anatomy.shaft_label(bone))]
+            widths.append(epiphysis.halfwidth_knots.max() / shaft.halfwidth_knots[0])
+            heights.append(epiphysis.length / (2 * shaft.halfwidth_knots[0]))  # height / metaphysis width
+    assert len(widths) >= 12
+    assert np.median(widths) >= 0.78, np.median(widths)  # was 0.72
+    assert np.median(heights) >= 0.125, np.median(heights)  # was 0.11
