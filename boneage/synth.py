@@ -364,7 +364,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         states[epi_name] = _state(m, phi) if ossified else "absent"
 
         head_maturity = m**3 if kind.endswith("phalanx") else 0.0
-        t_k, w_k = _shaft_profile(kind, p["base_ratio"], p["head_ratio"] * (1 + (_MATURE_HEAD_WIDTH - 1) * head_maturity))
+        head_ratio = p["head_ratio"] * (1 + (_MATURE_HEAD_WIDTH - 1) * head_maturity)
+        t_k, w_k = _shaft_profile(kind, p["base_ratio"], head_ratio)
         hw_k = w_k * width / 2
         meta_w = (p["base_ratio"] if end == "proximal" else p["head_ratio"]) * width
         shaft_len = a_len - zone
@@ -415,9 +416,12 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             else:
                 e_hw = np.array([e_width / 2, e_width / 2 * narrow])
             if kind == "metacarpal" and end == "distal":
-                cap = e_len * 0.5  # the metacarpal head stays rounded
+                cap = e_len * 0.5  # the metacarpal head stays rounded until it fuses
                 e_hw = np.array([e_width / 2, e_width / 2])
-            # The physis side flattens as it fuses; the joint side keeps its dome.
+            # The physis side flattens as it fuses; the joint side keeps a fifth of its dome. That
+            # flattens fused metacarpal heads too, which stay rounder on real films; not isolated: with
+            # the whole change the per-bone network read fused third and fifth metacarpals 9-29 months
+            # closer (issue #22, exploratory seeds).
             physis_cap = max(cap * (1 - phi), 1e-3)
             cap *= 1 - _FUSED_JOINT_FLATTENING * phi
             caps = (max(cap, 1e-3), physis_cap) if end == "proximal" else (physis_cap, max(cap, 1e-3))
