@@ -341,6 +341,8 @@ def test_mature_joint_ends_are_broad_and_flat() -> None:
         # Joint side as broad as the physis side, and wider than the metaphysis it sits on.
         assert epiphysis.halfwidth_knots[0] == pytest.approx(epiphysis.halfwidth_knots[-1])
         assert epiphysis.halfwidth_knots.min() >= 1.15 * shaft.halfwidth_knots[0], bone
+        # Its joint side (proximal here) keeps only a low dome: a fifth of a capped epiphysis's.
+        assert epiphysis.cap_start < 0.1 * epiphysis.length, bone
         # The head (tuft) is broader against the mid-shaft, and squarer, than a child's.
         def head(p):
             mid = float(np.interp(0.55, p.t_knots, p.halfwidth_knots))
@@ -404,3 +406,19 @@ def test_young_epiphyses_are_discs_not_slivers() -> None:
     assert len(widths) >= 12
     assert np.median(widths) >= 0.78, np.median(widths)  # was 0.72
     assert np.median(heights) >= 0.125, np.median(heights)  # was 0.11
+
+
+def test_palm_soft_tissue_rounds_off_over_its_thickness() -> None:
+    # A palm slab flat to within a few mm of its outline drew a bright block with a hard edge at the
+    # finger webs; the shipped CNN read 6-12 y hands older for it (issue #22). 5 mm inside the outline
+    # the slab is now under 85% of its full thickness (with the earlier 8 mm rounding: 98%).
+    from boneage.synth import _SOFT_TISSUE_ROUNDING_MM
+    from boneage.synth_render import rounded_slab
+
+    spacing = 0.25
+    slab = np.zeros((600, 600), np.float32)
+    slab[100:500, 100:500] = 40.0  # a 100 mm square palm, 40 mm thick
+    rounded = rounded_slab(slab, _SOFT_TISSUE_ROUNDING_MM / spacing)
+    inside_5mm = rounded[300, 100 + int(5 / spacing)]
+    assert rounded[300, 300] == pytest.approx(40.0, rel=0.02)
+    assert inside_5mm < 0.85 * 40.0, inside_5mm
