@@ -386,6 +386,27 @@ def test_hand_layout_matches_the_annotated_development_hands() -> None:
     assert 25 <= np.median(angles) <= 37, np.median(angles)
 
 
+def test_wrist_is_deviated_and_forearm_bones_converge_as_on_development_films() -> None:
+    # The shipped segmenter's shafts on 40 rsna-dev training films of 6-12 y: the third metacarpal leans
+    # -6.9 degrees (median; IQR -13 to -2) against the radius, the radius -5.6 against the ulna
+    # (positive = towards the thumb). Synthetic hands had a straight wrist and parallel bones (issue #22).
+    from boneage.synth import _build_hand
+
+    def lean(part) -> float:  # hand frame: x towards the thumb, y distal
+        return float(np.degrees(np.arctan2(part.direction[0], part.direction[1])))
+
+    hand_vs_radius, radius_vs_ulna = [], []
+    for i in range(30):
+        rng = np.random.default_rng([17, i])
+        hand = _build_hand(rng, float(rng.uniform(72, 144)), "MF"[i % 2])
+        shafts = {p.bone: p for p in hand.parts if p.labelled and p.label == anatomy.shaft_label(p.bone)}
+        hand_vs_radius.append(lean(shafts["metacarpal_3"]) - lean(shafts["radius"]))
+        radius_vs_ulna.append(lean(shafts["radius"]) - lean(shafts["ulna"]))
+    assert -10 <= np.median(hand_vs_radius) <= -4, np.median(hand_vs_radius)  # was 0
+    assert 3 <= np.percentile(hand_vs_radius, 75) - np.percentile(hand_vs_radius, 25) <= 14  # real 11
+    assert -8.5 <= np.median(radius_vs_ulna) <= -3, np.median(radius_vs_ulna)  # was 0
+
+
 def test_young_epiphyses_are_discs_not_slivers() -> None:
     # Real 2-6 y films show new phalangeal centres as discs most of their metaphysis wide; the shipped
     # per-bone network read synthetic ones (45% wide, a third of their cartilage zone high) 16 months
