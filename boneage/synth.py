@@ -274,8 +274,9 @@ _SOFT_TISSUE_ROUNDING_MM = 20.0
 #: (degrees; its shaft converges on the radius distally). Set against the shipped segmenter's shafts
 #: on 40 rsna-dev training films of 6-12 y (issue #22): the third metacarpal leans -6.9 degrees
 #: (median, IQR -13 to -2) against the radius and the radius -5.6 against the ulna; synthetic hands
-#: had both at 0 (a straight forearm, parallel bones). On exploratory seeds the change was neutral to
-#: slightly better for all four methods (end-to-end CNN 22.9 -> 20.7, multi-step 18.1 -> 16.5 months).
+#: had both at 0 (a straight forearm, parallel bones). On two exploratory seeds the end-to-end CNN and
+#: the multi-step method read the hands better (22.9 -> 20.7 and 18.1 -> 16.5 months on one), the
+#: per-bone network as well or better, the combined estimate within 0.6 months.
 _WRIST_DEVIATION_MEAN_DEG = 10.0
 _WRIST_DEVIATION_SD_DEG = 6.0
 _ULNA_CONVERGENCE_DEG = 6.0
