@@ -280,6 +280,29 @@ _SOFT_TISSUE_ROUNDING_MM = 20.0
 _WRIST_DEVIATION_MEAN_DEG = 10.0
 _WRIST_DEVIATION_SD_DEG = 6.0
 _ULNA_CONVERGENCE_DEG = 6.0
+#: Carpals go on filling their cartilage after 12 y: from 144 to 192 months of bone age they grow to
+#: this much beyond their share of the hand (linearly), so that the adolescent carpus is packed as on
+#: real films. Synthetic carpi of 13-16 y were rounded blocks with wide gaps, read 50-85 months young by
+#: the shipped per-bone network; on two exploratory seeds every method's bias over 12 y shrank by
+#: 1-4 months with 0.25 (issue #22; 0.4 gained little more).
+_CARPAL_ADOLESCENT_GROWTH = 0.25
+#: Rounding of an open physis's facing ends (metaphysis and epiphysis), against the earlier one (1.0):
+#: facing ends run parallel across the growth plate, the gap a band rather than a lens. The shipped
+#: segmenter finds real third metacarpal epiphyses of 8-16 y touching their shaft over 0.94-0.95 of
+#: their width and synthetic ones over 0.42-0.56 before this, 0.57-0.69 after (middle phalanges: real
+#: 0.77-0.80, synthetic 0.51-0.67 -> 0.62-0.75). On two exploratory seeds the per-bone network gained
+#: 1-2 months and the end-to-end CNN lost 2-3 (issue #22).
+_PHYSIS_ROUNDING = 0.3
+#: Probe knobs (issue #22), at values that leave the renderer as calibrated; ``bench_realism.py --set``
+#: changes them for one run: the open physis's width, the height up the proximal phalanges where the
+#: palm's webs end, the soft tissue's attenuation, the palm slab's thickness (mm) and the forearm's
+#: against it, and the detector's saturation (``signal = 1 - exp(-k att)``; smaller is more linear).
+_PHYSIS_GAP_SCALE = 1.0
+_PALM_WEB_FRACTION = 0.3
+_SOFT_TISSUE_MU_SCALE = 1.0
+_PALM_THICKNESS_MM = 51.0
+_FOREARM_TO_PALM_THICKNESS = 1.64
+_DETECTOR_SATURATION = 0.88
 
 
 def _shaft_profile(kind: str, base: float, head: float) -> tuple[np.ndarray, np.ndarray]:
@@ -383,7 +406,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         cortex = np.interp(t_k, _CORTEX_T, _CORTEX_F) * (0.65 + 0.35 * min(ba / 150.0, 1.0))
         # The epiphyseal end of the shaft is flat (physis); the other end is a rounded joint surface.
         # As the physis closes, metaphysis and epiphysis meet flat: no notch is left at a fused physis.
-        flat = 0.12 * width * (1 - phi)  # phi is 0 until the epiphysis has ossified
+        flat = 0.12 * width * (1 - phi) * _PHYSIS_ROUNDING  # phi is 0 until the epiphysis has ossified
         round_end = 0.45 * width * (p["head_ratio"] if end == "proximal" else p["base_ratio"])
         round_end *= 1 - (1 - _MATURE_HEAD_ROUNDING) * head_maturity
         if kind == "forearm":
@@ -391,7 +414,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         cap_start, cap_end = (flat, round_end) if end == "proximal" else (round_end, flat)
         if ossified:
             e_len = zone * (_EPIPHYSIS_HEIGHT[0] + (_EPIPHYSIS_HEIGHT[1] - _EPIPHYSIS_HEIGHT[0]) * m**0.6)
-            gap = (1 - phi) * (0.5 * (zone - e_len) + 0.02 * width * 2)
+            gap = (1 - phi) * (0.5 * (zone - e_len) + 0.02 * width * 2) * _PHYSIS_GAP_SCALE
             e_len = min(e_len, zone - gap) if zone > gap else zone * 0.5
             grow_to, start_at = _EPIPHYSIS_WIDTH.get(bone if kind == "forearm" else kind, _EPIPHYSIS_WIDTH_DEFAULT)
             e_width = meta_w * (start_at + (grow_to - start_at) * m**0.6)
@@ -433,7 +456,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             # flattens fused metacarpal heads too, which stay rounder on real films; not isolated: with
             # the whole change the per-bone network read fused third and fifth metacarpals 9-29 months
             # closer (issue #22, exploratory seeds).
-            physis_cap = max(cap * (1 - phi), 1e-3)
+            physis_cap = max(cap * (1 - phi) * _PHYSIS_ROUNDING, 1e-3)
             cap *= 1 - _FUSED_JOINT_FLATTENING * phi
             caps = (max(cap, 1e-3), physis_cap) if end == "proximal" else (physis_cap, max(cap, 1e-3))
             parts.append(
@@ -504,6 +527,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         mature_at = max(144.0, appear + 48.0)
         s = float(np.clip((ba - appear) / (mature_at - appear), 0, 1))
         size_frac = 0.96 * (0.2 + 0.8 * s**0.3) * _CARPAL_SIZE.get(bone, 1.0) * _CARPAL_SCALE
+        size_frac *= 1 + _CARPAL_ADOLESCENT_GROWTH * float(np.clip((ba - 144.0) / 48.0, 0, 1))
         length = p["adult_length_mm"] * scale * size_frac * float(np.exp(rng.normal(0, sm["bone_length_noise_sd"])))
         aspect = 1 - (1 - p["width_ratio"]) * s**0.5
         width = length * aspect * float(np.exp(rng.normal(0, 0.04)))
@@ -568,7 +592,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                 if k == 1 and dgt > 1:
                     # The palm's skin reaches a third of the way up the proximal phalanges (web).
                     n = np.array([-_unit(angle)[1], _unit(angle)[0]])
-                    q = p0 + (end - p0) * 0.3
+                    q = p0 + (end - p0) * _PALM_WEB_FRACTION
                     palm_pts.extend([q + n * (base_w / 2 + 4.8 * chubby), q - n * (base_w / 2 + 4.8 * chubby)])
             start = end + _unit(angle) * joint
         # Fingertip pad beyond the distal phalanx.
@@ -596,9 +620,9 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                                   np.array([x_r - 6 * scale, 30 * scale])])
     # Thicknesses set so that finger, palm and forearm soft tissue are as bright against each other
     # and against the bones as on development films (issue #22, benchmarks/bench_realism.py).
-    thick_palm = 51.0 * scale
+    thick_palm = _PALM_THICKNESS_MM * scale
     soft.append((hull, thick_palm))
-    soft.append((forearm, thick_palm * 1.64))
+    soft.append((forearm, thick_palm * _FOREARM_TO_PALM_THICKNESS))
     soft.append((thumb[ConvexHull(thumb).vertices], 22.0 * scale))
     for p0, p1, r in finger_points:
         soft.append((np.stack([p0, p1]), -0.88 * r))  # negative thickness: a finger cylinder of radius 0.88 r
@@ -744,7 +768,7 @@ def generate_hand(
     grain_amp = rng.uniform(0.03, 0.08)  # fine isotropic grain on top of the oriented struts
     # Attenuations (per mm) set against development films: there soft tissue is almost as bright as
     # thin bone, and a bone adds about as much brightness as its own soft tissue has (issue #22).
-    mu_soft = rng.uniform(0.0099, 0.018)
+    mu_soft = rng.uniform(0.0099, 0.018) * _SOFT_TISSUE_MU_SCALE
     mu_cort = rng.uniform(0.0465, 0.062)
     mu_trab = rng.uniform(0.0099, 0.0161)
     att = (
@@ -752,7 +776,7 @@ def generate_hand(
         + mu_cort * canvas.cortical * spacing
         + mu_trab * canvas.trabecular * spacing * (1 + grain_amp * tex)
     )
-    signal = 1 - np.exp(-0.88 * att)
+    signal = -np.expm1(-_DETECTOR_SATURATION * att)
     # Heel effect and uneven exposure: a gentle gradient of the background.
     gy, gx = np.linspace(-1, 1, rows, dtype=np.float32)[:, None], np.linspace(-1, 1, cols, dtype=np.float32)[None, :]
     bg_level = rng.uniform(0.0, 0.1) if rng.random() < 0.75 else rng.uniform(0.1, 0.3)

@@ -286,10 +286,15 @@ def paste(image: np.ndarray, value: np.ndarray, alpha: np.ndarray, row: int, col
 
 
 def smooth(field: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Gaussian blur, done at half resolution for wide kernels (speed; soft tissue is smooth anyway)."""
+    """Gaussian blur, done at half resolution for wide kernels (speed; soft tissue is smooth anyway).
+
+    The image's edge repeats outwards ("nearest"): the film's border cuts the anatomy, it is not its
+    outline. (Zero padding rounded the forearm off into a stump wherever it left the film, and edge
+    enhancement drew a bright rim there; issue #22.)
+    """
     if sigma_px < 3:
-        return ndimage.gaussian_filter(field, sigma_px, mode="constant")
+        return ndimage.gaussian_filter(field, sigma_px, mode="nearest")
     small = field[::2, ::2]
-    blurred = ndimage.gaussian_filter(small, sigma_px / 2, mode="constant")
+    blurred = ndimage.gaussian_filter(small, sigma_px / 2, mode="nearest")
     up = np.repeat(np.repeat(blurred, 2, axis=0), 2, axis=1)[: field.shape[0], : field.shape[1]]
     return up

@@ -313,8 +313,49 @@ def test_an_open_physis_keeps_its_gap_and_rounded_faces() -> None:
     shaft = parts[(bone, anatomy.shaft_label(bone), True)]
     epiphysis = parts[(bone, anatomy.epiphysis_label(bone), True)]
     gap = float(np.linalg.norm(shaft.start - (epiphysis.start + epiphysis.direction * epiphysis.length)))
-    assert gap > 0.2 and shaft.cap_start > 0 and epiphysis.cap_end > 0.1
+    assert gap > 0.2 and shaft.cap_start > 0 and epiphysis.cap_end > 0
     assert (bone, 0, False) not in parts  # no scar before fusion
+
+
+def test_an_open_physis_has_parallel_faces() -> None:
+    # The shipped segmenter finds real third metacarpal epiphyses of 8-16 y touching their shaft over
+    # 0.94-0.95 of their width, synthetic ones over 0.42-0.56 while both facing ends were domes (a
+    # lens-shaped gap). Facing ends now run parallel across the growth plate (issue #22): their
+    # rounding together is at most 0.15 of the epiphysis's width (was 0.15 for the third proximal
+    # phalanx and 0.42 for the third metacarpal).
+    from boneage.synth import _build_hand
+
+    for bone in ("proximal_phalanx_3", "middle_phalanx_3", "metacarpal_3"):
+        rounding = []
+        for i in range(10):
+            hand = _build_hand(np.random.default_rng([19, i]), 110.0, "MF"[i % 2])
+            parts = {(p.bone, p.label): p for p in hand.parts if p.labelled}
+            shaft = parts[(bone, anatomy.shaft_label(bone))]
+            epiphysis = parts[(bone, anatomy.epiphysis_label(bone))]
+            if anatomy.epiphysis_end(bone) == "proximal":
+                facing = shaft.cap_start + epiphysis.cap_end
+                gap = np.linalg.norm(shaft.start - (epiphysis.start + epiphysis.direction * epiphysis.length))
+            else:
+                facing = shaft.cap_end + epiphysis.cap_start
+                gap = np.linalg.norm(epiphysis.start - (shaft.start + shaft.direction * shaft.length))
+            assert gap > 0.1, (bone, i, gap)  # still open
+            rounding.append(facing / (2 * epiphysis.halfwidth_knots.max()))
+        assert np.median(rounding) <= 0.15, (bone, np.median(rounding))
+
+
+def test_adolescent_carpals_fill_their_space() -> None:
+    # Synthetic carpi of 13-16 y were rounded blocks with wide gaps, read 50-85 months young by the
+    # shipped per-bone network; real adolescent carpi are packed. From 12 to 16 y of bone age the
+    # carpals now grow a quarter beyond their share of the hand (issue #22).
+    from boneage.synth import _build_hand
+
+    def capitate_share(ba: float, i: int) -> float:
+        hand = _build_hand(np.random.default_rng([23, i]), ba, "MF"[i % 2])
+        length = {p.bone: p.length for p in hand.parts if p.labelled and p.label == anatomy.shaft_label(p.bone)}
+        return length["capitate"] / length["metacarpal_3"]
+
+    growth = [capitate_share(204.0, i) / capitate_share(144.0, i) for i in range(10)]
+    assert 1.15 <= np.median(growth) <= 1.35, np.median(growth)  # was about 1
 
 
 def test_metacarpals_have_a_darker_medulla_than_phalanges() -> None:
@@ -427,6 +468,23 @@ def test_young_epiphyses_are_discs_not_slivers() -> None:
     assert len(widths) >= 12
     assert np.median(widths) >= 0.78, np.median(widths)  # was 0.72
     assert np.median(heights) >= 0.125, np.median(heights)  # was 0.11
+
+
+def test_soft_tissue_runs_off_the_film_at_full_thickness() -> None:
+    # The film's border cuts the forearm; it is not the forearm's outline. Blurring with zero padding
+    # rounded the forearm slab off into a stump wherever it left the film (issue #22).
+    from boneage.synth import _SOFT_TISSUE_ROUNDING_MM
+    from boneage.synth_render import rounded_slab, smooth
+
+    spacing = 0.5
+    slab = np.zeros((300, 300), np.float32)
+    slab[100:, 100:200] = 60.0  # a forearm 50 mm wide leaving the film at the bottom
+    rounded = rounded_slab(slab, _SOFT_TISSUE_ROUNDING_MM / spacing)
+    assert rounded[299, 150] == pytest.approx(rounded[250, 150], rel=0.02)
+    assert rounded[299, 150] > 0.95 * 60.0
+    flat = np.ones((64, 64), np.float32)
+    for sigma in (1.0, 8.0):  # direct and half-resolution paths
+        assert np.allclose(smooth(flat, sigma), 1.0, atol=1e-5)
 
 
 def test_palm_soft_tissue_rounds_off_over_its_thickness() -> None:
