@@ -3,7 +3,7 @@
 Usage:
     .venv/bin/python benchmarks/bench_realism.py [--seed 20261210] [--n 40] [--sizes 512 768]
         [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60] [--n-turn 40]
-        [--set NAME=VALUE ...]
+        [--n-embed 300] [--set NAME=VALUE ...]
 
 Prints measures of the gap between synthetic and real films (another, side-by-side sheets of
 synthetic hands and real films of the same sex and bone age, is ``scripts/synth_vs_real.py --out
@@ -38,6 +38,14 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     with the tilt of a synthetic hand says the hand lies off the films the network knows, even where
     its average looks right. Mean change against the upright reading, and the mean of each image's
     largest swing.
+
+(f) **The CNN's own feature space**: the shipped end-to-end CNN's pooled backbone features (the input of
+    its age head; upright view, as it reads a film) of ``--n-embed`` real training-split films and as
+    many synthetic hands (512 px, seed ``--seed + 4``). For each synthetic hand, the cosine similarity
+    of its nearest real film against that between a real film and its nearest other real film, and the
+    mean bone age of its ``NEIGHBOURS`` nearest real films against its own, by bone-age band. Hands
+    that look real to the network sit as close to real films as real films sit to each other, among
+    films of their own age; hands that do not are read by the age of the odd films they land beside.
 
 ``--set NAME=VALUE`` (repeatable) changes one of the renderer's numeric constants in
 :mod:`boneage.synth` for this run only (e.g. ``--set _CARPAL_SCALE=1.4``), so that probes of the
@@ -299,6 +307,90 @@ def turned_films(n: int, seed: int) -> None:
           + f"{f'{swing[0]:.1f} / {swing[1]:.1f}':>16}")
 
 
+#: Real films whose bone ages are averaged for each synthetic hand in (f).
+NEIGHBOURS = 5
+
+
+def nearest_real_films(real: np.ndarray, real_ages: np.ndarray, synthetic: np.ndarray,
+                       k: int = NEIGHBOURS) -> dict[str, np.ndarray]:
+    """Where synthetic hands land among real films in a feature space (cosine similarity).
+
+    Args:
+        real: ``(R, F)`` features of real films.
+        real_ages: ``(R,)`` their bone ages, months.
+        synthetic: ``(S, F)`` features of synthetic hands.
+        k: real films averaged per synthetic hand.
+
+    Returns:
+        ``synthetic_similarity`` ``(S,)``: each hand's similarity to its nearest real film;
+        ``real_similarity`` ``(R,)``: each real film's to its nearest *other* real film;
+        ``neighbour_age`` ``(S,)``: the mean bone age of each hand's ``k`` nearest real films;
+        ``real_neighbour_age`` ``(R,)``: the same for each real film among the others (the baseline:
+        a neighbour average leans towards the middle ages even for real films).
+    """
+    def unit(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    r, s_ = unit(real), unit(synthetic)
+    to_real = s_ @ r.T
+    among_real = r @ r.T
+    np.fill_diagonal(among_real, -np.inf)
+    real_ages = np.asarray(real_ages, dtype=np.float64)
+    nearest = np.argsort(-to_real, axis=1)[:, :k]
+    nearest_other = np.argsort(-among_real, axis=1)[:, :k]
+    return {"synthetic_similarity": to_real.max(axis=1), "real_similarity": among_real.max(axis=1),
+            "neighbour_age": real_ages[nearest].mean(axis=1), "real_neighbour_age": real_ages[nearest_other].mean(axis=1)}
+
+
+def cnn_features(cnn, pixels: np.ndarray) -> np.ndarray:
+    """The end-to-end CNN's pooled backbone features of one upright film (ensemble members concatenated)."""
+    import torch
+
+    from boneage.direct import tilted_views
+    from boneage.networks import images_to_tensor
+    from boneage.preprocess import prepare_model_input
+
+    prepared, _ = prepare_model_input(np.asarray(pixels), cnn.cache_size)
+    x = images_to_tensor(tilted_views(prepared, (0.0,)), cnn.input_size)
+    members = getattr(cnn.model, "members", [cnn.model])
+    with torch.no_grad():
+        return np.concatenate([m.backbone(x).float().numpy()[0] for m in members])
+
+
+def cnn_feature_space(n: int, seed: int) -> None:
+    """(f): synthetic hands among real films in the end-to-end CNN's own feature space."""
+    from tqdm import tqdm
+
+    from boneage import datasets
+    from boneage.direct import DirectEstimator
+    from boneage.io import load_radiograph
+    from boneage.synth import generate_hand
+
+    cnn = DirectEstimator.load(exported=False)  # the torch module: its backbone is reachable
+    dev = datasets.rsna_dev()
+    train = dev[dev["split"] == "train"].sample(n=min(n, int((dev["split"] == "train").sum())), random_state=seed)
+    real = np.array([cnn_features(cnn, load_radiograph(p).pixels)
+                     for p in tqdm(list(train["path"]), desc="CNN features, real", unit="film", mininterval=10)])
+    hands = [generate_hand(seed, i, size=512) for i in tqdm(range(n), desc="CNN features, synthetic", unit="hand", mininterval=10)]
+    synthetic = np.array([cnn_features(cnn, h.image) for h in hands])
+    ages = np.array([h.bone_age_months for h in hands])
+    real_ages = train["bone_age_months"].to_numpy(float)
+    found = nearest_real_films(real, real_ages, synthetic)
+    print(f"\nthe end-to-end CNN's feature space: {len(train)} real training-split films, {n} synthetic hands (512 px); "
+          f"nearest real film's cosine similarity, and the mean bone age of the {NEIGHBOURS} nearest (other) real films, "
+          "real / synthetic:")
+    print(f"  {'band':<8}{'n':>10}{'similarity':>16}{'bone age':>16}{'neighbours':>16}")
+    for name, in_band in (*BANDS, ("all", lambda y: np.ones(len(y), bool))):
+        r, s_ = in_band(real_ages), in_band(ages)
+        if r.any() and s_.any():
+            cells = [f"{int(r.sum())} / {int(s_.sum())}",
+                     f"{np.mean(found['real_similarity'][r]):.3f} / {np.mean(found['synthetic_similarity'][s_]):.3f}",
+                     f"{np.mean(real_ages[r]):.0f} / {np.mean(ages[s_]):.0f}",
+                     f"{np.mean(found['real_neighbour_age'][r]):.0f} / {np.mean(found['neighbour_age'][s_]):.0f}"]
+            print(f"  {name:<8}" + "".join(f"{c:>16}" if i else f"{c:>10}" for i, c in enumerate(cells)))
+
+
 def set_renderer_constants(assignments: list[str]) -> dict[str, float]:
     """Apply ``NAME=VALUE`` assignments to numeric module constants of :mod:`boneage.synth`.
 
@@ -334,13 +426,15 @@ def set_renderer_constants(assignments: list[str]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=20261210, help="synthetic seed no model or choice used")
-    parser.add_argument("--n", type=int, default=40, help="synthetic hands per size for (a) (default 40)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 768], help="synthetic image sizes for (a)")
+    parser.add_argument("--n", type=int, default=40, help="synthetic hands per size for (a) (default 40; 0: skip)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[512, 768], help="synthetic image sizes for (a)")
     parser.add_argument("--n-classifier", type=int, default=300, help="real films (and as many synthetic hands) for (b)")
     parser.add_argument("--skip-classifier", action="store_true", help="skip (b)")
     parser.add_argument("--n-features", type=int, default=48, help="synthetic hands measured for (c) (0: skip)")
     parser.add_argument("--n-look", type=int, default=60, help="real films (and as many synthetic hands) for (d) (0: skip)")
     parser.add_argument("--n-turn", type=int, default=40, help="real 6-12 y films (and as many synthetic hands) for (e) (0: skip)")
+    parser.add_argument("--n-embed", type=int, default=300,
+                        help="real training-split films (and as many synthetic hands) for (f) (0: skip)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change a numeric renderer constant of boneage.synth for this run (repeatable)")
     args = parser.parse_args(argv)
@@ -360,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.set_threads(1)
     start = time.perf_counter()
     estimator = BoneAgeEstimator.load()
-    for size in args.sizes:
+    for size in args.sizes if args.n > 0 else []:
         print_readings(size, synthetic_readings(estimator, args.seed, args.n, size))
     print_examples(estimator)
     if not args.skip_classifier:
@@ -373,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         film_look(args.n_look, args.seed + 2)
     if args.n_turn:
         turned_films(args.n_turn, args.seed + 3)
+    if args.n_embed:
+        cnn_feature_space(args.n_embed, args.seed + 4)
     print(f"\n({time.perf_counter() - start:.0f} s)")
     return 0
 

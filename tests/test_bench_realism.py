@@ -51,3 +51,22 @@ def test_turn_changes_is_zero_for_a_turn_blind_reader_and_follows_a_turn_aware_o
     assert changes.shape == (2,)
     # counter-clockwise turns lean the bar's top to the left, clockwise to the right
     assert changes[0] > 10 and changes[1] < -10
+
+
+def test_nearest_real_films_finds_copies_and_their_ages():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(6, 4))
+    ages = np.array([10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
+    # A copy of real film 2 (scaled: cosine ignores length) and a hand between films 4 and 5.
+    synthetic = np.stack([3 * real[2], real[4] + real[5]])
+    found = bench_realism.nearest_real_films(real, ages, synthetic, k=1)
+    assert found["synthetic_similarity"][0] == pytest.approx(1.0)
+    assert found["neighbour_age"][0] == 30.0
+    assert found["neighbour_age"][1] in (50.0, 60.0)
+    # A real film's nearest neighbour is another film, never itself.
+    assert np.all(found["real_similarity"] < 1.0 - 1e-9)
+    two = bench_realism.nearest_real_films(real, ages, synthetic, k=2)
+    assert two["neighbour_age"][1] == pytest.approx(55.0)
+    # The real films' own baseline: each among the others.
+    assert found["real_neighbour_age"].shape == (6,)
+    assert not np.any(found["real_neighbour_age"] == ages)  # never its own age: itself is left out
