@@ -40,7 +40,7 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     largest swing.
 
 (f) **The CNN's own feature space**: the shipped end-to-end CNN's pooled backbone features (the input of
-    its age head; upright view, as it reads a film) of ``--n-embed`` real training-split films and as
+    its age head; the untilted view of the film as given) of ``--n-embed`` real training-split films and as
     many synthetic hands (512 px, seed ``--seed + 4``). For each synthetic hand, the cosine similarity
     of its nearest real film against that between a real film and its nearest other real film, and the
     mean bone age of its ``NEIGHBOURS`` nearest real films against its own, by bone-age band. Hands
@@ -344,7 +344,7 @@ def nearest_real_films(real: np.ndarray, real_ages: np.ndarray, synthetic: np.nd
 
 
 def cnn_features(cnn, pixels: np.ndarray) -> np.ndarray:
-    """The end-to-end CNN's pooled backbone features of one upright film (ensemble members concatenated)."""
+    """The end-to-end CNN's pooled backbone features of a film as given, untilted (ensemble members concatenated)."""
     import torch
 
     from boneage.direct import tilted_views

@@ -283,15 +283,16 @@ _ULNA_CONVERGENCE_DEG = 6.0
 #: Carpals go on filling their cartilage after 12 y: from 144 to 192 months of bone age they grow to
 #: this much beyond their share of the hand (linearly), so that the adolescent carpus is packed as on
 #: real films. Synthetic carpi of 13-16 y were rounded blocks with wide gaps, read 50-85 months young by
-#: the shipped per-bone network; on two exploratory seeds every method's bias over 12 y shrank by
-#: 1-4 months with 0.25 (issue #22; 0.4 gained little more).
+#: the shipped per-bone network; on two exploratory seeds with 0.25 the combined estimate's, the per-bone
+#: network's and the end-to-end CNN's bias over 12 y shrank by 1.4-3.4 months and the multi-step method's
+#: moved within 1 (issue #22; 0.4 gained little more).
 _CARPAL_ADOLESCENT_GROWTH = 0.25
 #: Rounding of an open physis's facing ends (metaphysis and epiphysis), against the earlier one (1.0):
 #: facing ends run parallel across the growth plate, the gap a band rather than a lens. The shipped
 #: segmenter finds real third metacarpal epiphyses of 8-16 y touching their shaft over 0.94-0.95 of
 #: their width and synthetic ones over 0.42-0.56 before this, 0.57-0.69 after (middle phalanges: real
 #: 0.77-0.80, synthetic 0.51-0.67 -> 0.62-0.75). On two exploratory seeds the per-bone network gained
-#: 1-2 months and the end-to-end CNN lost 2-3 (issue #22).
+#: 1.0-1.8 months and the end-to-end CNN lost 1.8-2.7 (issue #22).
 _PHYSIS_ROUNDING = 0.3
 #: Probe knobs (issue #22), at values that leave the renderer as calibrated; ``bench_realism.py --set``
 #: changes them for one run: the open physis's width, the height up the proximal phalanges where the
