@@ -372,9 +372,12 @@ def cnn_feature_space(n: int, seed: int) -> None:
     train = dev[dev["split"] == "train"].sample(n=min(n, int((dev["split"] == "train").sum())), random_state=seed)
     real = np.array([cnn_features(cnn, load_radiograph(p).pixels)
                      for p in tqdm(list(train["path"]), desc="CNN features, real", unit="film", mininterval=10)])
-    hands = [generate_hand(seed, i, size=512) for i in tqdm(range(n), desc="CNN features, synthetic", unit="hand", mininterval=10)]
-    synthetic = np.array([cnn_features(cnn, h.image) for h in hands])
-    ages = np.array([h.bone_age_months for h in hands])
+    synthetic, ages = [], []
+    for i in tqdm(range(n), desc="CNN features, synthetic", unit="hand", mininterval=10):
+        hand = generate_hand(seed, i, size=512)  # one at a time: only its features are kept
+        synthetic.append(cnn_features(cnn, hand.image))
+        ages.append(hand.bone_age_months)
+    synthetic, ages = np.array(synthetic), np.array(ages)
     real_ages = train["bone_age_months"].to_numpy(float)
     found = nearest_real_films(real, real_ages, synthetic)
     print(f"\nthe end-to-end CNN's feature space: {len(train)} real training-split films, {n} synthetic hands (512 px); "

@@ -306,14 +306,15 @@ def test_a_fused_physis_is_flat_and_leaves_a_scar_line(bone: str) -> None:
     assert np.allclose(scar.start + scar.direction * scar.length / 2, physis, atol=1e-6)
 
 
-def test_an_open_physis_keeps_its_gap_and_rounded_faces() -> None:
+def test_an_open_physis_keeps_its_gap_and_slightly_rounded_faces() -> None:
     hand, parts = _tubular_parts(90.0)
     bone = "proximal_phalanx_3"
     assert hand.ossification[anatomy.structure(anatomy.epiphysis_label(bone)).name] in ("growing", "capped")
     shaft = parts[(bone, anatomy.shaft_label(bone), True)]
     epiphysis = parts[(bone, anatomy.epiphysis_label(bone), True)]
     gap = float(np.linalg.norm(shaft.start - (epiphysis.start + epiphysis.direction * epiphysis.length)))
-    assert gap > 0.2 and shaft.cap_start > 0 and epiphysis.cap_end > 0
+    # Faces still rounded a little (a fused physis meets flat: caps at the 1e-3 mm floor).
+    assert gap > 0.2 and shaft.cap_start > 0.05 and epiphysis.cap_end > 0.05
     assert (bone, 0, False) not in parts  # no scar before fusion
 
 
