@@ -394,6 +394,184 @@ def cnn_feature_space(n: int, seed: int) -> None:
             print(f"  {name:<8}" + "".join(f"{c:>16}" if i else f"{c:>10}" for i, c in enumerate(cells)))
 
 
+#: Carpals whose layout (g) measures (the pisiform, palmar and late, is left out).
+LAYOUT_CARPALS = ("capitate", "hamate", "lunate", "triquetrum", "scaphoid", "trapezium", "trapezoid")
+#: Bone-age bands (months) of (g); every carpal named above has appeared by 6 y.
+LAYOUT_BANDS = ((72, 120), (120, 168), (168, 228))
+LAYOUT_NAMES = ("carpal fill", "carpal area / MC3 length^2", "carpal hull / MC3 length^2",
+                "lunate-radius gap / MC3 width", "capitate-MC3 gap / MC3 width")
+
+
+def carpal_layout(labels: np.ndarray) -> dict[str, float] | None:
+    """How the carpus is packed on a label map, scale-free (against the third metacarpal's shaft).
+
+    Args:
+        labels: ``(rows, cols)`` :mod:`boneage.anatomy` label map (a segmenter's or a synthetic hand's).
+
+    Returns:
+        ``None`` when the third metacarpal's shaft or the carpals are missing; else, keyed by
+        :data:`LAYOUT_NAMES`: the carpals' share of their convex hull, their area and their hull's area
+        over the shaft's length squared, and the narrowest lunate-radius (epiphysis or shaft) and
+        capitate-metacarpal gaps over the shaft's width (``nan`` where a bone is missing; 0 touching).
+    """
+    from scipy import ndimage
+    from skimage.morphology import convex_hull_image
+
+    from boneage import anatomy
+
+    shaft = labels == anatomy.shaft_label("metacarpal_3")
+    carpals = np.isin(labels, [anatomy.shaft_label(b) for b in LAYOUT_CARPALS])
+    if shaft.sum() < 20 or carpals.sum() < 20:
+        return None
+    yx = np.argwhere(shaft).astype(np.float64)
+    yx -= yx.mean(axis=0)
+    axis, across = np.linalg.svd(yx, full_matrices=False)[2]
+    t, u = yx @ axis, yx @ across
+    length = float(t.max() - t.min() + 1)
+    middle = np.abs(t) <= 0.15 * length
+    width = float(u[middle].max() - u[middle].min() + 1)
+
+    def gap(a: np.ndarray, b: np.ndarray) -> float:
+        if a.sum() == 0 or b.sum() == 0:
+            return float("nan")
+        # Pixels strictly between the two masks: 0 when they touch side by side.
+        return float(max(ndimage.distance_transform_edt(~a)[b].min() - 1.0, 0.0) / width)
+
+    hull = convex_hull_image(carpals)
+    radius = np.isin(labels, [anatomy.shaft_label("radius"), anatomy.epiphysis_label("radius")])
+    values = (carpals.sum() / hull.sum(), carpals.sum() / length**2, hull.sum() / length**2,
+              gap(labels == anatomy.shaft_label("lunate"), radius),
+              gap(labels == anatomy.shaft_label("capitate"), shaft))
+    return dict(zip(LAYOUT_NAMES, (float(v) for v in values)))
+
+
+def wrist_layout(n: int, seed: int) -> None:
+    """(g): carpal packing on real training-split films of 6-19 y and synthetic hands of the same ages and sexes."""
+    from tqdm import tqdm
+
+    from boneage import datasets, models
+    from boneage.io import load_radiograph
+    from boneage.synth import generate_hand
+
+    segmenter = models.load("segmenter")
+    dev = datasets.rsna_dev()
+    pool = dev[(dev["split"] == "train") & dev["bone_age_months"].between(LAYOUT_BANDS[0][0], LAYOUT_BANDS[-1][1])]
+    train = pool.sample(n=min(n, len(pool)), random_state=seed)
+    rows = []
+    for i, (path, age, sex) in enumerate(tqdm(list(zip(train["path"], train["bone_age_months"], train["sex"])),
+                                              desc="wrist layout", unit="film", mininterval=10)):
+        for kind, pixels in (("real", load_radiograph(path).pixels),
+                             ("synthetic", generate_hand(seed, i, size=768, bone_age_months=float(age), sex=sex).image)):
+            found = carpal_layout(segmenter.segment(pixels))
+            if found is not None:
+                rows.append((kind, float(age), found))
+    print(f"\nwrist layout (shipped segmenter), {len(train)} real training-split films / as many synthetic hands of the "
+          "same bone ages and sexes (768 px), median by bone-age band:")
+    print(f"  {'measurement':<36}" + "".join(f"{f'{lo}-{hi} mo':>16}" for lo, hi in LAYOUT_BANDS))
+    for name in LAYOUT_NAMES:
+        cells = []
+        for lo, hi in LAYOUT_BANDS:
+            medians = [np.nanmedian([v[name] for k, a, v in rows if k == kind and lo <= a < hi] or [np.nan])
+                       for kind in ("real", "synthetic")]
+            cells.append(f"{medians[0]:.2f} / {medians[1]:.2f}")
+        print(f"  {name:<36}" + "".join(f"{c:>16}" for c in cells))
+
+
+_PHALANGES = ("proximal_phalanx", "middle_phalanx", "distal_phalanx")
+#: Regions of (h): which bones are blurred away, as (bone kinds, which parts).
+OCCLUSION_REGIONS = {
+    "carpals": (("carpal",), "shaft"),
+    "phalangeal epiphyses": (_PHALANGES, "epiphysis"),
+    "phalangeal shafts": (_PHALANGES, "shaft"),
+    "metacarpal epiphyses": (("metacarpal",), "epiphysis"),
+    "metacarpal shafts": (("metacarpal",), "shaft"),
+    "radius and ulna": (("forearm",), "both"),
+}
+#: Bone ages (months) of (h).
+OCCLUSION_AGES = (84.0, 132.0)
+
+
+def region_labels(region: str) -> list[int]:
+    """The :mod:`boneage.anatomy` label ids of an :data:`OCCLUSION_REGIONS` region."""
+    from boneage import anatomy
+
+    kinds, part = OCCLUSION_REGIONS[region]
+    ids = []
+    for bone in anatomy.BONES:
+        if anatomy.bone_kind(bone) not in kinds:
+            continue
+        if part in ("shaft", "both"):
+            ids.append(anatomy.shaft_label(bone))
+        epiphysis = anatomy.epiphysis_label(bone)
+        if part in ("epiphysis", "both") and epiphysis is not None:
+            ids.append(epiphysis)
+    return ids
+
+
+def occlusion_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray, labels: np.ndarray,
+                      regions: dict[str, list[int]]) -> dict[str, float]:
+    """A reader's change when each region's bones are replaced by a heavy blur of the film there.
+
+    Args:
+        read: film -> reading (months).
+        pixels: ``(rows, cols)`` film.
+        labels: its label map, same shape.
+        regions: region name -> label ids.
+
+    Returns:
+        Region name -> reading change against the untouched film (0 where the region is absent).
+    """
+    from scipy import ndimage
+
+    pixels = np.asarray(pixels, dtype=np.float32)
+    scale = max(pixels.shape) / 256  # sizes as the CNN sees the film
+    blurred = ndimage.gaussian_filter(pixels, 6 * scale)
+    base = read(pixels)
+    changes = {}
+    for name, ids in regions.items():
+        region = np.isin(labels, ids)
+        if not region.any():
+            changes[name] = 0.0
+            continue
+        region = ndimage.binary_dilation(region, iterations=max(int(2 * scale), 1))
+        weight = ndimage.gaussian_filter(region.astype(np.float32), scale)
+        changes[name] = read(pixels * (1 - weight) + blurred * weight) - base
+    return changes
+
+
+def cnn_occlusion(n: int, seed: int) -> None:
+    """(h): what the end-to-end CNN's reading rests on, real 7-11 y films against synthetic hands."""
+    from tqdm import tqdm
+
+    from boneage import datasets, models
+    from boneage.direct import DirectEstimator
+    from boneage.io import load_radiograph
+    from boneage.synth import generate_hand
+
+    cnn = DirectEstimator.load()
+    segmenter = models.load("segmenter")
+    regions = {name: region_labels(name) for name in OCCLUSION_REGIONS}
+    dev = datasets.rsna_dev()
+    pool = dev[(dev["split"] == "train") & dev["bone_age_months"].between(*OCCLUSION_AGES)]
+    train = pool.sample(n=min(n, len(pool)), random_state=seed)
+    bias: dict[str, list[float]] = {"real": [], "synthetic": []}
+    changes: dict[str, list[dict[str, float]]] = {"real": [], "synthetic": []}
+    for i, (path, age, sex) in enumerate(tqdm(list(zip(train["path"], train["bone_age_months"], train["sex"])),
+                                              desc="occlusion", unit="film", mininterval=10)):
+        for kind, pixels in (("real", load_radiograph(path).pixels),
+                             ("synthetic", generate_hand(seed, i, size=768, bone_age_months=float(age), sex=sex).image)):
+            read = lambda x: cnn.predict(x, sex).age_months  # noqa: E731
+            bias[kind].append(read(np.asarray(pixels, dtype=np.float32)) - float(age))
+            changes[kind].append(occlusion_changes(read, pixels, segmenter.segment(pixels), regions))
+    print(f"\nthe end-to-end CNN with one region's bones blurred away (shipped segmenter's masks), {len(train)} real "
+          f"training-split films of {OCCLUSION_AGES[0]:.0f}-{OCCLUSION_AGES[1]:.0f} months / as many synthetic hands "
+          f"of the same bone ages and sexes (768 px); bias {np.mean(bias['real']):+.1f} / "
+          f"{np.mean(bias['synthetic']):+.1f} months. Mean reading change, real / synthetic:")
+    for name in OCCLUSION_REGIONS:
+        real, synthetic = (np.mean([c[name] for c in changes[k]]) for k in ("real", "synthetic"))
+        print(f"  {name:<36}{f'{real:+.1f} / {synthetic:+.1f}':>16}")
+
+
 def set_renderer_constants(assignments: list[str]) -> dict[str, float]:
     """Apply ``NAME=VALUE`` assignments to numeric module constants of :mod:`boneage.synth`.
 
@@ -438,6 +616,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-turn", type=int, default=40, help="real 6-12 y films (and as many synthetic hands) for (e) (0: skip)")
     parser.add_argument("--n-embed", type=int, default=300,
                         help="real training-split films (and as many synthetic hands) for (f) (0: skip)")
+    parser.add_argument("--n-layout", type=int, default=42,
+                        help="real 6-19 y training-split films (and as many synthetic hands) for (g) (0: skip)")
+    parser.add_argument("--n-occlude", type=int, default=16,
+                        help="real 7-11 y training-split films (and as many synthetic hands) for (h) (0: skip)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change a numeric renderer constant of boneage.synth for this run (repeatable)")
     args = parser.parse_args(argv)
@@ -472,6 +654,10 @@ def main(argv: list[str] | None = None) -> int:
         turned_films(args.n_turn, args.seed + 3)
     if args.n_embed:
         cnn_feature_space(args.n_embed, args.seed + 4)
+    if args.n_layout:
+        wrist_layout(args.n_layout, args.seed + 5)
+    if args.n_occlude:
+        cnn_occlusion(args.n_occlude, args.seed + 6)
     print(f"\n({time.perf_counter() - start:.0f} s)")
     return 0
 

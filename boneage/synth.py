@@ -304,6 +304,32 @@ _SOFT_TISSUE_MU_SCALE = 1.0
 _PALM_THICKNESS_MM = 51.0
 _FOREARM_TO_PALM_THICKNESS = 1.64
 _DETECTOR_SATURATION = 0.88
+#: More probe knobs (issue #22, 2026-12-06): density factors of the metacarpal and forearm epiphyses and
+#: of the carpals, and the carpal layout's scale about the capitate (below 1: a tighter carpus).
+_METACARPAL_EPIPHYSIS_DENSITY = 1.0
+_FOREARM_EPIPHYSIS_DENSITY = 1.0
+_CARPAL_DENSITY = 1.0
+_CARPAL_LAYOUT_SCALE = 1.0
+#: The film's tilt (degrees, counter-clockwise; mean and SD of a normal draw, clipped to +-30). Set so that
+#: the finger angles the shipped segmenter finds, as the pipeline uprights films, match 60 rsna-dev
+#: training films (median -0.5, SD 7.7): with N(0, 10) the deviated wrist left synthetic fingers leaning
+#: 3 degrees on average and their SD was 10.2, so the pipeline turned synthetic hands 3 degrees
+#: counter-clockwise on average and 8 in size (real films: 0 and 3). N(3, 6) gives median +1.3, SD 6.2
+#: (real on that run -0.9, 6.0). Through the whole pipeline no method moved by more than 1.7 months on
+#: two exploratory seeds (issue #22).
+_FILM_TILT_MEAN_DEG = 3.0
+_FILM_TILT_SD_DEG = 6.0
+#: The radius's and ulna's physes lie this much (adult mm, scaled with the hand) further distally than
+#: the bone model's layout, against the carpus. The shipped segmenter finds the lunate touching the radius
+#: on real training films of 10-18 y (gap 0.03 of the third metacarpal's width; 0.15 at 6-10 y) and
+#: synthetic lunates 0.28-0.42 away; with 3 mm 0.04-0.18 (issue #22, 14 films a band). On two exploratory
+#: seeds the per-bone network gained 0.1-1.2 months, the multi-step method 0-0.8, the CNN lost 0.3-1.8.
+_FOREARM_SHIFT_MM = 3.0
+
+
+def _epiphysis_density(kind: str) -> float:
+    """Probe factor on an epiphysis's density by bone kind (1 outside the probed kinds)."""
+    return {"metacarpal": _METACARPAL_EPIPHYSIS_DENSITY, "forearm": _FOREARM_EPIPHYSIS_DENSITY}.get(kind, 1.0)
 
 
 def _shaft_profile(kind: str, base: float, head: float) -> tuple[np.ndarray, np.ndarray]:
@@ -462,7 +488,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             caps = (max(cap, 1e-3), physis_cap) if end == "proximal" else (physis_cap, max(cap, 1e-3))
             parts.append(
                 _Part(bone, anatomy.epiphysis_label(bone), epi_start, d, e_len, e_t, e_hw,
-                      np.full(2, 0.12), caps[0], caps[1], density * 0.95)
+                      np.full(2, 0.12), caps[0], caps[1],
+                      density * 0.95 * _epiphysis_density(kind))
             )
             scar = min(1.0, max(phi - 0.5, 0.0) * 2) * float(np.exp(-max(ba - f1, 0.0) / 36.0))
             if scar > 0.05:
@@ -489,7 +516,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                 parts.append(
                     _Part(bone, anatomy.epiphysis_label(bone), sty_start, d, sty_len, np.array([0.0, 0.5, 1.0]),
                           np.array([sty_w / 2, sty_w * 0.4, sty_w * 0.22]), np.full(3, 0.15), 0.0,
-                          sty_w * 0.25, density * 0.95)
+                          sty_w * 0.25, density * 0.95 * _epiphysis_density(kind))
                 )
         if kind == "forearm":
             full[bone] = a_true - (0 if ossified else zone)
@@ -501,7 +528,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     fore_dev = rng.normal(_WRIST_DEVIATION_MEAN_DEG, _WRIST_DEVIATION_SD_DEG)  # of the hand against the forearm
     for bone in anatomy.FOREARM:
         p = bm[bone]
-        phys = np.array([p["x_mm"], p["y_mm"]]) * scale
+        phys = np.array([p["x_mm"], p["y_mm"] + _FOREARM_SHIFT_MM]) * scale
         if bone == "ulna":  # ulnar variance: the ulna ends a little short of or beyond the radius
             phys = phys + np.array([0.0, rng.normal(0, 1.5) * scale])
         a_true = noisy_len(bone)
@@ -519,7 +546,9 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         p = bm[bone]
         appear, _, _ = mm[(sex, bone)]
         appear = tempo_appear(appear)
-        centre = np.array([p["x_mm"], p["y_mm"]]) * scale + rng.normal(0, 0.6, 2) * scale
+        hub = np.array([bm["capitate"]["x_mm"], bm["capitate"]["y_mm"]])
+        layout = hub + (np.array([p["x_mm"], p["y_mm"]]) - hub) * _CARPAL_LAYOUT_SCALE
+        centre = layout * scale + rng.normal(0, 0.6, 2) * scale
         if ba < appear:
             states[bone] = "absent"
             continue
@@ -539,7 +568,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         parts.append(
             _Part(bone, anatomy.shaft_label(bone), centre - d * length / 2, d, length, t_k, hw_k,
                   np.full(7, 0.10 + 0.1 * s), length / 2 * (1 - 0.45 * s), length / 2 * (1 - 0.45 * s),
-                  mineral * 0.95)
+                  mineral * 0.95 * _CARPAL_DENSITY)
         )
         lengths[bone] = length
         states[bone] = "mature" if s >= 1 else ("appeared" if s < 0.3 else "growing")
@@ -686,7 +715,7 @@ def generate_hand(
     # --- frame: size, aspect, field of view, rotation, placement ------------------------------
     landscape = rng.random() < 0.15  # some films are wider than tall (hand still upright)
     aspect = 1.0 if rng.random() < 0.1 else rng.uniform(0.72, 0.86)
-    theta = float(np.clip(rng.normal(0, 10), -30, 30))
+    theta = float(np.clip(rng.normal(_FILM_TILT_MEAN_DEG, _FILM_TILT_SD_DEG), -30, 30))
     c, s_ = np.cos(np.deg2rad(theta)), np.sin(np.deg2rad(theta))
     # mm hand frame (y distal) -> upright display frame (x right, y down), then rotation.
     lin = np.array([[c, s_], [-s_, c]]) @ np.array([[1.0, 0.0], [0.0, -1.0]])

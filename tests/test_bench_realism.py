@@ -70,3 +70,50 @@ def test_nearest_real_films_finds_copies_and_their_ages():
     # The real films' own baseline: each among the others.
     assert found["real_neighbour_age"].shape == (6,)
     assert not np.any(found["real_neighbour_age"] == ages)  # never its own age: itself is left out
+
+
+def _layout_labels(lunate_gap_px: int) -> np.ndarray:
+    """A drawn label map: a 60 x 10 px third metacarpal, capitate touching it, a lunate above a radius."""
+    from boneage import anatomy
+
+    labels = np.zeros((200, 120), np.uint8)
+    labels[10:70, 55:65] = anatomy.shaft_label("metacarpal_3")
+    labels[70:100, 50:70] = anatomy.shaft_label("capitate")
+    labels[105:125, 50:70] = anatomy.shaft_label("lunate")
+    labels[125 + lunate_gap_px:190, 45:75] = anatomy.epiphysis_label("radius")
+    return labels
+
+
+def test_carpal_layout_measures_a_drawn_wrist_exactly():
+    found = bench_realism.carpal_layout(_layout_labels(5))
+    assert found["lunate-radius gap / MC3 width"] == pytest.approx(5 / 10)
+    assert found["capitate-MC3 gap / MC3 width"] == 0.0  # touching
+    carpal_area = 30 * 20 + 20 * 20
+    assert found["carpal area / MC3 length^2"] == pytest.approx(carpal_area / 60**2)
+    # Hull: the two blocks and the 5-px gap between them (convex_hull_image counts pixel centres).
+    assert found["carpal fill"] == pytest.approx(carpal_area / (carpal_area + 5 * 20), abs=0.03)
+    assert bench_realism.carpal_layout(_layout_labels(0))["lunate-radius gap / MC3 width"] == 0.0
+    assert bench_realism.carpal_layout(np.zeros((50, 50), np.uint8)) is None
+
+
+def test_carpal_layout_sees_the_forearm_moved_towards_the_carpus(monkeypatch):
+    gaps = {}
+    for shift in (0.0, 6.0):
+        monkeypatch.setattr(synth, "_FOREARM_SHIFT_MM", shift)
+        hands = [synth.generate_hand(3, i, size=384, bone_age_months=140.0) for i in range(4)]
+        gaps[shift] = np.median([bench_realism.carpal_layout(h.label_map)["lunate-radius gap / MC3 width"] for h in hands])
+    assert gaps[6.0] < gaps[0.0] - 0.1, gaps
+
+
+def test_occlusion_changes_follow_what_the_reader_looks_at():
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(0.2, 0.3, (256, 256)).astype(np.float32)
+    labels = np.zeros((256, 256), np.uint8)
+    labels[100:110, 40:200] = 1  # a thin bright "bone"
+    pixels[100:110, 40:200] = 1.0
+    peak = lambda x: float(x.max()) * 100  # noqa: E731  (reads the brightest point)
+    changes = bench_realism.occlusion_changes(peak, pixels, labels, {"bone": [1], "absent": [2]})
+    assert changes["absent"] == 0.0
+    assert changes["bone"] < -20  # blurred into its surroundings, the thin bone loses its peak
+    blind = bench_realism.occlusion_changes(lambda x: 42.0, pixels, labels, {"bone": [1]})
+    assert blind["bone"] == 0.0

@@ -359,6 +359,30 @@ def test_adolescent_carpals_fill_their_space() -> None:
     assert 1.15 <= np.median(growth) <= 1.35, np.median(growth)  # was about 1
 
 
+def test_the_lunate_sits_on_the_radius() -> None:
+    # The shipped segmenter finds real lunates of 10-18 y touching the radius and synthetic ones 0.3-0.4
+    # third-metacarpal widths away; the forearm now sits 3 mm (adult) closer to the carpus (issue #22).
+    from scipy import ndimage
+
+    def gap_mm(age: float, i: int) -> float:
+        hand = generate_hand(5, i, size=384, bone_age_months=age)
+        lunate = hand.label_map == anatomy.shaft_label("lunate")
+        radius = np.isin(hand.label_map, [anatomy.shaft_label("radius"), anatomy.epiphysis_label("radius")])
+        return float(ndimage.distance_transform_edt(~radius)[lunate].min() * hand.spacing_mm)
+
+    for age in (100.0, 150.0):
+        gaps = [gap_mm(age, i) for i in range(8)]
+        assert np.median(gaps) <= 1.5, (age, gaps)  # was 2.6-3.0 mm; a pixel is about 0.6 mm here
+
+
+def test_film_tilts_are_drawn_as_real_films_lean() -> None:
+    # N(3, 6) degrees, not N(0, 10): with the deviated wrist, the wider draw left synthetic fingers leaning
+    # more, and more often, than the real development films' (issue #22).
+    tilts = np.array([generate_hand(31, i, size=96).params["rotation_deg"] for i in range(80)])
+    assert 1.5 <= tilts.mean() <= 4.5, tilts.mean()
+    assert 4.5 <= tilts.std() <= 7.5, tilts.std()
+
+
 def test_metacarpals_have_a_darker_medulla_than_phalanges() -> None:
     # Rendered: the metacarpal's centre keeps less of its cortex's brightness above the soft tissue
     # than the phalanx's (real films: medulla share 0.41-0.51 against 0.78-0.82).
