@@ -305,11 +305,14 @@ _PALM_THICKNESS_MM = 51.0
 _FOREARM_TO_PALM_THICKNESS = 1.64
 _DETECTOR_SATURATION = 0.88
 #: More probe knobs (issue #22, 2026-12-06): density factors of the metacarpal and forearm epiphyses and
-#: of the carpals, and the carpal layout's scale about the capitate (below 1: a tighter carpus).
+#: of the carpals, the carpal layout's scale about the capitate (below 1: a tighter carpus), and the share
+#: of an open physis's gap closed by the time fusion begins (ramped over the last fifth of the epiphysis's
+#: maturity: the physis narrows before it fuses).
 _METACARPAL_EPIPHYSIS_DENSITY = 1.0
 _FOREARM_EPIPHYSIS_DENSITY = 1.0
 _CARPAL_DENSITY = 1.0
 _CARPAL_LAYOUT_SCALE = 1.0
+_PHYSIS_PREFUSION_NARROWING = 0.0
 #: The film's tilt (degrees, counter-clockwise; mean and SD of a normal draw, clipped to +-30). Set so that
 #: the finger angles the shipped segmenter finds, as the pipeline uprights films, match 60 rsna-dev
 #: training films (median -0.5, SD 7.7): with N(0, 10) the deviated wrist left synthetic fingers leaning
@@ -442,6 +445,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         if ossified:
             e_len = zone * (_EPIPHYSIS_HEIGHT[0] + (_EPIPHYSIS_HEIGHT[1] - _EPIPHYSIS_HEIGHT[0]) * m**0.6)
             gap = (1 - phi) * (0.5 * (zone - e_len) + 0.02 * width * 2) * _PHYSIS_GAP_SCALE
+            gap *= 1 - _PHYSIS_PREFUSION_NARROWING * float(np.clip((m - 0.8) / 0.2, 0, 1))
             e_len = min(e_len, zone - gap) if zone > gap else zone * 0.5
             grow_to, start_at = _EPIPHYSIS_WIDTH.get(bone if kind == "forearm" else kind, _EPIPHYSIS_WIDTH_DEFAULT)
             e_width = meta_w * (start_at + (grow_to - start_at) * m**0.6)
