@@ -3,7 +3,7 @@
 Usage:
     .venv/bin/python benchmarks/bench_realism.py [--seed 20261210] [--n 40] [--sizes 512 768]
         [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60] [--n-turn 40]
-        [--n-embed 300] [--set NAME=VALUE ...]
+        [--n-embed 300] [--n-layout 42] [--n-occlude 16] [--set NAME=VALUE ...]
 
 Prints measures of the gap between synthetic and real films (another, side-by-side sheets of
 synthetic hands and real films of the same sex and bone age, is ``scripts/synth_vs_real.py --out
@@ -46,6 +46,17 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     mean bone age of its ``NEIGHBOURS`` nearest real films against its own, by bone-age band. Hands
     that look real to the network sit as close to real films as real films sit to each other, among
     films of their own age; hands that do not are read by the age of the odd films they land beside.
+
+(g) **Wrist layout**: the shipped segmenter's label maps of ``--n-layout`` real training-split films of 6-19 y
+    and as many synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 5``), measured by
+    :func:`carpal_layout` (carpal packing and size, lunate-radius and capitate-metacarpal gaps, all against the
+    third metacarpal's shaft); medians by bone-age band.
+(h) **What the CNN's reading rests on**: ``--n-occlude`` real training-split films of 7-11 y and as many
+    synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 6``), read by the shipped end-to-end
+    CNN with one region's bones (:data:`OCCLUSION_REGIONS`, the segmenter's masks) blurred away
+    (:func:`occlusion_changes`); the mean change of its reading per region. A region whose removal moves
+    synthetic readings much more than real ones is where synthetic hands tell the network something real
+    films do not.
 
 ``--set NAME=VALUE`` (repeatable) changes one of the renderer's numeric constants in
 :mod:`boneage.synth` for this run only (e.g. ``--set _CARPAL_SCALE=1.4``), so that probes of the
