@@ -317,7 +317,7 @@ _PHYSIS_PREFUSION_NARROWING = 0.0
 #: the finger angles the shipped segmenter finds, as the pipeline uprights films, match 60 rsna-dev
 #: training films (median -0.5, SD 7.7): with N(0, 10) the deviated wrist left synthetic fingers leaning
 #: 3 degrees on average and their SD was 10.2, so the pipeline turned synthetic hands 3 degrees
-#: counter-clockwise on average and 8 in size (real films: 0 and 3). N(3, 6) gives median +1.3, SD 6.2
+#: counter-clockwise on average, with a mean absolute turn of 8 (real films: 0 and 3). N(3, 6) gives median +1.3, SD 6.2
 #: (real on that run -0.9, 6.0). Through the whole pipeline no method moved by more than 1.7 months on
 #: two exploratory seeds (issue #22).
 _FILM_TILT_MEAN_DEG = 3.0
@@ -325,7 +325,8 @@ _FILM_TILT_SD_DEG = 6.0
 #: The radius's and ulna's physes lie this much (adult mm, scaled with the hand) further distally than
 #: the bone model's layout, against the carpus. The shipped segmenter finds the lunate touching the radius
 #: on real training films of 10-18 y (gap 0.03 of the third metacarpal's width; 0.15 at 6-10 y) and
-#: synthetic lunates 0.28-0.42 away; with 3 mm 0.04-0.18 (issue #22, 14 films a band). On two exploratory
+#: synthetic lunates 0.28-0.42 away; with 3 mm 0.04-0.18 (issue #22, 14 films a band; that first measure read
+#: touching as 0.03-0.04, where ``bench_realism.carpal_layout`` reads 0). On two exploratory
 #: seeds the per-bone network gained 0.1-1.2 months, the multi-step method 0-0.8, the CNN lost 0.3-1.8.
 _FOREARM_SHIFT_MM = 3.0
 

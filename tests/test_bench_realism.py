@@ -80,7 +80,9 @@ def _layout_labels(lunate_gap_px: int) -> np.ndarray:
     labels[10:70, 55:65] = anatomy.shaft_label("metacarpal_3")
     labels[70:100, 50:70] = anatomy.shaft_label("capitate")
     labels[105:125, 50:70] = anatomy.shaft_label("lunate")
-    labels[125 + lunate_gap_px:190, 45:75] = anatomy.epiphysis_label("radius")
+    labels[125 + lunate_gap_px:140, 45:75] = anatomy.epiphysis_label("radius")
+    labels[140:190, 50:70] = anatomy.shaft_label("radius")
+    labels[195, 5] = anatomy.shaft_label("metacarpal_3")  # a stray pixel: not part of the shaft's length
     return labels
 
 
@@ -92,6 +94,7 @@ def test_carpal_layout_measures_a_drawn_wrist_exactly():
     assert found["carpal area / MC3 length^2"] == pytest.approx(carpal_area / 60**2)
     # Hull: the two blocks and the 5-px gap between them (convex_hull_image counts pixel centres).
     assert found["carpal fill"] == pytest.approx(carpal_area / (carpal_area + 5 * 20), abs=0.03)
+    assert found["carpal hull / MC3 length^2"] == pytest.approx((carpal_area + 5 * 20) / 60**2, rel=0.05)
     assert bench_realism.carpal_layout(_layout_labels(0))["lunate-radius gap / MC3 width"] == 0.0
     assert bench_realism.carpal_layout(np.zeros((50, 50), np.uint8)) is None
 
@@ -115,5 +118,7 @@ def test_occlusion_changes_follow_what_the_reader_looks_at():
     changes = bench_realism.occlusion_changes(peak, pixels, labels, {"bone": [1], "absent": [2]})
     assert changes["absent"] == 0.0
     assert changes["bone"] < -20  # blurred into its surroundings, the thin bone loses its peak
-    blind = bench_realism.occlusion_changes(lambda x: 42.0, pixels, labels, {"bone": [1]})
-    assert blind["bone"] == 0.0
+    far_corner = bench_realism.occlusion_changes(lambda x: float(x[5, 5]) * 100, pixels, labels, {"bone": [1]})
+    assert far_corner["bone"] == pytest.approx(0.0, abs=1e-4)  # pixels away from the region are left alone
+    given = bench_realism.occlusion_changes(peak, pixels, labels, {"bone": [1]}, base=500.0)
+    assert given["bone"] == pytest.approx(peak(pixels) + changes["bone"] - 500.0, abs=1e-3)  # the caller's base is used
