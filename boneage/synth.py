@@ -317,9 +317,9 @@ _PHYSIS_PREFUSION_NARROWING = 0.0
 #: the finger angles the shipped segmenter finds, as the pipeline uprights films, match 60 rsna-dev
 #: training films (median -0.5, SD 7.7): with N(0, 10) the deviated wrist left synthetic fingers leaning
 #: 3 degrees on average and their SD was 10.2, so the pipeline turned synthetic hands 3 degrees
-#: counter-clockwise on average, with a mean absolute turn of 8 (real films: 0 and 3). N(3, 6) gives median +1.3, SD 6.2
-#: (real on that run -0.9, 6.0). Through the whole pipeline no method moved by more than 1.7 months on
-#: two exploratory seeds (issue #22).
+#: counter-clockwise on average, with a mean absolute turn of 8 (real films: 0 and 3). N(3, 6) gives
+#: median +1.3, SD 6.2 (real on that run -0.9, 6.0). Through the whole pipeline no method moved by more
+#: than 1.7 months on two exploratory seeds (issue #22).
 _FILM_TILT_MEAN_DEG = 3.0
 _FILM_TILT_SD_DEG = 6.0
 #: The radius's and ulna's physes lie this much (adult mm, scaled with the hand) further distally than
@@ -547,11 +547,11 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     # Painting order = occlusion order in the label map; the small pisiform (palmar, projecting on
     # the triquetrum) goes last so that it is never hidden completely.
     carpal_order = ("scaphoid", "lunate", "triquetrum", "trapezium", "trapezoid", "capitate", "hamate", "pisiform")
+    hub = np.array([bm["capitate"]["x_mm"], bm["capitate"]["y_mm"]])  # _CARPAL_LAYOUT_SCALE scales about it
     for bone in carpal_order:
         p = bm[bone]
         appear, _, _ = mm[(sex, bone)]
         appear = tempo_appear(appear)
-        hub = np.array([bm["capitate"]["x_mm"], bm["capitate"]["y_mm"]])
         layout = hub + (np.array([p["x_mm"], p["y_mm"]]) - hub) * _CARPAL_LAYOUT_SCALE
         centre = layout * scale + rng.normal(0, 0.6, 2) * scale
         if ba < appear:
