@@ -313,6 +313,39 @@ _FOREARM_EPIPHYSIS_DENSITY = 1.0
 _CARPAL_DENSITY = 1.0
 _CARPAL_LAYOUT_SCALE = 1.0
 _PHYSIS_PREFUSION_NARROWING = 0.0
+#: The heads of metacarpals 2-5 (issue #22, 2026-12-06). Measured with the shipped segmenter on 12 rsna-dev
+#: training films a band (18-200 months, metacarpals 2-4) against synthetic hands of the same ages and
+#: sexes, the synthetic heads sat on a flat-ended shaft flared 1.55-1.59 x its mid-width (real films
+#: 1.38-1.41 under 11 y, 1.47 at 11-14, 1.60 after), across a wide physis: the epiphysis touched its shaft
+#: over 0.30-0.58 of its width against 0.82-0.91 on real films. Now the flare is 0.87 x the bone model's
+#: until 11 y, ramping back by 15 y (1.38-1.45, then 1.48 and 1.54), the open physis half as wide with
+#: parallel, unrounded faces (contact 0.90-0.95), and the head a dome over three quarters of its height, not
+#: half. The head's width against its metaphysis (0.67-0.82, real 0.61-0.78) and its height against its
+#: width (0.72-0.86, real 0.74-0.87) stay close to real films'. With the forearm's physes below, on two
+#: exploratory seeds the end-to-end CNN's MAE fell from 20.9 / 24.7 to 15.7 / 17.9 months, the combined
+#: estimate's from 10.8 / 10.4 to 10.3 / 10.2; the per-bone network lost 0.5-0.9, the multi-step method
+#: moved within 0.4.
+_METACARPAL_YOUNG_FLARE = 0.87
+_METACARPAL_PHYSIS_GAP = 0.5
+_METACARPAL_PHYSIS_ROUNDING = 0.0
+_METACARPAL_HEAD_DOME = 0.75
+#: The radius's and ulna's open physes: as measured above, real 8-19 y films show the epiphysis touching
+#: its metaphysis over 0.63-0.84 of its width, synthetic hands over 0.00-0.46; a quarter of the gap gives
+#: 0.56-0.71 (issue #22).
+_FOREARM_PHYSIS_GAP = 0.25
+#: Probe knobs, neutral (issue #22; numbers in docs/synthetic.md): the metacarpal heads' width against the
+#: calibrated one and the MCP joint's space; per phalanx kind, the base's flare and the mid-shaft's width
+#: (both against the bone model's), the share of the flare's change that the epiphysis's width follows,
+#: and the phalangeal physes' width.
+_METACARPAL_HEAD_WIDTH = 1.0
+_MCP_JOINT_SCALE = 1.0
+_PROXIMAL_PHALANX_BASE_FLARE = 1.0
+_MIDDLE_PHALANX_BASE_FLARE = 1.0
+_DISTAL_PHALANX_BASE_FLARE = 1.0
+_MIDDLE_PHALANX_MID_WIDTH = 1.0
+_DISTAL_PHALANX_MID_WIDTH = 1.0
+_PHALANX_EPIPHYSIS_FOLLOWS_FLARE = 1.0
+_PHALANX_PHYSIS_GAP = 1.0
 #: The film's tilt (degrees, counter-clockwise; mean and SD of a normal draw, clipped to +-30). Set so that
 #: the finger angles the shipped segmenter finds, as the pipeline uprights films, match 60 rsna-dev
 #: training films (median -0.5, SD 7.7): with N(0, 10) the deviated wrist left synthetic fingers leaning
@@ -430,14 +463,23 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
 
         head_maturity = m**3 if kind.endswith("phalanx") else 0.0
         head_ratio = p["head_ratio"] * (1 + (_MATURE_HEAD_WIDTH - 1) * head_maturity)
-        t_k, w_k = _shaft_profile(kind, p["base_ratio"], head_ratio)
-        hw_k = w_k * width / 2
-        meta_w = (p["base_ratio"] if end == "proximal" else p["head_ratio"]) * width
+        mc_head = kind == "metacarpal" and end == "distal"  # metacarpals 2-5; the first's physis is at its base
+        if mc_head:
+            head_ratio *= float(np.interp(ba, (132.0, 180.0), (_METACARPAL_YOUNG_FLARE, 1.0)))
+        flare = {"proximal_phalanx": _PROXIMAL_PHALANX_BASE_FLARE, "middle_phalanx": _MIDDLE_PHALANX_BASE_FLARE,
+                 "distal_phalanx": _DISTAL_PHALANX_BASE_FLARE}.get(kind, 1.0)
+        base_ratio = p["base_ratio"] * flare
+        mid_w = {"middle_phalanx": _MIDDLE_PHALANX_MID_WIDTH, "distal_phalanx": _DISTAL_PHALANX_MID_WIDTH}.get(kind, 1.0)
+        t_k, w_k = _shaft_profile(kind, base_ratio / mid_w, head_ratio / mid_w)
+        hw_k = w_k * width * mid_w / 2
+        meta_w = (base_ratio if end == "proximal" else head_ratio) * width
         shaft_len = a_len - zone
         cortex = np.interp(t_k, _CORTEX_T, _CORTEX_F) * (0.65 + 0.35 * min(ba / 150.0, 1.0))
         # The epiphyseal end of the shaft is flat (physis); the other end is a rounded joint surface.
         # As the physis closes, metaphysis and epiphysis meet flat: no notch is left at a fused physis.
         flat = 0.12 * width * (1 - phi) * _PHYSIS_ROUNDING  # phi is 0 until the epiphysis has ossified
+        if mc_head:
+            flat *= _METACARPAL_PHYSIS_ROUNDING
         round_end = 0.45 * width * (p["head_ratio"] if end == "proximal" else p["base_ratio"])
         round_end *= 1 - (1 - _MATURE_HEAD_ROUNDING) * head_maturity
         if kind == "forearm":
@@ -448,15 +490,24 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             gap = (1 - phi) * (0.5 * (zone - e_len) + 0.02 * width * 2) * _PHYSIS_GAP_SCALE
             gap *= 1 - _PHYSIS_PREFUSION_NARROWING * float(np.clip((m - 0.8) / 0.2, 0, 1))
             e_len = min(e_len, zone - gap) if zone > gap else zone * 0.5
+            # A thinner physis: the metaphysis reaches further into it, while the epiphysis, the joint and
+            # the bone's length stay where they were.
+            narrower = (_METACARPAL_PHYSIS_GAP if mc_head else _FOREARM_PHYSIS_GAP if kind == "forearm"
+                        else _PHALANX_PHYSIS_GAP if kind.endswith("phalanx") else 1.0)
+            reach = gap * (1 - narrower)
             grow_to, start_at = _EPIPHYSIS_WIDTH.get(bone if kind == "forearm" else kind, _EPIPHYSIS_WIDTH_DEFAULT)
             e_width = meta_w * (start_at + (grow_to - start_at) * m**0.6)
+            if kind.endswith("phalanx"):  # the flare's narrowing reaches the epiphysis by this share
+                e_width *= (1 / flare) ** (1 - _PHALANX_EPIPHYSIS_FOLLOWS_FLARE)
+            if mc_head:
+                e_width *= _METACARPAL_HEAD_WIDTH
             # Fusing, the epiphysis grows to overhang its metaphysis a little: a broad, flat joint end.
             e_width = e_width * (1 - phi) + meta_w * _FUSED_EPIPHYSIS_WIDTH * phi
         else:
-            e_len = gap = e_width = 0.0
+            e_len = gap = e_width = reach = 0.0
 
         if end == "proximal":
-            shaft_start = start + d * zone
+            shaft_start = start + d * (zone - reach)
             epi_start = start + d * (zone - gap - e_len)
             lo = (zone - gap - e_len) if ossified else zone
             whole_proj = a_len - lo
@@ -466,7 +517,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             whole_proj = shaft_len + gap + e_len if ossified else shaft_len
         density = mineral * (forearm_density if kind == "forearm" else 1.0)
         parts.append(
-            _Part(bone, anatomy.shaft_label(bone), shaft_start, d, shaft_len, t_k, hw_k,
+            _Part(bone, anatomy.shaft_label(bone), shaft_start, d, shaft_len + reach, t_k, hw_k,
                   cortex, cap_start, cap_end, density,
                   trabecular_density=_TRABECULAR_DENSITY.get(kind, _TRABECULAR_DENSITY_DEFAULT))
         )
@@ -481,14 +532,14 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                 e_hw = np.array([e_width / 2 * narrow, e_width / 2])
             else:
                 e_hw = np.array([e_width / 2, e_width / 2 * narrow])
-            if kind == "metacarpal" and end == "distal":
-                cap = e_len * 0.5  # the metacarpal head stays rounded until it fuses
+            if mc_head:
+                cap = e_len * _METACARPAL_HEAD_DOME  # the metacarpal head stays rounded until it fuses
                 e_hw = np.array([e_width / 2, e_width / 2])
             # The physis side flattens as it fuses; the joint side keeps a fifth of its dome. That
             # flattens fused metacarpal heads too, which stay rounder on real films; not isolated: with
             # the whole change the per-bone network read fused third and fifth metacarpals 9-29 months
             # closer (issue #22, exploratory seeds).
-            physis_cap = max(cap * (1 - phi) * _PHYSIS_ROUNDING, 1e-3)
+            physis_cap = max(cap * (1 - phi) * _PHYSIS_ROUNDING * (_METACARPAL_PHYSIS_ROUNDING if mc_head else 1.0), 1e-3)
             cap *= 1 - _FUSED_JOINT_FLATTENING * phi
             caps = (max(cap, 1e-3), physis_cap) if end == "proximal" else (physis_cap, max(cap, 1e-3))
             parts.append(
@@ -502,7 +553,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                 # half-way through fusion and fading with an e-folding time of 3 years after it:
                 # visible, not labelled. 1 mm long (at least ~1.5 px at 512 px) and half as dense as a
                 # 0.5 mm line would be, so that small images do not lose or double it.
-                physis = shaft_start if end == "proximal" else start + d * shaft_len
+                physis = shaft_start if end == "proximal" else start + d * (shaft_len + reach)
                 scar_len = max(1.0, 0.04 * width)
                 parts.append(
                     _Part(bone, 0, physis - d * scar_len / 2, d, scar_len,
@@ -629,7 +680,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                     n = np.array([-_unit(angle)[1], _unit(angle)[0]])
                     q = p0 + (end - p0) * _PALM_WEB_FRACTION
                     palm_pts.extend([q + n * (base_w / 2 + 4.8 * chubby), q - n * (base_w / 2 + 4.8 * chubby)])
-            start = end + _unit(angle) * joint
+            start = end + _unit(angle) * joint * (_MCP_JOINT_SCALE if k == 0 else 1.0)
         # Fingertip pad beyond the distal phalanx.
         last_p0, last_end, r = finger_points[-1]
         finger_points[-1] = (last_p0, last_end + _unit(angle) * 1.5 * scale, r)

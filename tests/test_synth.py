@@ -383,6 +383,57 @@ def test_film_tilts_are_drawn_as_real_films_lean() -> None:
     assert 4.5 <= tilts.std() <= 7.5, tilts.std()
 
 
+def _physis_geometry(hand, bone: str) -> tuple[float, float, float]:
+    """From a ground-truth label map: the shaft's flare at its physis (widest row of the end tenth-and-a-half
+    over the median mid-shaft width), and the open physis's width (mm) across the epiphysis's centre fifth
+    and near its edges."""
+    lm = hand.label_map
+    shaft = np.argwhere(lm == anatomy.shaft_label(bone)).astype(float)
+    epi = np.argwhere(lm == anatomy.epiphysis_label(bone)).astype(float)
+    centred = shaft - shaft.mean(0)
+    major = np.linalg.svd(centred, full_matrices=False)[2][0]
+    minor = np.array([-major[1], major[0]])
+    t, s, te, se = shaft @ major, shaft @ minor, epi @ major, epi @ minor
+    if te.mean() < t.mean():  # measure towards the epiphysis
+        t, te = -t, -te
+    rows = np.round(t)
+    widths = {r: np.ptp(s[rows == r]) + 1 for r in np.unique(rows)}
+    span = np.ptp(t)
+    mid = np.median([w for r, w in widths.items() if t.min() + 0.3 * span < r < t.max() - 0.3 * span])
+    flare = max(w for r, w in widths.items() if r > t.max() - 0.15 * span) / mid
+    centre, half_width = np.median(se), np.ptp(se) / 2
+    gaps = []
+    for c in np.unique(np.round(se - centre)):
+        column = np.round(s - centre) == c
+        if column.any():
+            gaps.append((abs(c), te[np.round(se - centre) == c].min() - t[column].max() - 1))
+    gaps = np.array(gaps)
+    at_centre = np.median(gaps[gaps[:, 0] <= 0.4 * half_width, 1]) * hand.spacing_mm
+    at_edges = np.median(gaps[gaps[:, 0] >= 0.6 * half_width, 1]) * hand.spacing_mm
+    return float(flare), float(at_centre), float(at_edges)
+
+
+def test_metacarpal_heads_sit_on_a_thin_flat_physis() -> None:
+    # The shipped segmenter found synthetic metacarpal heads on a shaft flared 1.55-1.59 x its mid-width
+    # across a wide physis (real films of 2-11 y: 1.38-1.41, epiphysis touching the shaft over 0.82-0.91 of
+    # its width, synthetic 0.30-0.58). Before the change, on these label maps: flare 1.71-1.80, the physis
+    # 1.0 mm wide at its centre and 1.4 mm near the edges (issue #22).
+    geometry = np.array([_physis_geometry(generate_hand(5, i, size=768, bone_age_months=age), "metacarpal_3")
+                         for age in (90.0, 110.0) for i in range(4)])
+    flare, centre, edges = np.median(geometry, 0)
+    assert geometry[:, 0].max() <= 1.66, geometry[:, 0]
+    assert centre <= 0.75, centre
+    assert edges - centre <= 0.2, (centre, edges)  # parallel faces, not a lens
+
+
+def test_adolescent_forearm_physes_are_thin() -> None:
+    # Real 8-19 y films: the radius's epiphysis touches its metaphysis over 0.63-0.84 of its width, synthetic
+    # ones touched it over 0-0.46 with a physis 1.1 mm wide here; now a quarter of that (issue #22).
+    centres = [_physis_geometry(generate_hand(5, i, size=768, bone_age_months=age), "radius")[1]
+               for age in (140.0, 170.0) for i in range(4)]
+    assert np.median(centres) <= 0.6, centres
+
+
 def test_metacarpals_have_a_darker_medulla_than_phalanges() -> None:
     # Rendered: the metacarpal's centre keeps less of its cortex's brightness above the soft tissue
     # than the phalanx's (real films: medulla share 0.41-0.51 against 0.78-0.82).
