@@ -3,7 +3,7 @@
 Usage:
     .venv/bin/python benchmarks/bench_realism.py [--seed 20261210] [--n 40] [--sizes 512 768]
         [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60] [--n-turn 40]
-        [--n-embed 300] [--n-layout 42] [--n-occlude 16] [--set NAME=VALUE ...]
+        [--n-embed 300] [--n-layout 42] [--n-occlude 16] [--n-physis 40] [--set NAME=VALUE ...]
 
 Prints measures of the gap between synthetic and real films (another, side-by-side sheets of
 synthetic hands and real films of the same sex and bone age, is ``scripts/synth_vs_real.py --out
@@ -57,6 +57,11 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     (:func:`occlusion_changes`); the mean change of its reading per region. A region whose removal moves
     synthetic readings much more than real ones is where synthetic hands tell the network something real
     films do not.
+(i) **Epiphyses and physes**: the shipped segmenter's label maps of ``--n-physis`` real training-split films of
+    2-17 y and as many synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 7``), measured by
+    :func:`physis_geometry` for the metacarpals and phalanges of digits 2-4 and the radius: the epiphysis's width
+    against its metaphysis and its height against its width, how much of it touches the shaft, the metaphysis's
+    flare against the mid-shaft, and the shaft's slenderness; medians by bone-age band.
 
 ``--set NAME=VALUE`` (repeatable) changes one of the renderer's numeric constants in
 :mod:`boneage.synth` for this run only (e.g. ``--set _CARPAL_SCALE=1.4``), so that probes of the
@@ -492,6 +497,106 @@ def wrist_layout(n: int, seed: int) -> None:
         print(f"  {name:<36}" + "".join(f"{c:>16}" for c in cells))
 
 
+#: Bones of (i), grouped as its table's rows: digits 2-4 of each tubular kind, and the radius.
+PHYSIS_GROUPS = {
+    "metacarpal 2-4": ("metacarpal_2", "metacarpal_3", "metacarpal_4"),
+    "proximal phalanx 2-4": ("proximal_phalanx_2", "proximal_phalanx_3", "proximal_phalanx_4"),
+    "middle phalanx 2-4": ("middle_phalanx_2", "middle_phalanx_3", "middle_phalanx_4"),
+    "distal phalanx 2-4": ("distal_phalanx_2", "distal_phalanx_3", "distal_phalanx_4"),
+    "radius": ("radius",),
+}
+#: Measurements of (i), as :func:`physis_geometry` names them.
+PHYSIS_NAMES = ("epiphysis / metaphysis width", "epiphysis height / width", "contact",
+                "metaphysis / mid-shaft width", "mid-shaft width / length")
+#: Bone-age bands (months) of (i).
+PHYSIS_BANDS = ((24, 72), (72, 132), (132, 200))
+
+
+def physis_geometry(labels: np.ndarray, bone: str) -> dict[str, float] | None:
+    """A tubular bone's epiphysis, physis and metaphysis on a label map, scale-free.
+
+    Args:
+        labels: ``(rows, cols)`` :mod:`boneage.anatomy` label map (a segmenter's or a synthetic hand's).
+        bone: a tubular bone or the radius (whose shaft leaves the film: its length is what the film shows).
+
+    Returns:
+        ``None`` when the shaft or the epiphysis is missing; else, keyed by :data:`PHYSIS_NAMES`: the
+        epiphysis's width (across the shaft's axis) over the metaphysis's (the widest row of the shaft's
+        last 15% towards the epiphysis), its height (along the axis) over its width, the share of its width
+        touching the shaft (4-adjacent; 1 once fused), the metaphysis's width over the median mid-shaft
+        width (rows 30-70% along), and that over the bone's length (shaft and epiphysis).
+    """
+    from scipy import ndimage
+
+    from boneage import anatomy
+
+    shaft = labels == anatomy.shaft_label(bone)
+    epiphysis = labels == anatomy.epiphysis_label(bone)
+    if shaft.sum() < 50 or epiphysis.sum() < 10:
+        return None
+    for mask in (shaft, epiphysis):  # the largest piece of each: a stray one would stretch the extents
+        pieces, count = ndimage.label(mask)
+        if count > 1:
+            mask &= pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+    yx = np.argwhere(shaft).astype(np.float64)
+    centre = yx.mean(axis=0)
+    axis, across = np.linalg.svd(yx - centre, full_matrices=False)[2]
+    t, u = (yx - centre) @ axis, (yx - centre) @ across
+    e_yx = np.argwhere(epiphysis).astype(np.float64) - centre
+    te, ue = e_yx @ axis, e_yx @ across
+    if te.mean() < t.mean():  # measure towards the epiphysis
+        t, te = -t, -te
+    rows = np.round(t)
+    widths = {r: float(np.ptp(u[rows == r]) + 1) for r in np.unique(rows)}
+    span = float(np.ptp(t))
+    mid = float(np.median([w for r, w in widths.items() if t.min() + 0.3 * span < r < t.max() - 0.3 * span]))
+    metaphysis = max(w for r, w in widths.items() if r > t.max() - 0.15 * span)
+    e_width = float(np.percentile(ue, 99) - np.percentile(ue, 1) + 1)
+    e_height = float(np.percentile(te, 99) - np.percentile(te, 1) + 1)
+    touching = epiphysis & ndimage.binary_dilation(shaft)
+    contact = float(np.ptp(np.argwhere(touching) @ across) + 1) / e_width if touching.any() else 0.0
+    length = float(np.ptp(np.concatenate([t, te])) + 1)
+    values = (e_width / metaphysis, e_height / e_width, min(contact, 1.0), metaphysis / mid, mid / length)
+    return dict(zip(PHYSIS_NAMES, values))
+
+
+def physes(n: int, seed: int) -> None:
+    """(i): epiphyses, physes and metaphyses on real training-split films of 2-17 y and synthetic hands alike."""
+    from tqdm import tqdm
+
+    from boneage import datasets, models
+    from boneage.io import load_radiograph
+    from boneage.synth import generate_hand
+
+    segmenter = models.load("segmenter")
+    dev = datasets.rsna_dev()
+    ages = dev["bone_age_months"]
+    pool = dev[(dev["split"] == "train") & ages.between(PHYSIS_BANDS[0][0], PHYSIS_BANDS[-1][1], inclusive="left")]
+    train = pool.sample(n=min(n, len(pool)), random_state=seed)
+    rows = []
+    for i, (path, age, sex) in enumerate(tqdm(list(zip(train["path"], train["bone_age_months"], train["sex"])),
+                                              desc="physes", unit="film", mininterval=10)):
+        for kind, pixels in (("real", load_radiograph(path).pixels),
+                             ("synthetic", generate_hand(seed, i, size=768, bone_age_months=float(age), sex=sex).image)):
+            labels = segmenter.segment(pixels)
+            for group, bones in PHYSIS_GROUPS.items():
+                for bone in bones:
+                    found = physis_geometry(labels, bone)
+                    if found is not None:
+                        rows.append((kind, float(age), group, found))
+    print(f"\nepiphyses and physes (shipped segmenter), {len(train)} real training-split films / as many synthetic hands "
+          "of the same bone ages and sexes (768 px), median by bone-age band (real / synthetic):")
+    print(f"  {'bones: measurement':<52}" + "".join(f"{f'{lo}-{hi} mo':>16}" for lo, hi in PHYSIS_BANDS))
+    for group in PHYSIS_GROUPS:
+        for name in PHYSIS_NAMES:
+            cells = []
+            for lo, hi in PHYSIS_BANDS:
+                medians = [np.nanmedian([v[name] for k, a, g, v in rows if k == kind and g == group and lo <= a < hi]
+                                        or [np.nan]) for kind in ("real", "synthetic")]
+                cells.append(f"{medians[0]:.2f} / {medians[1]:.2f}")
+            print(f"  {f'{group}: {name}':<52}" + "".join(f"{c:>16}" for c in cells))
+
+
 _PHALANGES = ("proximal_phalanx", "middle_phalanx", "distal_phalanx")
 #: Regions of (h): which bones are blurred away, as (bone kinds, which parts).
 OCCLUSION_REGIONS = {
@@ -643,6 +748,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="real 6-19 y training-split films (and as many synthetic hands) for (g) (0: skip)")
     parser.add_argument("--n-occlude", type=int, default=16,
                         help="real 7-11 y training-split films (and as many synthetic hands) for (h) (0: skip)")
+    parser.add_argument("--n-physis", type=int, default=40,
+                        help="real 2-17 y training-split films (and as many synthetic hands) for (i) (0: skip)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change a numeric renderer constant of boneage.synth for this run (repeatable)")
     args = parser.parse_args(argv)
@@ -681,6 +788,8 @@ def main(argv: list[str] | None = None) -> int:
         wrist_layout(args.n_layout, args.seed + 5)
     if args.n_occlude:
         cnn_occlusion(args.n_occlude, args.seed + 6)
+    if args.n_physis:
+        physes(args.n_physis, args.seed + 7)
     print(f"\n({time.perf_counter() - start:.0f} s)")
     return 0
 

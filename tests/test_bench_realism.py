@@ -122,3 +122,39 @@ def test_occlusion_changes_follow_what_the_reader_looks_at():
     assert far_corner["bone"] == pytest.approx(0.0, abs=1e-4)  # pixels away from the region are left alone
     given = bench_realism.occlusion_changes(peak, pixels, labels, {"bone": [1]}, base=500.0)
     assert given["bone"] == pytest.approx(peak(pixels) + changes["bone"] - 500.0, abs=1e-3)  # the caller's base is used
+
+
+def _bone_labels(physis_gap_px: int) -> np.ndarray:
+    """A drawn third metacarpal: a 100-row shaft 10 px wide, flared to 16 px over its last 10 rows, under a
+    10 x 12 px head epiphysis ``physis_gap_px`` rows above it."""
+    from boneage import anatomy
+
+    labels = np.zeros((160, 120), np.uint8)
+    labels[50:140, 55:65] = anatomy.shaft_label("metacarpal_3")
+    labels[40:50, 52:68] = anatomy.shaft_label("metacarpal_3")
+    labels[30 - physis_gap_px:40 - physis_gap_px, 54:66] = anatomy.epiphysis_label("metacarpal_3")
+    labels[150, 5] = anatomy.epiphysis_label("metacarpal_3")  # a stray pixel: not part of the epiphysis
+    return labels
+
+
+def test_physis_geometry_measures_a_drawn_bone_exactly():
+    found = bench_realism.physis_geometry(_bone_labels(0), "metacarpal_3")
+    assert found["metaphysis / mid-shaft width"] == pytest.approx(16 / 10)
+    assert found["epiphysis / metaphysis width"] == pytest.approx(12 / 16, rel=0.03)
+    assert found["epiphysis height / width"] == pytest.approx(10 / 12, rel=0.03)
+    assert found["contact"] == 1.0  # touching across its whole width
+    assert found["mid-shaft width / length"] == pytest.approx(10 / 110)
+    apart = bench_realism.physis_geometry(_bone_labels(2), "metacarpal_3")
+    assert apart["contact"] == 0.0
+    assert apart["mid-shaft width / length"] == pytest.approx(10 / 112)
+    assert bench_realism.physis_geometry(np.zeros((50, 50), np.uint8), "metacarpal_3") is None
+
+
+def test_physis_geometry_sees_the_metacarpal_heads_flare(monkeypatch):
+    flares = {}
+    for young_flare in (0.87, 1.0):
+        monkeypatch.setattr(synth, "_METACARPAL_YOUNG_FLARE", young_flare)
+        hands = [synth.generate_hand(3, i, size=512, bone_age_months=100.0) for i in range(4)]
+        flares[young_flare] = np.median([bench_realism.physis_geometry(h.label_map, "metacarpal_3")
+                                         ["metaphysis / mid-shaft width"] for h in hands])
+    assert flares[0.87] < flares[1.0] - 0.1, flares
