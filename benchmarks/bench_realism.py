@@ -520,11 +520,13 @@ def physis_geometry(labels: np.ndarray, bone: str) -> dict[str, float] | None:
         bone: a tubular bone or the radius (whose shaft leaves the film: its length is what the film shows).
 
     Returns:
-        ``None`` when the shaft or the epiphysis is missing; else, keyed by :data:`PHYSIS_NAMES`: the
-        epiphysis's width (across the shaft's axis) over the metaphysis's (the widest row of the shaft's
-        last 15% towards the epiphysis), its height (along the axis) over its width, the share of its width
-        touching the shaft (4-adjacent; 1 once fused), the metaphysis's width over the median mid-shaft
-        width (rows 30-70% along), and that over the bone's length (shaft and epiphysis).
+        ``None`` when the shaft or the epiphysis is missing or too small to measure; else, keyed by
+        :data:`PHYSIS_NAMES`: the epiphysis's width (across the shaft's axis) over the metaphysis's (the
+        widest row of the shaft's last 15% towards the epiphysis), its height (along the axis) over its
+        width, the extent across it of its pixels 4-adjacent to the shaft over its width (as
+        :func:`boneage.measure.measure`'s ``fusion_contact``: 0 open, 1 fused or touching at both edges),
+        the metaphysis's width over the median mid-shaft width (rows 30-70% along), and the mid-shaft
+        width over the bone's length (shaft and epiphysis).
     """
     from scipy import ndimage
 
@@ -538,6 +540,8 @@ def physis_geometry(labels: np.ndarray, bone: str) -> dict[str, float] | None:
         pieces, count = ndimage.label(mask)
         if count > 1:
             mask &= pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+    if shaft.sum() < 50 or epiphysis.sum() < 10:  # fragments only
+        return None
     yx = np.argwhere(shaft).astype(np.float64)
     centre = yx.mean(axis=0)
     axis, across = np.linalg.svd(yx - centre, full_matrices=False)[2]
@@ -549,8 +553,11 @@ def physis_geometry(labels: np.ndarray, bone: str) -> dict[str, float] | None:
     rows = np.round(t)
     widths = {r: float(np.ptp(u[rows == r]) + 1) for r in np.unique(rows)}
     span = float(np.ptp(t))
-    mid = float(np.median([w for r, w in widths.items() if t.min() + 0.3 * span < r < t.max() - 0.3 * span]))
-    metaphysis = max(w for r, w in widths.items() if r > t.max() - 0.15 * span)
+    middle = [w for r, w in widths.items() if t.min() + 0.3 * span < r < t.max() - 0.3 * span]
+    near_end = [w for r, w in widths.items() if r > t.max() - 0.15 * span]
+    if span < 10 or not middle or not near_end:  # too short a shaft to tell its middle from its end
+        return None
+    mid, metaphysis = float(np.median(middle)), max(near_end)
     e_width = float(np.percentile(ue, 99) - np.percentile(ue, 1) + 1)
     e_height = float(np.percentile(te, 99) - np.percentile(te, 1) + 1)
     touching = epiphysis & ndimage.binary_dilation(shaft)

@@ -333,10 +333,11 @@ _METACARPAL_HEAD_DOME = 0.75
 #: its metaphysis over 0.63-0.84 of its width, synthetic hands over 0.00-0.46; a quarter of the gap gives
 #: 0.56-0.71 (issue #22).
 _FOREARM_PHYSIS_GAP = 0.25
-#: Probe knobs, neutral (issue #22; numbers in docs/synthetic.md): the metacarpal heads' width against the
-#: calibrated one and the MCP joint's space; per phalanx kind, the base's flare and the mid-shaft's width
-#: (both against the bone model's), the share of the flare's change that the epiphysis's width follows,
-#: and the phalangeal physes' width.
+#: Probe knobs, neutral (issue #22; numbers in docs/synthetic.md, "Metacarpal heads and forearm physes"): the
+#: metacarpal heads' width against the calibrated one and the MCP joint's space; each phalanx kind's base flare
+#: and the middle and distal phalanges' mid-shaft width (against the bone model's; the finger's soft tissue
+#: and the returned width keep the model's), the share of the flare's change that the epiphysis's width
+#: follows, the phalangeal physes' width, and the distal phalangeal epiphyses' height.
 _METACARPAL_HEAD_WIDTH = 1.0
 _MCP_JOINT_SCALE = 1.0
 _PROXIMAL_PHALANX_BASE_FLARE = 1.0
@@ -346,6 +347,7 @@ _MIDDLE_PHALANX_MID_WIDTH = 1.0
 _DISTAL_PHALANX_MID_WIDTH = 1.0
 _PHALANX_EPIPHYSIS_FOLLOWS_FLARE = 1.0
 _PHALANX_PHYSIS_GAP = 1.0
+_DISTAL_PHALANX_EPIPHYSIS_HEIGHT = 1.0
 #: The film's tilt (degrees, counter-clockwise; mean and SD of a normal draw, clipped to +-30). Set so that
 #: the finger angles the shipped segmenter finds, as the pipeline uprights films, match 60 rsna-dev
 #: training films (median -0.5, SD 7.7): with N(0, 10) the deviated wrist left synthetic fingers leaning
@@ -469,7 +471,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         flare = {"proximal_phalanx": _PROXIMAL_PHALANX_BASE_FLARE, "middle_phalanx": _MIDDLE_PHALANX_BASE_FLARE,
                  "distal_phalanx": _DISTAL_PHALANX_BASE_FLARE}.get(kind, 1.0)
         base_ratio = p["base_ratio"] * flare
-        mid_w = {"middle_phalanx": _MIDDLE_PHALANX_MID_WIDTH, "distal_phalanx": _DISTAL_PHALANX_MID_WIDTH}.get(kind, 1.0)
+        mid_w = {"middle_phalanx": _MIDDLE_PHALANX_MID_WIDTH,
+                 "distal_phalanx": _DISTAL_PHALANX_MID_WIDTH}.get(kind, 1.0)
         t_k, w_k = _shaft_profile(kind, base_ratio / mid_w, head_ratio / mid_w)
         hw_k = w_k * width * mid_w / 2
         meta_w = (base_ratio if end == "proximal" else head_ratio) * width
@@ -487,6 +490,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         cap_start, cap_end = (flat, round_end) if end == "proximal" else (round_end, flat)
         if ossified:
             e_len = zone * (_EPIPHYSIS_HEIGHT[0] + (_EPIPHYSIS_HEIGHT[1] - _EPIPHYSIS_HEIGHT[0]) * m**0.6)
+            if kind == "distal_phalanx":
+                e_len *= _DISTAL_PHALANX_EPIPHYSIS_HEIGHT
             gap = (1 - phi) * (0.5 * (zone - e_len) + 0.02 * width * 2) * _PHYSIS_GAP_SCALE
             gap *= 1 - _PHYSIS_PREFUSION_NARROWING * float(np.clip((m - 0.8) / 0.2, 0, 1))
             e_len = min(e_len, zone - gap) if zone > gap else zone * 0.5
@@ -494,7 +499,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             # the bone's length stay where they were.
             narrower = (_METACARPAL_PHYSIS_GAP if mc_head else _FOREARM_PHYSIS_GAP if kind == "forearm"
                         else _PHALANX_PHYSIS_GAP if kind.endswith("phalanx") else 1.0)
-            reach = gap * (1 - narrower)
+            reach = gap * (1 - max(narrower, 0.0))
             grow_to, start_at = _EPIPHYSIS_WIDTH.get(bone if kind == "forearm" else kind, _EPIPHYSIS_WIDTH_DEFAULT)
             e_width = meta_w * (start_at + (grow_to - start_at) * m**0.6)
             if kind.endswith("phalanx"):  # the flare's narrowing reaches the epiphysis by this share
@@ -539,7 +544,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             # flattens fused metacarpal heads too, which stay rounder on real films; not isolated: with
             # the whole change the per-bone network read fused third and fifth metacarpals 9-29 months
             # closer (issue #22, exploratory seeds).
-            physis_cap = max(cap * (1 - phi) * _PHYSIS_ROUNDING * (_METACARPAL_PHYSIS_ROUNDING if mc_head else 1.0), 1e-3)
+            physis_rounding = _PHYSIS_ROUNDING * (_METACARPAL_PHYSIS_ROUNDING if mc_head else 1.0)
+            physis_cap = max(cap * (1 - phi) * physis_rounding, 1e-3)
             cap *= 1 - _FUSED_JOINT_FLATTENING * phi
             caps = (max(cap, 1e-3), physis_cap) if end == "proximal" else (physis_cap, max(cap, 1e-3))
             parts.append(

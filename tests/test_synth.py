@@ -14,6 +14,7 @@ from boneage.measure import measure, shaft_profile
 from boneage.synth import (
     FOV_RANGE_MM,
     OSSIFICATION_STATES,
+    SyntheticHand,
     generate_hand,
     growth_fraction,
     label_columns,
@@ -383,10 +384,10 @@ def test_film_tilts_are_drawn_as_real_films_lean() -> None:
     assert 4.5 <= tilts.std() <= 7.5, tilts.std()
 
 
-def _physis_geometry(hand, bone: str) -> tuple[float, float, float]:
-    """From a ground-truth label map: the shaft's flare at its physis (widest row of the end tenth-and-a-half
-    over the median mid-shaft width), and the open physis's width (mm) across the epiphysis's centre fifth
-    and near its edges."""
+def _physis_geometry(hand: SyntheticHand, bone: str) -> tuple[float, float, float]:
+    """From a ground-truth label map: the shaft's flare at its physis (widest row of its last 15% over the
+    median mid-shaft width), and the open physis's width (mm) across the epiphysis's central two fifths and
+    across its outer fifth on each side."""
     lm = hand.label_map
     shaft = np.argwhere(lm == anatomy.shaft_label(bone)).astype(float)
     epi = np.argwhere(lm == anatomy.epiphysis_label(bone)).astype(float)
@@ -420,7 +421,7 @@ def test_metacarpal_heads_sit_on_a_thin_flat_physis() -> None:
     # 1.0 mm wide at its centre and 1.4 mm near the edges (issue #22).
     geometry = np.array([_physis_geometry(generate_hand(5, i, size=768, bone_age_months=age), "metacarpal_3")
                          for age in (90.0, 110.0) for i in range(4)])
-    flare, centre, edges = np.median(geometry, 0)
+    _, centre, edges = np.median(geometry, 0)
     assert geometry[:, 0].max() <= 1.66, geometry[:, 0]
     assert centre <= 0.75, centre
     assert edges - centre <= 0.2, (centre, edges)  # parallel faces, not a lens
