@@ -75,7 +75,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from bench_validation import BANDS, METHODS  # one definition of the methods and bands (this folder)
@@ -464,8 +464,21 @@ def carpal_layout(labels: np.ndarray) -> dict[str, float] | None:
     return dict(zip(LAYOUT_NAMES, (float(v) for v in values)))
 
 
-def wrist_layout(n: int, seed: int) -> None:
-    """(g): carpal packing on real training-split films of 6-19 y and synthetic hands of the same ages and sexes."""
+def paired_label_maps(n: int, seed: int, bands: tuple[tuple[int, int], ...],
+                      desc: str) -> Iterator[tuple[str, float, np.ndarray]]:
+    """The shipped segmenter's label maps of real films and of synthetic hands like them.
+
+    Args:
+        n: real training-split films, drawn (with ``seed``) among those of bone age from the first band's
+            start to the last band's end.
+        seed: the draw's seed and the synthetic hands' seed.
+        bands: bone-age bands (months), in order.
+        desc: the progress bar's label.
+
+    Yields:
+        ``("real" or "synthetic", bone age in months, label map)``: each real film, then a synthetic hand of
+        its bone age and sex (768 px).
+    """
     from tqdm import tqdm
 
     from boneage import datasets, models
@@ -475,17 +488,24 @@ def wrist_layout(n: int, seed: int) -> None:
     segmenter = models.load("segmenter")
     dev = datasets.rsna_dev()
     ages = dev["bone_age_months"]
-    pool = dev[(dev["split"] == "train") & ages.between(LAYOUT_BANDS[0][0], LAYOUT_BANDS[-1][1], inclusive="left")]
+    pool = dev[(dev["split"] == "train") & ages.between(bands[0][0], bands[-1][1], inclusive="left")]
     train = pool.sample(n=min(n, len(pool)), random_state=seed)
-    rows = []
     for i, (path, age, sex) in enumerate(tqdm(list(zip(train["path"], train["bone_age_months"], train["sex"])),
-                                              desc="wrist layout", unit="film", mininterval=10)):
+                                              desc=desc, unit="film", mininterval=10)):
         for kind, pixels in (("real", load_radiograph(path).pixels),
                              ("synthetic", generate_hand(seed, i, size=768, bone_age_months=float(age), sex=sex).image)):
-            found = carpal_layout(segmenter.segment(pixels))
-            if found is not None:
-                rows.append((kind, float(age), found))
-    print(f"\nwrist layout (shipped segmenter), {len(train)} real training-split films / as many synthetic hands of the "
+            yield kind, float(age), segmenter.segment(pixels)
+
+
+def wrist_layout(n: int, seed: int) -> None:
+    """(g): carpal packing on real training-split films of 6-19 y and synthetic hands of the same ages and sexes."""
+    rows, films = [], 0
+    for kind, age, labels in paired_label_maps(n, seed, LAYOUT_BANDS, "wrist layout"):
+        films += kind == "real"
+        found = carpal_layout(labels)
+        if found is not None:
+            rows.append((kind, age, found))
+    print(f"\nwrist layout (shipped segmenter), {films} real training-split films / as many synthetic hands of the "
           "same bone ages and sexes (768 px), median by bone-age band:")
     print(f"  {'measurement':<36}" + "".join(f"{f'{lo}-{hi} mo':>16}" for lo, hi in LAYOUT_BANDS))
     for name in LAYOUT_NAMES:
@@ -569,29 +589,15 @@ def physis_geometry(labels: np.ndarray, bone: str) -> dict[str, float] | None:
 
 def physes(n: int, seed: int) -> None:
     """(i): epiphyses, physes and metaphyses on real training-split films of 2-17 y and synthetic hands alike."""
-    from tqdm import tqdm
-
-    from boneage import datasets, models
-    from boneage.io import load_radiograph
-    from boneage.synth import generate_hand
-
-    segmenter = models.load("segmenter")
-    dev = datasets.rsna_dev()
-    ages = dev["bone_age_months"]
-    pool = dev[(dev["split"] == "train") & ages.between(PHYSIS_BANDS[0][0], PHYSIS_BANDS[-1][1], inclusive="left")]
-    train = pool.sample(n=min(n, len(pool)), random_state=seed)
-    rows = []
-    for i, (path, age, sex) in enumerate(tqdm(list(zip(train["path"], train["bone_age_months"], train["sex"])),
-                                              desc="physes", unit="film", mininterval=10)):
-        for kind, pixels in (("real", load_radiograph(path).pixels),
-                             ("synthetic", generate_hand(seed, i, size=768, bone_age_months=float(age), sex=sex).image)):
-            labels = segmenter.segment(pixels)
-            for group, bones in PHYSIS_GROUPS.items():
-                for bone in bones:
-                    found = physis_geometry(labels, bone)
-                    if found is not None:
-                        rows.append((kind, float(age), group, found))
-    print(f"\nepiphyses and physes (shipped segmenter), {len(train)} real training-split films / as many synthetic hands "
+    rows, films = [], 0
+    for kind, age, labels in paired_label_maps(n, seed, PHYSIS_BANDS, "physes"):
+        films += kind == "real"
+        for group, bones in PHYSIS_GROUPS.items():
+            for bone in bones:
+                found = physis_geometry(labels, bone)
+                if found is not None:
+                    rows.append((kind, age, group, found))
+    print(f"\nepiphyses and physes (shipped segmenter), {films} real training-split films / as many synthetic hands "
           "of the same bone ages and sexes (768 px), median by bone-age band (real / synthetic):")
     print(f"  {'bones: measurement':<52}" + "".join(f"{f'{lo}-{hi} mo':>16}" for lo, hi in PHYSIS_BANDS))
     for group in PHYSIS_GROUPS:
