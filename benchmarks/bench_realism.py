@@ -789,20 +789,13 @@ def main(argv: list[str] | None = None) -> int:
         auc, sd = classifier_auc(args.n_classifier, args.seed)
         print(f"\nreal vs synthetic classifier: ROC AUC {auc:.3f} (SD {sd:.3f} over 5 folds; "
               f"{args.n_classifier} real training-split films, as many synthetic hands; 0.5 = indistinguishable)")
-    if args.n_features:
-        maturity_features(args.n_features, args.seed + 1)
-    if args.n_look:
-        film_look(args.n_look, args.seed + 2)
-    if args.n_turn:
-        turned_films(args.n_turn, args.seed + 3)
-    if args.n_embed:
-        cnn_feature_space(args.n_embed, args.seed + 4)
-    if args.n_layout:
-        wrist_layout(args.n_layout, args.seed + 5)
-    if args.n_occlude:
-        cnn_occlusion(args.n_occlude, args.seed + 6)
-    if args.n_physis:
-        physes(args.n_physis, args.seed + 7)
+    # Parts (c)-(i), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
+    parts = ((args.n_features, maturity_features), (args.n_look, film_look), (args.n_turn, turned_films),
+             (args.n_embed, cnn_feature_space), (args.n_layout, wrist_layout), (args.n_occlude, cnn_occlusion),
+             (args.n_physis, physes))
+    for offset, (n, part) in enumerate(parts, start=1):
+        if n:
+            part(n, args.seed + offset)
     print(f"\n({time.perf_counter() - start:.0f} s)")
     return 0
 
