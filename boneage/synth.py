@@ -348,6 +348,17 @@ _DISTAL_PHALANX_MID_WIDTH = 1.0
 _PHALANX_EPIPHYSIS_FOLLOWS_FLARE = 1.0
 _PHALANX_PHYSIS_GAP = 1.0
 _DISTAL_PHALANX_EPIPHYSIS_HEIGHT = 1.0
+#: Fused joint ends (issue #22, 2026-12-06). Every method read synthetic hands past full maturity as
+#: 14-15 y olds: girls of 192-228 months at about 166, boys at about 185, where real training films of
+#: 204-216 months read about 190 (girls) and 210 (boys). A fused epiphysis stayed a distinct plate: its
+#: medulla as dense as its cortex (the shaft's emptier: 0.58-0.87 of it) and a sclerotic scar line across
+#: every fused physis. Now a fusing epiphysis's medulla takes on its shaft's density in proportion to
+#: fusion (its trabecular bone is continuous with the metaphysis's once the plate is gone), and the scar
+#: is drawn only across the radius and ulna, where real adult films show it longest; across the digits'
+#: fused physes the drawn line kept them looking open. Set with exploratory seeds (numbers in
+#: docs/synthetic.md, "Fused joint ends").
+_EPIPHYSIS_MEDULLA_FOLLOWS_SHAFT = 1.0
+_DIGIT_PHYSIS_SCAR_DENSITY = 0.0
 #: The film's tilt (degrees, counter-clockwise; mean and SD of a normal draw, clipped to +-30). Set so that
 #: the finger angles the shipped segmenter finds, as the pipeline uprights films, match 60 rsna-dev
 #: training films (median -0.5, SD 7.7): with N(0, 10) the deviated wrist left synthetic fingers leaning
@@ -548,15 +559,19 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             physis_cap = max(cap * (1 - phi) * physis_rounding, 1e-3)
             cap *= 1 - _FUSED_JOINT_FLATTENING * phi
             caps = (max(cap, 1e-3), physis_cap) if end == "proximal" else (physis_cap, max(cap, 1e-3))
+            # Fusing, the epiphysis's medulla becomes its shaft's.
+            shaft_medulla = _TRABECULAR_DENSITY.get(kind, _TRABECULAR_DENSITY_DEFAULT)
+            epi_medulla = 1 + (shaft_medulla - 1) * phi * _EPIPHYSIS_MEDULLA_FOLLOWS_SHAFT
             parts.append(
                 _Part(bone, anatomy.epiphysis_label(bone), epi_start, d, e_len, e_t, e_hw,
                       np.full(2, 0.12), caps[0], caps[1],
-                      density * 0.95 * _epiphysis_density(kind))
+                      density * 0.95 * _epiphysis_density(kind), trabecular_density=epi_medulla)
             )
             scar = min(1.0, max(phi - 0.5, 0.0) * 2) * float(np.exp(-max(ba - f1, 0.0) / 36.0))
+            scar *= 1.0 if kind == "forearm" else _DIGIT_PHYSIS_SCAR_DENSITY
             if scar > 0.05:
-                # A closing physis leaves a thin sclerotic line (the epiphyseal scar), drawn from
-                # half-way through fusion and fading with an e-folding time of 3 years after it:
+                # A closing physis of the radius or ulna leaves a thin sclerotic line (the epiphyseal
+                # scar), drawn from half-way through fusion and fading with an e-folding time of 3 years after it:
                 # visible, not labelled. 1 mm long (at least ~1.5 px at 512 px) and half as dense as a
                 # 0.5 mm line would be, so that small images do not lose or double it.
                 physis = shaft_start if end == "proximal" else start + d * (shaft_len + reach)

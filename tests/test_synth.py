@@ -288,7 +288,7 @@ def _tubular_parts(ba: float, sex: str = "M") -> tuple:
 
 
 @pytest.mark.parametrize("bone", ["proximal_phalanx_3", "metacarpal_3"])  # epiphysis proximal / distal
-def test_a_fused_physis_is_flat_and_leaves_a_scar_line(bone: str) -> None:
+def test_a_fused_physis_is_flat_with_no_line_across_a_digit(bone: str) -> None:
     hand, parts = _tubular_parts(216.0)
     assert hand.ossification[anatomy.structure(anatomy.epiphysis_label(bone)).name] == "fused"
     shaft = parts[(bone, anatomy.shaft_label(bone), True)]
@@ -302,9 +302,34 @@ def test_a_fused_physis_is_flat_and_leaves_a_scar_line(bone: str) -> None:
         physis = shaft.start + shaft.direction * shaft.length
         assert shaft.cap_end == 0.0 and epiphysis.cap_start <= 1e-3 and epiphysis.cap_end > 0.1
         assert np.allclose(epiphysis.start, physis, atol=1e-6)
-    scar = parts.get((bone, 0, False))
+    # No sclerotic line across a digit's fused physis: drawn there, it kept the physis looking open to
+    # every shipped model (issue #22).
+    assert (bone, 0, False) not in parts
+
+
+def test_a_fused_radius_leaves_a_scar_line() -> None:
+    from boneage.synth import _build_hand
+
+    hand = _build_hand(np.random.default_rng(3), 216.0, "F")  # the radius fuses by 204 months in girls
+    parts = {(p.bone, p.label, p.labelled): p for p in hand.parts}
+    assert hand.ossification[anatomy.structure(anatomy.epiphysis_label("radius")).name] == "fused"
+    shaft = parts[("radius", anatomy.shaft_label("radius"), True)]
+    scar = parts.get(("radius", 0, False))
     assert scar is not None and scar.length <= 1.5  # a thin line, drawn but not labelled
+    physis = shaft.start + shaft.direction * shaft.length
     assert np.allclose(scar.start + scar.direction * scar.length / 2, physis, atol=1e-6)
+
+
+@pytest.mark.parametrize("bone", ["proximal_phalanx_3", "metacarpal_3"])
+def test_a_fused_epiphysis_takes_its_shafts_medulla(bone: str) -> None:
+    # An open epiphysis is dense throughout; once fused its trabecular bone is continuous with the
+    # metaphysis's, so its medulla is drawn as its shaft's (it was a bright plate: issue #22).
+    fused = _tubular_parts(216.0)[1]
+    open_ = _tubular_parts(110.0)[1]
+    shaft = fused[(bone, anatomy.shaft_label(bone), True)]
+    assert shaft.trabecular_density < 0.9
+    assert fused[(bone, anatomy.epiphysis_label(bone), True)].trabecular_density == pytest.approx(shaft.trabecular_density)
+    assert open_[(bone, anatomy.epiphysis_label(bone), True)].trabecular_density > shaft.trabecular_density + 0.1
 
 
 def test_an_open_physis_keeps_its_gap_and_slightly_rounded_faces() -> None:
