@@ -50,7 +50,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=512, help="long side in pixels (default 512)")
     p.add_argument("--format", choices=("png", "dicom"), default="png", help="image format")
     p.add_argument("--age-range", nargs=2, type=float, metavar=("A", "B"), default=None,
-                   help="bone-age range in months (default the full 0-228 range)")
+                   help="bone-age range in months (default 0-216 for girls, 0-228 for boys: the atlas's range)")
     p.add_argument("--sex", choices=("M", "F", "both"), default="both")
     p.add_argument("--workers", type=int, default=1, help="processes to use (same output for any number)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -58,6 +58,11 @@ BONE_MODEL_FILE = DATA_DIR / "synth_bone_model.csv"
 SUBJECT_MODEL_FILE = DATA_DIR / "synth_subject_model.csv"
 
 MAX_BONE_AGE_MONTHS = 228.0
+#: The oldest bone age drawn by default, by sex: the last standards of the Greulich-Pyle atlas (girls 18 y,
+#: boys 19 y), which are also the oldest labels of the RSNA films (216 and 228 months). A girl's hand has
+#: nothing left to mature by then (every centre here has fused by 204 months), so a label past 216 would be
+#: one no reader could give (issue #22: drawn up to 228, 5% of synthetic girls lay beyond any real film).
+MAX_BONE_AGE_MONTHS_BY_SEX = {"F": 216.0, "M": 228.0}
 #: Physical field of view (long side of the film, mm) the generator draws from.
 FOV_RANGE_MM = (180.0, 300.0)
 #: Out-of-plane tilt of flexed fingers is limited so projected lengths stay within ~2 % of true ones.
@@ -744,8 +749,8 @@ _INITIAL_LETTERS = "ABCDEFGHJKLMNPRSTVWY"
 
 
 def _sample_age_sex(rng: np.random.Generator, age_range: tuple[float, float] | None, sex: str | None) -> tuple[float, str, float]:
-    lo, hi = age_range if age_range is not None else (0.0, MAX_BONE_AGE_MONTHS)
     s = sex if sex in ("M", "F") else ("M" if rng.random() < 0.5 else "F")
+    lo, hi = age_range if age_range is not None else (0.0, MAX_BONE_AGE_MONTHS_BY_SEX[s])
     ba = float(rng.uniform(lo, hi))
     z_lim = _subject_model()["chronological_z_limit"]
     z = float(np.clip(rng.standard_normal(), -z_lim, z_lim))
@@ -775,7 +780,8 @@ def generate_hand(
         seed: dataset seed.
         index: image index; the result depends only on ``(seed, index)`` and the arguments.
         size: long side of the image in pixels (the image is portrait, width 72-100 % of it).
-        age_range: ``(lo, hi)`` bone age in months to draw from (default 0-228).
+        age_range: ``(lo, hi)`` bone age in months to draw from (default 0-216 for girls, 0-228 for boys:
+            :data:`MAX_BONE_AGE_MONTHS_BY_SEX`).
         sex: ``"M"``, ``"F"``, or ``None``/``"both"`` for either.
         bone_age_months: fix the bone age instead of drawing it (for figures and examples).
 

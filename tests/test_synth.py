@@ -120,6 +120,22 @@ def test_sex_and_age_range_are_respected() -> None:
     assert all(h.sex == "F" and 100 <= h.bone_age_months <= 110 for h in hands)
 
 
+def test_default_bone_ages_stay_within_the_atlas_for_each_sex() -> None:
+    # Greulich-Pyle's last standards (and RSNA's oldest labels): girls 216 months, boys 228.
+    from boneage.synth import MAX_BONE_AGE_MONTHS_BY_SEX, _sample_age_sex
+
+    rng = np.random.default_rng(5)
+    drawn = [_sample_age_sex(rng, None, None)[:2] for _ in range(400)]
+    for sex in ("F", "M"):
+        ages = np.array([age for age, s in drawn if s == sex])
+        assert len(ages) > 150 and ages.min() >= 0.0
+        assert ages.max() <= MAX_BONE_AGE_MONTHS_BY_SEX[sex]
+    girls = np.array([age for age, s in drawn if s == "F"])
+    boys = np.array([age for age, s in drawn if s == "M"])
+    assert MAX_BONE_AGE_MONTHS_BY_SEX == {"F": 216.0, "M": 228.0}
+    assert girls.max() > 205.0 and boys.max() > 217.0  # the whole range is still drawn
+
+
 # --- determinism ---------------------------------------------------------------------------------
 def test_image_depends_only_on_seed_and_index() -> None:
     a, b = generate_hand(5, 9, size=256), generate_hand(5, 9, size=256)
