@@ -60,8 +60,9 @@ SUBJECT_MODEL_FILE = DATA_DIR / "synth_subject_model.csv"
 MAX_BONE_AGE_MONTHS = 228.0
 #: The oldest bone age drawn by default, by sex: the last standards of the Greulich-Pyle atlas (girls 18 y,
 #: boys 19 y), which are also the oldest labels of the RSNA films (216 and 228 months). A girl's hand has
-#: nothing left to mature by then (every centre here has fused by 204 months), so a label past 216 would be
-#: one no reader could give (issue #22: drawn up to 228, 5% of synthetic girls lay beyond any real film).
+#: nothing left to mature by then (in the maturity model every centre's fusion ends by 204 months), so a label
+#: past 216 would be one no reader could give (issue #22: drawn up to 228, 5% of synthetic girls lay beyond
+#: any real film).
 MAX_BONE_AGE_MONTHS_BY_SEX = {"F": 216.0, "M": 228.0}
 #: Physical field of view (long side of the film, mm) the generator draws from.
 FOV_RANGE_MM = (180.0, 300.0)

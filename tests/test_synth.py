@@ -344,7 +344,8 @@ def test_a_fused_epiphysis_takes_its_shafts_medulla(bone: str) -> None:
     open_ = _tubular_parts(110.0)[1]
     shaft = fused[(bone, anatomy.shaft_label(bone), True)]
     assert shaft.trabecular_density < 0.9
-    assert fused[(bone, anatomy.epiphysis_label(bone), True)].trabecular_density == pytest.approx(shaft.trabecular_density)
+    epiphysis = fused[(bone, anatomy.epiphysis_label(bone), True)]
+    assert epiphysis.trabecular_density == pytest.approx(shaft.trabecular_density)
     assert open_[(bone, anatomy.epiphysis_label(bone), True)].trabecular_density > shaft.trabecular_density + 0.1
 
 
