@@ -356,7 +356,7 @@ _PHALANX_PHYSIS_GAP = 1.0
 _DISTAL_PHALANX_EPIPHYSIS_HEIGHT = 1.0
 #: Fused joint ends (issue #22, 2026-12-06). Every method read synthetic hands past full maturity as
 #: 14-15 y olds: girls of 192-228 months at about 166, boys at about 185, where real training films of
-#: 204-216 months read about 190 (girls) and 210 (boys). A fused epiphysis stayed a distinct plate: its
+#: 204-228 months read about 190 (girls) and 207 (boys). A fused epiphysis stayed a distinct plate: its
 #: medulla as dense as its cortex (the shaft's emptier: 0.58-0.87 of it) and a sclerotic scar line across
 #: every fused physis. Now a fusing epiphysis's medulla takes on its shaft's density in proportion to
 #: fusion (its trabecular bone is continuous with the metaphysis's once the plate is gone), and the scar
