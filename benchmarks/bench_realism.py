@@ -532,69 +532,57 @@ PHYSIS_NAMES = ("epiphysis / metaphysis width", "epiphysis height / width", "con
 PHYSIS_BANDS = ((24, 72), (72, 132), (132, 200))
 
 
-def physis_geometry(labels: np.ndarray, bone: str) -> dict[str, float] | None:
+def physis_geometry(labels: np.ndarray, bone: str, measured=None) -> dict[str, float] | None:
     """A tubular bone's epiphysis, physis and metaphysis on a label map, scale-free.
+
+    The widths, the contact and the length are :func:`boneage.measure.measure`'s, as the multi-step method
+    reads them; only the epiphysis's height is measured here.
 
     Args:
         labels: ``(rows, cols)`` :mod:`boneage.anatomy` label map (a segmenter's or a synthetic hand's).
         bone: a tubular bone or the radius (whose shaft leaves the film: its length is what the film shows).
+        measured: ``measure(labels)`` when the caller has it already (it measures every bone at once).
 
     Returns:
         ``None`` when the shaft or the epiphysis is missing or too small to measure; else, keyed by
-        :data:`PHYSIS_NAMES`: the epiphysis's width (across the shaft's axis) over the metaphysis's (the
-        widest row of the shaft's last 15% towards the epiphysis), its height (along the axis) over its
-        width, the extent across it of its pixels 4-adjacent to the shaft over its width (as
-        :func:`boneage.measure.measure`'s ``fusion_contact``: 0 open, 1 fused or touching at both edges),
-        the metaphysis's width over the median mid-shaft width (rows 30-70% along), and the mid-shaft
-        width over the bone's length (shaft and epiphysis).
+        :data:`PHYSIS_NAMES`: the epiphysis's width over the metaphysis's (``epiphysis_ratio``), its height
+        along the bone's axis (its largest piece) over its width, ``fusion_contact`` (0 open, 1 fused or
+        touching at both edges), the metaphysis's width over the mid-shaft width, and the mid-shaft width over
+        the bone's length (shaft and epiphysis).
     """
     from scipy import ndimage
 
     from boneage import anatomy
+    from boneage.measure import measure
 
-    shaft = labels == anatomy.shaft_label(bone)
+    m = (measured if measured is not None else measure(labels)).bones[bone]
+    if not (m.present and m.epiphysis_present and m.metaphysis_width_px and m.width_px and m.length_px):
+        return None
+    if m.length_px < 10:  # too short a shaft to tell its middle from its end
+        return None
     epiphysis = labels == anatomy.epiphysis_label(bone)
-    if shaft.sum() < 50 or epiphysis.sum() < 10:
-        return None
-    for mask in (shaft, epiphysis):  # the largest piece of each: a stray one would stretch the extents
-        pieces, count = ndimage.label(mask)
-        if count > 1:
-            mask &= pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
-    if shaft.sum() < 50 or epiphysis.sum() < 10:  # fragments only
-        return None
-    yx = np.argwhere(shaft).astype(np.float64)
-    centre = yx.mean(axis=0)
-    axis, across = np.linalg.svd(yx - centre, full_matrices=False)[2]
-    t, u = (yx - centre) @ axis, (yx - centre) @ across
-    e_yx = np.argwhere(epiphysis).astype(np.float64) - centre
-    te, ue = e_yx @ axis, e_yx @ across
-    if te.mean() < t.mean():  # measure towards the epiphysis
-        t, te = -t, -te
-    rows = np.round(t)
-    widths = {r: float(np.ptp(u[rows == r]) + 1) for r in np.unique(rows)}
-    span = float(np.ptp(t))
-    middle = [w for r, w in widths.items() if t.min() + 0.3 * span < r < t.max() - 0.3 * span]
-    near_end = [w for r, w in widths.items() if r > t.max() - 0.15 * span]
-    if span < 10 or not middle or not near_end:  # too short a shaft to tell its middle from its end
-        return None
-    mid, metaphysis = float(np.median(middle)), max(near_end)
-    e_width = float(np.percentile(ue, 99) - np.percentile(ue, 1) + 1)
-    e_height = float(np.percentile(te, 99) - np.percentile(te, 1) + 1)
-    touching = epiphysis & ndimage.binary_dilation(shaft)
-    contact = float(np.ptp(np.argwhere(touching) @ across) + 1) / e_width if touching.any() else 0.0
-    length = float(np.ptp(np.concatenate([t, te])) + 1)
-    values = (e_width / metaphysis, e_height / e_width, min(contact, 1.0), metaphysis / mid, mid / length)
-    return dict(zip(PHYSIS_NAMES, values))
+    pieces, count = ndimage.label(epiphysis)
+    if count > 1:  # a stray piece would stretch its height
+        epiphysis = pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+    angle = np.deg2rad(m.axis_angle_deg)
+    along = np.argwhere(epiphysis) @ np.array([np.cos(angle), np.sin(angle)])
+    height = float(np.percentile(along, 99) - np.percentile(along, 1) + 1)
+    values = (m.epiphysis_ratio, height / m.epiphysis_width_px, m.fusion_contact,
+              m.metaphysis_width_px / m.width_px, m.width_px / m.length_px)
+    return dict(zip(PHYSIS_NAMES, (float(v) for v in values)))
 
 
 def physes(n: int, seed: int) -> None:
     """(i): epiphyses, physes and metaphyses on real training-split films of 2-17 y and synthetic hands alike."""
     rows, films = [], 0
+    from boneage.measure import measure
+
     for kind, age, labels in paired_label_maps(n, seed, PHYSIS_BANDS, "physes"):
         films += kind == "real"
+        measured = measure(labels)
         for group, bones in PHYSIS_GROUPS.items():
             for bone in bones:
-                found = physis_geometry(labels, bone)
+                found = physis_geometry(labels, bone, measured)
                 if found is not None:
                     rows.append((kind, age, group, found))
     print(f"\nepiphyses and physes (shipped segmenter), {films} real training-split films / as many synthetic hands "

@@ -538,10 +538,10 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             epi_start = start + d * (shaft_len + gap)
             whole_proj = shaft_len + gap + e_len if ossified else shaft_len
         density = mineral * (forearm_density if kind == "forearm" else 1.0)
+        shaft_medulla = _TRABECULAR_DENSITY.get(kind, _TRABECULAR_DENSITY_DEFAULT)
         parts.append(
             _Part(bone, anatomy.shaft_label(bone), shaft_start, d, shaft_len + reach, t_k, hw_k,
-                  cortex, cap_start, cap_end, density,
-                  trabecular_density=_TRABECULAR_DENSITY.get(kind, _TRABECULAR_DENSITY_DEFAULT))
+                  cortex, cap_start, cap_end, density, trabecular_density=shaft_medulla)
         )
         if ossified:
             # Young centres are ovoid; mature epiphyses are flatter with squarer corners.
@@ -566,7 +566,6 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             cap *= 1 - _FUSED_JOINT_FLATTENING * phi
             caps = (max(cap, 1e-3), physis_cap) if end == "proximal" else (physis_cap, max(cap, 1e-3))
             # Fusing, the epiphysis's medulla becomes its shaft's.
-            shaft_medulla = _TRABECULAR_DENSITY.get(kind, _TRABECULAR_DENSITY_DEFAULT)
             epi_medulla = 1 + (shaft_medulla - 1) * phi * _EPIPHYSIS_MEDULLA_FOLLOWS_SHAFT
             parts.append(
                 _Part(bone, anatomy.epiphysis_label(bone), epi_start, d, e_len, e_t, e_hw,
