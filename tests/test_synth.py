@@ -546,6 +546,23 @@ def test_carpals_take_their_shape_as_they_mature() -> None:
     assert 85 < np.median(angles) < 97
 
 
+def test_young_carpals_are_largest_against_the_metacarpal() -> None:
+    from boneage.synth import _build_hand
+
+    ratios = {}
+    for ba in (42.0, 72.0):
+        found = []
+        for i in range(8):
+            hand = _build_hand(np.random.default_rng([31, i]), ba, "MF"[i % 2])
+            capitate = next(p for p in hand.parts if p.bone == "capitate")
+            metacarpal = next(p for p in hand.parts if p.bone == "metacarpal_3")
+            found.append(capitate.length / metacarpal.length)
+        ratios[ba] = float(np.median(found))
+    # Real capitates of 2-5 y are 1.1-1.3 x as long against the third metacarpal as the earlier renderer
+    # drew them (0.35 here at 42 months) and longer than at 6 y (issue #22).
+    assert ratios[42.0] > 0.41 and ratios[42.0] > ratios[72.0], ratios
+
+
 def _joints(hand) -> dict[str, np.ndarray]:
     """Joint points of a synthetic hand in mm: each tubular bone's proximal and distal end."""
     ends: dict[str, list[np.ndarray]] = {}
