@@ -297,7 +297,7 @@ _CARPAL_ADOLESCENT_GROWTH = 0.25
 #: films of 5-19 y (seed 20261465; medians over films of 8-19 y) against synthetic hands of the same ages and sexes:
 #: real carpals are elongated (length / width: capitate 1.7, hamate 1.85, lunate 1.4, trapezium 1.85, trapezoid
 #: 2.2, triquetrum 2.2) where synthetic ones were rounded blocks (1.1-1.55), the hamate and trapezoid taper to a
-#: point (width 0.45 and 0.3 of the widest near one end; synthetic 0.65-0.75), and the hamate stands upright (-4 degrees
+#: point (width 0.4 and 0.3 of the widest near one end; synthetic 0.67-0.72), and the hamate stands upright (-4 degrees
 #: from the hand's axis; synthetic +19). Per bone: the factor on length / width (area kept), the long axis's angle
 #: from the hand frame's x axis (degrees; the bone model's ``angle_deg``) and the half-width at 7 points along it,
 #: all reached as the carpal matures (with the square root of its maturity). They were set by two rounds of
