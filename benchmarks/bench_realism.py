@@ -50,7 +50,7 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
 (g) **Wrist layout**: the shipped segmenter's label maps of ``--n-layout`` real training-split films of 6-19 y
     and as many synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 5``), measured by
     :func:`carpal_layout` (carpal packing and size, lunate-radius and capitate-metacarpal gaps, all against the
-    third metacarpal's shaft); medians by bone-age band.
+    third metacarpal's shaft, and four carpals' length over width); medians by bone-age band.
 (h) **What the CNN's reading rests on**: ``--n-occlude`` real training-split films of 7-11 y and as many
     synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 6``), read by the shipped end-to-end
     CNN with one region's bones (:data:`OCCLUSION_REGIONS`, the segmenter's masks) blurred away
@@ -414,8 +414,31 @@ def cnn_feature_space(n: int, seed: int) -> None:
 LAYOUT_CARPALS = ("capitate", "hamate", "lunate", "triquetrum", "scaphoid", "trapezium", "trapezoid")
 #: Bone-age bands (months) of (g); every carpal named above has appeared by 6 y.
 LAYOUT_BANDS = ((72, 120), (120, 168), (168, 228))
+#: Carpals whose elongation (g) measures: those whose shape differed most from real films' (tenth sitting).
+ELONGATED_CARPALS = ("capitate", "hamate", "lunate", "trapezoid")
 LAYOUT_NAMES = ("carpal fill", "carpal area / MC3 length^2", "carpal hull / MC3 length^2",
-                "lunate-radius gap / MC3 width", "capitate-MC3 gap / MC3 width")
+                "lunate-radius gap / MC3 width", "capitate-MC3 gap / MC3 width") + tuple(
+    f"{bone} length / width" for bone in ELONGATED_CARPALS)
+
+
+def elongation(mask: np.ndarray) -> float:
+    """Length over width of a label's largest piece: its extent along its principal axis over its widest extent
+    across it (in seven slices along the axis); ``nan`` under 30 pixels."""
+    from scipy import ndimage
+
+    pieces, count = ndimage.label(mask)
+    if count > 1:
+        mask = pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+    if mask.sum() < 30:
+        return float("nan")
+    yx = np.argwhere(mask).astype(np.float64)
+    yx -= yx.mean(axis=0)
+    axis, across = np.linalg.svd(yx, full_matrices=False)[2]
+    t, u = yx @ axis, yx @ across
+    length = t.max() - t.min() + 1
+    slices = np.clip(((t - t.min()) / length * 7).astype(int), 0, 6)
+    width = max(u[slices == k].max() - u[slices == k].min() + 1 for k in range(7) if (slices == k).any())
+    return float(length / width)
 
 
 def carpal_layout(labels: np.ndarray) -> dict[str, float] | None:
@@ -428,7 +451,8 @@ def carpal_layout(labels: np.ndarray) -> dict[str, float] | None:
         ``None`` when the third metacarpal's shaft or the carpals are missing; else, keyed by
         :data:`LAYOUT_NAMES`: the carpals' share of their convex hull, their area and their hull's area
         over the shaft's length squared, and the narrowest lunate-radius (epiphysis or shaft) and
-        capitate-metacarpal gaps over the shaft's width (``nan`` where a bone is missing; 0 touching).
+        capitate-metacarpal gaps over the shaft's width (``nan`` where a bone is missing; 0 touching), and the
+        :func:`elongation` of each of :data:`ELONGATED_CARPALS` (``nan`` where missing).
     """
     from scipy import ndimage
     from skimage.morphology import convex_hull_image
@@ -460,7 +484,8 @@ def carpal_layout(labels: np.ndarray) -> dict[str, float] | None:
     radius = np.isin(labels, [anatomy.shaft_label("radius"), anatomy.epiphysis_label("radius")])
     values = (carpals.sum() / hull.sum(), carpals.sum() / length**2, hull.sum() / length**2,
               gap(labels == anatomy.shaft_label("lunate"), radius),
-              gap(labels == anatomy.shaft_label("capitate"), shaft))
+              gap(labels == anatomy.shaft_label("capitate"), shaft),
+              *(elongation(labels == anatomy.shaft_label(bone)) for bone in ELONGATED_CARPALS))
     return dict(zip(LAYOUT_NAMES, (float(v) for v in values)))
 
 

@@ -97,6 +97,32 @@ def test_carpal_layout_measures_a_drawn_wrist_exactly():
     assert found["carpal hull / MC3 length^2"] == pytest.approx((carpal_area + 5 * 20) / 60**2, rel=0.05)
     assert bench_realism.carpal_layout(_layout_labels(0))["lunate-radius gap / MC3 width"] == 0.0
     assert bench_realism.carpal_layout(np.zeros((50, 50), np.uint8)) is None
+    # Each carpal's length over width: the 30 x 20 capitate, the square lunate; a missing hamate is nan.
+    assert found["capitate length / width"] == pytest.approx(30 / 20)
+    assert found["lunate length / width"] == pytest.approx(1.0)
+    assert np.isnan(found["hamate length / width"])
+
+
+def test_elongation_reads_a_turned_tapered_bone():
+    from skimage.draw import polygon
+
+    mask = np.zeros((120, 120), bool)
+    # A diamond 60 px long and 24 px wide at its middle, turned 30 degrees: 2.5 whatever its turn.
+    t = np.deg2rad(30)
+    along, across = np.array([np.cos(t), np.sin(t)]), np.array([-np.sin(t), np.cos(t)])
+    corners = np.array([60, 60]) + np.stack([along * 30, across * 12, -along * 30, -across * 12])
+    mask[polygon(corners[:, 0], corners[:, 1], mask.shape)] = True
+    assert bench_realism.elongation(mask) == pytest.approx(2.5, rel=0.1)
+    assert np.isnan(bench_realism.elongation(np.zeros((10, 10), bool)))
+
+
+def test_carpal_layout_sees_the_carpals_take_their_shape(monkeypatch):
+    found = {}
+    for share in (0.0, 1.0):
+        monkeypatch.setattr(synth, "_CARPAL_SHAPE_CALIBRATION", share)
+        hands = [synth.generate_hand(3, i, size=512, bone_age_months=170.0) for i in range(4)]
+        found[share] = np.nanmedian([bench_realism.carpal_layout(h.label_map)["trapezoid length / width"] for h in hands])
+    assert found[1.0] > found[0.0] + 0.3, found
 
 
 def test_carpal_layout_sees_the_forearm_moved_towards_the_carpus(monkeypatch):
