@@ -3,7 +3,8 @@
 Usage:
     .venv/bin/python benchmarks/bench_realism.py [--seed 20261210] [--n 40] [--sizes 512 768]
         [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60] [--n-turn 40]
-        [--n-embed 300] [--n-layout 42] [--n-occlude 16] [--n-physis 40] [--set NAME=VALUE ...]
+        [--n-embed 300] [--n-layout 42] [--n-occlude 16] [--n-physis 40] [--n-transplant 16]
+        [--set NAME=VALUE ...]
 
 Prints measures of the gap between synthetic and real films (another, side-by-side sheets of
 synthetic hands and real films of the same sex and bone age, is ``scripts/synth_vs_real.py --out
@@ -62,6 +63,12 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     :func:`physis_geometry` for the metacarpals and phalanges of digits 2-4 and the radius: the epiphysis's width
     against its metaphysis and its height against its width, how much of it touches the shaft, the metaphysis's
     flare against the mid-shaft, and the shaft's slenderness; medians by bone-age band.
+(j) **What the per-bone network's carpal region reads**: ``--n-transplant`` real training-split films of 9-17 y and
+    as many synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 8``). Each pair's carpal-region
+    crops (:func:`boneage.perbone.bone_crops`: the metacarpal bases at the top, the carpus in the middle, the
+    radius and ulna at the bottom) are read by the shipped per-bone network as cut, and with one third of one crop
+    put in the other (:func:`crop_transplants`); the mean bias of each. A third that moves a synthetic crop's
+    reading towards the real one's is where the synthetic hand looks unlike a real film to that network.
 
 ``--set NAME=VALUE`` (repeatable) changes one of the renderer's numeric constants in
 :mod:`boneage.synth` for this run only (e.g. ``--set _CARPAL_SCALE=1.4``), so that probes of the
@@ -726,6 +733,71 @@ def cnn_occlusion(n: int, seed: int) -> None:
         print(f"  {name:<36}{' / '.join(cells):>24}")
 
 
+#: Thirds of a carpal-region crop (rows of :data:`boneage.perbone.CROP_SHAPE`), top to bottom.
+CROP_THIRDS = {"metacarpal bases (top)": slice(0, 21), "carpus (middle)": slice(21, 43),
+               "radius and ulna (bottom)": slice(43, 64)}
+
+
+def crop_transplants(read: Callable[[np.ndarray], float], real: np.ndarray, synthetic: np.ndarray) -> dict[str, float]:
+    """Readings of a real and a synthetic crop, and of each with one third taken from the other.
+
+    Args:
+        read: the age (months) a reader gives a crop.
+        real, synthetic: crops of the same shape (rows split as :data:`CROP_THIRDS`).
+
+    Returns:
+        ``"real"`` and ``"synthetic"`` (as cut), ``"synthetic, real <third>"`` for each third of the real crop put
+        in the synthetic one, and ``"real, synthetic <third>"`` for the reverse.
+    """
+    found = {"real": read(real), "synthetic": read(synthetic)}
+    for name, rows in CROP_THIRDS.items():
+        for base, other, label in ((synthetic, real, "synthetic, real"), (real, synthetic, "real, synthetic")):
+            mixed = base.copy()
+            mixed[rows] = other[rows]
+            found[f"{label} {name}"] = read(mixed)
+    return found
+
+
+def carpal_crop_transplants(n: int, seed: int) -> None:
+    """(j): the per-bone network's carpal region on real 9-17 y films, synthetic hands and their crops mixed."""
+    from boneage import anatomy, datasets, models
+    from boneage.io import load_radiograph
+    from boneage.perbone import BoneCrops, PerBoneEstimator, crops_from_reading
+    from boneage.synth import generate_hand
+
+    segmenter = models.load("segmenter")
+    perbone = PerBoneEstimator.load()
+    region = anatomy.MATURITY_REGIONS.index(anatomy.CARPAL_REGION)
+    dev = datasets.rsna_dev()
+    pool = dev[(dev["split"] == "train") & dev["bone_age_months"].between(108, 204)]
+    films = pool.sample(n=min(n, len(pool)), random_state=seed)
+    biases: dict[str, list[float]] = {}
+    for i, (path, age, sex) in enumerate(zip(films["path"], films["bone_age_months"], films["sex"])):
+        pixels = load_radiograph(path).pixels
+        hand = generate_hand(seed, i, size=768, bone_age_months=float(age), sex=sex)
+        real = crops_from_reading(pixels, segmenter.read(pixels))
+        synthetic = crops_from_reading(hand.image, segmenter.read(hand.image))
+        if not (real.present[region] and synthetic.present[region]):
+            continue
+
+        def read(crop: np.ndarray, sex: str = sex) -> float:
+            # The network reads each crop on its own (its region and the sex given): only this one is fed.
+            images = np.zeros_like(synthetic.images)
+            images[region] = crop
+            present = np.zeros_like(synthetic.present)
+            present[region] = True
+            ages, _ = perbone.bone_ages(BoneCrops(images, present, synthetic.film_pixels_per_crop_pixel), sex)
+            return float(ages[region])
+
+        for name, value in crop_transplants(read, real.images[region], synthetic.images[region]).items():
+            biases.setdefault(name, []).append(value - float(age))
+    print(f"\nthe per-bone network's carpal region, {len(biases.get('real', []))} real training-split films of 9-17 y "
+          "and synthetic hands of the same bone ages and sexes (768 px): mean bias (months) of the crop as cut and "
+          "with one third from the other crop")
+    for name, values in biases.items():
+        print(f"  {name:<48}{np.mean(values):+8.1f}")
+
+
 def set_renderer_constants(assignments: list[str]) -> dict[str, float]:
     """Apply ``NAME=VALUE`` assignments to numeric module constants of :mod:`boneage.synth`.
 
@@ -776,6 +848,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="real 7-11 y training-split films (and as many synthetic hands) for (h) (0: skip)")
     parser.add_argument("--n-physis", type=int, default=40,
                         help="real 2-17 y training-split films (and as many synthetic hands) for (i) (0: skip)")
+    parser.add_argument("--n-transplant", type=int, default=16,
+                        help="real 9-17 y training-split films (and as many synthetic hands) for (j) (0: skip)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change a numeric renderer constant of boneage.synth for this run (repeatable)")
     args = parser.parse_args(argv)
@@ -802,10 +876,10 @@ def main(argv: list[str] | None = None) -> int:
         auc, sd = classifier_auc(args.n_classifier, args.seed)
         print(f"\nreal vs synthetic classifier: ROC AUC {auc:.3f} (SD {sd:.3f} over 5 folds; "
               f"{args.n_classifier} real training-split films, as many synthetic hands; 0.5 = indistinguishable)")
-    # Parts (c)-(i), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
+    # Parts (c)-(j), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
     parts = ((args.n_features, maturity_features), (args.n_look, film_look), (args.n_turn, turned_films),
              (args.n_embed, cnn_feature_space), (args.n_layout, wrist_layout), (args.n_occlude, cnn_occlusion),
-             (args.n_physis, physes))
+             (args.n_physis, physes), (args.n_transplant, carpal_crop_transplants))
     for offset, (n, part) in enumerate(parts, start=1):
         if n:
             part(n, args.seed + offset)

@@ -186,3 +186,23 @@ def test_physis_geometry_sees_the_metacarpal_heads_flare(monkeypatch):
         flares[young_flare] = np.median([bench_realism.physis_geometry(h.label_map, "metacarpal_3")
                                          ["metaphysis / mid-shaft width"] for h in hands])
     assert flares[0.87] < flares[1.0] - 0.1, flares
+
+
+def test_crop_transplants_swap_each_third_both_ways():
+    real = np.full((64, 48), 200, np.uint8)
+    synthetic = np.full((64, 48), 100, np.uint8)
+    top = bench_realism.CROP_THIRDS["metacarpal bases (top)"]
+
+    def read(crop: np.ndarray) -> float:  # a reader that looks only at the top third
+        return float(crop[top].mean())
+
+    found = bench_realism.crop_transplants(read, real, synthetic)
+    assert found["real"] == 200 and found["synthetic"] == 100
+    assert found["synthetic, real metacarpal bases (top)"] == 200
+    assert found["real, synthetic metacarpal bases (top)"] == 100
+    for third in ("carpus (middle)", "radius and ulna (bottom)"):
+        assert found[f"synthetic, real {third}"] == 100 and found[f"real, synthetic {third}"] == 200
+    assert real.min() == 200 and synthetic.max() == 100  # the crops given are left as they were
+    # The thirds cover the crop's rows once each.
+    rows = np.concatenate([np.arange(64)[s] for s in bench_realism.CROP_THIRDS.values()])
+    assert sorted(rows.tolist()) == list(range(64))
