@@ -116,21 +116,24 @@ def test_elongation_reads_a_turned_tapered_bone():
     assert np.isnan(bench_realism.elongation(np.zeros((10, 10), bool)))
 
 
-def test_carpal_layout_sees_the_carpals_take_their_shape(monkeypatch):
+def _layout_medians(monkeypatch, constant: str, values: tuple[float, ...], measure: str, size: int,
+                    bone_age_months: float) -> dict[float, float]:
+    """Median of one :func:`carpal_layout` measure over 4 synthetic hands, for each value of a renderer constant."""
     found = {}
-    for share in (0.0, 1.0):
-        monkeypatch.setattr(synth, "_CARPAL_SHAPE_CALIBRATION", share)
-        hands = [synth.generate_hand(3, i, size=512, bone_age_months=170.0) for i in range(4)]
-        found[share] = np.nanmedian([bench_realism.carpal_layout(h.label_map)["trapezoid length / width"] for h in hands])
+    for value in values:
+        monkeypatch.setattr(synth, constant, value)
+        hands = [synth.generate_hand(3, i, size=size, bone_age_months=bone_age_months) for i in range(4)]
+        found[value] = float(np.nanmedian([bench_realism.carpal_layout(h.label_map)[measure] for h in hands]))
+    return found
+
+
+def test_carpal_layout_sees_the_carpals_take_their_shape(monkeypatch):
+    found = _layout_medians(monkeypatch, "_CARPAL_SHAPE_CALIBRATION", (0.0, 1.0), "trapezoid length / width", 512, 170.0)
     assert found[1.0] > found[0.0] + 0.3, found
 
 
 def test_carpal_layout_sees_the_forearm_moved_towards_the_carpus(monkeypatch):
-    gaps = {}
-    for shift in (0.0, 6.0):
-        monkeypatch.setattr(synth, "_FOREARM_SHIFT_MM", shift)
-        hands = [synth.generate_hand(3, i, size=384, bone_age_months=140.0) for i in range(4)]
-        gaps[shift] = np.median([bench_realism.carpal_layout(h.label_map)["lunate-radius gap / MC3 width"] for h in hands])
+    gaps = _layout_medians(monkeypatch, "_FOREARM_SHIFT_MM", (0.0, 6.0), "lunate-radius gap / MC3 width", 384, 140.0)
     assert gaps[6.0] < gaps[0.0] - 0.1, gaps
 
 
