@@ -299,8 +299,9 @@ _CARPAL_ADOLESCENT_GROWTH = 0.25
 #: 2.2, triquetrum 2.2) where synthetic ones were rounded blocks (1.1-1.55), the hamate and trapezoid taper to a
 #: point (width 0.4 and 0.3 of the widest near one end; synthetic 0.67-0.72), and the hamate stands upright (-4 degrees
 #: from the hand's axis; synthetic +19). Per bone: the factor on length / width (area kept), the long axis's angle
-#: from the hand frame's x axis (degrees; the bone model's ``angle_deg``) and the half-width at 7 points along it,
-#: all reached as the carpal matures (with the square root of its maturity). They were set by two rounds of
+#: from the hand frame's x axis (degrees; the bone model's ``angle_deg``) and the half-width at 7 points along it;
+#: stretch and profile are reached as the carpal matures (with the square root of its maturity), the angle from the
+#: start (a young centre is nearly round). They were set by two rounds of
 #: measuring and correcting on those films; the triquetrum's profile is left alone (on real films the pisiform cuts
 #: it). :data:`_CARPAL_SHAPE_CALIBRATION` takes the hand that share of the way from the earlier rounded blocks
 #: (0) to these shapes (1): halfway, the end-to-end CNN's and the multi-step method's readings gained on three
@@ -317,12 +318,12 @@ _CARPAL_SHAPES = {
 _CARPAL_SHAPE_CALIBRATION = 0.5
 #: Young carpals' size against the rest (at up to 42 months of bone age, falling linearly to none at 84). The shipped
 #: segmenter finds real capitates and hamates of 2-5 y 1.1-1.3 x as long (area 1.2-1.6 x) against the third
-#: metacarpal as synthetic ones (27 rsna-dev training films of 24-60 months, two draws; 60-84 months: 1.0-1.08 x):
-#: against the metacarpal, real carpals are largest in early childhood. On three exploratory seeds (48 hands each)
-#: every method read the hands as well or better with it (issue #22, 2026-12-06).
+#: metacarpal as synthetic ones (rsna-dev training films of 24-60 months, two draws of 13 and 14; 60-84 months:
+#: 1.0-1.08 x): against the metacarpal, real carpals are largest in early childhood. On three exploratory seeds (48
+#: hands each) every method read the hands as well or better with it (issue #22, 2026-12-06).
 _CARPAL_YOUNG_SIZE = 1.25
 #: Rounding of a mature carpal's ends (share of its half-length): 0.55 for the rounded blocks, 0.2 for the
-#: calibrated shapes, whose taper comes from their profile.
+#: calibrated shapes, whose taper comes from their profile; :data:`_CARPAL_SHAPE_CALIBRATION` goes between them.
 _CARPAL_END_ROUNDING = (0.55, 0.2)
 #: Rounding of an open physis's facing ends (metaphysis and epiphysis), against the earlier one (1.0):
 #: facing ends run parallel across the growth plate, the gap a band rather than a lens. The shipped
