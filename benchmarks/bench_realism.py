@@ -428,14 +428,19 @@ LAYOUT_NAMES = ("carpal fill", "carpal area / MC3 length^2", "carpal hull / MC3 
     f"{bone} length / width" for bone in ELONGATED_CARPALS)
 
 
-def elongation(mask: np.ndarray) -> float:
-    """Length over width of a label's largest piece: its extent along its principal axis over its widest extent
-    across it (in seven slices along the axis); ``nan`` under 30 pixels."""
+def largest_piece(mask: np.ndarray) -> np.ndarray:
+    """The largest connected piece of a mask (the mask itself when it has one piece or none): a stray piece of a
+    label elsewhere would stretch any extent measured on it."""
     from scipy import ndimage
 
     pieces, count = ndimage.label(mask)
-    if count > 1:
-        mask = pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+    return pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1 if count > 1 else mask
+
+
+def elongation(mask: np.ndarray) -> float:
+    """Length over width of a label's largest piece: its extent along its principal axis over its widest extent
+    across it (in seven slices along the axis); ``nan`` under 30 pixels."""
+    mask = largest_piece(mask)
     if mask.sum() < 30:
         return float("nan")
     yx = np.argwhere(mask).astype(np.float64)
@@ -470,9 +475,7 @@ def carpal_layout(labels: np.ndarray) -> dict[str, float] | None:
     carpals = np.isin(labels, [anatomy.shaft_label(b) for b in LAYOUT_CARPALS])
     if shaft.sum() < 20 or carpals.sum() < 20:
         return None
-    pieces, count = ndimage.label(shaft)
-    if count > 1:  # a stray piece elsewhere would stretch the shaft's length
-        shaft = pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+    shaft = largest_piece(shaft)
     yx = np.argwhere(shaft).astype(np.float64)
     yx -= yx.mean(axis=0)
     axis, across = np.linalg.svd(yx, full_matrices=False)[2]
@@ -582,8 +585,6 @@ def physis_geometry(labels: np.ndarray, bone: str, measured=None) -> dict[str, f
         touching at both edges), the metaphysis's width over the mid-shaft width, and the mid-shaft width over
         the bone's length (shaft and epiphysis).
     """
-    from scipy import ndimage
-
     from boneage import anatomy
     from boneage.measure import measure
 
@@ -592,10 +593,7 @@ def physis_geometry(labels: np.ndarray, bone: str, measured=None) -> dict[str, f
         return None
     if m.length_px < 10:  # too short a shaft to tell its middle from its end
         return None
-    epiphysis = labels == anatomy.epiphysis_label(bone)
-    pieces, count = ndimage.label(epiphysis)
-    if count > 1:  # a stray piece would stretch its height
-        epiphysis = pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+    epiphysis = largest_piece(labels == anatomy.epiphysis_label(bone))
     angle = np.deg2rad(m.axis_angle_deg)
     along = np.argwhere(epiphysis) @ np.array([np.cos(angle), np.sin(angle)])
     height = float(np.percentile(along, 99) - np.percentile(along, 1) + 1)
@@ -606,9 +604,9 @@ def physis_geometry(labels: np.ndarray, bone: str, measured=None) -> dict[str, f
 
 def physes(n: int, seed: int) -> None:
     """(i): epiphyses, physes and metaphyses on real training-split films of 2-17 y and synthetic hands alike."""
-    rows, films = [], 0
     from boneage.measure import measure
 
+    rows, films = [], 0
     for kind, age, labels in paired_label_maps(n, seed, PHYSIS_BANDS, "physes"):
         films += kind == "real"
         measured = measure(labels)
@@ -733,9 +731,11 @@ def cnn_occlusion(n: int, seed: int) -> None:
         print(f"  {name:<36}{' / '.join(cells):>24}")
 
 
-#: Thirds of a carpal-region crop (rows of :data:`boneage.perbone.CROP_SHAPE`), top to bottom.
-CROP_THIRDS = {"metacarpal bases (top)": slice(0, 21), "carpus (middle)": slice(21, 43),
-               "radius and ulna (bottom)": slice(43, 64)}
+def crop_thirds(rows: int) -> dict[str, slice]:
+    """Thirds of a carpal-region crop of ``rows`` rows (:data:`boneage.perbone.CROP_SHAPE`), top to bottom."""
+    cuts = [round(rows * k / 3) for k in range(4)]
+    return dict(zip(("metacarpal bases (top)", "carpus (middle)", "radius and ulna (bottom)"),
+                    (slice(a, b) for a, b in zip(cuts, cuts[1:]))))
 
 
 def crop_transplants(read: Callable[[np.ndarray], float], real: np.ndarray, synthetic: np.ndarray) -> dict[str, float]:
@@ -743,14 +743,14 @@ def crop_transplants(read: Callable[[np.ndarray], float], real: np.ndarray, synt
 
     Args:
         read: the age (months) a reader gives a crop.
-        real, synthetic: crops of the same shape (rows split as :data:`CROP_THIRDS`).
+        real, synthetic: crops of the same shape (rows split by :func:`crop_thirds`).
 
     Returns:
         ``"real"`` and ``"synthetic"`` (as cut), ``"synthetic, real <third>"`` for each third of the real crop put
         in the synthetic one, and ``"real, synthetic <third>"`` for the reverse.
     """
     found = {"real": read(real), "synthetic": read(synthetic)}
-    for name, rows in CROP_THIRDS.items():
+    for name, rows in crop_thirds(real.shape[0]).items():
         for base, other, label in ((synthetic, real, "synthetic, real"), (real, synthetic, "real, synthetic")):
             mixed = base.copy()
             mixed[rows] = other[rows]

@@ -194,7 +194,7 @@ def test_physis_geometry_sees_the_metacarpal_heads_flare(monkeypatch):
 def test_crop_transplants_swap_each_third_both_ways():
     real = np.full((64, 48), 200, np.uint8)
     synthetic = np.full((64, 48), 100, np.uint8)
-    top = bench_realism.CROP_THIRDS["metacarpal bases (top)"]
+    top = bench_realism.crop_thirds(64)["metacarpal bases (top)"]
 
     def read(crop: np.ndarray) -> float:  # a reader that looks only at the top third
         return float(crop[top].mean())
@@ -206,6 +206,17 @@ def test_crop_transplants_swap_each_third_both_ways():
     for third in ("carpus (middle)", "radius and ulna (bottom)"):
         assert found[f"synthetic, real {third}"] == 100 and found[f"real, synthetic {third}"] == 200
     assert real.min() == 200 and synthetic.max() == 100  # the crops given are left as they were
-    # The thirds cover the crop's rows once each.
-    rows = np.concatenate([np.arange(64)[s] for s in bench_realism.CROP_THIRDS.values()])
-    assert sorted(rows.tolist()) == list(range(64))
+    # The thirds cover the crop's rows once each, at any crop height.
+    for height in (64, 65):
+        rows = np.concatenate([np.arange(height)[s] for s in bench_realism.crop_thirds(height).values()])
+        assert sorted(rows.tolist()) == list(range(height))
+    assert top == slice(0, 21)
+
+
+def test_largest_piece_drops_strays_and_keeps_a_whole_mask():
+    mask = np.zeros((20, 20), bool)
+    mask[2:10, 2:10] = True
+    alone = bench_realism.largest_piece(mask).copy()
+    mask[15, 15] = True
+    assert np.array_equal(bench_realism.largest_piece(mask), alone) and alone.sum() == 64
+    assert not bench_realism.largest_piece(np.zeros((5, 5), bool)).any()

@@ -555,7 +555,7 @@ def test_young_carpals_are_largest_against_the_metacarpal() -> None:
         for i in range(8):
             hand = _build_hand(np.random.default_rng([31, i]), ba, "MF"[i % 2])
             capitate = next(p for p in hand.parts if p.bone == "capitate")
-            metacarpal = next(p for p in hand.parts if p.bone == "metacarpal_3")
+            metacarpal = next(p for p in hand.parts if p.label == anatomy.shaft_label("metacarpal_3"))
             found.append(capitate.length / metacarpal.length)
         ratios[ba] = float(np.median(found))
     # Real capitates of 2-5 y are 1.1-1.3 x as long against the third metacarpal as the earlier renderer
