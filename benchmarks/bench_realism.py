@@ -26,9 +26,10 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     seed ``--seed + 1``: epiphysis / metaphysis width, epiphysis-metaphysis contact, carpal area
     share, by bone-age band. The synthesis's maturity shapes are calibrated on this table.
 (d) **Film look**: on ``--n-look`` real training-split films and as many synthetic hands of the same
-    bone ages (768 px, seed ``--seed + 2``), cross-shaft grey-level profiles of three shafts found by the shipped segmenter,
+    bone ages (768 px, seed ``--seed + 2``), cross-shaft grey-level profiles of four shafts found by the shipped segmenter,
     after the percentile window: the soft tissue beside the shaft, the bone's cortex above it, the
-    medulla's share of that (centre / cortex, both above soft tissue) and the shaft's width / length,
+    medulla's share of that (centre / cortex, both above soft tissue), the shaft's width / length and
+    its cortex fraction (one minus the offset of the brightest point across it, in half-widths),
     by bone-age band (the radius leaves the film, so its width / length is not shown). The synthesis's
     attenuations, soft-tissue thicknesses, medullary densities, shaft slenderness and film processing
     were set with these measurements and the bone crops' grey levels, on hands of other seeds.
@@ -227,8 +228,8 @@ def maturity_features(n: int, seed: int) -> None:
 
 
 #: Shafts profiled in (d) and the bone-age bands (months) of its table.
-LOOK_BONES = ("proximal_phalanx_3", "metacarpal_3", "radius")
-LOOK_BANDS = ((0, 72), (72, 144), (144, 240))
+LOOK_BONES = ("proximal_phalanx_3", "metacarpal_2", "metacarpal_3", "radius")
+LOOK_BANDS = ((0, 72), (72, 144), (144, 180), (180, 240))
 
 
 def film_look(n: int, seed: int) -> None:
@@ -259,7 +260,7 @@ def film_look(n: int, seed: int) -> None:
             profile = shaft_profile(windowed, labels, bone)
             if profile is not None:
                 rows.append((kind, bone, age, astuple(profile)))
-    names = ("soft tissue", "cortex - soft", "medulla share", "width / length")  # ShaftProfile's fields
+    names = ("soft tissue", "cortex - soft", "medulla share", "width / length", "cortex fraction")  # ShaftProfile's fields
     print(f"\nfilm look, real training-split films / {len(train)} synthetic hands (768 px), mean by bone-age band "
           "(grey levels after the 0.5-99.5% window):")
     print(f"  {'shaft and measurement':<36}" + "".join(f"{f'{lo}-{hi} mo':>16}" for lo, hi in LOOK_BANDS))

@@ -328,16 +328,23 @@ class ShaftProfile:
         medulla_share: the centre's (|offset| <= 0.2 half-widths) height above ``soft`` as a share of the
             cortex's: near 1 for a full medulla, lower for an empty canal between bright cortices.
         width_over_length: the shaft's mean width over its major-axis length.
+        cortex_fraction: one minus the offset (in half-widths, 0.2-1.0, both sides averaged) of the
+            brightest point across the shaft. A tube's path through bone is longest where the ray
+            grazes its medullary canal, so this reads the cortex's share of the half-width; blur
+            pulls it towards the axis, so compare it between films of like resolution only.
     """
 
     soft: float
     cortex_above_soft: float
     medulla_share: float
     width_over_length: float
+    cortex_fraction: float
 
 
 #: Offsets across a shaft in units of its local half-width (0 = axis, +-1 = its edges).
 _ACROSS = np.linspace(-1.8, 1.8, 37)
+#: Finer offsets for the cortex's peak (a twentieth of a half-width apart).
+_ACROSS_FINE = np.linspace(-1.2, 1.2, 49)
 
 
 def shaft_profile(pixels: np.ndarray, label_map: np.ndarray, bone: str) -> ShaftProfile | None:
@@ -362,7 +369,7 @@ def shaft_profile(pixels: np.ndarray, label_map: np.ndarray, bone: str) -> Shaft
     axis = np.array([np.cos(region.orientation), np.sin(region.orientation)])  # (row, col)
     across = np.array([-axis[1], axis[0]])
     steps = np.arange(-2 * region.axis_minor_length, 2 * region.axis_minor_length, 0.5)
-    profiles, widths = [], []
+    profiles, fine, widths = [], [], []
     for t in np.linspace(-0.15, 0.15, 7) * region.axis_major_length:
         centre = np.array(region.centroid) + axis * t
         on_mask = ndimage.map_coordinates(mask.astype(np.float32), centre[:, None] + across[:, None] * steps, order=0)
@@ -373,13 +380,20 @@ def shaft_profile(pixels: np.ndarray, label_map: np.ndarray, bone: str) -> Shaft
         widths.append(2 * half)
         profiles.append(ndimage.map_coordinates(pixels.astype(np.float32), centre[:, None] + across[:, None] * (middle + _ACROSS * half),
                                                 order=1))
+        fine.append(ndimage.map_coordinates(pixels.astype(np.float32), centre[:, None] + across[:, None] * (middle + _ACROSS_FINE * half),
+                                            order=1))
     if not profiles:
         return None
     p = np.mean(profiles, axis=0)
+    f = np.mean(fine, axis=0)
+    f = (f + f[::-1]) / 2  # both cortices: a shaft lit unevenly across still peaks at its canal's edge
+    cortex_side = (_ACROSS_FINE >= 0.2) & (_ACROSS_FINE <= 1.0)
+    cortex_fraction = 1.0 - float(_ACROSS_FINE[cortex_side][np.argmax(f[cortex_side])])
     soft = float(p[(np.abs(_ACROSS) >= 1.3) & (np.abs(_ACROSS) <= 1.6)].mean())
     rise = float(p[(np.abs(_ACROSS) >= 0.6) & (np.abs(_ACROSS) <= 1.0)].max()) - soft
     medulla = float(p[np.abs(_ACROSS) <= 0.2].mean())
-    return ShaftProfile(soft, rise, (medulla - soft) / max(rise, 1e-3), float(np.mean(widths) / region.axis_major_length))
+    return ShaftProfile(soft, rise, (medulla - soft) / max(rise, 1e-3), float(np.mean(widths) / region.axis_major_length),
+                        cortex_fraction)
 
 
 def _calibrate(m: BoneMeasurement, spacing: tuple[float, float] | None) -> None:

@@ -265,6 +265,26 @@ _TRABECULAR_DENSITY_DEFAULT = 0.87
 _FUSED_EPIPHYSIS_WIDTH = 1.2
 #: Share of the epiphysis's joint-side dome flattened once fused.
 _FUSED_JOINT_FLATTENING = 0.8
+#: Probe knobs, left neutral (issue #22, eleventh sitting; docs/synthetic.md, "Adolescent cortex"): the share by
+#: which a fused epiphysis's physis side narrows to its metaphysis (0: it stays a plate overhanging the shaft), and
+#: the joint-side flattening of fused metacarpal heads. Drawn rounder and flush, adult joint ends looked more like
+#: real films', but every method read them younger still.
+_FUSED_EPIPHYSIS_BLEND = 0.0
+_FUSED_METACARPAL_HEAD_FLATTENING = 0.8
+#: Adolescent cortical thickening (issue #22, eleventh sitting). The cortex's share of a shaft's half-width
+#: grows by this gain, ramped over bone ages ``_ADOLESCENT_CORTEX_START`` to ``_ADOLESCENT_CORTEX_END`` months.
+#: Measured as one minus the offset of the cross-shaft grey-level peak (:func:`boneage.measure.shaft_profile`,
+#: ``cortex_fraction``) on the shipped segmenter's shafts: real metacarpals 2-4 read 0.31-0.33 at 144-165 months
+#: and 0.34-0.38 from 180 months on (91 training-split films of 180-228 months), where synthetic ones stayed at
+#: 0.28-0.30. With these values they read 0.29-0.30, 0.31-0.33, 0.35-0.37 and 0.39-0.40 at 144-165, 165-180,
+#: 180-200 and 200-240 months. Real third proximal phalanges show no such rise (0.20-0.27 in every band, below
+#: the synthetic 0.29-0.31), so the phalanges get none; the forearm's measure is not comparable (the synthetic
+#: radius's medulla is as bright as its cortex).
+_METACARPAL_ADOLESCENT_CORTEX_GAIN = 0.4
+_PHALANX_ADOLESCENT_CORTEX_GAIN = 0.0
+_FOREARM_ADOLESCENT_CORTEX_GAIN = 0.0
+_ADOLESCENT_CORTEX_START = 160.0
+_ADOLESCENT_CORTEX_END = 195.0
 #: A phalanx's head (distal phalanx: tuft) width and end rounding at full maturity, against the bone
 #: model's; they change with the cube of the epiphysis's maturity, so mostly in adolescence.
 _MATURE_HEAD_WIDTH = 1.25
@@ -527,6 +547,11 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         meta_w = (base_ratio if end == "proximal" else head_ratio) * width
         shaft_len = a_len - zone
         cortex = np.interp(t_k, _CORTEX_T, _CORTEX_F) * (0.65 + 0.35 * min(ba / 150.0, 1.0))
+        gain = {"metacarpal": _METACARPAL_ADOLESCENT_CORTEX_GAIN, "forearm": _FOREARM_ADOLESCENT_CORTEX_GAIN}.get(
+            kind, _PHALANX_ADOLESCENT_CORTEX_GAIN)
+        if gain:
+            ramp = np.clip((ba - _ADOLESCENT_CORTEX_START) / (_ADOLESCENT_CORTEX_END - _ADOLESCENT_CORTEX_START), 0, 1)
+            cortex = np.minimum(cortex * (1 + gain * float(ramp)), 0.9)
         # The epiphyseal end of the shaft is flat (physis); the other end is a rounded joint surface.
         # As the physis closes, metaphysis and epiphysis meet flat: no notch is left at a fused physis.
         flat = 0.12 * width * (1 - phi) * _PHYSIS_ROUNDING  # phi is 0 until the epiphysis has ossified
@@ -582,20 +607,21 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             # metaphysis), narrower towards the joint.
             e_t = np.array([0.0, 1.0])
             narrow = 1 - 0.3 * m * (1 - phi)  # the joint side broadens again as the physis fuses
+            physis_hw = e_width / 2 + (meta_w / 2 - e_width / 2) * _FUSED_EPIPHYSIS_BLEND * phi
             if end == "proximal":  # the physis side is the distal end of the part
-                e_hw = np.array([e_width / 2 * narrow, e_width / 2])
+                e_hw = np.array([e_width / 2 * narrow, physis_hw])
             else:
-                e_hw = np.array([e_width / 2, e_width / 2 * narrow])
+                e_hw = np.array([physis_hw, e_width / 2 * narrow])
             if mc_head:
                 cap = e_len * _METACARPAL_HEAD_DOME  # the metacarpal head stays rounded until it fuses
-                e_hw = np.array([e_width / 2, e_width / 2])
+                e_hw = np.array([physis_hw, e_width / 2])
             # The physis side flattens as it fuses; the joint side keeps a fifth of its dome. That
             # flattens fused metacarpal heads too, which stay rounder on real films; not isolated: with
             # the whole change the per-bone network read fused third and fifth metacarpals 9-29 months
             # closer (issue #22, exploratory seeds).
             physis_rounding = _PHYSIS_ROUNDING * (_METACARPAL_PHYSIS_ROUNDING if mc_head else 1.0)
             physis_cap = max(cap * (1 - phi) * physis_rounding, 1e-3)
-            cap *= 1 - _FUSED_JOINT_FLATTENING * phi
+            cap *= 1 - (_FUSED_METACARPAL_HEAD_FLATTENING if mc_head else _FUSED_JOINT_FLATTENING) * phi
             caps = (max(cap, 1e-3), physis_cap) if end == "proximal" else (physis_cap, max(cap, 1e-3))
             # Fusing, the epiphysis's medulla becomes its shaft's.
             epi_medulla = 1 + (shaft_medulla - 1) * phi * _EPIPHYSIS_MEDULLA_FOLLOWS_SHAFT

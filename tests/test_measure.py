@@ -194,3 +194,21 @@ def test_shaft_profile_reads_a_drawn_tube() -> None:
     assert full.medulla_share > 0.9 and hollow.medulla_share < full.medulla_share - 0.3  # an emptier canal reads darker
     assert hollow.cortex_above_soft < full.cortex_above_soft
     assert shaft_profile(*film(1.0), "metacarpal_2") is None  # no such shaft on the film
+
+
+def test_shaft_profile_reads_the_cortex_share_of_a_hollow_tube() -> None:
+    from boneage.measure import shaft_profile
+    from boneage.synth_render import Canvas, ShapePx, paint_shape
+
+    def cortex_fraction(cortex: float, half_width: float) -> float:
+        canvas = Canvas.empty(80, 120)
+        paint_shape(canvas, ShapePx(anatomy.shaft_label("metacarpal_3"), np.array([20.0, 40.0]), np.array([1.0, 0.0]),
+                                    80.0, np.array([0.0, 1.0]), np.full(2, half_width), np.full(2, cortex), 0.0, 0.0,
+                                    trabecular_density=0.3))
+        return shaft_profile(0.2 + 0.02 * (canvas.cortical + canvas.trabecular), canvas.labels, "metacarpal_3").cortex_fraction
+
+    for half_width in (8.0, 12.0):
+        readings = [cortex_fraction(c, half_width) for c in (0.2, 0.3, 0.4, 0.5)]
+        # The brightest ray grazes the canal; the labelled edge sits about a pixel inside the drawn one.
+        assert readings == sorted(readings) and readings[-1] > readings[0] + 0.25, readings
+        assert all(abs(r - c) <= 0.12 for r, c in zip(readings, (0.2, 0.3, 0.4, 0.5))), readings

@@ -486,6 +486,23 @@ def test_metacarpals_have_a_darker_medulla_than_phalanges() -> None:
     assert np.median(shares["metacarpal_3"]) < np.median(shares["proximal_phalanx_3"]) - 0.07, shares
 
 
+def test_metacarpal_cortex_thickens_through_adolescence() -> None:
+    # Real metacarpals 2-4 read a cortex fraction of 0.31-0.33 at 144-165 months and 0.34-0.38 past 180 (the
+    # shipped segmenter's shafts on training-split films); real proximal phalanges show no such rise.
+    def fractions(age: float, bone: str) -> float:
+        hands = [generate_hand(17, i, size=768, bone_age_months=age, sex="M") for i in range(6)]
+        return float(np.median([shaft_profile(h.image, h.label_map, bone).cortex_fraction for h in hands]))
+
+    for bone in ("metacarpal_2", "metacarpal_3"):
+        assert fractions(210.0, bone) >= fractions(160.0, bone) + 0.08, bone  # 0.30 -> 0.45; 0.30 -> 0.30 before
+    assert fractions(210.0, "proximal_phalanx_3") <= fractions(160.0, "proximal_phalanx_3") + 0.03
+    _, young = _tubular_parts(160.0)
+    _, old = _tubular_parts(210.0)
+    for bone, gain in (("metacarpal_3", 1.4), ("proximal_phalanx_3", 1.0), ("radius", 1.0)):
+        key = (bone, anatomy.shaft_label(bone), True)
+        assert old[key].cortex_knots.max() == pytest.approx(gain * young[key].cortex_knots.max()), bone
+
+
 def test_mature_joint_ends_are_broad_and_flat() -> None:
     # The shipped per-bone network read fused synthetic epiphyses as a 7-8 y old's while they were
     # trapezoids narrowing towards the joint with small round heads (issue #22).
