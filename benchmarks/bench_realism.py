@@ -29,8 +29,9 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     bone ages (768 px, seed ``--seed + 2``), cross-shaft grey-level profiles of four shafts found by the shipped segmenter,
     after the percentile window: the soft tissue beside the shaft, the bone's cortex above it, the
     medulla's share of that (centre / cortex, both above soft tissue), the shaft's width / length and
-    its cortex fraction (one minus the offset of the brightest point across it, in half-widths),
-    by bone-age band (the radius leaves the film, so its width / length is not shown). The synthesis's
+    its cortex fraction (one minus the offset of the brightest point across it, in half-widths; shafts
+    with no canal edge are left out of its means), by bone-age band (the radius leaves the film, so its
+    width / length is not shown). The synthesis's
     attenuations, soft-tissue thicknesses, medullary densities, shaft slenderness and film processing
     were set with these measurements and the bone crops' grey levels, on hands of other seeds.
 (e) **Turned films**: the shipped end-to-end CNN reads ``--n-turn`` real training-split films of 6-12 y
@@ -227,6 +228,12 @@ def maturity_features(n: int, seed: int) -> None:
         print(f"  {name:<36}" + "".join(f"{c:>16}" for c in cells))
 
 
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values (NaN when there are none)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 #: Shafts profiled in (d) and the bone-age bands (months) of its table.
 LOOK_BONES = ("proximal_phalanx_3", "metacarpal_2", "metacarpal_3", "radius")
 LOOK_BANDS = ((0, 72), (72, 144), (144, 180), (180, 240))
@@ -270,7 +277,8 @@ def film_look(n: int, seed: int) -> None:
                 continue  # the radius runs off the film: its visible length is the framing's
             cells = []
             for lo, hi in LOOK_BANDS:
-                means = [np.mean([v[j] for k, b, a, v in rows if k == kind and b == bone and lo <= a < hi] or [np.nan])
+                # The cortex fraction is NaN where a shaft shows no canal edge: left out, not averaged in.
+                means = [_finite_mean([v[j] for k, b, a, v in rows if k == kind and b == bone and lo <= a < hi])
                          for kind in ("real", "synthetic")]
                 cells.append(f"{means[0]:.2f} / {means[1]:.2f}")
             print(f"  {f'{bone} {name}':<36}" + "".join(f"{c:>16}" for c in cells))

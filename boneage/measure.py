@@ -329,9 +329,11 @@ class ShaftProfile:
             cortex's: near 1 for a full medulla, lower for an empty canal between bright cortices.
         width_over_length: the shaft's mean width over its major-axis length.
         cortex_fraction: one minus the offset (in half-widths, 0.2-1.0, both sides averaged) of the
-            brightest point across the shaft. A tube's path through bone is longest where the ray
-            grazes its medullary canal, so this reads the cortex's share of the half-width; blur
-            pulls it towards the axis, so compare it between films of like resolution only.
+            brightest point across the shaft. Where the medullary canal is darker than the cortex, the
+            ray grazing the canal is the brightest, so this reads the cortex's share of the half-width;
+            blur pulls it towards the axis, so compare it between films of like resolution only. NaN
+            when the brightest point is at 0.2 (no canal edge: a full medulla) or the shaft is under
+            8 pixels wide.
     """
 
     soft: float
@@ -343,8 +345,11 @@ class ShaftProfile:
 
 #: Offsets across a shaft in units of its local half-width (0 = axis, +-1 = its edges).
 _ACROSS = np.linspace(-1.8, 1.8, 37)
-#: Finer offsets for the cortex's peak (a twentieth of a half-width apart).
+#: Finer offsets for the cortex's peak (a twentieth of a half-width apart), and those where it is looked for.
 _ACROSS_FINE = np.linspace(-1.2, 1.2, 49)
+_CORTEX_SIDE = (_ACROSS_FINE > 0.2 - 1e-6) & (_ACROSS_FINE < 1.0 + 1e-6)
+#: Narrower shafts (pixels) are all blur: no cortex fraction is read from them.
+_MIN_CORTEX_WIDTH_PX = 8.0
 
 
 def shaft_profile(pixels: np.ndarray, label_map: np.ndarray, bone: str) -> ShaftProfile | None:
@@ -378,17 +383,17 @@ def shaft_profile(pixels: np.ndarray, label_map: np.ndarray, bone: str) -> Shaft
             continue
         half, middle = (inside.max() - inside.min()) / 2, (inside.max() + inside.min()) / 2
         widths.append(2 * half)
-        profiles.append(ndimage.map_coordinates(pixels.astype(np.float32), centre[:, None] + across[:, None] * (middle + _ACROSS * half),
-                                                order=1))
-        fine.append(ndimage.map_coordinates(pixels.astype(np.float32), centre[:, None] + across[:, None] * (middle + _ACROSS_FINE * half),
-                                            order=1))
+        for out, offsets in ((profiles, _ACROSS), (fine, _ACROSS_FINE)):
+            out.append(ndimage.map_coordinates(pixels.astype(np.float32), centre[:, None] + across[:, None] * (middle + offsets * half),
+                                               order=1))
     if not profiles:
         return None
     p = np.mean(profiles, axis=0)
     f = np.mean(fine, axis=0)
     f = (f + f[::-1]) / 2  # both cortices: a shaft lit unevenly across still peaks at its canal's edge
-    cortex_side = (_ACROSS_FINE >= 0.2) & (_ACROSS_FINE <= 1.0)
-    cortex_fraction = 1.0 - float(_ACROSS_FINE[cortex_side][np.argmax(f[cortex_side])])
+    peak = float(_ACROSS_FINE[_CORTEX_SIDE][np.argmax(f[_CORTEX_SIDE])])
+    cortex_fraction = (1.0 - peak if peak > _ACROSS_FINE[_CORTEX_SIDE][0] + 1e-6 and np.mean(widths) >= _MIN_CORTEX_WIDTH_PX
+                       else math.nan)
     soft = float(p[(np.abs(_ACROSS) >= 1.3) & (np.abs(_ACROSS) <= 1.6)].mean())
     rise = float(p[(np.abs(_ACROSS) >= 0.6) & (np.abs(_ACROSS) <= 1.0)].max()) - soft
     medulla = float(p[np.abs(_ACROSS) <= 0.2].mean())

@@ -270,16 +270,16 @@ _FUSED_JOINT_FLATTENING = 0.8
 #: the joint-side flattening of fused metacarpal heads. Drawn rounder and flush, adult joint ends looked more like
 #: real films', but every method read them younger still.
 _FUSED_EPIPHYSIS_BLEND = 0.0
-_FUSED_METACARPAL_HEAD_FLATTENING = 0.8
+_FUSED_METACARPAL_HEAD_FLATTENING = _FUSED_JOINT_FLATTENING
 #: Adolescent cortical thickening (issue #22, eleventh sitting). The cortex's share of a shaft's half-width
 #: grows by this gain, ramped over bone ages ``_ADOLESCENT_CORTEX_START`` to ``_ADOLESCENT_CORTEX_END`` months.
 #: Measured as one minus the offset of the cross-shaft grey-level peak (:func:`boneage.measure.shaft_profile`,
-#: ``cortex_fraction``) on the shipped segmenter's shafts: real metacarpals 2-4 read 0.31-0.33 at 144-165 months
-#: and 0.34-0.38 from 180 months on (91 training-split films of 180-228 months), where synthetic ones stayed at
-#: 0.28-0.30. With these values they read 0.29-0.30, 0.31-0.33, 0.35-0.37 and 0.39-0.40 at 144-165, 165-180,
-#: 180-200 and 200-240 months. Real third proximal phalanges show no such rise (0.20-0.27 in every band, below
-#: the synthetic 0.29-0.31), so the phalanges get none; the forearm's measure is not comparable (the synthetic
-#: radius's medulla is as bright as its cortex).
+#: ``cortex_fraction``) on the shipped segmenter's shafts: real metacarpals 2-4 read 0.30-0.31 at 144-165 months,
+#: 0.32-0.34 at 165-180, 0.34-0.35 at 180-200 and 0.37 past 200 (all 400 training-split films of 144-228 months),
+#: where synthetic ones stayed at 0.28-0.31; with these values they read 0.29-0.30, 0.31-0.33, 0.35-0.37 and
+#: 0.39-0.40. All five metacarpals get it (the second to fourth were measured). Real third proximal phalanges show
+#: no such rise (0.23-0.24 in every band, below the synthetic 0.29-0.31), so the phalanges get none; the forearm's
+#: measure is not comparable (the synthetic radius's medulla is as bright as its cortex).
 _METACARPAL_ADOLESCENT_CORTEX_GAIN = 0.4
 _PHALANX_ADOLESCENT_CORTEX_GAIN = 0.0
 _FOREARM_ADOLESCENT_CORTEX_GAIN = 0.0
@@ -435,6 +435,17 @@ _FILM_TILT_SD_DEG = 6.0
 _FOREARM_SHIFT_MM = 3.0
 
 
+def _adolescent_cortex_factor(kind: str, ba: float) -> float:
+    """Factor on a shaft's cortical share at bone age ``ba`` (months): 1 until the adolescent ramp starts."""
+    gain = {"metacarpal": _METACARPAL_ADOLESCENT_CORTEX_GAIN, "forearm": _FOREARM_ADOLESCENT_CORTEX_GAIN}.get(
+        kind, _PHALANX_ADOLESCENT_CORTEX_GAIN)
+    if not gain:
+        return 1.0
+    ramp = float(np.interp(ba, (_ADOLESCENT_CORTEX_START, _ADOLESCENT_CORTEX_END), (0.0, 1.0)))
+    # At most 0.4 x 1.4 = 0.56 of the half-width as shipped; the cap keeps a canal under any probed gain.
+    return min(1.0 + gain * ramp, 0.9 / float(_CORTEX_F.max()))
+
+
 def _epiphysis_density(kind: str) -> float:
     """Probe factor on an epiphysis's density by bone kind (1 outside the probed kinds)."""
     return {"metacarpal": _METACARPAL_EPIPHYSIS_DENSITY, "forearm": _FOREARM_EPIPHYSIS_DENSITY}.get(kind, 1.0)
@@ -547,11 +558,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         meta_w = (base_ratio if end == "proximal" else head_ratio) * width
         shaft_len = a_len - zone
         cortex = np.interp(t_k, _CORTEX_T, _CORTEX_F) * (0.65 + 0.35 * min(ba / 150.0, 1.0))
-        gain = {"metacarpal": _METACARPAL_ADOLESCENT_CORTEX_GAIN, "forearm": _FOREARM_ADOLESCENT_CORTEX_GAIN}.get(
-            kind, _PHALANX_ADOLESCENT_CORTEX_GAIN)
-        if gain:
-            ramp = np.clip((ba - _ADOLESCENT_CORTEX_START) / (_ADOLESCENT_CORTEX_END - _ADOLESCENT_CORTEX_START), 0, 1)
-            cortex = np.minimum(cortex * (1 + gain * float(ramp)), 0.9)
+        cortex = cortex * _adolescent_cortex_factor(kind, ba)
         # The epiphyseal end of the shaft is flat (physis); the other end is a rounded joint surface.
         # As the physis closes, metaphysis and epiphysis meet flat: no notch is left at a fused physis.
         flat = 0.12 * width * (1 - phi) * _PHYSIS_ROUNDING  # phi is 0 until the epiphysis has ossified
@@ -616,9 +623,10 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                 cap = e_len * _METACARPAL_HEAD_DOME  # the metacarpal head stays rounded until it fuses
                 e_hw = np.array([physis_hw, e_width / 2])
             # The physis side flattens as it fuses; the joint side keeps a fifth of its dome. That
-            # flattens fused metacarpal heads too, which stay rounder on real films; not isolated: with
-            # the whole change the per-bone network read fused third and fifth metacarpals 9-29 months
-            # closer (issue #22, exploratory seeds).
+            # flattens fused metacarpal heads too (``_FUSED_METACARPAL_HEAD_FLATTENING``), which stay
+            # rounder on real films; not isolated: with the whole change the per-bone network read fused
+            # third and fifth metacarpals 9-29 months closer, and keeping their dome gained no method
+            # anything (issue #22, exploratory seeds).
             physis_rounding = _PHYSIS_ROUNDING * (_METACARPAL_PHYSIS_ROUNDING if mc_head else 1.0)
             physis_cap = max(cap * (1 - phi) * physis_rounding, 1e-3)
             cap *= 1 - (_FUSED_METACARPAL_HEAD_FLATTENING if mc_head else _FUSED_JOINT_FLATTENING) * phi

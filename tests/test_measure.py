@@ -200,15 +200,19 @@ def test_shaft_profile_reads_the_cortex_share_of_a_hollow_tube() -> None:
     from boneage.measure import shaft_profile
     from boneage.synth_render import Canvas, ShapePx, paint_shape
 
-    def cortex_fraction(cortex: float, half_width: float) -> float:
+    def cortex_fraction(cortex: float, half_width: float, medulla: float = 0.3) -> float:
         canvas = Canvas.empty(80, 120)
         paint_shape(canvas, ShapePx(anatomy.shaft_label("metacarpal_3"), np.array([20.0, 40.0]), np.array([1.0, 0.0]),
                                     80.0, np.array([0.0, 1.0]), np.full(2, half_width), np.full(2, cortex), 0.0, 0.0,
-                                    trabecular_density=0.3))
-        return shaft_profile(0.2 + 0.02 * (canvas.cortical + canvas.trabecular), canvas.labels, "metacarpal_3").cortex_fraction
+                                    trabecular_density=medulla))
+        film = 0.2 + 0.02 * (canvas.cortical + canvas.trabecular)
+        return shaft_profile(film, canvas.labels, "metacarpal_3").cortex_fraction
 
     for half_width in (8.0, 12.0):
         readings = [cortex_fraction(c, half_width) for c in (0.2, 0.3, 0.4, 0.5)]
         # The brightest ray grazes the canal; the labelled edge sits about a pixel inside the drawn one.
         assert readings == sorted(readings) and readings[-1] > readings[0] + 0.25, readings
         assert all(abs(r - c) <= 0.12 for r, c in zip(readings, (0.2, 0.3, 0.4, 0.5))), readings
+    # A full medulla has no canal edge to find (the brightest ray is the axis), a 6 px shaft only blur.
+    assert np.isnan(cortex_fraction(0.3, 8.0, medulla=1.0))
+    assert np.isnan(cortex_fraction(0.3, 3.0))
