@@ -2,7 +2,7 @@
 
 Usage:
     .venv/bin/python benchmarks/bench_realism.py [--seed 20261210] [--n 40] [--sizes 512 768]
-        [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60] [--n-turn 40]
+        [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60] [--look-min-age 0] [--n-turn 40]
         [--n-embed 300] [--n-layout 42] [--n-occlude 16] [--n-physis 40] [--n-transplant 16]
         [--set NAME=VALUE ...]
 
@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from typing import Callable, Iterator
 
 import numpy as np
@@ -236,11 +237,17 @@ def _finite_mean(values: list[float]) -> float:
 
 #: Shafts profiled in (d) and the bone-age bands (months) of its table.
 LOOK_BONES = ("proximal_phalanx_3", "metacarpal_2", "metacarpal_3", "radius")
-LOOK_BANDS = ((0, 72), (72, 144), (144, 180), (180, 240))
+LOOK_BANDS = ((0, 72), (72, 144), (144, 165), (165, 180), (180, 200), (200, 240))
 
 
-def film_look(n: int, seed: int) -> None:
-    """(d): shaft grey-level profiles and slenderness on real training-split films and ``n`` synthetic hands, by band."""
+def film_look(n: int, seed: int, min_age: float = 0.0) -> None:
+    """(d): shaft grey-level profiles and slenderness on real training-split films and ``n`` synthetic hands, by band.
+
+    Args:
+        n: real films (as many synthetic hands of their bone ages).
+        seed: the draw of the films and the synthetic seed.
+        min_age: only real films of at least this bone age (months), e.g. 144 to compare adolescents.
+    """
     from tqdm import tqdm
 
     from dataclasses import astuple
@@ -253,7 +260,8 @@ def film_look(n: int, seed: int) -> None:
 
     segmenter = models.load("segmenter")
     dev = datasets.rsna_dev()
-    train = dev[dev["split"] == "train"].sample(n=min(n, int((dev["split"] == "train").sum())), random_state=seed)
+    pool = dev[(dev["split"] == "train") & (dev["bone_age_months"] >= min_age)]
+    train = pool.sample(n=min(n, len(pool)), random_state=seed)
     films = [("real", path, float(age), None) for path, age in zip(train["path"], train["bone_age_months"])]
     # Synthetic hands of the real films' bone ages, so that each band compares like with like.
     films += [("synthetic", None, float(np.clip(age, 12, 228)), i) for i, age in enumerate(train["bone_age_months"])]
@@ -848,6 +856,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-classifier", action="store_true", help="skip (b)")
     parser.add_argument("--n-features", type=int, default=48, help="synthetic hands measured for (c) (0: skip)")
     parser.add_argument("--n-look", type=int, default=60, help="real films (and as many synthetic hands) for (d) (0: skip)")
+    parser.add_argument("--look-min-age", type=float, default=0.0,
+                        help="(d) draws its real films from those of at least this bone age (months; default 0)")
     parser.add_argument("--n-turn", type=int, default=40, help="real 6-12 y films (and as many synthetic hands) for (e) (0: skip)")
     parser.add_argument("--n-embed", type=int, default=300,
                         help="real training-split films (and as many synthetic hands) for (f) (0: skip)")
@@ -886,7 +896,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nreal vs synthetic classifier: ROC AUC {auc:.3f} (SD {sd:.3f} over 5 folds; "
               f"{args.n_classifier} real training-split films, as many synthetic hands; 0.5 = indistinguishable)")
     # Parts (c)-(j), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
-    parts = ((args.n_features, maturity_features), (args.n_look, film_look), (args.n_turn, turned_films),
+    parts = ((args.n_features, maturity_features), (args.n_look, partial(film_look, min_age=args.look_min_age)),
+             (args.n_turn, turned_films),
              (args.n_embed, cnn_feature_space), (args.n_layout, wrist_layout), (args.n_occlude, cnn_occlusion),
              (args.n_physis, physes), (args.n_transplant, carpal_crop_transplants))
     for offset, (n, part) in enumerate(parts, start=1):

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_realism  # noqa: E402  (a script folder, not a package)
 
 from boneage import synth  # noqa: E402
+from boneage.paths import rsna_dev_dir  # noqa: E402
 
 
 def test_set_renderer_constants_changes_only_numeric_constants(monkeypatch):
@@ -220,3 +221,20 @@ def test_largest_piece_drops_strays_and_keeps_a_whole_mask():
     mask[15, 15] = True
     assert np.array_equal(bench_realism.largest_piece(mask), alone) and alone.sum() == 64
     assert not bench_realism.largest_piece(np.zeros((5, 5), bool)).any()
+
+
+def test_finite_mean_leaves_out_shafts_with_no_reading():
+    assert bench_realism._finite_mean([0.3, float("nan"), 0.5]) == pytest.approx(0.4)
+    assert np.isnan(bench_realism._finite_mean([float("nan")])) and np.isnan(bench_realism._finite_mean([]))
+
+
+@pytest.mark.skipif(not (rsna_dev_dir() / "labels.csv").is_file(),
+                    reason="real rsna-dev films not available (../shared/data/rsna-dev absent)")
+def test_film_look_draws_only_films_past_its_minimum_age(capsys):
+    # Two real films of at least 200 months and two synthetic hands of their ages: every band under 200 months is empty.
+    bench_realism.film_look(2, 5, min_age=200.0)
+    table = capsys.readouterr().out
+    metacarpal = next(line for line in table.splitlines() if "metacarpal_3 cortex fraction" in line)
+    cells = metacarpal.split("fraction", 1)[1].split()
+    assert cells[:15] == ["nan", "/", "nan"] * 5, metacarpal  # 0-72 ... 180-200 months
+    assert cells[15] != "nan" and cells[17] != "nan", metacarpal  # 200-240 months: both read
