@@ -375,6 +375,7 @@ def shaft_profile(pixels: np.ndarray, label_map: np.ndarray, bone: str) -> Shaft
     across = np.array([-axis[1], axis[0]])
     steps = np.arange(-2 * region.axis_minor_length, 2 * region.axis_minor_length, 0.5)
     profiles, fine, widths = [], [], []
+    film = pixels.astype(np.float32)
     for t in np.linspace(-0.15, 0.15, 7) * region.axis_major_length:
         centre = np.array(region.centroid) + axis * t
         on_mask = ndimage.map_coordinates(mask.astype(np.float32), centre[:, None] + across[:, None] * steps, order=0)
@@ -384,8 +385,7 @@ def shaft_profile(pixels: np.ndarray, label_map: np.ndarray, bone: str) -> Shaft
         half, middle = (inside.max() - inside.min()) / 2, (inside.max() + inside.min()) / 2
         widths.append(2 * half)
         for out, offsets in ((profiles, _ACROSS), (fine, _ACROSS_FINE)):
-            out.append(ndimage.map_coordinates(pixels.astype(np.float32), centre[:, None] + across[:, None] * (middle + offsets * half),
-                                               order=1))
+            out.append(ndimage.map_coordinates(film, centre[:, None] + across[:, None] * (middle + offsets * half), order=1))
     if not profiles:
         return None
     p = np.mean(profiles, axis=0)

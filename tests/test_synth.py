@@ -489,13 +489,17 @@ def test_metacarpals_have_a_darker_medulla_than_phalanges() -> None:
 def test_metacarpal_cortex_thickens_through_adolescence() -> None:
     # Real metacarpals 2-4 read a cortex fraction of 0.30-0.31 at 144-165 months and 0.34-0.37 past 180 (the
     # shipped segmenter's shafts on training-split films); real proximal phalanges show no such rise.
-    def median_cortex_fraction(age: float, bone: str) -> float:
-        hands = [generate_hand(17, i, size=768, bone_age_months=age, sex="M") for i in range(6)]
-        return float(np.nanmedian([shaft_profile(h.image, h.label_map, bone).cortex_fraction for h in hands]))
+    bones = ("metacarpal_2", "metacarpal_3", "proximal_phalanx_3")
 
+    def median_cortex_fractions(age: float) -> dict[str, float]:
+        hands = [generate_hand(17, i, size=768, bone_age_months=age, sex="M") for i in range(6)]
+        return {b: float(np.nanmedian([shaft_profile(h.image, h.label_map, b).cortex_fraction for h in hands]))
+                for b in bones}
+
+    before, after = median_cortex_fractions(160.0), median_cortex_fractions(210.0)
     for bone in ("metacarpal_2", "metacarpal_3"):  # 0.30 -> 0.45; 0.30 -> 0.30 before
-        assert median_cortex_fraction(210.0, bone) >= median_cortex_fraction(160.0, bone) + 0.08, bone
-    assert median_cortex_fraction(210.0, "proximal_phalanx_3") <= median_cortex_fraction(160.0, "proximal_phalanx_3") + 0.03
+        assert after[bone] >= before[bone] + 0.08, (bone, before, after)
+    assert after["proximal_phalanx_3"] <= before["proximal_phalanx_3"] + 0.03, (before, after)
     _, young = _tubular_parts(160.0)
     _, old = _tubular_parts(210.0)
     for bone, gain in (("metacarpal_3", 1.4), ("proximal_phalanx_3", 1.0), ("radius", 1.0)):
