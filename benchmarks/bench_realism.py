@@ -3,7 +3,8 @@
 Usage:
     .venv/bin/python benchmarks/bench_realism.py [--seed 20261210] [--n 40] [--sizes 512 768]
         [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60] [--look-min-age 0] [--n-turn 40]
-        [--n-embed 300] [--n-layout 42] [--n-occlude 16] [--n-physis 40] [--n-transplant 16]
+        [--n-embed 300] [--n-layout 42] [--n-occlude 16] [--occlude-ages 84 132] [--n-physis 40] [--n-transplant 16]
+        [--transplant-region carpals] [--transplant-ages 108 204] [--n-joints 80]
         [--set NAME=VALUE ...]
 
 Prints measures of the gap between synthetic and real films (another, side-by-side sheets of
@@ -20,7 +21,8 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     prepared as the CNN sees it (crop, squash, window, 256 px) and described by intensity and
     gradient histograms, a radial power spectrum, Laplacian energy at three scales and a 16 x 16
     thumbnail; a gradient-boosting classifier's ROC AUC on held-out images (5-fold
-    cross-validation; 0.5 = indistinguishable, 1.0 = always told apart).
+    cross-validation; 0.5 = indistinguishable, 1.0 = always told apart), on all the features and on each
+    group alone (which kind of difference gives synthetic hands away).
 (c) **Maturity measurements**: the shipped segmenter and :func:`boneage.measure.measure` on the real
     training-split films (the multi-step feature cache) and on ``--n-features`` synthetic hands of
     seed ``--seed + 1``: epiphysis / metaphysis width, epiphysis-metaphysis contact, carpal area
@@ -54,8 +56,8 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     and as many synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 5``), measured by
     :func:`carpal_layout` (carpal packing and size, lunate-radius and capitate-metacarpal gaps, all against the
     third metacarpal's shaft, and four carpals' length over width); medians by bone-age band.
-(h) **What the CNN's reading rests on**: ``--n-occlude`` real training-split films of 7-11 y and as many
-    synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 6``), read by the shipped end-to-end
+(h) **What the CNN's reading rests on**: ``--n-occlude`` real training-split films of bone ages ``--occlude-ages``
+    (default 84-132 months, 7-11 y) and as many synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 6``), read by the shipped end-to-end
     CNN with one region's bones (:data:`OCCLUSION_REGIONS`, the segmenter's masks) blurred away
     (:func:`occlusion_changes`); the mean change of its reading per region. A region whose removal moves
     synthetic readings much more than real ones is where synthetic hands tell the network something real
@@ -65,12 +67,20 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     :func:`physis_geometry` for the metacarpals and phalanges of digits 2-4 and the radius: the epiphysis's width
     against its metaphysis and its height against its width, how much of it touches the shaft, the metaphysis's
     flare against the mid-shaft, and the shaft's slenderness; medians by bone-age band.
-(j) **What the per-bone network's carpal region reads**: ``--n-transplant`` real training-split films of 9-17 y and
-    as many synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 8``). Each pair's carpal-region
-    crops (:func:`boneage.perbone.bone_crops`: the metacarpal bases at the top, the carpus in the middle, the
-    radius and ulna at the bottom) are read by the shipped per-bone network as cut, and with one third of one crop
-    put in the other (:func:`crop_transplants`); the mean bias of each. A third that moves a synthetic crop's
-    reading towards the real one's is where the synthetic hand looks unlike a real film to that network.
+(j) **What the per-bone network reads in one region**: ``--n-transplant`` real training-split films of bone ages
+    ``--transplant-ages`` (default 108-204 months) and as many synthetic hands of the same bone ages and sexes (768 px,
+    seed ``--seed + 8``). Each pair's crops of ``--transplant-region`` (default the carpal region:
+    :func:`boneage.perbone.bone_crops`, the metacarpal bases at the top, the carpus in the middle, the radius and ulna
+    at the bottom; a tubular bone's crop has its epiphysis end at the top) are read by the shipped per-bone network as
+    cut, and with one third of one crop put in the other (:func:`crop_transplants`); the mean bias of each. A third
+    that moves a synthetic crop's reading towards the real one's is where the synthetic hand looks unlike a real film
+    to that network.
+
+(k) **Joint spaces**: the shipped segmenter's label maps of ``--n-joints`` real training-split films of 2-19 y and as
+    many synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 9``), measured by :func:`joint_gaps`
+    at the MCP, PIP and DIP joints of the third ray and the PIP and DIP joints of the fifth: the gap between the two
+    bones' masks, against the third proximal phalanx's length; medians by bone-age band. To the networks a narrow
+    joint reads as a mature one.
 
 ``--set NAME=VALUE`` (repeatable) changes one of the renderer's numeric constants in
 :mod:`boneage.synth` for this run only (e.g. ``--set _CARPAL_SCALE=1.4``), so that probes of the
@@ -139,9 +149,18 @@ def print_examples(estimator) -> None:
         print(f"  {name}: truth {truth:.0f}; {cells}; methods {spread:.0f} apart")
 
 
-def image_features(prepared: np.ndarray) -> np.ndarray:
-    """Appearance features of a prepared 256 x 256 input (floats in [0, 1]): what a film looks like,
-    not what it shows (histograms, spectrum, sharpness, a thumbnail)."""
+def image_feature_parts(prepared: np.ndarray) -> dict[str, np.ndarray]:
+    """Appearance features of a prepared 256 x 256 input (floats in [0, 1]), by group: what a film looks like,
+    not what it shows.
+
+    Args:
+        prepared: the input as the CNN sees it (:func:`boneage.preprocess.prepare_model_input`), 256 x 256.
+
+    Returns:
+        ``intensity`` (a 32-bin grey-level histogram), ``gradient`` (32-bin gradient-magnitude histogram),
+        ``spectrum`` (log radial power spectrum in 24 log-spaced rings at most), ``sharpness`` (Laplacian-of-Gaussian
+        energy at three scales) and ``thumbnail`` (16 x 16 block means), each a 1-D float array.
+    """
     from scipy import ndimage
 
     x = prepared.astype(np.float64)
@@ -156,13 +175,51 @@ def image_features(prepared: np.ndarray) -> np.ndarray:
     spectrum = np.log1p([radial[a:b].mean() for a, b in zip(edges[:-1], edges[1:])])
     sharpness = [np.abs(ndimage.gaussian_laplace(x, s)).mean() for s in (0.7, 1.5, 3.0)]
     thumb = x.reshape(16, 16, 16, 16).mean(axis=(1, 3)).ravel()
-    return np.concatenate([hist, grad, spectrum, sharpness, thumb])
+    return {"intensity": hist, "gradient": grad, "spectrum": np.asarray(spectrum), "sharpness": np.asarray(sharpness),
+            "thumbnail": thumb}
 
 
-def classifier_auc(n: int, seed: int) -> tuple[float, float]:
-    """ROC AUC (mean, SD over 5 folds) of telling real training-split films from synthetic hands."""
+def image_features(prepared: np.ndarray) -> np.ndarray:
+    """All of :func:`image_feature_parts` in one vector (the groups in their order; see :func:`feature_groups`)."""
+    return np.concatenate(list(image_feature_parts(prepared).values()))
+
+
+def feature_groups(prepared: np.ndarray) -> dict[str, slice]:
+    """Where each group of :func:`image_feature_parts` lies in :func:`image_features`' vector of ``prepared``."""
+    groups, start = {}, 0
+    for name, values in image_feature_parts(prepared).items():
+        groups[name] = slice(start, start + len(values))
+        start += len(values)
+    return groups
+
+
+def group_aucs(features: np.ndarray, labels: np.ndarray, groups: dict[str, slice], seed: int) -> dict[str, tuple[float, float]]:
+    """Cross-validated ROC AUC of telling the two classes apart, on all features and on each group alone.
+
+    Args:
+        features: ``(n, d)`` feature vectors.
+        labels: ``(n,)`` 0/1 classes.
+        groups: name -> columns of ``features`` (e.g. :func:`feature_groups`).
+        seed: seeds the folds and the classifier.
+
+    Returns:
+        ``"all"`` and each group's name -> (mean, SD) of the AUC over 5 stratified folds.
+    """
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    found = {}
+    for name, columns in {"all": slice(None), **groups}.items():
+        scores = cross_val_score(HistGradientBoostingClassifier(max_iter=200, random_state=seed),
+                                 features[:, columns], labels, cv=folds, scoring="roc_auc")
+        found[name] = (float(scores.mean()), float(scores.std()))
+    return found
+
+
+def classifier_auc(n: int, seed: int) -> dict[str, tuple[float, float]]:
+    """ROC AUC (mean, SD over 5 folds) of telling real training-split films from synthetic hands: ``"all"`` the
+    features together, then each group of :func:`image_feature_parts` alone (which kind of difference gives them away)."""
     from tqdm import tqdm
 
     from boneage import datasets
@@ -181,10 +238,7 @@ def classifier_auc(n: int, seed: int) -> tuple[float, float]:
         prepared, _ = prepare_model_input(generate_hand(seed + 1, i, size=512).image, 256)
         features.append(image_features(prepared))
         labels.append(0)
-    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
-    scores = cross_val_score(HistGradientBoostingClassifier(max_iter=200, random_state=seed), np.array(features),
-                             np.array(labels), cv=folds, scoring="roc_auc")
-    return float(scores.mean()), float(scores.std())
+    return group_aucs(np.array(features), np.array(labels), feature_groups(prepared), seed)
 
 
 #: Maturity measurements compared in (c): what the synthesis was calibrated on (issue #22).
@@ -323,7 +377,7 @@ def turned_films(n: int, seed: int) -> None:
     from boneage import datasets
     from boneage.direct import DirectEstimator
     from boneage.io import load_radiograph
-    from boneage.synth import generate_hand
+    from boneage.synth import MAX_BONE_AGE_MONTHS_BY_SEX, generate_hand
 
     cnn = DirectEstimator.load()
     dev = datasets.rsna_dev()
@@ -645,6 +699,83 @@ def physes(n: int, seed: int) -> None:
             print(f"  {f'{group}: {name}':<52}" + "".join(f"{c:>16}" for c in cells))
 
 
+#: Joints of (k): name -> (proximal bone, distal bone), and the bone whose length the gaps are measured against.
+JOINTS = {"MCP3": ("metacarpal_3", "proximal_phalanx_3"), "PIP3": ("proximal_phalanx_3", "middle_phalanx_3"),
+          "DIP3": ("middle_phalanx_3", "distal_phalanx_3"), "PIP5": ("proximal_phalanx_5", "middle_phalanx_5"),
+          "DIP5": ("middle_phalanx_5", "distal_phalanx_5")}
+JOINT_REFERENCE = "proximal_phalanx_3"
+#: Bone-age bands of (k), months.
+JOINT_BANDS = ((24, 72), (72, 120), (120, 150), (150, 200), (200, 240))
+
+
+def bone_mask(labels: np.ndarray, bone: str) -> np.ndarray:
+    """A bone's shaft and epiphysis in a label map, its largest connected piece."""
+    from boneage import anatomy
+
+    ids = [anatomy.shaft_label(bone)]
+    if anatomy.epiphysis_label(bone) is not None:
+        ids.append(anatomy.epiphysis_label(bone))
+    return largest_piece(np.isin(labels, ids))
+
+
+def mask_length(mask: np.ndarray) -> float:
+    """A mask's extent along its main axis, in pixels (pixel centres' spread + 1)."""
+    rows, cols = np.nonzero(mask)
+    points = np.stack([rows, cols], 1).astype(np.float64)
+    points -= points.mean(axis=0)
+    axis = np.linalg.eigh(np.cov(points.T))[1][:, -1]
+    along = points @ axis
+    return float(along.max() - along.min() + 1)
+
+
+def joint_gaps(labels: np.ndarray, closest: int = 15, min_pixels: int = 10) -> dict[str, float]:
+    """The space between neighbouring bones at each of :data:`JOINTS`, as the label map shows it.
+
+    Args:
+        labels: a label map (:mod:`boneage.anatomy` ids).
+        closest: how many of the distal bone's pixels nearest the proximal bone are averaged.
+        min_pixels: bones with fewer pixels are taken as absent.
+
+    Returns:
+        Joint name -> the mean distance (pixels) of the distal bone's ``closest`` pixels nearest to the proximal
+        bone's mask, in % of :data:`JOINT_REFERENCE`'s length (:func:`mask_length`); joints with either bone absent,
+        and every joint when the reference bone is, are left out.
+    """
+    from scipy import ndimage
+
+    reference = bone_mask(labels, JOINT_REFERENCE)
+    if reference.sum() < 2 * min_pixels:
+        return {}
+    length = mask_length(reference)
+    gaps = {}
+    for name, (proximal, distal) in JOINTS.items():
+        a, b = bone_mask(labels, proximal), bone_mask(labels, distal)
+        if a.sum() < min_pixels or b.sum() < min_pixels:
+            continue
+        distances = ndimage.distance_transform_edt(~a)[b]
+        gaps[name] = float(np.sort(distances)[:closest].mean()) / length * 100
+    return gaps
+
+
+def joint_spaces(n: int, seed: int) -> None:
+    """(k): the digits' joint spaces on real training-split films of 2-19 y and synthetic hands alike."""
+    rows, films = [], 0
+    for kind, age, labels in paired_label_maps(n, seed, JOINT_BANDS, "joints"):
+        films += kind == "real"
+        rows.extend((kind, age, joint, gap) for joint, gap in joint_gaps(labels).items())
+    print(f"\njoint spaces (shipped segmenter: the gap between neighbouring bones' masks in % of the third proximal "
+          f"phalanx's length), {films} real training-split films / as many synthetic hands of the same bone ages and "
+          "sexes (768 px), median by bone-age band (real / synthetic):")
+    print(f"  {'joint':<8}" + "".join(f"{f'{lo}-{hi} mo':>16}" for lo, hi in JOINT_BANDS))
+    for joint in JOINTS:
+        cells = []
+        for lo, hi in JOINT_BANDS:
+            medians = [np.nanmedian([g for k, a, j, g in rows if k == kind and j == joint and lo <= a < hi] or [np.nan])
+                       for kind in ("real", "synthetic")]
+            cells.append(f"{medians[0]:.2f} / {medians[1]:.2f}")
+        print(f"  {joint:<8}" + "".join(f"{c:>16}" for c in cells))
+
+
 _PHALANGES = ("proximal_phalanx", "middle_phalanx", "distal_phalanx")
 #: Regions of (h): which bones are blurred away, as (bone kinds, which parts).
 OCCLUSION_REGIONS = {
@@ -711,25 +842,27 @@ def occlusion_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray, l
     return changes
 
 
-def cnn_occlusion(n: int, seed: int) -> None:
-    """(h): what the end-to-end CNN's reading rests on, real 7-11 y films against synthetic hands."""
+def cnn_occlusion(n: int, seed: int, ages: tuple[float, float] = OCCLUSION_AGES) -> None:
+    """(h): what the end-to-end CNN's reading rests on, real films of bone ages ``ages`` (months) against synthetic
+    hands of the same ages and sexes (girls past 216 months drawn at 216, their sex's last standard)."""
     from tqdm import tqdm
 
     from boneage import datasets, models
     from boneage.direct import DirectEstimator
     from boneage.io import load_radiograph
-    from boneage.synth import generate_hand
+    from boneage.synth import MAX_BONE_AGE_MONTHS_BY_SEX, generate_hand
 
     cnn = DirectEstimator.load()
     segmenter = models.load("segmenter")
     regions = {name: region_labels(name) for name in OCCLUSION_REGIONS}
     dev = datasets.rsna_dev()
-    pool = dev[(dev["split"] == "train") & dev["bone_age_months"].between(*OCCLUSION_AGES)]
+    pool = dev[(dev["split"] == "train") & dev["bone_age_months"].between(*ages)]
     train = pool.sample(n=min(n, len(pool)), random_state=seed)
     bias: dict[str, list[float]] = {"real": [], "synthetic": []}
     changes: dict[str, list[dict[str, float]]] = {"real": [], "synthetic": []}
     for i, (path, age, sex) in enumerate(tqdm(list(zip(train["path"], train["bone_age_months"], train["sex"])),
                                               desc="occlusion", unit="film", mininterval=10)):
+        age = min(float(age), MAX_BONE_AGE_MONTHS_BY_SEX[sex])
         for kind, pixels in (("real", load_radiograph(path).pixels),
                              ("synthetic", generate_hand(seed, i, size=768, bone_age_months=float(age), sex=sex).image)):
             read = lambda x: cnn.predict(x, sex).age_months  # noqa: E731
@@ -737,7 +870,7 @@ def cnn_occlusion(n: int, seed: int) -> None:
             bias[kind].append(base - float(age))
             changes[kind].append(occlusion_changes(read, pixels, segmenter.segment(pixels), regions, base))
     print(f"\nthe end-to-end CNN with one region's bones blurred away (shipped segmenter's masks), {len(train)} real "
-          f"training-split films of {OCCLUSION_AGES[0]:.0f}-{OCCLUSION_AGES[1]:.0f} months / as many synthetic hands "
+          f"training-split films of {ages[0]:.0f}-{ages[1]:.0f} months / as many synthetic hands "
           f"of the same bone ages and sexes (768 px); bias {np.mean(bias['real']):+.1f} / "
           f"{np.mean(bias['synthetic']):+.1f} months. Mean reading change (standard error), real / synthetic:")
     for name in OCCLUSION_REGIONS:
@@ -748,26 +881,36 @@ def cnn_occlusion(n: int, seed: int) -> None:
         print(f"  {name:<36}{' / '.join(cells):>24}")
 
 
-def crop_thirds(rows: int) -> dict[str, slice]:
-    """Thirds of a carpal-region crop of ``rows`` rows (:data:`boneage.perbone.CROP_SHAPE`), top to bottom."""
+#: Names of a crop's thirds, top to bottom: the carpal region's, and a tubular bone's (its epiphysis end up).
+CARPAL_THIRDS = ("metacarpal bases (top)", "carpus (middle)", "radius and ulna (bottom)")
+BONE_THIRDS = ("epiphysis end (top)", "shaft (middle)", "other end (bottom)")
+
+
+def crop_thirds(rows: int, region: str = "carpals") -> dict[str, slice]:
+    """Thirds of a per-bone crop of ``rows`` rows (:data:`boneage.perbone.CROP_SHAPE`), top to bottom, named as
+    :data:`CARPAL_THIRDS` for the carpal region and :data:`BONE_THIRDS` for any other."""
+    from boneage.anatomy import CARPAL_REGION
+
     cuts = [round(rows * k / 3) for k in range(4)]
-    return dict(zip(("metacarpal bases (top)", "carpus (middle)", "radius and ulna (bottom)"),
-                    (slice(a, b) for a, b in zip(cuts, cuts[1:]))))
+    names = CARPAL_THIRDS if region == CARPAL_REGION else BONE_THIRDS
+    return dict(zip(names, (slice(a, b) for a, b in zip(cuts, cuts[1:]))))
 
 
-def crop_transplants(read: Callable[[np.ndarray], float], real: np.ndarray, synthetic: np.ndarray) -> dict[str, float]:
+def crop_transplants(read: Callable[[np.ndarray], float], real: np.ndarray, synthetic: np.ndarray,
+                     region: str = "carpals") -> dict[str, float]:
     """Readings of a real and a synthetic crop, and of each with one third taken from the other.
 
     Args:
         read: the age (months) a reader gives a crop.
         real, synthetic: crops of the same shape (rows split by :func:`crop_thirds`).
+        region: the crops' region (:data:`boneage.anatomy.MATURITY_REGIONS`), which names the thirds.
 
     Returns:
         ``"real"`` and ``"synthetic"`` (as cut), ``"synthetic, real <third>"`` for each third of the real crop put
         in the synthetic one, and ``"real, synthetic <third>"`` for the reverse.
     """
     found = {"real": read(real), "synthetic": read(synthetic)}
-    for name, rows in crop_thirds(real.shape[0]).items():
+    for name, rows in crop_thirds(real.shape[0], region).items():
         for base, other, label in ((synthetic, real, "synthetic, real"), (real, synthetic, "real, synthetic")):
             mixed = base.copy()
             mixed[rows] = other[rows]
@@ -775,42 +918,44 @@ def crop_transplants(read: Callable[[np.ndarray], float], real: np.ndarray, synt
     return found
 
 
-def carpal_crop_transplants(n: int, seed: int) -> None:
-    """(j): the per-bone network's carpal region on real 9-17 y films, synthetic hands and their crops mixed."""
+def crop_transplant_part(n: int, seed: int, region: str = "carpals", ages: tuple[float, float] = (108.0, 204.0)) -> None:
+    """(j): one per-bone region on real films of bone ages ``ages`` (months), synthetic hands and their crops mixed."""
     from boneage import anatomy, datasets, models
     from boneage.io import load_radiograph
     from boneage.perbone import BoneCrops, PerBoneEstimator, crops_from_reading
-    from boneage.synth import generate_hand
+    from boneage.synth import MAX_BONE_AGE_MONTHS_BY_SEX, generate_hand
 
     segmenter = models.load("segmenter")
     perbone = PerBoneEstimator.load()
-    region = anatomy.MATURITY_REGIONS.index(anatomy.CARPAL_REGION)
+    index = anatomy.MATURITY_REGIONS.index(region)
     dev = datasets.rsna_dev()
-    pool = dev[(dev["split"] == "train") & dev["bone_age_months"].between(108, 204)]
+    pool = dev[(dev["split"] == "train") & dev["bone_age_months"].between(*ages)]
     films = pool.sample(n=min(n, len(pool)), random_state=seed)
     biases: dict[str, list[float]] = {}
     for i, (path, age, sex) in enumerate(zip(films["path"], films["bone_age_months"], films["sex"])):
+        # A synthetic hand cannot be drawn past its sex's last standard (girls: 216 months); it is read against its own age.
+        age = min(float(age), MAX_BONE_AGE_MONTHS_BY_SEX[sex])
         pixels = load_radiograph(path).pixels
-        hand = generate_hand(seed, i, size=768, bone_age_months=float(age), sex=sex)
+        hand = generate_hand(seed, i, size=768, bone_age_months=age, sex=sex)
         real = crops_from_reading(pixels, segmenter.read(pixels))
         synthetic = crops_from_reading(hand.image, segmenter.read(hand.image))
-        if not (real.present[region] and synthetic.present[region]):
+        if not (real.present[index] and synthetic.present[index]):
             continue
 
         def read(crop: np.ndarray, sex: str = sex) -> float:
             # The network reads each crop on its own (its region and the sex given): only this one is fed.
             images = np.zeros_like(synthetic.images)
-            images[region] = crop
+            images[index] = crop
             present = np.zeros_like(synthetic.present)
-            present[region] = True
-            ages, _ = perbone.bone_ages(BoneCrops(images, present, synthetic.film_pixels_per_crop_pixel), sex)
-            return float(ages[region])
+            present[index] = True
+            bone_ages, _ = perbone.bone_ages(BoneCrops(images, present, synthetic.film_pixels_per_crop_pixel), sex)
+            return float(bone_ages[index])
 
-        for name, value in crop_transplants(read, real.images[region], synthetic.images[region]).items():
-            biases.setdefault(name, []).append(value - float(age))
-    print(f"\nthe per-bone network's carpal region, {len(biases.get('real', []))} real training-split films of 9-17 y "
-          "and synthetic hands of the same bone ages and sexes (768 px): mean bias (months) of the crop as cut and "
-          "with one third from the other crop")
+        for name, value in crop_transplants(read, real.images[index], synthetic.images[index], region).items():
+            biases.setdefault(name, []).append(value - age)
+    print(f"\nthe per-bone network's {region} region, {len(biases.get('real', []))} real training-split films of "
+          f"{ages[0]:g}-{ages[1]:g} months and synthetic hands of the same bone ages and sexes (768 px): mean bias "
+          "(months) of the crop as cut and with one third from the other crop")
     for name, values in biases.items():
         print(f"  {name:<48}{np.mean(values):+8.1f}")
 
@@ -864,14 +1009,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-layout", type=int, default=42,
                         help="real 6-19 y training-split films (and as many synthetic hands) for (g) (0: skip)")
     parser.add_argument("--n-occlude", type=int, default=16,
-                        help="real 7-11 y training-split films (and as many synthetic hands) for (h) (0: skip)")
+                        help="real training-split films (and as many synthetic hands) for (h) (0: skip)")
+    parser.add_argument("--occlude-ages", type=float, nargs=2, default=list(OCCLUSION_AGES), metavar=("LO", "HI"),
+                        help="bone ages (months) of (h)'s real films (default 84 132)")
     parser.add_argument("--n-physis", type=int, default=40,
                         help="real 2-17 y training-split films (and as many synthetic hands) for (i) (0: skip)")
     parser.add_argument("--n-transplant", type=int, default=16,
-                        help="real 9-17 y training-split films (and as many synthetic hands) for (j) (0: skip)")
+                        help="real training-split films (and as many synthetic hands) for (j) (0: skip)")
+    parser.add_argument("--transplant-region", default="carpals",
+                        help="the per-bone region (j) reads (default carpals; any of boneage.anatomy.MATURITY_REGIONS)")
+    parser.add_argument("--transplant-ages", type=float, nargs=2, default=[108.0, 204.0], metavar=("LO", "HI"),
+                        help="bone ages (months) of (j)'s real films (default 108 204)")
+    parser.add_argument("--n-joints", type=int, default=80,
+                        help="real 2-19 y training-split films (and as many synthetic hands) for (k) (0: skip)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change a numeric renderer constant of boneage.synth for this run (repeatable)")
     args = parser.parse_args(argv)
+    from boneage.anatomy import MATURITY_REGIONS
+
+    if args.transplant_region not in MATURITY_REGIONS:
+        parser.error(f"--transplant-region {args.transplant_region!r} is not one of {', '.join(MATURITY_REGIONS)}")
+    for option in ("occlude_ages", "transplant_ages"):
+        lo, hi = getattr(args, option)
+        if not lo <= hi:
+            parser.error(f"--{option.replace('_', '-')} {lo:g} {hi:g}: LO must not exceed HI")
     try:
         changed = set_renderer_constants(args.set)
     except ValueError as exc:
@@ -892,14 +1053,20 @@ def main(argv: list[str] | None = None) -> int:
         print_readings(size, synthetic_readings(estimator, args.seed, args.n, size))
     print_examples(estimator)
     if not args.skip_classifier:
-        auc, sd = classifier_auc(args.n_classifier, args.seed)
+        aucs = classifier_auc(args.n_classifier, args.seed)
+        auc, sd = aucs.pop("all")
         print(f"\nreal vs synthetic classifier: ROC AUC {auc:.3f} (SD {sd:.3f} over 5 folds; "
               f"{args.n_classifier} real training-split films, as many synthetic hands; 0.5 = indistinguishable)")
-    # Parts (c)-(j), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
+        print("  each feature group alone: " + ", ".join(f"{name} {value:.3f}" for name, (value, _) in aucs.items()))
+    # Parts (c)-(k), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
     parts = ((args.n_features, maturity_features), (args.n_look, partial(film_look, min_age=args.look_min_age)),
              (args.n_turn, turned_films),
-             (args.n_embed, cnn_feature_space), (args.n_layout, wrist_layout), (args.n_occlude, cnn_occlusion),
-             (args.n_physis, physes), (args.n_transplant, carpal_crop_transplants))
+             (args.n_embed, cnn_feature_space), (args.n_layout, wrist_layout),
+             (args.n_occlude, partial(cnn_occlusion, ages=tuple(args.occlude_ages))),
+             (args.n_physis, physes),
+             (args.n_transplant, partial(crop_transplant_part, region=args.transplant_region,
+                                         ages=tuple(args.transplant_ages))),
+             (args.n_joints, joint_spaces))
     for offset, (n, part) in enumerate(parts, start=1):
         if n:
             part(n, args.seed + offset)

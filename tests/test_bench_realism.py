@@ -214,6 +214,54 @@ def test_crop_transplants_swap_each_third_both_ways():
     assert top == slice(0, 21)
 
 
+def test_crop_thirds_name_a_tubular_bone_by_its_epiphysis_end():
+    assert list(bench_realism.crop_thirds(64)) == list(bench_realism.CARPAL_THIRDS)
+    thirds = bench_realism.crop_thirds(64, "proximal_phalanx_3")
+    assert list(thirds) == list(bench_realism.BONE_THIRDS) and thirds["epiphysis end (top)"] == slice(0, 21)
+    real = np.full((64, 48), 200, np.uint8)
+    synthetic = np.full((64, 48), 100, np.uint8)
+    found = bench_realism.crop_transplants(lambda crop: float(crop[:21].mean()), real, synthetic, "distal_phalanx_3")
+    assert found["synthetic, real epiphysis end (top)"] == 200 and found["synthetic, real shaft (middle)"] == 100
+
+
+def test_image_feature_groups_split_the_vector_in_order():
+    rng = np.random.default_rng(0)
+    prepared = rng.random((256, 256)).astype(np.float32)
+    parts = bench_realism.image_feature_parts(prepared)
+    vector = bench_realism.image_features(prepared)
+    groups = bench_realism.feature_groups(prepared)
+    assert list(groups) == ["intensity", "gradient", "spectrum", "sharpness", "thumbnail"] == list(parts)
+    covered = np.concatenate([np.arange(len(vector))[s] for s in groups.values()])
+    assert covered.tolist() == list(range(len(vector)))  # each feature in exactly one group, in order
+    for name, columns in groups.items():
+        assert np.array_equal(vector[columns], parts[name])
+    assert len(parts["intensity"]) == 32 and len(parts["thumbnail"]) == 256
+    assert parts["intensity"].sum() == pytest.approx(1.0)  # a histogram of every pixel
+
+
+def test_group_aucs_find_the_group_that_tells_the_classes_apart():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 60)
+    telling = labels[:, None] * 2.0 + rng.normal(0, 0.3, (120, 3))  # separates the classes
+    blind = rng.normal(0, 1, (120, 4))  # does not
+    aucs = bench_realism.group_aucs(np.hstack([telling, blind]), labels,
+                                    {"telling": slice(0, 3), "blind": slice(3, 7)}, seed=0)
+    assert list(aucs) == ["all", "telling", "blind"]
+    assert aucs["telling"][0] > 0.95 and aucs["all"][0] > 0.95
+    assert 0.2 < aucs["blind"][0] < 0.8
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--transplant-region", "thumbnail"], "not one of"),
+    (["--transplant-ages", "200", "100"], "must not exceed"),
+    (["--occlude-ages", "200", "100"], "must not exceed"),
+])
+def test_main_rejects_a_bad_transplant_part(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench_realism.main(argv + ["--n", "0", "--skip-classifier"])
+    assert message in capsys.readouterr().err
+
+
 def test_largest_piece_drops_strays_and_keeps_a_whole_mask():
     mask = np.zeros((20, 20), bool)
     mask[2:10, 2:10] = True
@@ -238,3 +286,31 @@ def test_film_look_draws_only_films_past_its_minimum_age(capsys):
     cells = metacarpal.split("fraction", 1)[1].split()
     assert cells[:15] == ["nan", "/", "nan"] * 5, metacarpal  # 0-72 ... 180-200 months
     assert cells[15] != "nan" and cells[17] != "nan", metacarpal  # 200-240 months: both read
+
+
+def test_joint_gaps_measure_a_drawn_finger_exactly():
+    from boneage import anatomy
+
+    labels = np.zeros((200, 60), np.uint8)
+    labels[10:110, 20:40] = anatomy.shaft_label("proximal_phalanx_3")  # 100 px long: gaps in % are pixels
+    labels[116:150, 22:38] = anatomy.shaft_label("middle_phalanx_3")  # 6 empty rows below it: 7 px apart
+    labels[155, 24:29] = anatomy.epiphysis_label("distal_phalanx_3")  # 5 pixels: too small, absent
+    assert bench_realism.mask_length(labels == anatomy.shaft_label("proximal_phalanx_3")) == pytest.approx(100.0)
+    gaps = bench_realism.joint_gaps(labels)
+    assert gaps == {"PIP3": pytest.approx(7.0)}
+    assert bench_realism.joint_gaps(np.zeros((50, 50), np.uint8)) == {}  # no reference bone: nothing measured
+
+
+def test_adolescent_joints_narrow_as_on_real_films(monkeypatch):
+    # Real training-split films of 198-228 months show 0.65-0.77% of the third proximal phalanx's length between the
+    # segmenter's masks at the third ray's joints; synthetic hands showed 1.8-3.3% before the narrowing.
+    def gaps(age: float) -> float:
+        hands = [synth.generate_hand(23, i, size=512, bone_age_months=age, sex="M") for i in range(3)]
+        return float(np.median([g for h in hands for j, g in bench_realism.joint_gaps(h.label_map).items()
+                                if j.endswith("3")]))
+
+    shipped_old, shipped_young = gaps(210.0), gaps(140.0)
+    monkeypatch.setattr(synth, "_ADOLESCENT_JOINT_SCALE", 1.0)
+    wide_old, wide_young = gaps(210.0), gaps(140.0)
+    assert shipped_young == pytest.approx(wide_young)  # nothing changes before the ramp
+    assert shipped_old < 0.6 * wide_old, (shipped_old, wide_old)
