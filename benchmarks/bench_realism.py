@@ -57,9 +57,9 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     :func:`carpal_layout` (carpal packing and size, lunate-radius and capitate-metacarpal gaps, all against the
     third metacarpal's shaft, and four carpals' length over width); medians by bone-age band.
 (h) **What the CNN's reading rests on**: ``--n-occlude`` real training-split films of bone ages ``--occlude-ages``
-    (default 84-132 months, 7-11 y) and as many synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 6``), read by the shipped end-to-end
-    CNN with one region's bones (:data:`OCCLUSION_REGIONS`, the segmenter's masks) blurred away
-    (:func:`occlusion_changes`); the mean change of its reading per region. A region whose removal moves
+    (default 84-132 months, 7-11 y) and as many synthetic hands of the same bone ages and sexes (768 px, seed
+    ``--seed + 6``), read by the shipped end-to-end CNN with one region's bones (:data:`OCCLUSION_REGIONS`, the
+    segmenter's masks) blurred away (:func:`occlusion_changes`); the mean change of its reading per region. A region whose removal moves
     synthetic readings much more than real ones is where synthetic hands tell the network something real
     films do not.
 (i) **Epiphyses and physes**: the shipped segmenter's label maps of ``--n-physis`` real training-split films of
@@ -193,7 +193,8 @@ def feature_groups(prepared: np.ndarray) -> dict[str, slice]:
     return groups
 
 
-def group_aucs(features: np.ndarray, labels: np.ndarray, groups: dict[str, slice], seed: int) -> dict[str, tuple[float, float]]:
+def group_aucs(features: np.ndarray, labels: np.ndarray, groups: dict[str, slice],
+               seed: int) -> dict[str, tuple[float, float]]:
     """Cross-validated ROC AUC of telling the two classes apart, on all features and on each group alone.
 
     Args:
@@ -219,7 +220,8 @@ def group_aucs(features: np.ndarray, labels: np.ndarray, groups: dict[str, slice
 
 def classifier_auc(n: int, seed: int) -> dict[str, tuple[float, float]]:
     """ROC AUC (mean, SD over 5 folds) of telling real training-split films from synthetic hands: ``"all"`` the
-    features together, then each group of :func:`image_feature_parts` alone (which kind of difference gives them away)."""
+    features together, then each group of :func:`image_feature_parts` alone (which kind of difference gives them
+    away)."""
     from tqdm import tqdm
 
     from boneage import datasets
@@ -918,7 +920,8 @@ def crop_transplants(read: Callable[[np.ndarray], float], real: np.ndarray, synt
     return found
 
 
-def crop_transplant_part(n: int, seed: int, region: str = "carpals", ages: tuple[float, float] = (108.0, 204.0)) -> None:
+def crop_transplant_part(n: int, seed: int, region: str = "carpals",
+                         ages: tuple[float, float] = (108.0, 204.0)) -> None:
     """(j): one per-bone region on real films of bone ages ``ages`` (months), synthetic hands and their crops mixed."""
     from boneage import anatomy, datasets, models
     from boneage.io import load_radiograph
@@ -933,7 +936,8 @@ def crop_transplant_part(n: int, seed: int, region: str = "carpals", ages: tuple
     films = pool.sample(n=min(n, len(pool)), random_state=seed)
     biases: dict[str, list[float]] = {}
     for i, (path, age, sex) in enumerate(zip(films["path"], films["bone_age_months"], films["sex"])):
-        # A synthetic hand cannot be drawn past its sex's last standard (girls: 216 months); it is read against its own age.
+        # A synthetic hand cannot be drawn past its sex's last standard (girls: 216 months); both are read against
+        # that age.
         age = min(float(age), MAX_BONE_AGE_MONTHS_BY_SEX[sex])
         pixels = load_radiograph(path).pixels
         hand = generate_hand(seed, i, size=768, bone_age_months=age, sex=sex)

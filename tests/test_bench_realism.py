@@ -302,8 +302,8 @@ def test_joint_gaps_measure_a_drawn_finger_exactly():
 
 
 def test_adolescent_joints_narrow_as_on_real_films(monkeypatch):
-    # Real training-split films of 198-228 months show 0.65-0.77% of the third proximal phalanx's length between the
-    # segmenter's masks at the third ray's joints; synthetic hands showed 1.8-3.3% before the narrowing.
+    # Real training-split films of 200-240 months show 0.64-0.84% of the third proximal phalanx's length between the
+    # segmenter's masks at the third ray's joints; synthetic hands showed 2.4-4.1% before the narrowing (part k).
     def gaps(age: float) -> float:
         hands = [synth.generate_hand(23, i, size=512, bone_age_months=age, sex="M") for i in range(3)]
         return float(np.median([g for h in hands for j, g in bench_realism.joint_gaps(h.label_map).items()
