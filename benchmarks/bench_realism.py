@@ -59,9 +59,9 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
 (h) **What the CNN's reading rests on**: ``--n-occlude`` real training-split films of bone ages ``--occlude-ages``
     (default 84-132 months, 7-11 y) and as many synthetic hands of the same bone ages and sexes (768 px, seed
     ``--seed + 6``), read by the shipped end-to-end CNN with one region's bones (:data:`OCCLUSION_REGIONS`, the
-    segmenter's masks) blurred away (:func:`occlusion_changes`); the mean change of its reading per region. A region whose removal moves
-    synthetic readings much more than real ones is where synthetic hands tell the network something real
-    films do not.
+    segmenter's masks) blurred away (:func:`occlusion_changes`); the mean change of its reading per region. A region
+    whose removal moves synthetic readings much more than real ones is where synthetic hands tell the network
+    something real films do not.
 (i) **Epiphyses and physes**: the shipped segmenter's label maps of ``--n-physis`` real training-split films of
     2-17 y and as many synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 7``), measured by
     :func:`physis_geometry` for the metacarpals and phalanges of digits 2-4 and the radius: the epiphysis's width
@@ -379,7 +379,7 @@ def turned_films(n: int, seed: int) -> None:
     from boneage import datasets
     from boneage.direct import DirectEstimator
     from boneage.io import load_radiograph
-    from boneage.synth import MAX_BONE_AGE_MONTHS_BY_SEX, generate_hand
+    from boneage.synth import generate_hand
 
     cnn = DirectEstimator.load()
     dev = datasets.rsna_dev()
@@ -721,8 +721,10 @@ def bone_mask(labels: np.ndarray, bone: str) -> np.ndarray:
 
 
 def mask_length(mask: np.ndarray) -> float:
-    """A mask's extent along its main axis, in pixels (pixel centres' spread + 1)."""
+    """A mask's extent along its main axis, in pixels (pixel centres' spread + 1); NaN under 2 pixels."""
     rows, cols = np.nonzero(mask)
+    if rows.size < 2:
+        return float("nan")
     points = np.stack([rows, cols], 1).astype(np.float64)
     points -= points.mean(axis=0)
     axis = np.linalg.eigh(np.cov(points.T))[1][:, -1]
@@ -736,15 +738,17 @@ def joint_gaps(labels: np.ndarray, closest: int = 15, min_pixels: int = 10) -> d
     Args:
         labels: a label map (:mod:`boneage.anatomy` ids).
         closest: how many of the distal bone's pixels nearest the proximal bone are averaged.
-        min_pixels: bones with fewer pixels are taken as absent.
+        min_pixels: bones with fewer pixels are taken as absent (at least 2).
 
     Returns:
-        Joint name -> the mean distance (pixels) of the distal bone's ``closest`` pixels nearest to the proximal
-        bone's mask, in % of :data:`JOINT_REFERENCE`'s length (:func:`mask_length`); joints with either bone absent,
-        and every joint when the reference bone is, are left out.
+        Joint name -> the mean width (pixels) of the background between the distal bone's ``closest`` pixels nearest
+        to the proximal bone and that bone's mask (its distance less one pixel: 0 where the masks touch, whatever the
+        film's resolution), in % of :data:`JOINT_REFERENCE`'s length (:func:`mask_length`); joints with either bone
+        absent, and every joint when the reference bone is, are left out.
     """
     from scipy import ndimage
 
+    min_pixels = max(min_pixels, 2)
     reference = bone_mask(labels, JOINT_REFERENCE)
     if reference.sum() < 2 * min_pixels:
         return {}
@@ -754,8 +758,8 @@ def joint_gaps(labels: np.ndarray, closest: int = 15, min_pixels: int = 10) -> d
         a, b = bone_mask(labels, proximal), bone_mask(labels, distal)
         if a.sum() < min_pixels or b.sum() < min_pixels:
             continue
-        distances = ndimage.distance_transform_edt(~a)[b]
-        gaps[name] = float(np.sort(distances)[:closest].mean()) / length * 100
+        distances = ndimage.distance_transform_edt(~a)[b] - 1  # a pixel beside the other bone: no gap
+        gaps[name] = max(float(np.sort(distances)[:closest].mean()), 0.0) / length * 100
     return gaps
 
 
@@ -765,9 +769,9 @@ def joint_spaces(n: int, seed: int) -> None:
     for kind, age, labels in paired_label_maps(n, seed, JOINT_BANDS, "joints"):
         films += kind == "real"
         rows.extend((kind, age, joint, gap) for joint, gap in joint_gaps(labels).items())
-    print(f"\njoint spaces (shipped segmenter: the gap between neighbouring bones' masks in % of the third proximal "
-          f"phalanx's length), {films} real training-split films / as many synthetic hands of the same bone ages and "
-          "sexes (768 px), median by bone-age band (real / synthetic):")
+    print(f"\njoint spaces (shipped segmenter: the background between neighbouring bones' masks in % of the third "
+          f"proximal phalanx's length), {films} real training-split films / as many synthetic hands of the same bone "
+          "ages and sexes (768 px), median by bone-age band (real / synthetic):")
     print(f"  {'joint':<8}" + "".join(f"{f'{lo}-{hi} mo':>16}" for lo, hi in JOINT_BANDS))
     for joint in JOINTS:
         cells = []
@@ -865,11 +869,11 @@ def cnn_occlusion(n: int, seed: int, ages: tuple[float, float] = OCCLUSION_AGES)
     for i, (path, age, sex) in enumerate(tqdm(list(zip(train["path"], train["bone_age_months"], train["sex"])),
                                               desc="occlusion", unit="film", mininterval=10)):
         age = min(float(age), MAX_BONE_AGE_MONTHS_BY_SEX[sex])
-        for kind, pixels in (("real", load_radiograph(path).pixels),
-                             ("synthetic", generate_hand(seed, i, size=768, bone_age_months=float(age), sex=sex).image)):
+        hand = generate_hand(seed, i, size=768, bone_age_months=age, sex=sex)
+        for kind, pixels in (("real", load_radiograph(path).pixels), ("synthetic", hand.image)):
             read = lambda x: cnn.predict(x, sex).age_months  # noqa: E731
             base = read(np.asarray(pixels, dtype=np.float32))
-            bias[kind].append(base - float(age))
+            bias[kind].append(base - age)
             changes[kind].append(occlusion_changes(read, pixels, segmenter.segment(pixels), regions, base))
     print(f"\nthe end-to-end CNN with one region's bones blurred away (shipped segmenter's masks), {len(train)} real "
           f"training-split films of {ages[0]:.0f}-{ages[1]:.0f} months / as many synthetic hands "

@@ -288,12 +288,13 @@ _ADOLESCENT_CORTEX_END = 195.0
 #: Joint spaces of the digits (issue #22, twelfth sitting): a ray's bones are ``(1.2 x mature + 2.0 x young x (1 -
 #: growth fraction)) x size`` mm apart, the mature term narrowing from x1 to ``_ADOLESCENT_JOINT_SCALE`` between bone
 #: ages ``_ADOLESCENT_JOINT_AGES`` (months). Measured as the gap between the shipped segmenter's masks of neighbouring
-#: bones, against the third proximal phalanx's length (``benchmarks/bench_realism.py`` part k): at 200-240 months real
-#: training-split films read 0.64-0.84% at the third ray's MCP, PIP and DIP joints, synthetic hands 2.4-4.1% before
-#: this and 0.9-2.8% with it (the DIP joint stays the widest). Younger synthetic joints are wider than real ones too
-#: (120-150 months: 3.0-4.2% against 0.8-2.7%), but narrowing them at every age (``_MATURE_JOINT_SCALE`` 0.25, a
-#: neutral probe knob like ``_YOUNG_JOINT_SCALE``) made the shipped CNN read 6-12 y hands 22-32 months too old (+5 to +9
-#: before, exploratory seeds): to the networks a narrow joint is a mature one.
+#: bones, against the third proximal phalanx's length (``benchmarks/bench_realism.py`` part k): at 200-240 months the
+#: masks touch on real training-split films (0.00-0.19% at the third ray's MCP, PIP and DIP joints), where synthetic
+#: hands read 1.5-3.4% before this; with it the MCP and PIP joints touch too (0.06-0.07%), the DIP stays 2.0% open.
+#: Younger synthetic joints are wider than real ones too (120-150 months: 2.1-3.4% against 0.0-1.9%), but narrowing
+#: them at every age (``_MATURE_JOINT_SCALE`` 0.25, a neutral probe knob like ``_YOUNG_JOINT_SCALE``) made the shipped
+#: CNN read 6-12 y hands 22-32 months too old (+5 to +9 before, exploratory seeds): to the networks a narrow joint is
+#: a mature one.
 _ADOLESCENT_JOINT_SCALE = 0.25
 _ADOLESCENT_JOINT_AGES = (150.0, 200.0)
 _MATURE_JOINT_SCALE = 1.0
