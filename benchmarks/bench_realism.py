@@ -510,16 +510,36 @@ def largest_piece(mask: np.ndarray) -> np.ndarray:
     return pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1 if count > 1 else mask
 
 
+def principal_coordinates(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A mask's pixel centres along its principal axis and across it (pixels, about its centroid).
+
+    Args:
+        mask: 2-D boolean mask with at least two pixels.
+
+    Returns:
+        ``(along, across)``: each pixel's coordinate on the mask's main axis and on the axis at right angles.
+    """
+    yx = np.argwhere(mask).astype(np.float64)
+    yx -= yx.mean(axis=0)
+    axis, across = np.linalg.svd(yx, full_matrices=False)[2]
+    return yx @ axis, yx @ across
+
+
+def mask_gaps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each pixel of mask ``b``, the background pixels between it and mask ``a`` (its distance to ``a`` less one
+    pixel, so 0 for a pixel beside ``a``, whatever the film's resolution). The masks must not overlap."""
+    from scipy import ndimage
+
+    return np.maximum(ndimage.distance_transform_edt(~a)[b] - 1.0, 0.0)
+
+
 def elongation(mask: np.ndarray) -> float:
     """Length over width of a label's largest piece: its extent along its principal axis over its widest extent
     across it (in seven slices along the axis); ``nan`` under 30 pixels."""
     mask = largest_piece(mask)
     if mask.sum() < 30:
         return float("nan")
-    yx = np.argwhere(mask).astype(np.float64)
-    yx -= yx.mean(axis=0)
-    axis, across = np.linalg.svd(yx, full_matrices=False)[2]
-    t, u = yx @ axis, yx @ across
+    t, u = principal_coordinates(mask)
     length = t.max() - t.min() + 1
     slices = np.clip(((t - t.min()) / length * 7).astype(int), 0, 6)
     width = max(u[slices == k].max() - u[slices == k].min() + 1 for k in range(7) if (slices == k).any())
@@ -539,7 +559,6 @@ def carpal_layout(labels: np.ndarray) -> dict[str, float] | None:
         capitate-metacarpal gaps over the shaft's width (``nan`` where a bone is missing; 0 touching), and the
         :func:`elongation` of each of :data:`ELONGATED_CARPALS` (``nan`` where missing).
     """
-    from scipy import ndimage
     from skimage.morphology import convex_hull_image
 
     from boneage import anatomy
@@ -549,10 +568,7 @@ def carpal_layout(labels: np.ndarray) -> dict[str, float] | None:
     if shaft.sum() < 20 or carpals.sum() < 20:
         return None
     shaft = largest_piece(shaft)
-    yx = np.argwhere(shaft).astype(np.float64)
-    yx -= yx.mean(axis=0)
-    axis, across = np.linalg.svd(yx, full_matrices=False)[2]
-    t, u = yx @ axis, yx @ across
+    t, u = principal_coordinates(shaft)
     length = float(t.max() - t.min() + 1)
     middle = np.abs(t) <= 0.15 * length
     width = float(u[middle].max() - u[middle].min() + 1)
@@ -560,8 +576,7 @@ def carpal_layout(labels: np.ndarray) -> dict[str, float] | None:
     def gap(a: np.ndarray, b: np.ndarray) -> float:
         if a.sum() == 0 or b.sum() == 0:
             return float("nan")
-        # Pixels strictly between the two masks: 0 when they touch side by side.
-        return float(max(ndimage.distance_transform_edt(~a)[b].min() - 1.0, 0.0) / width)
+        return float(mask_gaps(a, b).min() / width)
 
     hull = convex_hull_image(carpals)
     radius = np.isin(labels, [anatomy.shaft_label("radius"), anatomy.epiphysis_label("radius")])
@@ -722,13 +737,9 @@ def bone_mask(labels: np.ndarray, bone: str) -> np.ndarray:
 
 def mask_length(mask: np.ndarray) -> float:
     """A mask's extent along its main axis, in pixels (pixel centres' spread + 1); NaN under 2 pixels."""
-    rows, cols = np.nonzero(mask)
-    if rows.size < 2:
+    if np.count_nonzero(mask) < 2:
         return float("nan")
-    points = np.stack([rows, cols], 1).astype(np.float64)
-    points -= points.mean(axis=0)
-    axis = np.linalg.eigh(np.cov(points.T))[1][:, -1]
-    along = points @ axis
+    along = principal_coordinates(mask)[0]
     return float(along.max() - along.min() + 1)
 
 
@@ -746,8 +757,6 @@ def joint_gaps(labels: np.ndarray, closest: int = 15, min_pixels: int = 10) -> d
         film's resolution), in % of :data:`JOINT_REFERENCE`'s length (:func:`mask_length`); joints with either bone
         absent, and every joint when the reference bone is, are left out.
     """
-    from scipy import ndimage
-
     min_pixels = max(min_pixels, 2)
     reference = bone_mask(labels, JOINT_REFERENCE)
     if reference.sum() < 2 * min_pixels:
@@ -758,8 +767,7 @@ def joint_gaps(labels: np.ndarray, closest: int = 15, min_pixels: int = 10) -> d
         a, b = bone_mask(labels, proximal), bone_mask(labels, distal)
         if a.sum() < min_pixels or b.sum() < min_pixels:
             continue
-        distances = ndimage.distance_transform_edt(~a)[b] - 1  # a pixel beside the other bone: no gap
-        gaps[name] = max(float(np.sort(distances)[:closest].mean()), 0.0) / length * 100
+        gaps[name] = float(np.sort(mask_gaps(a, b))[:closest].mean()) / length * 100
     return gaps
 
 
@@ -892,7 +900,7 @@ CARPAL_THIRDS = ("metacarpal bases (top)", "carpus (middle)", "radius and ulna (
 BONE_THIRDS = ("epiphysis end (top)", "shaft (middle)", "other end (bottom)")
 
 
-def crop_thirds(rows: int, region: str = "carpals") -> dict[str, slice]:
+def crop_thirds(rows: int, region: str) -> dict[str, slice]:
     """Thirds of a per-bone crop of ``rows`` rows (:data:`boneage.perbone.CROP_SHAPE`), top to bottom, named as
     :data:`CARPAL_THIRDS` for the carpal region and :data:`BONE_THIRDS` for any other."""
     from boneage.anatomy import CARPAL_REGION
@@ -903,7 +911,7 @@ def crop_thirds(rows: int, region: str = "carpals") -> dict[str, slice]:
 
 
 def crop_transplants(read: Callable[[np.ndarray], float], real: np.ndarray, synthetic: np.ndarray,
-                     region: str = "carpals") -> dict[str, float]:
+                     region: str) -> dict[str, float]:
     """Readings of a real and a synthetic crop, and of each with one third taken from the other.
 
     Args:
@@ -924,7 +932,7 @@ def crop_transplants(read: Callable[[np.ndarray], float], real: np.ndarray, synt
     return found
 
 
-def crop_transplant_part(n: int, seed: int, region: str = "carpals",
+def crop_transplant_part(n: int, seed: int, region: str,
                          ages: tuple[float, float] = (108.0, 204.0)) -> None:
     """(j): one per-bone region on real films of bone ages ``ages`` (months), synthetic hands and their crops mixed."""
     from boneage import anatomy, datasets, models
@@ -1024,8 +1032,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="real 2-17 y training-split films (and as many synthetic hands) for (i) (0: skip)")
     parser.add_argument("--n-transplant", type=int, default=16,
                         help="real training-split films (and as many synthetic hands) for (j) (0: skip)")
-    parser.add_argument("--transplant-region", default="carpals",
-                        help="the per-bone region (j) reads (default carpals; any of boneage.anatomy.MATURITY_REGIONS)")
+    parser.add_argument("--transplant-region",
+                        help="the per-bone region (j) reads (default the carpal region, boneage.anatomy.CARPAL_REGION; "
+                             "any of boneage.anatomy.MATURITY_REGIONS)")
     parser.add_argument("--transplant-ages", type=float, nargs=2, default=[108.0, 204.0], metavar=("LO", "HI"),
                         help="bone ages (months) of (j)'s real films (default 108 204)")
     parser.add_argument("--n-joints", type=int, default=80,
@@ -1033,8 +1042,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change a numeric renderer constant of boneage.synth for this run (repeatable)")
     args = parser.parse_args(argv)
-    from boneage.anatomy import MATURITY_REGIONS
+    from boneage.anatomy import CARPAL_REGION, MATURITY_REGIONS
 
+    args.transplant_region = args.transplant_region or CARPAL_REGION
     if args.transplant_region not in MATURITY_REGIONS:
         parser.error(f"--transplant-region {args.transplant_region!r} is not one of {', '.join(MATURITY_REGIONS)}")
     for option in ("occlude_ages", "transplant_ages"):

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_realism  # noqa: E402  (a script folder, not a package)
 
 from boneage import synth  # noqa: E402
+from boneage.anatomy import CARPAL_REGION  # noqa: E402
 from boneage.paths import rsna_dev_dir  # noqa: E402
 
 
@@ -195,12 +196,12 @@ def test_physis_geometry_sees_the_metacarpal_heads_flare(monkeypatch):
 def test_crop_transplants_swap_each_third_both_ways():
     real = np.full((64, 48), 200, np.uint8)
     synthetic = np.full((64, 48), 100, np.uint8)
-    top = bench_realism.crop_thirds(64)["metacarpal bases (top)"]
+    top = bench_realism.crop_thirds(64, CARPAL_REGION)["metacarpal bases (top)"]
 
     def read(crop: np.ndarray) -> float:  # a reader that looks only at the top third
         return float(crop[top].mean())
 
-    found = bench_realism.crop_transplants(read, real, synthetic)
+    found = bench_realism.crop_transplants(read, real, synthetic, CARPAL_REGION)
     assert found["real"] == 200 and found["synthetic"] == 100
     assert found["synthetic, real metacarpal bases (top)"] == 200
     assert found["real, synthetic metacarpal bases (top)"] == 100
@@ -209,13 +210,13 @@ def test_crop_transplants_swap_each_third_both_ways():
     assert real.min() == 200 and synthetic.max() == 100  # the crops given are left as they were
     # The thirds cover the crop's rows once each, at any crop height.
     for height in (64, 65):
-        rows = np.concatenate([np.arange(height)[s] for s in bench_realism.crop_thirds(height).values()])
+        rows = np.concatenate([np.arange(height)[s] for s in bench_realism.crop_thirds(height, CARPAL_REGION).values()])
         assert sorted(rows.tolist()) == list(range(height))
     assert top == slice(0, 21)
 
 
 def test_crop_thirds_name_a_tubular_bone_by_its_epiphysis_end():
-    assert list(bench_realism.crop_thirds(64)) == list(bench_realism.CARPAL_THIRDS)
+    assert list(bench_realism.crop_thirds(64, CARPAL_REGION)) == list(bench_realism.CARPAL_THIRDS)
     thirds = bench_realism.crop_thirds(64, "proximal_phalanx_3")
     assert list(thirds) == list(bench_realism.BONE_THIRDS) and thirds["epiphysis end (top)"] == slice(0, 21)
     real = np.full((64, 48), 200, np.uint8)
