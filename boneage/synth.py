@@ -471,6 +471,13 @@ def _epiphysis_density(kind: str) -> float:
     return {"metacarpal": _METACARPAL_EPIPHYSIS_DENSITY, "forearm": _FOREARM_EPIPHYSIS_DENSITY}.get(kind, 1.0)
 
 
+#: Probe knobs, neutral (issue #22; docs/synthetic.md, "Young forearm, phalangeal flare and framing"): where along
+#: its shaft (share of its length from the proximal end) the radius and ulna start to flare towards their physis, and
+#: their epiphysis's width when it appears, against the calibrated one (rising to it as the epiphysis caps).
+_FOREARM_FLARE_START = 0.82
+_FOREARM_YOUNG_EPIPHYSIS_WIDTH = 1.0
+
+
 def _shaft_profile(kind: str, base: float, head: float) -> tuple[np.ndarray, np.ndarray]:
     """Half-width knots (in units of mid-shaft half-width) from the proximal (t=0) to the distal end."""
     if kind == "distal_phalanx":
@@ -478,6 +485,8 @@ def _shaft_profile(kind: str, base: float, head: float) -> tuple[np.ndarray, np.
         w = np.array([base, (base + 1) / 2, 0.9, 0.78, head, head * 0.85])
     elif kind == "forearm":
         t = np.array([0.0, 0.82, 0.9, 0.96, 1.0])
+        if _FOREARM_FLARE_START != 0.82:  # the flare's knots squeezed (stretched) towards the physis
+            t[1:4] = _FOREARM_FLARE_START + (t[1:4] - 0.82) * (1 - _FOREARM_FLARE_START) / 0.18
         w = np.array([1.0, 1.0, (1 + head) / 2, head * 0.97, head])
     else:
         t = np.array([0.0, 0.1, 0.3, 0.55, 0.8, 0.93, 1.0])
@@ -607,6 +616,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                 e_width *= (1 / flare) ** (1 - _PHALANX_EPIPHYSIS_FOLLOWS_FLARE)
             if mc_head:
                 e_width *= _METACARPAL_HEAD_WIDTH
+            if kind == "forearm":
+                e_width *= _FOREARM_YOUNG_EPIPHYSIS_WIDTH + (1 - _FOREARM_YOUNG_EPIPHYSIS_WIDTH) * m
             # Fusing, the epiphysis grows to overhang its metaphysis a little: a broad, flat joint end.
             e_width = e_width * (1 - phi) + meta_w * _FUSED_EPIPHYSIS_WIDTH * phi
         else:

@@ -692,3 +692,24 @@ def test_palm_soft_tissue_rounds_off_over_its_thickness() -> None:
     inside_5mm = rounded[300, 100 + int(5 / spacing)]
     assert rounded[300, 300] == pytest.approx(40.0, rel=0.02)
     assert inside_5mm < 0.85 * 40.0, inside_5mm
+
+
+def test_forearm_probe_knobs_narrow_the_young_epiphysis_and_move_the_flare(monkeypatch) -> None:
+    # Neutral knobs for bench_realism.py --set (issue #22, "Young forearm, phalangeal flare and framing").
+    from boneage import synth
+
+    def radius(age: float) -> tuple[float, float]:
+        hand = synth._build_hand(np.random.default_rng([17, 0]), age, "M")
+        parts = {p.label: p for p in hand.parts if p.bone == "radius"}
+        epiphysis, shaft = parts[anatomy.epiphysis_label("radius")], parts[anatomy.shaft_label("radius")]
+        flare_starts = shaft.t_knots[1:-1][np.diff(shaft.halfwidth_knots)[1:] > 0]
+        return float(epiphysis.halfwidth_knots.max()), float(flare_starts.min())
+
+    young_width, flare_start = radius(40.0)
+    mature_width = radius(170.0)[0]
+    monkeypatch.setattr(synth, "_FOREARM_YOUNG_EPIPHYSIS_WIDTH", 0.7)
+    monkeypatch.setattr(synth, "_FOREARM_FLARE_START", 0.93)
+    narrowed, moved = radius(40.0)
+    assert 0.7 <= narrowed / young_width <= 0.8, (narrowed, young_width)  # m is small at 40 months
+    assert radius(170.0)[0] / mature_width >= 0.9  # nearly the calibrated width as it caps
+    assert flare_start == pytest.approx(0.82) and moved == pytest.approx(0.93), (flare_start, moved)
