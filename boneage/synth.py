@@ -476,6 +476,8 @@ def _epiphysis_density(kind: str) -> float:
 #: their epiphysis's width when it appears, against the calibrated one (rising to it as the epiphysis caps).
 _FOREARM_FLARE_START = 0.82
 _FOREARM_YOUNG_EPIPHYSIS_WIDTH = 1.0
+#: The calibrated knots (share of the shaft's length) where the radius and ulna start, go on and finish flaring.
+_FOREARM_FLARE_KNOTS = (0.82, 0.9, 0.96)
 
 
 def _shaft_profile(kind: str, base: float, head: float) -> tuple[np.ndarray, np.ndarray]:
@@ -484,9 +486,12 @@ def _shaft_profile(kind: str, base: float, head: float) -> tuple[np.ndarray, np.
         t = np.array([0.0, 0.18, 0.42, 0.72, 0.9, 1.0])
         w = np.array([base, (base + 1) / 2, 0.9, 0.78, head, head * 0.85])
     elif kind == "forearm":
-        t = np.array([0.0, 0.82, 0.9, 0.96, 1.0])
-        if _FOREARM_FLARE_START != 0.82:  # the flare's knots squeezed (stretched) towards the physis
-            t[1:4] = _FOREARM_FLARE_START + (t[1:4] - 0.82) * (1 - _FOREARM_FLARE_START) / 0.18
+        t = np.array([0.0, *_FOREARM_FLARE_KNOTS, 1.0])
+        first = _FOREARM_FLARE_KNOTS[0]
+        # Squeezed (stretched) towards the physis; left alone at the calibrated start, so the renderer stays
+        # bit-identical there.
+        if _FOREARM_FLARE_START != first:
+            t[1:4] = _FOREARM_FLARE_START + (t[1:4] - first) * (1 - _FOREARM_FLARE_START) / (1 - first)
         w = np.array([1.0, 1.0, (1 + head) / 2, head * 0.97, head])
     else:
         t = np.array([0.0, 0.1, 0.3, 0.55, 0.8, 0.93, 1.0])
