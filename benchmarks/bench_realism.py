@@ -108,16 +108,41 @@ def synthetic_readings(estimator, seed: int, n: int, size: int) -> dict[str, np.
     from boneage.synth import generate_hand
 
     truth = np.empty(n)
+    female = np.zeros(n, bool)
     ages = {m: np.full(n, np.nan) for m in METHODS}
     for i in tqdm(range(n), desc=f"synthetic {size} px", unit="hand", mininterval=10):
         hand = generate_hand(seed, i, size=size)
         truth[i] = hand.bone_age_months
+        female[i] = hand.sex == "F"
         result = estimator.estimate(hand.image, sex=hand.sex)
         for m in METHODS:
             est = getattr(result, m)
             if est.available:
                 ages[m][i] = est.age_months
-    return {"truth": truth, **ages}
+    return {"truth": truth, "female": female, **ages}
+
+
+def sex_band_bias(readings: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
+    """Each method's mean error (months) by sex and bone-age band: where the synthetic hands' sexes differ.
+
+    Args:
+        readings: :func:`synthetic_readings`'s ``truth``, ``female`` and one age array per method (NaN: not read).
+
+    Returns:
+        ``{method: {"boys": [bias per band of BANDS], "girls": [...]}}``; NaN where a band has no reading.
+    """
+    truth, female = readings["truth"], readings["female"]
+    out: dict[str, dict[str, list[float]]] = {}
+    for m in METHODS:
+        ok = np.isfinite(readings[m])
+        out[m] = {}
+        for sex, of_sex in (("boys", ~female), ("girls", female)):
+            cells = []
+            for _, in_band in BANDS:
+                sel = ok & of_sex & in_band(truth)
+                cells.append(float((readings[m][sel] - truth[sel]).mean()) if sel.any() else float("nan"))
+            out[m][sex] = cells
+    return out
 
 
 def print_readings(size: int, readings: dict[str, np.ndarray]) -> None:
@@ -133,6 +158,12 @@ def print_readings(size: int, readings: dict[str, np.ndarray]) -> None:
             cells.append(f"{np.abs(err[band]).mean():5.1f} ({err[band].mean():+5.1f})" if band.any() else f"{'-':>12}")
         mae = f"{np.abs(err).mean():6.1f}" if ok.any() else f"{'-':>6}"
         print(f"  {m:<10} {ok.mean():>5.0%} {mae}   " + "   ".join(cells))
+    if "female" in readings:
+        n_girls = int(readings["female"].sum())
+        print(f"  bias by sex, boys / girls ({len(truth) - n_girls} / {n_girls} hands): "
+              + ", ".join(name for name, _ in BANDS))
+        for m, by_sex in sex_band_bias(readings).items():
+            print(f"  {m:<10} " + "   ".join(f"{b:+6.1f} / {g:+6.1f}" for b, g in zip(by_sex["boys"], by_sex["girls"])))
 
 
 def print_examples(estimator) -> None:

@@ -160,7 +160,9 @@ class SyntheticHand:
             (``"radius_epiphysis"``, ``"capitate"`` ...): one of :data:`OSSIFICATION_STATES`.
         monochrome1: whether the DICOM writer stores this image inverted (MONOCHROME1).
         index, seed: where it came from.
-        params: rendering parameters (rotation, field of view, ...), for debugging and analysis.
+        params: rendering parameters, for debugging and analysis: rotation, field of view, aspect, gamma, the
+            attenuations (``mu_soft``, ``mu_cortex``, ``mu_medulla``), background, blur, dynamic range compression,
+            edge enhancement (gain and kernel), noise and the collimation draw.
     """
 
     image: np.ndarray
@@ -376,6 +378,27 @@ _SOFT_TISSUE_MU_SCALE = 1.0
 _PALM_THICKNESS_MM = 51.0
 _FOREARM_TO_PALM_THICKNESS = 1.64
 _DETECTOR_SATURATION = 0.88
+#: Bone's X-ray attenuation against the calibrated one (cortex and medulla alike; a neutral probe knob, issue #22,
+#: fourteenth sitting: docs/synthetic.md, "Film contrast and young hands"), and the mineral prior: a bone's density is
+#: ``_NEWBORN_MINERAL + _MINERAL_GAIN x min(bone age / 180 months, 1)`` of an adult's, the radius's and ulna's that
+#: times ``_FOREARM_DENSITY`` (thick bones that real films show only a little brighter than metacarpals: film
+#: latitude).
+_BONE_MU_SCALE = 1.0
+_NEWBORN_MINERAL = 0.55
+_MINERAL_GAIN = 0.45
+_FOREARM_DENSITY = 0.77
+#: Girls and boys (issue #22, fourteenth sitting: docs/synthetic.md, "Girls and boys"). The carpal clock by sex: a
+#: carpal's growth after it appears (towards its adult size by 144 months, then adolescent growth) runs at this many
+#: times the bone age. It ran on one clock for both sexes, so that every shipped reader put synthetic girls 6-30 months
+#: further below boys of their bone age than real films allow (the readers give one image some two years less as a girl
+#: than as a boy: on real films a girl looks that much more mature). Girls' carpi now mature 1.16 x as fast, the
+#: atlas's ratio of boys' to girls' fusion ages (186 / 160 for the proximal phalanges, 192 / 164 for the metacarpals,
+#: 210 / 180 for the radius; median over every fusing centre 1.15: data/synth_maturity_model.csv). A probe knob, off at 0: above 0, a girl's bones (every
+#: centre's appearance and fusion, shapes, mineral) are drawn from the boys' maturity model at this many times her bone
+#: age, her growth and size staying a girl's.
+_CARPAL_CLOCK_GIRLS = 1.16
+_CARPAL_CLOCK_BOYS = 1.0
+_FEMALE_AS_MALE_AGE_SCALE = 0.0
 #: More probe knobs (issue #22, 2026-12-06): density factors of the metacarpal and forearm epiphyses and
 #: of the carpals, the carpal layout's scale about the capitate (below 1: a tighter carpus), and the share
 #: of an open physis's gap closed by the time fusion begins (ramped over the last fifth of the epiphysis's
@@ -531,10 +554,12 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     if sex == "F":
         size *= sm["female_length_factor"]
     scale = frac * size  # adult-male layout -> this subject
-    mineral = 0.55 + 0.45 * min(ba / 180.0, 1.0)  # young bone is less mineralised (prior)
-    # The radius and ulna are thick; real films show them only a little brighter than metacarpals
-    # (film latitude), so their density is damped.
-    forearm_density = 0.77
+    maturity_sex = sex
+    if sex == "F" and _FEMALE_AS_MALE_AGE_SCALE > 0:
+        # Probe: a girl's bones drawn as a boy's of this many times her bone age (her size stays a girl's).
+        ba, maturity_sex = ba * _FEMALE_AS_MALE_AGE_SCALE, "M"
+    mineral = _NEWBORN_MINERAL + _MINERAL_GAIN * min(ba / 180.0, 1.0)  # young bone is less mineralised (prior)
+    forearm_density = _FOREARM_DENSITY
 
     def tempo_appear(age: float) -> float:
         sd = max(sm["appear_tempo_sd_min_months"], sm["appear_tempo_sd_fraction"] * age)
@@ -566,7 +591,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         d = _unit(angle)
         zone = p["epiphysis_fraction"] * a_len
         end = anatomy.epiphysis_end(bone)
-        appear, f0, f1 = mm[(sex, bone)]
+        appear, f0, f1 = mm[(maturity_sex, bone)]
         appear = tempo_appear(appear)
         f_sd = sm["fusion_tempo_sd_months"]
         f0 = f0 + rng.normal(0, f_sd)
@@ -727,9 +752,10 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     # the triquetrum) goes last so that it is never hidden completely.
     carpal_order = ("scaphoid", "lunate", "triquetrum", "trapezium", "trapezoid", "capitate", "hamate", "pisiform")
     hub = np.array([bm["capitate"]["x_mm"], bm["capitate"]["y_mm"]])  # _CARPAL_LAYOUT_SCALE scales about it
+    carpal_clock = _CARPAL_CLOCK_GIRLS if sex == "F" else _CARPAL_CLOCK_BOYS
     for bone in carpal_order:
         p = bm[bone]
-        appear, _, _ = mm[(sex, bone)]
+        appear, _, _ = mm[(maturity_sex, bone)]
         appear = tempo_appear(appear)
         layout = hub + (np.array([p["x_mm"], p["y_mm"]]) - hub) * _CARPAL_LAYOUT_SCALE
         centre = layout * scale + rng.normal(0, 0.6, 2) * scale
@@ -739,10 +765,11 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         # Carpal centres grow fast once they appear (real capitates and hamates of 2-5 y already
         # hold most of their adult share of the hand) and fill their cartilage anlage by ~12 y.
         mature_at = max(144.0, appear + 48.0)
-        s = float(np.clip((ba - appear) / (mature_at - appear), 0, 1))
+        ba_c = ba * carpal_clock
+        s = float(np.clip((ba_c - appear) / (mature_at - appear), 0, 1))
         size_frac = 0.96 * (0.2 + 0.8 * s**0.3) * _CARPAL_SIZE.get(bone, 1.0) * _CARPAL_SCALE
-        size_frac *= 1 + (_CARPAL_YOUNG_SIZE - 1) * float(np.clip((84.0 - ba) / 42.0, 0, 1))
-        size_frac *= 1 + _CARPAL_ADOLESCENT_GROWTH * float(np.clip((ba - 144.0) / 48.0, 0, 1))
+        size_frac *= 1 + (_CARPAL_YOUNG_SIZE - 1) * float(np.clip((84.0 - ba_c) / 42.0, 0, 1))
+        size_frac *= 1 + _CARPAL_ADOLESCENT_GROWTH * float(np.clip((ba_c - 144.0) / 48.0, 0, 1))
         length = p["adult_length_mm"] * scale * size_frac * float(np.exp(rng.normal(0, sm["bone_length_noise_sd"])))
         aspect = 1 - (1 - p["width_ratio"]) * s**0.5
         width = length * aspect * float(np.exp(rng.normal(0, 0.04)))
@@ -772,7 +799,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     spread = rng.uniform(0.06, 0.42)
     # Soft tissue around the bones is relatively thicker in small children (chubby fingers).
     chubby = scale**0.6 * float(np.exp(rng.normal(0, 0.12)))
-    sesamoid_age = tempo_appear(mm[(sex, "thumb_sesamoid")][0])
+    sesamoid_age = tempo_appear(mm[(maturity_sex, "thumb_sesamoid")][0])
     spread_mean = {1: -6.0, 2: 5.0, 3: 0.0, 4: -4.0, 5: -9.0}
     finger_points: list[tuple[np.ndarray, np.ndarray, float]] = []
     palm_pts: list[np.ndarray] = []
@@ -993,8 +1020,8 @@ def generate_hand(
     # Attenuations (per mm) set against development films: there soft tissue is almost as bright as
     # thin bone, and a bone adds about as much brightness as its own soft tissue has (issue #22).
     mu_soft = rng.uniform(0.0099, 0.018) * _SOFT_TISSUE_MU_SCALE
-    mu_cort = rng.uniform(0.0465, 0.062)
-    mu_trab = rng.uniform(0.0099, 0.0161)
+    mu_cort = rng.uniform(0.0465, 0.062) * _BONE_MU_SCALE
+    mu_trab = rng.uniform(0.0099, 0.0161) * _BONE_MU_SCALE
     att = (
         mu_soft * tissue
         + mu_cort * canvas.cortical * spacing
@@ -1021,9 +1048,13 @@ def generate_hand(
         sigma = _DRC_SIGMA_MM / spacing
         low = smooth(img, sigma)
         weight = smooth(body.astype(np.float32), sigma / 2)
-        img = img - _DRC_AMOUNT * rng.uniform(0.7, 1.3) * (low - float(img[body].mean())) * weight
+        drc = _DRC_AMOUNT * rng.uniform(0.7, 1.3)
+        img = img - drc * (low - float(img[body].mean())) * weight
+    else:
+        drc = 0.0
     amount = _EDGE_ENHANCEMENT * rng.uniform(0.5, 1.5)  # kernel in pixels, as the scanner's processing
-    img = img + amount * (img - smooth(img, rng.uniform(1.0, 3.0)))
+    edge_px = rng.uniform(1.0, 3.0)
+    img = img + amount * (img - smooth(img, edge_px))
     noise_sd = rng.uniform(0.004, 0.025)
     img = img + rng.standard_normal((rows, cols), dtype=np.float32) * noise_sd * (0.5 + img)
 
@@ -1082,7 +1113,10 @@ def generate_hand(
         monochrome1=bool(rng.random() < 0.15),
         index=int(index),
         seed=int(seed),
-        params={"rotation_deg": theta, "fov_mm": fov, "aspect": aspect, "gamma": gamma},
+        params={"rotation_deg": theta, "fov_mm": fov, "aspect": aspect, "gamma": gamma,
+                "mu_soft": mu_soft, "mu_cortex": mu_cort, "mu_medulla": mu_trab, "background": bg_level,
+                "blur_px": blur, "drc": drc, "edge_gain": amount, "edge_px": edge_px, "noise_sd": noise_sd,
+                "collimation": collimation},
     )
 
 

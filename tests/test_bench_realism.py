@@ -321,3 +321,20 @@ def test_adolescent_joints_narrow_as_on_real_films(monkeypatch):
     wide_old, wide_young = gaps(210.0), gaps(140.0)
     assert shipped_young == pytest.approx(wide_young)  # nothing changes before the ramp
     assert shipped_old < 0.6 * wide_old, (shipped_old, wide_old)
+
+
+def test_sex_band_bias_splits_each_methods_error_by_sex_and_band():
+    truth = np.array([40.0, 50.0, 100.0, 110.0, 180.0, 190.0])
+    female = np.array([False, True, False, True, False, True])
+    readings = {"truth": truth, "female": female}
+    for k, m in enumerate(bench_realism.METHODS):
+        # boys read k months old, girls 10 months young; the last girl not read by the first method
+        ages = np.where(female, truth - 10.0, truth + k)
+        if k == 0:
+            ages[5] = np.nan
+        readings[m] = ages
+    bias = bench_realism.sex_band_bias(readings)
+    first, last = bench_realism.METHODS[0], bench_realism.METHODS[-1]
+    assert bias[last]["boys"] == [len(bench_realism.METHODS) - 1.0] * 3
+    assert bias[last]["girls"] == [-10.0, -10.0, -10.0]
+    assert bias[first]["girls"][:2] == [-10.0, -10.0] and np.isnan(bias[first]["girls"][2])

@@ -713,3 +713,74 @@ def test_forearm_probe_knobs_narrow_the_young_epiphysis_and_move_the_flare(monke
     assert 0.7 <= narrowed / young_width <= 0.8, (narrowed, young_width)  # m is small at 40 months
     assert radius(170.0)[0] / mature_width >= 0.9  # nearly the calibrated width as it caps
     assert flare_start == pytest.approx(0.82) and moved == pytest.approx(0.93), (flare_start, moved)
+
+
+def test_film_contrast_probe_knobs_scale_bone_attenuation_and_density(monkeypatch) -> None:
+    # Neutral knobs for bench_realism.py --set (issue #22, "Film contrast and young hands"): at their defaults the
+    # calibrated mineral prior and forearm damping; moved, each changes what it names.
+    from scipy import ndimage
+
+    from boneage import synth
+
+    def densities(age: float) -> tuple[float, float]:
+        hand = synth._build_hand(np.random.default_rng([17, 0]), age, "M")
+        shafts = {p.bone: p.density for p in hand.parts if p.bone in anatomy.BONES and p.label == anatomy.shaft_label(p.bone)}
+        return shafts["metacarpal_3"], shafts["radius"]
+
+    mc, radius = densities(36.0)
+    assert mc == pytest.approx(0.55 + 0.45 * 36 / 180) and radius / mc == pytest.approx(0.77)
+    monkeypatch.setattr(synth, "_NEWBORN_MINERAL", 0.75)
+    monkeypatch.setattr(synth, "_MINERAL_GAIN", 0.25)
+    monkeypatch.setattr(synth, "_FOREARM_DENSITY", 0.95)
+    mc, radius = densities(36.0)
+    assert mc == pytest.approx(0.75 + 0.25 * 36 / 180) and radius / mc == pytest.approx(0.95)
+    assert densities(200.0)[0] == pytest.approx(1.0)  # both priors reach an adult's mineral
+
+    def shaft_contrast() -> float:
+        hand = synth.generate_hand(5, 0, size=384, bone_age_months=120.0, sex="M")
+        shaft = hand.label_map == anatomy.shaft_label("metacarpal_3")
+        ring = ndimage.binary_dilation(shaft, iterations=4) & ~ndimage.binary_dilation(hand.label_map > 0, iterations=1)
+        return float(hand.image[shaft].mean() - hand.image[ring].mean())
+
+    monkeypatch.undo()
+    calibrated = shaft_contrast()
+    monkeypatch.setattr(synth, "_BONE_MU_SCALE", 0.5)
+    assert shaft_contrast() < calibrated - 0.03, calibrated
+
+
+def test_sex_probe_knobs_draw_a_girls_maturity_from_the_boys_model_and_move_her_carpal_clock(monkeypatch) -> None:
+    # Neutral knobs (issue #22, "Girls and boys"): on, a girl of bone age b has the ossification of a boy of k x b, with
+    # the same draws; her size stays a girl's.
+    from boneage import synth
+
+    def hand(age: float, sex: str):
+        return synth._build_hand(np.random.default_rng([23, 1]), age, sex)
+
+    girl, boy, boy_150 = hand(150.0, "F"), hand(180.0, "M"), hand(150.0, "M")
+    assert girl.ossification != boy.ossification  # girls' phalanges fuse earlier than boys'
+    monkeypatch.setattr(synth, "_FEMALE_AS_MALE_AGE_SCALE", 1.2)
+    drawn_as_boy = hand(150.0, "F")
+    assert drawn_as_boy.ossification == boy.ossification
+    assert drawn_as_boy.lengths_mm["metacarpal_3"] < 0.97 * boy.lengths_mm["metacarpal_3"]  # a girl's size
+    assert hand(150.0, "M").lengths_mm == boy_150.lengths_mm  # boys are drawn as before
+    monkeypatch.undo()
+
+    # The carpal clock by sex: a girl's carpals grow as if this many times older; a boy's are untouched.
+    girl_100, boy_100 = hand(100.0, "F"), hand(100.0, "M")
+    monkeypatch.setattr(synth, "_CARPAL_CLOCK_GIRLS", 1.0)
+    one_clock = hand(100.0, "F")
+    assert girl_100.lengths_mm["capitate"] > 1.03 * one_clock.lengths_mm["capitate"]
+    assert girl_100.lengths_mm["metacarpal_3"] == one_clock.lengths_mm["metacarpal_3"]
+    assert hand(100.0, "M").lengths_mm == boy_100.lengths_mm
+
+
+def test_girls_carpal_clock_is_the_maturity_models_ratio_of_boys_to_girls_fusion_ages() -> None:
+    # Calibrated on the atlas's sex difference, not on readings (issue #22, "Girls and boys").
+    import pandas as pd
+
+    from boneage import synth
+
+    model = pd.read_csv(synth.MATURITY_MODEL_FILE, comment="#").dropna(subset=["fuse_begin_months"])
+    begin = model.pivot(index="centre", columns="sex", values="fuse_begin_months")
+    ratio = float(np.median(begin["M"] / begin["F"]))
+    assert synth._CARPAL_CLOCK_GIRLS == pytest.approx(ratio, abs=0.02) and synth._CARPAL_CLOCK_BOYS == 1.0
