@@ -379,7 +379,8 @@ _PALM_THICKNESS_MM = 51.0
 _FOREARM_TO_PALM_THICKNESS = 1.64
 _DETECTOR_SATURATION = 0.88
 #: Bone's X-ray attenuation against the calibrated one (cortex and medulla alike; a neutral probe knob, issue #22,
-#: fourteenth sitting: docs/synthetic.md, "Film contrast and young hands"), and the mineral prior: a bone's density is
+#: fourteenth sitting: docs/synthetic.md, "Girls and boys, film contrast and young hands"), and the mineral prior: a
+#: bone's density is
 #: ``_NEWBORN_MINERAL + _MINERAL_GAIN x min(bone age / 180 months, 1)`` of an adult's, the radius's and ulna's that
 #: times ``_FOREARM_DENSITY`` (thick bones that real films show only a little brighter than metacarpals: film
 #: latitude).
@@ -387,15 +388,16 @@ _BONE_MU_SCALE = 1.0
 _NEWBORN_MINERAL = 0.55
 _MINERAL_GAIN = 0.45
 _FOREARM_DENSITY = 0.77
-#: Girls and boys (issue #22, fourteenth sitting: docs/synthetic.md, "Girls and boys"). The carpal clock by sex: a
-#: carpal's growth after it appears (towards its adult size by 144 months, then adolescent growth) runs at this many
-#: times the bone age. It ran on one clock for both sexes, so that every shipped reader put synthetic girls 6-30 months
-#: further below boys of their bone age than real films allow (the readers give one image some two years less as a girl
-#: than as a boy: on real films a girl looks that much more mature). Girls' carpi now mature 1.16 x as fast, the
-#: atlas's ratio of boys' to girls' fusion ages (186 / 160 for the proximal phalanges, 192 / 164 for the metacarpals,
-#: 210 / 180 for the radius; median over every fusing centre 1.15: data/synth_maturity_model.csv). A probe knob, off at 0: above 0, a girl's bones (every
-#: centre's appearance and fusion, shapes, mineral) are drawn from the boys' maturity model at this many times her bone
-#: age, her growth and size staying a girl's.
+#: Girls and boys (issue #22, fourteenth sitting: docs/synthetic.md, "Girls and boys, film contrast and young hands").
+#: The carpal clock by sex: a carpal's growth after it appears (towards its adult size by 144 months, then adolescent
+#: growth) runs at this many times the bone age. It ran on one clock for both sexes, so that every shipped reader put
+#: synthetic girls further below boys of their bone age than real films allow (the readers give one image some two
+#: years less as a girl than as a boy: on real films a girl looks that much more mature). Girls' carpi now mature
+#: 1.16 x as fast, the atlas's ratio of boys' to girls' fusion ages (186 / 160 for the proximal phalanges, 192 / 164
+#: for the metacarpals, 210 / 180 for the radius; median over every fusing centre 1.15: data/synth_maturity_model.csv).
+#: A probe knob, off at 0: above 0, a girl's bones (every centre's appearance and fusion, shapes, mineral, the boys'
+#: carpal clock) are drawn from the boys' maturity model at this many times her bone age, her growth and size staying
+#: a girl's.
 _CARPAL_CLOCK_GIRLS = 1.16
 _CARPAL_CLOCK_BOYS = 1.0
 _FEMALE_AS_MALE_AGE_SCALE = 0.0
@@ -752,7 +754,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     # the triquetrum) goes last so that it is never hidden completely.
     carpal_order = ("scaphoid", "lunate", "triquetrum", "trapezium", "trapezoid", "capitate", "hamate", "pisiform")
     hub = np.array([bm["capitate"]["x_mm"], bm["capitate"]["y_mm"]])  # _CARPAL_LAYOUT_SCALE scales about it
-    carpal_clock = _CARPAL_CLOCK_GIRLS if sex == "F" else _CARPAL_CLOCK_BOYS
+    carpal_clock = _CARPAL_CLOCK_GIRLS if maturity_sex == "F" else _CARPAL_CLOCK_BOYS
     for bone in carpal_order:
         p = bm[bone]
         appear, _, _ = mm[(maturity_sex, bone)]
@@ -763,7 +765,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             states[bone] = "absent"
             continue
         # Carpal centres grow fast once they appear (real capitates and hamates of 2-5 y already
-        # hold most of their adult share of the hand) and fill their cartilage anlage by ~12 y.
+        # hold most of their adult share of the hand) and fill their cartilage anlage by ~12 y (boys; girls'
+        # clock runs faster).
         mature_at = max(144.0, appear + 48.0)
         ba_c = ba * carpal_clock
         s = float(np.clip((ba_c - appear) / (mature_at - appear), 0, 1))

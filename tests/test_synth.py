@@ -716,15 +716,16 @@ def test_forearm_probe_knobs_narrow_the_young_epiphysis_and_move_the_flare(monke
 
 
 def test_film_contrast_probe_knobs_scale_bone_attenuation_and_density(monkeypatch) -> None:
-    # Neutral knobs for bench_realism.py --set (issue #22, "Film contrast and young hands"): at their defaults the
-    # calibrated mineral prior and forearm damping; moved, each changes what it names.
+    # Neutral knobs for bench_realism.py --set (issue #22, "Girls and boys, film contrast and young hands"): at their
+    # defaults the calibrated mineral prior and forearm damping; moved, each changes what it names.
     from scipy import ndimage
 
     from boneage import synth
 
     def densities(age: float) -> tuple[float, float]:
         hand = synth._build_hand(np.random.default_rng([17, 0]), age, "M")
-        shafts = {p.bone: p.density for p in hand.parts if p.bone in anatomy.BONES and p.label == anatomy.shaft_label(p.bone)}
+        shafts = {p.bone: p.density for p in hand.parts
+                  if p.bone in anatomy.BONES and p.label == anatomy.shaft_label(p.bone)}
         return shafts["metacarpal_3"], shafts["radius"]
 
     mc, radius = densities(36.0)
@@ -749,8 +750,8 @@ def test_film_contrast_probe_knobs_scale_bone_attenuation_and_density(monkeypatc
 
 
 def test_sex_probe_knobs_draw_a_girls_maturity_from_the_boys_model_and_move_her_carpal_clock(monkeypatch) -> None:
-    # Neutral knobs (issue #22, "Girls and boys"): on, a girl of bone age b has the ossification of a boy of k x b, with
-    # the same draws; her size stays a girl's.
+    # Issue #22, "Girls and boys, film contrast and young hands": with the probe on, a girl of bone age b has the
+    # ossification of a boy of k x b, with the same draws; her size stays a girl's.
     from boneage import synth
 
     def hand(age: float, sex: str):
@@ -775,7 +776,8 @@ def test_sex_probe_knobs_draw_a_girls_maturity_from_the_boys_model_and_move_her_
 
 
 def test_girls_carpal_clock_is_the_maturity_models_ratio_of_boys_to_girls_fusion_ages() -> None:
-    # Calibrated on the atlas's sex difference, not on readings (issue #22, "Girls and boys").
+    # Calibrated on the atlas's sex difference, not on readings (issue #22, "Girls and boys, film contrast and young
+    # hands").
     import pandas as pd
 
     from boneage import synth
