@@ -129,19 +129,17 @@ def sex_band_bias(readings: dict[str, np.ndarray]) -> dict[str, dict[str, list[f
         readings: :func:`synthetic_readings`'s ``truth``, ``female`` and one age array per method (NaN: not read).
 
     Returns:
-        ``{method: {"boys": [bias per band of BANDS], "girls": [...]}}``; NaN where a band has no reading.
+        ``{method: {"boys": [bias per band of BANDS], "girls": [...]}}`` (:func:`boneage.agemap.band_biases`, whose
+        bands are BANDS); NaN where a band has no reading.
     """
+    from boneage.agemap import band_biases
+
     truth, female = readings["truth"], readings["female"]
     out: dict[str, dict[str, list[float]]] = {}
     for m in METHODS:
         ok = np.isfinite(readings[m])
-        out[m] = {}
-        for sex, of_sex in (("boys", ~female), ("girls", female)):
-            cells = []
-            for _, in_band in BANDS:
-                sel = ok & of_sex & in_band(truth)
-                cells.append(float((readings[m][sel] - truth[sel]).mean()) if sel.any() else float("nan"))
-            out[m][sex] = cells
+        out[m] = {sex: band_biases(truth[ok & of_sex], readings[m][ok & of_sex])
+                  for sex, of_sex in (("boys", ~female), ("girls", female))}
     return out
 
 
@@ -162,8 +160,9 @@ def print_readings(size: int, readings: dict[str, np.ndarray]) -> None:
         n_girls = int(readings["female"].sum())
         print(f"  bias by sex, boys / girls ({len(truth) - n_girls} / {n_girls} hands): "
               + ", ".join(name for name, _ in BANDS))
+        cell = lambda v: f"{v:+6.1f}" if np.isfinite(v) else f"{'-':>6}"  # noqa: E731  (an empty band)
         for m, by_sex in sex_band_bias(readings).items():
-            print(f"  {m:<10} " + "   ".join(f"{b:+6.1f} / {g:+6.1f}" for b, g in zip(by_sex["boys"], by_sex["girls"])))
+            print(f"  {m:<10} " + "   ".join(f"{cell(b)} / {cell(g)}" for b, g in zip(by_sex["boys"], by_sex["girls"])))
 
 
 def print_examples(estimator) -> None:

@@ -380,10 +380,9 @@ _FOREARM_TO_PALM_THICKNESS = 1.64
 _DETECTOR_SATURATION = 0.88
 #: Bone's X-ray attenuation against the calibrated one (cortex and medulla alike; a neutral probe knob, issue #22,
 #: fourteenth sitting: docs/synthetic.md, "Girls and boys, film contrast and young hands"), and the mineral prior: a
-#: bone's density is
-#: ``_NEWBORN_MINERAL + _MINERAL_GAIN x min(bone age / 180 months, 1)`` of an adult's, the radius's and ulna's that
-#: times ``_FOREARM_DENSITY`` (thick bones that real films show only a little brighter than metacarpals: film
-#: latitude).
+#: bone's density is ``_NEWBORN_MINERAL + _MINERAL_GAIN x min(bone age / 180 months, 1)`` of an adult's, the radius's
+#: and ulna's that times ``_FOREARM_DENSITY`` (thick bones that real films show only a little brighter than
+#: metacarpals: film latitude).
 _BONE_MU_SCALE = 1.0
 _NEWBORN_MINERAL = 0.55
 _MINERAL_GAIN = 0.45

@@ -773,6 +773,8 @@ def test_sex_probe_knobs_draw_a_girls_maturity_from_the_boys_model_and_move_her_
     assert girl_100.lengths_mm["capitate"] > 1.03 * one_clock.lengths_mm["capitate"]
     assert girl_100.lengths_mm["metacarpal_3"] == one_clock.lengths_mm["metacarpal_3"]
     assert hand(100.0, "M").lengths_mm == boy_100.lengths_mm
+    monkeypatch.setattr(synth, "_CARPAL_CLOCK_BOYS", 0.8)
+    assert hand(100.0, "M").lengths_mm["capitate"] < 0.97 * boy_100.lengths_mm["capitate"]
 
 
 def test_girls_carpal_clock_is_the_maturity_models_ratio_of_boys_to_girls_fusion_ages() -> None:
