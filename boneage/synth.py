@@ -273,6 +273,14 @@ _FUSED_JOINT_FLATTENING = 0.8
 #: real films', but every method read them younger still.
 _FUSED_EPIPHYSIS_BLEND = 0.0
 _FUSED_METACARPAL_HEAD_FLATTENING = _FUSED_JOINT_FLATTENING
+#: Share of a fused epiphysis's overhang (:data:`_FUSED_EPIPHYSIS_WIDTH`) that its metaphysis flares out to meet, in
+#: proportion to fusion (issue #22, fifteenth sitting; docs/synthetic.md, "Fused ends, boys' shapes and the
+#: capitate"). At 0 a fused end was a plate overhanging its shaft: adult synthetic hands showed a T-shaped step at
+#: every digit's fused end and a bright slab across the distal radius and ulna, where real adult films flare smoothly
+#: into a broad end; the end-to-end CNN read synthetic girls of 180-216 months as about 170 whatever their age. At 1
+#: the end is flush (the end's widest point stays where it was). On three exploratory seeds the CNN, the per-bone
+#: network and the combined estimate gained 0.2-0.4 months each and the multi-step method lost 0.5-0.9.
+_FUSED_METAPHYSIS_FLARE = 1.0
 #: Adolescent cortical thickening (issue #22, eleventh sitting). The cortex's share of a shaft's half-width
 #: grows by this gain, ramped over bone ages ``_ADOLESCENT_CORTEX_START`` to ``_ADOLESCENT_CORTEX_END`` months.
 #: Measured as one minus the offset of the cross-shaft grey-level peak (:func:`boneage.measure.shaft_profile`,
@@ -400,6 +408,16 @@ _FOREARM_DENSITY = 0.77
 _CARPAL_CLOCK_GIRLS = 1.16
 _CARPAL_CLOCK_BOYS = 1.0
 _FEMALE_AS_MALE_AGE_SCALE = 0.0
+#: Probe knobs (issue #22, fifteenth sitting; docs/synthetic.md, "Fused ends, boys' shapes and the capitate"), neutral:
+#: boys' shafts this many times as wide (real boys' digits and metacarpals measure 0.93-0.95 x girls' length / width at
+#: the same bone age, synthetic ones 1.0 x); the power of an epiphysis's maturity in its width growth, for the middle
+#: and distal phalanges and for every other bone (1.0 for the middle and distal phalanges matches real films' measured
+#: epiphysis / metaphysis widths by band and sex); and a mature capitate's length against the drawn one (0.85 matches
+#: real films' capitate / third metacarpal length, 0.38, and its length / width, 1.6).
+_MALE_SHAFT_WIDTH = 1.0
+_EPIPHYSIS_WIDTH_POWER = 0.6
+_DIGIT_EPIPHYSIS_WIDTH_POWER = 0.6
+_CAPITATE_MATURE_LENGTH = 1.0
 #: More probe knobs (issue #22, 2026-12-06): density factors of the metacarpal and forearm epiphyses and
 #: of the carpals, the carpal layout's scale about the capitate (below 1: a tighter carpus), and the share
 #: of an open physis's gap closed by the time fusion begins (ramped over the last fifth of the epiphysis's
@@ -587,6 +605,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         cos_t = float(np.cos(np.deg2rad(tilt_deg)))
         a_len = a_true * cos_t  # projected
         width = p["width_ratio"] * a_true * float(np.exp(rng.normal(0, sm["width_noise_sd"])))
+        if sex == "M":
+            width *= _MALE_SHAFT_WIDTH
         if kind in _SLENDERNESS:
             width *= float(np.interp(ba, _SLENDERNESS_AGES, _SLENDERNESS[kind]))
         d = _unit(angle)
@@ -614,6 +634,13 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         mid_w = {"middle_phalanx": _MIDDLE_PHALANX_MID_WIDTH,
                  "distal_phalanx": _DISTAL_PHALANX_MID_WIDTH}.get(kind, 1.0)
         t_k, w_k = _shaft_profile(kind, base_ratio / mid_w, head_ratio / mid_w)
+        if phi > 0:
+            # Fusing, the metaphysis flares out to meet the epiphysis's widening (_FUSED_METAPHYSIS_FLARE).
+            grow = 1 + (_FUSED_EPIPHYSIS_WIDTH - 1) * phi * _FUSED_METAPHYSIS_FLARE
+            w_k = w_k.copy()
+            ends = (0, 1) if end == "proximal" else (-1, -2)
+            w_k[ends[0]] *= grow
+            w_k[ends[1]] *= 1 + (grow - 1) * 0.5
         hw_k = w_k * width * mid_w / 2
         meta_w = (base_ratio if end == "proximal" else head_ratio) * width
         shaft_len = a_len - zone
@@ -642,7 +669,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                         else _PHALANX_PHYSIS_GAP if kind.endswith("phalanx") else 1.0)
             reach = gap * (1 - max(narrower, 0.0))
             grow_to, start_at = _EPIPHYSIS_WIDTH.get(bone if kind == "forearm" else kind, _EPIPHYSIS_WIDTH_DEFAULT)
-            e_width = meta_w * (start_at + (grow_to - start_at) * m**0.6)
+            power = _DIGIT_EPIPHYSIS_WIDTH_POWER if kind in ("middle_phalanx", "distal_phalanx") else _EPIPHYSIS_WIDTH_POWER
+            e_width = meta_w * (start_at + (grow_to - start_at) * m**power)
             if kind.endswith("phalanx"):  # the flare's narrowing reaches the epiphysis by this share
                 e_width *= (1 / flare) ** (1 - _PHALANX_EPIPHYSIS_FOLLOWS_FLARE)
             if mc_head:
@@ -779,6 +807,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         k_shape = _CARPAL_SHAPE_CALIBRATION * s**0.5
         stretch = shape_f ** (0.5 * k_shape)
         length, width = length * stretch, width / stretch
+        if bone == "capitate":
+            length *= 1 + (_CAPITATE_MATURE_LENGTH - 1) * s
         angle_from_x = p["angle_deg"] + (shape_angle - p["angle_deg"]) * _CARPAL_SHAPE_CALIBRATION + rng.normal(0, 6)
         d = np.array([np.cos(np.deg2rad(angle_from_x)), np.sin(np.deg2rad(angle_from_x))])
         t_k = np.linspace(0, 1, 7)

@@ -516,9 +516,12 @@ def test_mature_joint_ends_are_broad_and_flat() -> None:
         assert hand.ossification[anatomy.structure(anatomy.epiphysis_label(bone)).name] == "fused"
         shaft = mature[(bone, anatomy.shaft_label(bone), True)]
         epiphysis = mature[(bone, anatomy.epiphysis_label(bone), True)]
-        # Joint side as broad as the physis side, and wider than the metaphysis it sits on.
+        # Joint side as broad as the physis side, and flush with its metaphysis, which flares out to meet it
+        # (no step at a fused end): broader than the shaft's end would be unflared.
         assert epiphysis.halfwidth_knots[0] == pytest.approx(epiphysis.halfwidth_knots[-1])
-        assert epiphysis.halfwidth_knots.min() >= 1.15 * shaft.halfwidth_knots[0], bone
+        assert epiphysis.halfwidth_knots.min() == pytest.approx(shaft.halfwidth_knots[0]), bone
+        assert shaft.halfwidth_knots[0] >= 1.15 * young[(bone, anatomy.shaft_label(bone), True)].halfwidth_knots[0] * (
+            shaft.halfwidth_knots[3] / young[(bone, anatomy.shaft_label(bone), True)].halfwidth_knots[3]), bone
         # Its joint side (proximal here) keeps only a low dome: a fifth of a capped epiphysis's.
         assert epiphysis.cap_start < 0.1 * epiphysis.length, bone
         # The head (tuft) is broader against the mid-shaft, and squarer, than a child's.
@@ -788,3 +791,68 @@ def test_girls_carpal_clock_is_the_maturity_models_ratio_of_boys_to_girls_fusion
     begin = model.pivot(index="centre", columns="sex", values="fuse_begin_months")
     ratio = float(np.median(begin["M"] / begin["F"]))
     assert synth._CARPAL_CLOCK_GIRLS == pytest.approx(ratio, abs=0.02) and synth._CARPAL_CLOCK_BOYS == 1.0
+
+
+def test_a_fused_end_flares_out_to_its_epiphysis_with_no_step(monkeypatch) -> None:
+    # Issue #22, "Fused ends, boys' shapes and the capitate": a fused end was a plate overhanging its shaft (a T-shaped
+    # step at each digit, a bright slab across the radius and ulna); the metaphysis now flares out to meet it. Open
+    # physes are untouched.
+    from boneage import synth
+
+    def ends(age: float, bone: str) -> tuple[float, float]:
+        parts: dict = {}
+        for p in synth._build_hand(np.random.default_rng(3), age, "F").parts:
+            parts.setdefault((p.bone, p.label), p)  # the epiphysis before its styloid (same label)
+        shaft, epiphysis = parts[(bone, anatomy.shaft_label(bone))], parts[(bone, anatomy.epiphysis_label(bone))]
+        physis_end = 0 if anatomy.epiphysis_end(bone) == "proximal" else -1
+        physis_side = -1 if anatomy.epiphysis_end(bone) == "proximal" else 0
+        return float(shaft.halfwidth_knots[physis_end]), float(epiphysis.halfwidth_knots[physis_side])
+
+    for bone in ("proximal_phalanx_3", "metacarpal_3", "radius"):
+        metaphysis, epiphysis = ends(216.0, bone)
+        assert metaphysis == pytest.approx(epiphysis), bone
+    open_ = ends(100.0, "proximal_phalanx_3")
+    monkeypatch.setattr(synth, "_FUSED_METAPHYSIS_FLARE", 0.0)
+    for bone in ("proximal_phalanx_3", "metacarpal_3", "radius"):
+        metaphysis, epiphysis = ends(216.0, bone)
+        assert epiphysis == pytest.approx(metaphysis * synth._FUSED_EPIPHYSIS_WIDTH), bone  # the overhanging plate
+    assert ends(100.0, "proximal_phalanx_3") == open_
+
+
+def test_shape_probe_knobs_widen_boys_slow_epiphyseal_widening_and_shorten_the_capitate(monkeypatch) -> None:
+    # Neutral knobs for bench_realism.py --set (issue #22, "Fused ends, boys' shapes and the capitate").
+    from boneage import synth
+
+    def parts(age: float, sex: str) -> dict:
+        hand = synth._build_hand(np.random.default_rng([29, 2]), age, sex)
+        return {(p.bone, p.label): p for p in hand.parts}
+
+    def width(ps: dict, bone: str) -> float:
+        return float(ps[(bone, anatomy.shaft_label(bone))].halfwidth_knots.max())
+
+    def epiphysis_width(ps: dict, bone: str) -> float:
+        return float(ps[(bone, anatomy.epiphysis_label(bone))].halfwidth_knots.max())
+
+    boy, girl = parts(110.0, "M"), parts(110.0, "F")
+    monkeypatch.setattr(synth, "_MALE_SHAFT_WIDTH", 1.06)
+    wide_boy = parts(110.0, "M")
+    assert width(wide_boy, "metacarpal_3") == pytest.approx(1.06 * width(boy, "metacarpal_3"))
+    assert width(parts(110.0, "F"), "metacarpal_3") == width(girl, "metacarpal_3")
+    monkeypatch.undo()
+
+    # The power of maturity (0 < m < 1 at 110 months) in the epiphysis's widening: higher is narrower until capped.
+    monkeypatch.setattr(synth, "_DIGIT_EPIPHYSIS_WIDTH_POWER", 1.0)
+    digits = parts(110.0, "M")
+    assert epiphysis_width(digits, "middle_phalanx_3") < 0.97 * epiphysis_width(boy, "middle_phalanx_3")
+    assert epiphysis_width(digits, "proximal_phalanx_3") == epiphysis_width(boy, "proximal_phalanx_3")
+    monkeypatch.setattr(synth, "_EPIPHYSIS_WIDTH_POWER", 1.0)
+    assert epiphysis_width(parts(110.0, "M"), "proximal_phalanx_3") < 0.97 * epiphysis_width(boy, "proximal_phalanx_3")
+    monkeypatch.undo()
+
+    # A mature capitate shortened (its width kept); a newly appeared one hardly.
+    adult = parts(200.0, "M")
+    monkeypatch.setattr(synth, "_CAPITATE_MATURE_LENGTH", 0.85)
+    short = parts(200.0, "M")[("capitate", anatomy.shaft_label("capitate"))]
+    capitate = adult[("capitate", anatomy.shaft_label("capitate"))]
+    assert short.length == pytest.approx(0.85 * capitate.length)
+    assert np.allclose(short.halfwidth_knots, capitate.halfwidth_knots)
