@@ -82,6 +82,14 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     bones' masks, against the third proximal phalanx's length; medians by bone-age band. To the networks a narrow
     joint reads as a mature one.
 
+(l) **The capitate and the third metacarpal**: ``--n-capitate`` real training-split films of 7-19 y and as many
+    synthetic hands of the same bone ages and sexes (768 px, seed ``--seed + 10``). The capitate's length against the
+    third metacarpal's and its length over width (:func:`capitate_geometry`) on the shipped segmenter's label maps of
+    the real films, and on the synthetic hands both as drawn (their own label maps) and as segmented; with the share of
+    the drawn capitate the segmenter labels as the third metacarpal (:func:`label_share`) and the third metacarpal's
+    segmented length against its drawn one; medians by bone-age band. The third metacarpal is the multi-step method's
+    scale bone: where the segmenter runs it into the capitate, every relative length and carpal area shrinks with it.
+
 ``--set NAME=VALUE`` (repeatable) changes one of the renderer's numeric constants in
 :mod:`boneage.synth` for this run only (e.g. ``--set _CARPAL_SCALE=1.4``), so that probes of the
 rendering can be rerun from the repository; use them with an exploratory ``--seed``, never the
@@ -1006,6 +1014,89 @@ def crop_transplant_part(n: int, seed: int, region: str,
         print(f"  {name:<48}{np.mean(values):+8.1f}")
 
 
+#: Bone-age bands (months) of (l).
+CAPITATE_BANDS = ((84, 132), (132, 168), (168, 228))
+
+
+def capitate_geometry(labels: np.ndarray) -> dict[str, float] | None:
+    """The capitate's length against the third metacarpal's, and its length over width, from a label map.
+
+    Args:
+        labels: label map (:mod:`boneage.anatomy` ids).
+
+    Returns:
+        ``{"capitate / MC3": ..., "capitate length / width": ..., "MC3 length": ...}`` (pixels for the last; the axes of
+        :func:`boneage.measure.measure`), or ``None`` when either bone is missing.
+    """
+    from boneage.measure import measure
+
+    bones = measure(labels, None).bones
+    capitate, mc3 = bones["capitate"], bones["metacarpal_3"]
+    if not (capitate.present and mc3.present and capitate.length_px and capitate.width_px and mc3.length_px):
+        return None
+    return {"capitate / MC3": capitate.length_px / mc3.length_px,
+            "capitate length / width": capitate.length_px / capitate.width_px, "MC3 length": mc3.length_px}
+
+
+def label_share(truth: np.ndarray, predicted: np.ndarray, bone: str, into: str) -> float:
+    """Share of ``bone``'s pixels in ``truth`` that ``predicted`` labels as ``into`` (NaN where ``bone`` is absent).
+
+    Args:
+        truth, predicted: label maps of the same shape (:mod:`boneage.anatomy` ids).
+        bone, into: canonical bone names (all of a bone's labels count: shaft and epiphysis).
+    """
+    from boneage import anatomy
+
+    mask = np.isin(truth, anatomy.bone_labels(bone))
+    if not mask.any():
+        return float("nan")
+    return float(np.isin(predicted[mask], anatomy.bone_labels(into)).mean())
+
+
+def capitate_part(n: int, seed: int) -> None:
+    """(l): the capitate against the third metacarpal, real training-split films of 7-19 y against synthetic hands of
+    the same ages and sexes, drawn and segmented (girls past 216 months drawn at 216, their sex's last standard)."""
+    from tqdm import tqdm
+
+    from boneage import datasets, models
+    from boneage.io import load_radiograph
+    from boneage.synth import MAX_BONE_AGE_MONTHS_BY_SEX, generate_hand
+
+    segmenter = models.load("segmenter")
+    dev = datasets.rsna_dev()
+    ages = dev["bone_age_months"]
+    pool = dev[(dev["split"] == "train") & ages.between(CAPITATE_BANDS[0][0], CAPITATE_BANDS[-1][1], inclusive="left")]
+    train = pool.sample(n=min(n, len(pool)), random_state=seed)
+    rows = []
+    for i, (path, age, sex) in enumerate(tqdm(list(zip(train["path"], train["bone_age_months"], train["sex"])),
+                                              desc="capitate", unit="film", mininterval=10)):
+        hand = generate_hand(seed, i, size=768, bone_age_months=min(float(age), MAX_BONE_AGE_MONTHS_BY_SEX[sex]), sex=sex)
+        predicted = segmenter.segment(hand.image)
+        drawn, segmented = capitate_geometry(hand.label_map), capitate_geometry(predicted)
+        mc3_ratio = segmented["MC3 length"] / drawn["MC3 length"] if drawn and segmented else float("nan")
+        rows.append((float(age), {"real": capitate_geometry(segmenter.segment(load_radiograph(path).pixels)),
+                                  "drawn": drawn, "segmented": segmented},
+                     label_share(hand.label_map, predicted, "capitate", "metacarpal_3"), mc3_ratio))
+    print(f"\nthe capitate and the third metacarpal, {len(train)} real training-split films (shipped segmenter) / as many "
+          "synthetic hands of the same bone ages and sexes (768 px), drawn and segmented; medians by bone-age band:")
+    print(f"  {'measurement':<48}" + "".join(f"{f'{lo}-{hi} mo':>14}" for lo, hi in CAPITATE_BANDS))
+
+    def line(name: str, values: list[tuple[float, float]]) -> None:
+        cells = []
+        for lo, hi in CAPITATE_BANDS:
+            band = [v for a, v in values if lo <= a < hi and np.isfinite(v)]
+            cells.append(f"{np.median(band):.2f}" if band else "-")
+        print(f"  {name:<48}" + "".join(f"{c:>14}" for c in cells))
+
+    for measure_name in ("capitate / MC3", "capitate length / width"):
+        for kind in ("real", "drawn", "segmented"):
+            label = {"real": "real films", "drawn": "synthetic, drawn", "segmented": "synthetic, segmented"}[kind]
+            line(f"{measure_name} ({label})",
+                 [(a, g[kind][measure_name]) for a, g, _, _ in rows if g[kind] is not None])
+    line("synthetic capitate labelled MC3 (share)", [(a, share) for a, _, share, _ in rows])
+    line("synthetic MC3 length, segmented / drawn", [(a, ratio) for a, _, _, ratio in rows])
+
+
 def set_renderer_constants(assignments: list[str]) -> dict[str, float]:
     """Apply ``NAME=VALUE`` assignments to numeric module constants of :mod:`boneage.synth`.
 
@@ -1069,6 +1160,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="bone ages (months) of (j)'s real films (default 108 204)")
     parser.add_argument("--n-joints", type=int, default=80,
                         help="real 2-19 y training-split films (and as many synthetic hands) for (k) (0: skip)")
+    parser.add_argument("--n-capitate", type=int, default=24,
+                        help="real 7-19 y training-split films (and as many synthetic hands) for (l) (0: skip)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change a numeric renderer constant of boneage.synth for this run (repeatable)")
     args = parser.parse_args(argv)
@@ -1106,7 +1199,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nreal vs synthetic classifier: ROC AUC {auc:.3f} (SD {sd:.3f} over 5 folds; "
               f"{args.n_classifier} real training-split films, as many synthetic hands; 0.5 = indistinguishable)")
         print("  each feature group alone: " + ", ".join(f"{name} {value:.3f}" for name, (value, _) in aucs.items()))
-    # Parts (c)-(k), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
+    # Parts (c)-(l), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
     parts = ((args.n_features, maturity_features), (args.n_look, partial(film_look, min_age=args.look_min_age)),
              (args.n_turn, turned_films),
              (args.n_embed, cnn_feature_space), (args.n_layout, wrist_layout),
@@ -1114,7 +1207,7 @@ def main(argv: list[str] | None = None) -> int:
              (args.n_physis, physes),
              (args.n_transplant, partial(crop_transplant_part, region=args.transplant_region,
                                          ages=tuple(args.transplant_ages))),
-             (args.n_joints, joint_spaces))
+             (args.n_joints, joint_spaces), (args.n_capitate, capitate_part))
     for offset, (n, part) in enumerate(parts, start=1):
         if n:
             part(n, args.seed + offset)

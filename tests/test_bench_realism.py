@@ -338,3 +338,44 @@ def test_sex_band_bias_splits_each_methods_error_by_sex_and_band():
     assert bias[last]["boys"] == [len(bench_realism.METHODS) - 1.0] * 3
     assert bias[last]["girls"] == [-10.0, -10.0, -10.0]
     assert bias[first]["girls"][:2] == [-10.0, -10.0] and np.isnan(bias[first]["girls"][2])
+
+
+def test_label_share_counts_a_bones_pixels_given_to_another():
+    from boneage import anatomy
+
+    truth = np.zeros((10, 10), np.uint8)
+    truth[2:6, 2:7] = anatomy.shaft_label("capitate")  # 20 pixels
+    predicted = truth.copy()
+    predicted[2:3, 2:7] = anatomy.shaft_label("metacarpal_3")  # 5 of them called the third metacarpal's shaft
+    predicted[3, 2] = anatomy.epiphysis_label("metacarpal_3")  # and 1 its epiphysis
+    assert bench_realism.label_share(truth, predicted, "capitate", "metacarpal_3") == pytest.approx(6 / 20)
+    assert bench_realism.label_share(truth, predicted, "capitate", "capitate") == pytest.approx(14 / 20)
+    assert np.isnan(bench_realism.label_share(truth, predicted, "hamate", "metacarpal_3"))
+
+
+def test_capitate_geometry_follows_the_drawn_capitate(monkeypatch):
+    # Issue #22, "Fused ends, boys' shapes and the capitate": a mature capitate drawn 0.85 x as long measures so.
+    def geometry() -> tuple[float, float]:
+        found = [bench_realism.capitate_geometry(synth.generate_hand(31, i, size=512, bone_age_months=200.0,
+                                                                   sex="M").label_map) for i in range(3)]
+        return (float(np.mean([g["capitate / MC3"] for g in found])),
+                float(np.mean([g["capitate length / width"] for g in found])))
+
+    ratio, aspect = geometry()
+    assert 0.3 < ratio < 0.6 and aspect > 1.2
+    monkeypatch.setattr(synth, "_CAPITATE_MATURE_LENGTH", 0.85)
+    short_ratio, short_aspect = geometry()
+    assert short_ratio == pytest.approx(0.85 * ratio, rel=0.04) and short_aspect < 0.92 * aspect
+    assert bench_realism.capitate_geometry(np.zeros((20, 20), np.uint8)) is None
+
+
+@pytest.mark.skipif(not (rsna_dev_dir() / "labels.csv").is_file(),
+                    reason="real rsna-dev films not available (../shared/data/rsna-dev absent)")
+def test_capitate_part_prints_each_measurement_by_band(capsys):
+    bench_realism.capitate_part(2, 5)
+    table = capsys.readouterr().out
+    for name in ("capitate / MC3 (real films)", "capitate length / width (synthetic, drawn)",
+                 "synthetic capitate labelled MC3 (share)", "synthetic MC3 length, segmented / drawn"):
+        assert name in table, name
+    shares = next(line for line in table.splitlines() if "labelled MC3" in line).split("(share)", 1)[1].split()
+    assert len(shares) == len(bench_realism.CAPITATE_BANDS) and any(c != "-" for c in shares), shares
