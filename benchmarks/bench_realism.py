@@ -1026,16 +1026,19 @@ def capitate_geometry(labels: np.ndarray) -> dict[str, float] | None:
 
     Returns:
         ``{"capitate / MC3": ..., "capitate length / width": ..., "MC3 length": ...}`` (pixels for the last; the axes of
-        :func:`boneage.measure.measure`), or ``None`` when either bone is missing.
+        :func:`boneage.measure.measure`; the capitate's NaN where it is missing, as when the segmenter gives it all to
+        the third metacarpal), or ``None`` when the third metacarpal is missing.
     """
     from boneage.measure import measure
 
     bones = measure(labels, None).bones
     capitate, mc3 = bones["capitate"], bones["metacarpal_3"]
-    if not (capitate.present and mc3.present and capitate.length_px and capitate.width_px and mc3.length_px):
+    if not (mc3.present and mc3.length_px):
         return None
-    return {"capitate / MC3": capitate.length_px / mc3.length_px,
-            "capitate length / width": capitate.length_px / capitate.width_px, "MC3 length": mc3.length_px}
+    found = capitate.present and capitate.length_px and capitate.width_px
+    return {"capitate / MC3": capitate.length_px / mc3.length_px if found else float("nan"),
+            "capitate length / width": capitate.length_px / capitate.width_px if found else float("nan"),
+            "MC3 length": mc3.length_px}
 
 
 def label_share(truth: np.ndarray, predicted: np.ndarray, bone: str, into: str) -> float:
@@ -1044,6 +1047,9 @@ def label_share(truth: np.ndarray, predicted: np.ndarray, bone: str, into: str) 
     Args:
         truth, predicted: label maps of the same shape (:mod:`boneage.anatomy` ids).
         bone, into: canonical bone names (all of a bone's labels count: shaft and epiphysis).
+
+    Returns:
+        The share, in [0, 1].
     """
     from boneage import anatomy
 
@@ -1055,7 +1061,12 @@ def label_share(truth: np.ndarray, predicted: np.ndarray, bone: str, into: str) 
 
 def capitate_part(n: int, seed: int) -> None:
     """(l): the capitate against the third metacarpal, real training-split films of 7-19 y against synthetic hands of
-    the same ages and sexes, drawn and segmented (girls past 216 months drawn at 216, their sex's last standard)."""
+    the same ages and sexes, drawn and segmented (girls past 216 months drawn at 216, their sex's last standard).
+
+    Args:
+        n: real films, drawn (with ``seed``) among the training split's of :data:`CAPITATE_BANDS`' bone ages.
+        seed: the draw's seed and the synthetic hands' seed.
+    """
     from tqdm import tqdm
 
     from boneage import datasets, models

@@ -409,11 +409,12 @@ _CARPAL_CLOCK_GIRLS = 1.16
 _CARPAL_CLOCK_BOYS = 1.0
 _FEMALE_AS_MALE_AGE_SCALE = 0.0
 #: Probe knobs (issue #22, fifteenth sitting; docs/synthetic.md, "Fused ends, boys' shapes and the capitate"), neutral:
-#: boys' shafts this many times as wide (real boys' digits and metacarpals measure 0.93-0.95 x girls' length / width at
-#: the same bone age, synthetic ones 1.0 x); the power of an epiphysis's maturity in its width growth, for the middle
-#: and distal phalanges and for every other bone (1.0 for the middle and distal phalanges matches real films' measured
-#: epiphysis / metaphysis widths by band and sex); and a mature capitate's length against the drawn one (0.85 matches
-#: real films' capitate / third metacarpal length, 0.38, and its length / width, 1.6).
+#: every tubular bone of a boy this many times as wide, forearm included, and with them his fingers' soft tissue (real
+#: boys' digits and metacarpals measure 0.93-0.95 x girls' length / width at the same bone age, synthetic ones 1.0 x);
+#: the power of an epiphysis's maturity in its width growth, for the middle and distal phalanges and for every other
+#: bone (1.0 for the middle and distal phalanges matches real films' measured epiphysis / metaphysis widths by band
+#: and sex); and a mature capitate's length against the drawn one (0.85 matches real films' capitate / third
+#: metacarpal length, 0.38, and its length / width, 1.6).
 _MALE_SHAFT_WIDTH = 1.0
 _EPIPHYSIS_WIDTH_POWER = 0.6
 _DIGIT_EPIPHYSIS_WIDTH_POWER = 0.6
@@ -634,13 +635,12 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         mid_w = {"middle_phalanx": _MIDDLE_PHALANX_MID_WIDTH,
                  "distal_phalanx": _DISTAL_PHALANX_MID_WIDTH}.get(kind, 1.0)
         t_k, w_k = _shaft_profile(kind, base_ratio / mid_w, head_ratio / mid_w)
-        if phi > 0:
-            # Fusing, the metaphysis flares out to meet the epiphysis's widening (_FUSED_METAPHYSIS_FLARE).
-            grow = 1 + (_FUSED_EPIPHYSIS_WIDTH - 1) * phi * _FUSED_METAPHYSIS_FLARE
-            w_k = w_k.copy()
+        # Fusing, the metaphysis flares out to meet the epiphysis's widening (_FUSED_METAPHYSIS_FLARE).
+        end_flare = 1 + (_FUSED_EPIPHYSIS_WIDTH - 1) * phi * _FUSED_METAPHYSIS_FLARE
+        if end_flare != 1:
             ends = (0, 1) if end == "proximal" else (-1, -2)
-            w_k[ends[0]] *= grow
-            w_k[ends[1]] *= 1 + (grow - 1) * 0.5
+            w_k[ends[0]] *= end_flare
+            w_k[ends[1]] *= 1 + (end_flare - 1) * 0.5
         hw_k = w_k * width * mid_w / 2
         meta_w = (base_ratio if end == "proximal" else head_ratio) * width
         shaft_len = a_len - zone
@@ -669,7 +669,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                         else _PHALANX_PHYSIS_GAP if kind.endswith("phalanx") else 1.0)
             reach = gap * (1 - max(narrower, 0.0))
             grow_to, start_at = _EPIPHYSIS_WIDTH.get(bone if kind == "forearm" else kind, _EPIPHYSIS_WIDTH_DEFAULT)
-            power = _DIGIT_EPIPHYSIS_WIDTH_POWER if kind in ("middle_phalanx", "distal_phalanx") else _EPIPHYSIS_WIDTH_POWER
+            power = (_DIGIT_EPIPHYSIS_WIDTH_POWER if kind in ("middle_phalanx", "distal_phalanx")
+                     else _EPIPHYSIS_WIDTH_POWER)
             e_width = meta_w * (start_at + (grow_to - start_at) * m**power)
             if kind.endswith("phalanx"):  # the flare's narrowing reaches the epiphysis by this share
                 e_width *= (1 / flare) ** (1 - _PHALANX_EPIPHYSIS_FOLLOWS_FLARE)
@@ -739,7 +740,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                 scar_len = max(1.0, 0.04 * width)
                 parts.append(
                     _Part(bone, 0, physis - d * scar_len / 2, d, scar_len,
-                          np.array([0.0, 1.0]), np.full(2, meta_w / 2 * 0.97), np.full(2, 0.3),
+                          np.array([0.0, 1.0]), np.full(2, meta_w / 2 * 0.97 * end_flare), np.full(2, 0.3),
                           0.0, 0.0, density * 0.4 * scar, labelled=False)
                 )
             if kind == "forearm" and m > 0.3:

@@ -367,6 +367,15 @@ def test_capitate_geometry_follows_the_drawn_capitate(monkeypatch):
     short_ratio, short_aspect = geometry()
     assert short_ratio == pytest.approx(0.85 * ratio, rel=0.04) and short_aspect < 0.92 * aspect
     assert bench_realism.capitate_geometry(np.zeros((20, 20), np.uint8)) is None
+    # A capitate given wholly to the third metacarpal: the metacarpal's length is still read, the capitate's is not.
+    from boneage import anatomy
+
+    hand = synth.generate_hand(31, 0, size=512, bone_age_months=200.0, sex="M")
+    merged = np.where(np.isin(hand.label_map, anatomy.bone_labels("capitate")), anatomy.shaft_label("metacarpal_3"),
+                      hand.label_map)
+    found = bench_realism.capitate_geometry(merged)
+    assert np.isnan(found["capitate / MC3"]) and np.isnan(found["capitate length / width"])
+    assert found["MC3 length"] > 1.2 * bench_realism.capitate_geometry(hand.label_map)["MC3 length"]
 
 
 @pytest.mark.skipif(not (rsna_dev_dir() / "labels.csv").is_file(),

@@ -812,11 +812,55 @@ def test_a_fused_end_flares_out_to_its_epiphysis_with_no_step(monkeypatch) -> No
         metaphysis, epiphysis = ends(216.0, bone)
         assert metaphysis == pytest.approx(epiphysis), bone
     open_ = ends(100.0, "proximal_phalanx_3")
+
+    def next_knot(flare: float) -> float:  # the knot beside the proximal phalanx's physis end: flared half as much
+        monkeypatch.setattr(synth, "_FUSED_METAPHYSIS_FLARE", flare)
+        part = next(p for p in synth._build_hand(np.random.default_rng(3), 216.0, "F").parts
+                    if p.label == anatomy.shaft_label("proximal_phalanx_3"))
+        return float(part.halfwidth_knots[1])
+
+    assert next_knot(1.0) == pytest.approx(next_knot(0.0) * (1 + (synth._FUSED_EPIPHYSIS_WIDTH - 1) / 2))
+    monkeypatch.undo()
     monkeypatch.setattr(synth, "_FUSED_METAPHYSIS_FLARE", 0.0)
     for bone in ("proximal_phalanx_3", "metacarpal_3", "radius"):
         metaphysis, epiphysis = ends(216.0, bone)
         assert epiphysis == pytest.approx(metaphysis * synth._FUSED_EPIPHYSIS_WIDTH), bone  # the overhanging plate
     assert ends(100.0, "proximal_phalanx_3") == open_
+
+
+def test_a_fusing_end_closes_its_step_in_proportion_to_fusion(monkeypatch) -> None:
+    # Midway through fusion the metaphysis has flared part of the way: the step between it and the epiphysis is
+    # smaller than with no flare, and gone once fused. A fused radius's scar line spans the flared end.
+    from boneage import synth
+
+    def hand(age: float):
+        return synth._build_hand(np.random.default_rng(3), age, "F")
+
+    def step(h, bone: str) -> float:
+        parts: dict = {}
+        for p in h.parts:
+            parts.setdefault((p.bone, p.label), p)
+        shaft, epiphysis = parts[(bone, anatomy.shaft_label(bone))], parts[(bone, anatomy.epiphysis_label(bone))]
+        return abs(float(epiphysis.halfwidth_knots[-1]) - float(shaft.halfwidth_knots[0]))
+
+    bone = "proximal_phalanx_3"
+    state = anatomy.structure(anatomy.epiphysis_label(bone)).name
+    age = next(a for a in np.arange(150.0, 190.0, 1.0) if hand(a).ossification[state] == "fusing")
+    flared = step(hand(age), bone)
+    monkeypatch.setattr(synth, "_FUSED_METAPHYSIS_FLARE", 0.0)
+    plate = step(hand(age), bone)
+    assert flared < 0.8 * plate, (age, flared, plate)
+    monkeypatch.undo()
+
+    scar, share = {}, {}
+    for flare in (1.0, 0.0):
+        monkeypatch.setattr(synth, "_FUSED_METAPHYSIS_FLARE", flare)
+        parts = {(p.bone, p.label, p.labelled): p for p in hand(216.0).parts}
+        shaft = parts[("radius", anatomy.shaft_label("radius"), True)]
+        scar[flare] = float(parts[("radius", 0, False)].halfwidth_knots[0])
+        share[flare] = scar[flare] / float(shaft.halfwidth_knots[-1])
+    assert share[1.0] == pytest.approx(0.97) and share[0.0] == pytest.approx(0.97)  # across the end, flared or not
+    assert scar[1.0] == pytest.approx(synth._FUSED_EPIPHYSIS_WIDTH * scar[0.0])
 
 
 def test_shape_probe_knobs_widen_boys_slow_epiphyseal_widening_and_shorten_the_capitate(monkeypatch) -> None:
@@ -850,9 +894,10 @@ def test_shape_probe_knobs_widen_boys_slow_epiphyseal_widening_and_shorten_the_c
     monkeypatch.undo()
 
     # A mature capitate shortened (its width kept); a newly appeared one hardly.
-    adult = parts(200.0, "M")
+    adult, infant = parts(200.0, "M"), parts(12.0, "M")
     monkeypatch.setattr(synth, "_CAPITATE_MATURE_LENGTH", 0.85)
-    short = parts(200.0, "M")[("capitate", anatomy.shaft_label("capitate"))]
-    capitate = adult[("capitate", anatomy.shaft_label("capitate"))]
+    key = ("capitate", anatomy.shaft_label("capitate"))
+    short, capitate = parts(200.0, "M")[key], adult[key]
     assert short.length == pytest.approx(0.85 * capitate.length)
     assert np.allclose(short.halfwidth_knots, capitate.halfwidth_knots)
+    assert 0.97 * infant[key].length < parts(12.0, "M")[key].length < infant[key].length
