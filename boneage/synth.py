@@ -279,7 +279,7 @@ _FUSED_METACARPAL_HEAD_FLATTENING = _FUSED_JOINT_FLATTENING
 #: every digit's fused end and a bright slab across the distal radius and ulna, where real adult films flare smoothly
 #: into a broad end; the end-to-end CNN read synthetic girls of 180-216 months as about 170 whatever their age. At 1
 #: the end is flush (the end's widest point stays where it was). On three exploratory seeds the CNN, the per-bone
-#: network and the combined estimate gained 0.2-0.4 months each and the multi-step method lost 0.5-0.9.
+#: network and the combined estimate gained 0.2-0.4 months each and the multi-step method lost 0.4-0.9.
 _FUSED_METAPHYSIS_FLARE = 1.0
 #: Adolescent cortical thickening (issue #22, eleventh sitting). The cortex's share of a shaft's half-width
 #: grows by this gain, ramped over bone ages ``_ADOLESCENT_CORTEX_START`` to ``_ADOLESCENT_CORTEX_END`` months.
