@@ -626,7 +626,7 @@ def carpal_layout(labels: np.ndarray) -> dict[str, float] | None:
 
 
 def paired_label_maps(n: int, seed: int, bands: tuple[tuple[int, int], ...],
-                      desc: str) -> Iterator[tuple[str, float, np.ndarray]]:
+                      desc: str, drawn: bool = False) -> Iterator[tuple[str, float, np.ndarray]]:
     """The shipped segmenter's label maps of real films and of synthetic hands like them.
 
     Args:
@@ -635,10 +635,11 @@ def paired_label_maps(n: int, seed: int, bands: tuple[tuple[int, int], ...],
         seed: the draw's seed and the synthetic hands' seed.
         bands: bone-age bands (months), in order.
         desc: the progress bar's label.
+        drawn: also yield each synthetic hand's own label map (the truth), after its segmented one.
 
     Yields:
         ``("real" or "synthetic", bone age in months, label map)``: each real film, then a synthetic hand of
-        its bone age and sex (768 px).
+        its bone age and sex (768 px); with ``drawn``, then ``("drawn", age, the hand's label map)``.
     """
     from tqdm import tqdm
 
@@ -653,9 +654,11 @@ def paired_label_maps(n: int, seed: int, bands: tuple[tuple[int, int], ...],
     train = pool.sample(n=min(n, len(pool)), random_state=seed)
     for i, (path, age, sex) in enumerate(tqdm(list(zip(train["path"], train["bone_age_months"], train["sex"])),
                                               desc=desc, unit="film", mininterval=10)):
-        for kind, pixels in (("real", load_radiograph(path).pixels),
-                             ("synthetic", generate_hand(seed, i, size=768, bone_age_months=float(age), sex=sex).image)):
+        hand = generate_hand(seed, i, size=768, bone_age_months=float(age), sex=sex)
+        for kind, pixels in (("real", load_radiograph(path).pixels), ("synthetic", hand.image)):
             yield kind, float(age), segmenter.segment(pixels)
+        if drawn:
+            yield "drawn", float(age), hand.label_map
 
 
 def wrist_layout(n: int, seed: int) -> None:
@@ -1061,34 +1064,23 @@ def label_share(truth: np.ndarray, predicted: np.ndarray, bone: str, into: str) 
 
 def capitate_part(n: int, seed: int) -> None:
     """(l): the capitate against the third metacarpal, real training-split films of 7-19 y against synthetic hands of
-    the same ages and sexes, drawn and segmented (girls past 216 months drawn at 216, their sex's last standard).
+    the same ages and sexes, drawn and segmented (:func:`paired_label_maps`).
 
     Args:
         n: real films, drawn (with ``seed``) among the training split's of :data:`CAPITATE_BANDS`' bone ages.
         seed: the draw's seed and the synthetic hands' seed.
     """
-    from tqdm import tqdm
-
-    from boneage import datasets, models
-    from boneage.io import load_radiograph
-    from boneage.synth import MAX_BONE_AGE_MONTHS_BY_SEX, generate_hand
-
-    segmenter = models.load("segmenter")
-    dev = datasets.rsna_dev()
-    ages = dev["bone_age_months"]
-    pool = dev[(dev["split"] == "train") & ages.between(CAPITATE_BANDS[0][0], CAPITATE_BANDS[-1][1], inclusive="left")]
-    train = pool.sample(n=min(n, len(pool)), random_state=seed)
-    rows = []
-    for i, (path, age, sex) in enumerate(tqdm(list(zip(train["path"], train["bone_age_months"], train["sex"])),
-                                              desc="capitate", unit="film", mininterval=10)):
-        hand = generate_hand(seed, i, size=768, bone_age_months=min(float(age), MAX_BONE_AGE_MONTHS_BY_SEX[sex]), sex=sex)
-        predicted = segmenter.segment(hand.image)
-        drawn, segmented = capitate_geometry(hand.label_map), capitate_geometry(predicted)
-        mc3_ratio = segmented["MC3 length"] / drawn["MC3 length"] if drawn and segmented else float("nan")
-        rows.append((float(age), {"real": capitate_geometry(segmenter.segment(load_radiograph(path).pixels)),
-                                  "drawn": drawn, "segmented": segmented},
-                     label_share(hand.label_map, predicted, "capitate", "metacarpal_3"), mc3_ratio))
-    print(f"\nthe capitate and the third metacarpal, {len(train)} real training-split films (shipped segmenter) / as many "
+    rows, film = [], {}
+    for kind, age, labels in paired_label_maps(n, seed, CAPITATE_BANDS, "capitate", drawn=True):
+        film[kind] = labels
+        if kind != "drawn":
+            continue
+        geometry = {k: capitate_geometry(film[k]) for k in ("real", "drawn", "synthetic")}
+        drawn_map, segmented = geometry["drawn"], geometry["synthetic"]
+        mc3_ratio = segmented["MC3 length"] / drawn_map["MC3 length"] if drawn_map and segmented else float("nan")
+        rows.append((age, geometry, label_share(film["drawn"], film["synthetic"], "capitate", "metacarpal_3"),
+                     mc3_ratio))
+    print(f"\nthe capitate and the third metacarpal, {len(rows)} real training-split films (shipped segmenter) / as many "
           "synthetic hands of the same bone ages and sexes (768 px), drawn and segmented; medians by bone-age band:")
     print(f"  {'measurement':<48}" + "".join(f"{f'{lo}-{hi} mo':>14}" for lo, hi in CAPITATE_BANDS))
 
@@ -1099,9 +1091,9 @@ def capitate_part(n: int, seed: int) -> None:
             cells.append(f"{np.median(band):.2f}" if band else "-")
         print(f"  {name:<48}" + "".join(f"{c:>14}" for c in cells))
 
+    sources = {"real": "real films", "drawn": "synthetic, drawn", "synthetic": "synthetic, segmented"}
     for measure_name in ("capitate / MC3", "capitate length / width"):
-        for kind in ("real", "drawn", "segmented"):
-            label = {"real": "real films", "drawn": "synthetic, drawn", "segmented": "synthetic, segmented"}[kind]
+        for kind, label in sources.items():
             line(f"{measure_name} ({label})",
                  [(a, g[kind][measure_name]) for a, g, _, _ in rows if g[kind] is not None])
     line("synthetic capitate labelled MC3 (share)", [(a, share) for a, _, share, _ in rows])
