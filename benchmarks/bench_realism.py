@@ -14,8 +14,10 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
 (a) **The shipped models on fresh synthetic hands**: ``--n`` hands of a seed no model or choice
     used (default 20261210), at each of ``--sizes`` px, estimated with their sex through the whole
     pipeline (``BoneAgeEstimator.estimate``); each method's MAE, overall and by bone-age band, and how
-    often it gave an age. Also each built-in example case (``data/examples``): its truth, every
-    method's reading and the spread between the methods.
+    often it gave an age. The hands' bone ages are uniform to each sex's maximum, where real films crowd
+    at 8-15 y: a last column ("real mix") weights each hand so that sexes and 12-month bands count as
+    among the real training-split films (:func:`real_mix_weights`). Also each built-in example case
+    (``data/examples``): its truth, every method's reading and the spread between the methods.
 (b) **Real vs synthetic classifier**: ``--n-classifier`` real development films (``rsna-dev``
     *training* split only, never the validation split) and as many synthetic hands (512 px), each
     prepared as the CNN sees it (crop, squash, window, 256 px) and described by intensity and
@@ -151,10 +153,57 @@ def sex_band_bias(readings: dict[str, np.ndarray]) -> dict[str, dict[str, list[f
     return out
 
 
-def print_readings(size: int, readings: dict[str, np.ndarray]) -> None:
+#: Bone-age bins (months) in which :func:`real_mix_weights` matches the real films' mix of ages.
+REAL_MIX_BIN_MONTHS = 12.0
+
+
+def real_mix_weights(truth: np.ndarray, female: np.ndarray, real_ages: np.ndarray, real_female: np.ndarray,
+                     bin_months: float = REAL_MIX_BIN_MONTHS) -> np.ndarray:
+    """Importance weights that give fresh synthetic hands the real films' mix of bone ages and sexes.
+
+    Synthetic hands are drawn half boys, half girls, with bone ages uniform from 0 to each sex's maximum
+    (:data:`boneage.synth.MAX_BONE_AGE_MONTHS_BY_SEX`); real films crowd at 8-15 y. A hand's weight is the
+    real films' share of its sex and ``bin_months`` band over the synthetic draw's share of it, so a
+    weighted mean error is the one a reader would meet on films of the real mix (where the shipped
+    models, trained on few real films past 16 y, read every fused hand alike).
+
+    Args:
+        truth: the synthetic hands' bone ages (months).
+        female: True for girls.
+        real_ages: the real films' bone ages (months).
+        real_female: True for the real girls.
+        bin_months: band width.
+
+    Returns:
+        ``(len(truth),)`` weights with mean 1 (0 for a hand whose band holds no real film of its sex).
+
+    Raises:
+        ValueError: no real film shares a band and sex with any hand.
+    """
+    from boneage.synth import MAX_BONE_AGE_MONTHS_BY_SEX
+
+    truth, female = np.asarray(truth, np.float64), np.asarray(female, bool)
+    real_ages, real_female = np.asarray(real_ages, np.float64), np.asarray(real_female, bool)
+    weights = np.zeros(len(truth))
+    for sex, of_sex, real_of_sex in (("F", female, real_female), ("M", ~female, ~real_female)):
+        top = MAX_BONE_AGE_MONTHS_BY_SEX[sex]
+        band = np.floor(np.clip(truth[of_sex], 0, top - 1e-9) / bin_months)
+        real_band = np.floor(np.clip(real_ages[real_of_sex], 0, top - 1e-9) / bin_months)
+        real_share = np.array([np.sum(real_band == b) for b in band]) / len(real_ages)
+        # The synthetic draw: each sex half the hands, its ages uniform on [0, top); the last band may be short.
+        band_width = np.minimum((band + 1) * bin_months, top) - band * bin_months
+        weights[of_sex] = real_share / (0.5 * band_width / top)
+    if not weights.any():
+        raise ValueError("no real film shares a bone-age band and sex with any synthetic hand")
+    return weights / weights.mean()
+
+
+def print_readings(size: int, readings: dict[str, np.ndarray], weights: np.ndarray | None = None) -> None:
+    """Part (a)'s table; with ``weights`` (:func:`real_mix_weights`) also each method's MAE at the real films' mix."""
     truth = readings["truth"]
     print(f"\nshipped models on {len(truth)} fresh synthetic hands at {size} px (MAE in months; bias in brackets):")
-    print(f"  {'method':<10} {'read':>5} {'MAE':>6}   " + "   ".join(f"{name:>12}" for name, _ in BANDS))
+    print(f"  {'method':<10} {'read':>5} {'MAE':>6}   " + "   ".join(f"{name:>12}" for name, _ in BANDS)
+          + (f"   {'real mix':>12}" if weights is not None else ""))
     for m in METHODS:
         ok = np.isfinite(readings[m])
         err = readings[m][ok] - truth[ok]
@@ -163,7 +212,14 @@ def print_readings(size: int, readings: dict[str, np.ndarray]) -> None:
             band = in_band(truth[ok])
             cells.append(f"{np.abs(err[band]).mean():5.1f} ({err[band].mean():+5.1f})" if band.any() else f"{'-':>12}")
         mae = f"{np.abs(err).mean():6.1f}" if ok.any() else f"{'-':>6}"
+        if weights is not None:
+            w = weights[ok]
+            cells.append(f"{np.sum(w * np.abs(err)) / w.sum():12.1f}" if w.sum() > 0 else f"{'-':>12}")
         print(f"  {m:<10} {ok.mean():>5.0%} {mae}   " + "   ".join(cells))
+    if weights is not None:
+        print(f"  (real mix: MAE with each hand weighted so that sexes and {REAL_MIX_BIN_MONTHS:.0f}-month bone-age bands "
+              f"count as among the real training-split films; {np.sum(weights) ** 2 / np.sum(weights ** 2):.0f} "
+              "hands' worth of evidence)")
     if "female" in readings:
         n_girls = int(readings["female"].sum())
         print(f"  bias by sex, boys / girls ({len(truth) - n_girls} / {n_girls} hands): "
@@ -1193,8 +1249,17 @@ def main(argv: list[str] | None = None) -> int:
     runtime.set_threads(1)
     start = time.perf_counter()
     estimator = BoneAgeEstimator.load()
+    train = None
+    if args.n > 0:
+        from boneage import datasets
+
+        dev = datasets.rsna_dev()
+        train = dev[dev["split"] == "train"]  # the real mix of ages and sexes: training-split labels only
     for size in args.sizes if args.n > 0 else []:
-        print_readings(size, synthetic_readings(estimator, args.seed, args.n, size))
+        readings = synthetic_readings(estimator, args.seed, args.n, size)
+        weights = real_mix_weights(readings["truth"], readings["female"], train["bone_age_months"].to_numpy(),
+                                   (train["sex"] == "F").to_numpy())
+        print_readings(size, readings, weights)
     print_examples(estimator)
     if not args.skip_classifier:
         aucs = classifier_auc(args.n_classifier, args.seed)

@@ -340,6 +340,44 @@ def test_sex_band_bias_splits_each_methods_error_by_sex_and_band():
     assert bias[first]["girls"][:2] == [-10.0, -10.0] and np.isnan(bias[first]["girls"][2])
 
 
+@pytest.mark.parametrize("bin_months", [12.0, 24.0])  # 24: the boys' last band (216-228) is half a band wide
+def test_real_mix_weights_are_one_when_the_real_films_share_the_synthetic_draw(bin_months):
+    # Real films drawn as the synthetic hands are (half girls, ages uniform to each sex's maximum): no reweighting.
+    real_ages = np.r_[(np.arange(3420) + 0.5) * 216 / 3420, (np.arange(3420) + 0.5) * 228 / 3420]
+    real_female = np.r_[np.ones(3420, bool), np.zeros(3420, bool)]
+    truth = np.array([5.0, 100.0, 210.0, 5.0, 100.0, 225.0])  # 225: boys' last band (216-228) is theirs alone
+    female = np.array([True, True, True, False, False, False])
+    weights = bench_realism.real_mix_weights(truth, female, real_ages, real_female, bin_months)
+    np.testing.assert_allclose(weights, 1.0, atol=1e-9)
+
+
+def test_real_mix_weights_give_the_mae_of_the_real_films_mix():
+    truth = np.array([30.0, 101.0, 105.0, 101.0, 200.0])
+    female = np.array([True, True, True, False, True])
+    errors = np.array([50.0, 4.0, 6.0, 50.0, 50.0])
+    # every real film a girl of 96-108 months: only the two girls in that band count, alike
+    weights = bench_realism.real_mix_weights(truth, female, np.array([98.0, 100.0, 107.0]), np.ones(3, bool))
+    assert np.sum(weights * errors) / np.sum(weights) == pytest.approx(5.0)
+    assert weights.mean() == pytest.approx(1.0) and weights[3] == 0.0
+    # a real mix of boys only gives no girl any weight
+    boys = bench_realism.real_mix_weights(truth, female, np.array([100.0]), np.zeros(1, bool))
+    assert boys.tolist() == [0.0, 0.0, 0.0, 5.0, 0.0]
+    with pytest.raises(ValueError, match="no real film"):
+        bench_realism.real_mix_weights(truth, female, np.array([150.0]), np.ones(1, bool))
+
+
+def test_print_readings_adds_each_methods_mae_at_the_real_mix(capsys):
+    truth = np.array([30.0, 100.0, 180.0, 200.0])
+    readings = {"truth": truth, "female": np.array([True, False, True, False])}
+    for m in bench_realism.METHODS:
+        readings[m] = truth + np.array([2.0, -4.0, 30.0, 30.0])
+    bench_realism.print_readings(512, readings, np.array([1.0, 3.0, 0.0, 0.0]))
+    out = capsys.readouterr().out
+    assert "real mix" in out and "2 hands' worth" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] == [bench_realism.METHODS[0]]]
+    assert rows[0][2] == "16.5" and rows[0][-1] == "3.5"  # plain MAE, then (1 x 2 + 3 x 4) / 4
+
+
 def test_label_share_counts_a_bones_pixels_given_to_another():
     from boneage import anatomy
 
