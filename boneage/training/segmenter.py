@@ -861,6 +861,65 @@ def evaluate_synthetic(segmenter: Segmenter, n: int = 40, seed: int = EVAL_SEED,
     }
 
 
+def read_keypoints(keypoints_csv: str | Path) -> dict[int, dict[str, tuple[float, float]]]:
+    """The visible hand keypoints of rsna-dev ``hand_keypoints.csv``, by image.
+
+    Args:
+        keypoints_csv: the file (``id, keypoint, x, y, visible``).
+
+    Returns:
+        ``{image id: {keypoint name: (x, y)}}`` in image pixels, skipping blank ids and points not visible.
+    """
+    import pandas as pd
+
+    df = pd.read_csv(keypoints_csv)
+    return {int(image_id): {r.keypoint: (float(r.x), float(r.y)) for r in rows.itertuples() if int(r.visible) > 0}
+            for image_id, rows in df.groupby("id") if int(image_id) not in BLANK_KEYPOINT_IDS}
+
+
+#: Where :func:`metacarpal_head_owners` probes a finger's metacarpal head: this share of the wrist to third
+#: metacarpophalangeal joint distance proximal of the finger's joint keypoint (about 5 mm on a 12-year-old's
+#: hand, inside the head from the epiphysis's appearance on).
+METACARPAL_HEAD_PROBE = 0.06
+
+
+def metacarpal_head_owners(label_map: np.ndarray, keypoints: dict[str, tuple[float, float]],
+                           probe: float = METACARPAL_HEAD_PROBE) -> dict[int, str | None]:
+    """Which bone a label map gives each finger's metacarpal head, located by the film's hand keypoints.
+
+    The head lies just proximal of the metacarpophalangeal joint: the point ``probe`` x the wrist to third
+    joint distance back from the finger's joint keypoint, along its proximal phalanx's line (joint to
+    proximal interphalangeal keypoint) extended, should be labelled with the finger's metacarpal.
+
+    Args:
+        label_map: bone labels (``boneage.anatomy`` ids) on the film's pixel grid.
+        keypoints: the film's keypoints (:func:`read_keypoints`).
+        probe: how far back, as a share of the wrist to third joint distance.
+
+    Returns:
+        ``{digit: bone name at the probe (None: background or off the film)}`` for the fingers 2-5 whose
+        joint keypoints are given (with the wrist's and the third finger's joint).
+    """
+    from boneage.anatomy import label_to_bone_lut
+
+    lut = label_to_bone_lut()
+    wrist, mcp3 = keypoints.get("wrist"), keypoints.get(f"{KEYPOINT_FINGERS[3]}1")
+    if wrist is None or mcp3 is None:
+        return {}
+    reach = probe * float(np.hypot(mcp3[0] - wrist[0], mcp3[1] - wrist[1]))
+    owners: dict[int, str | None] = {}
+    for d, finger in KEYPOINT_FINGERS.items():
+        mcp, pip = keypoints.get(f"{finger}1"), keypoints.get(f"{finger}2")
+        if mcp is None or pip is None:
+            continue
+        along = np.subtract(pip, mcp)
+        x, y = np.asarray(mcp) - along / max(float(np.hypot(*along)), 1e-6) * reach
+        row, col = int(round(y)), int(round(x))
+        inside = 0 <= row < label_map.shape[0] and 0 <= col < label_map.shape[1]
+        owners[d] = lut[int(label_map[row, col])] if inside else None
+    return owners
+
+
 def keypoint_lengths(keypoints_csv: str | Path) -> dict[int, dict[str, float]]:
     """Joint-to-joint phalanx lengths (px) from rsna-dev ``hand_keypoints.csv``.
 
@@ -871,14 +930,8 @@ def keypoint_lengths(keypoints_csv: str | Path) -> dict[int, dict[str, float]]:
         ``{image id: {bone: length_px}}`` for proximal and middle phalanges of fingers 2-5,
         skipping blank ids and points not visible.
     """
-    import pandas as pd
-
-    df = pd.read_csv(keypoints_csv)
     out: dict[int, dict[str, float]] = {}
-    for image_id, rows in df.groupby("id"):
-        if int(image_id) in BLANK_KEYPOINT_IDS:
-            continue
-        pts = {r.keypoint: (float(r.x), float(r.y)) for r in rows.itertuples() if int(r.visible) > 0}
+    for image_id, pts in read_keypoints(keypoints_csv).items():
         lengths: dict[str, float] = {}
         for d, finger in KEYPOINT_FINGERS.items():
             mcp, pip, dip = (pts.get(f"{finger}{k}") for k in (1, 2, 3))
@@ -901,7 +954,9 @@ def evaluate_keypoints(segmenter: Segmenter, folder: str | Path | None = None) -
 
     Returns:
         Metrics dict (median / p90 relative error, share measured, per-bone medians, s/image for
-        read + segment + measure).
+        read + segment + measure) and, by finger, the share of films whose metacarpal head the
+        segmenter gives to the proximal phalanx (``metacarpal_head_as_phalanx_by_finger``) and to the
+        metacarpal (``metacarpal_head_as_metacarpal_by_finger``; :func:`metacarpal_head_owners`).
 
     Raises:
         FileNotFoundError: when the keypoint file is absent.
@@ -912,6 +967,8 @@ def evaluate_keypoints(segmenter: Segmenter, folder: str | Path | None = None) -
 
     folder = Path(folder) if folder else rsna_dev_dir()
     truth = keypoint_lengths(folder / "hand_keypoints.csv")
+    points = read_keypoints(folder / "hand_keypoints.csv")
+    head_owner: dict[int, list[str | None]] = {}
     rel: list[float] = []
     signed: list[float] = []
     by_bone: dict[str, list[float]] = {}
@@ -932,6 +989,8 @@ def evaluate_keypoints(segmenter: Segmenter, folder: str | Path | None = None) -
         result = segmenter.segment_with_info(radiograph)
         m = measure(result.label_map)
         seconds.append(time.perf_counter() - start)
+        for d, owner in metacarpal_head_owners(result.label_map, points[image_id]).items():
+            head_owner.setdefault(d, []).append(owner)
         mirrored += bool(result.mirrored)
         for bone, ref in lengths.items():
             expected += 1
@@ -951,6 +1010,10 @@ def evaluate_keypoints(segmenter: Segmenter, folder: str | Path | None = None) -
         "rel_error_median_by_bone": {b: float(np.median(v)) for b, v in sorted(by_bone.items())},
         "rel_error_median_by_split": {k: float(np.median(v)) for k, v in sorted(rel_by_split.items())},
         "images_reported_mirrored": mirrored,
+        "metacarpal_head_as_phalanx_by_finger": {d: float(np.mean([o == f"proximal_phalanx_{d}" for o in v]))
+                                                 for d, v in sorted(head_owner.items())},
+        "metacarpal_head_as_metacarpal_by_finger": {d: float(np.mean([o == f"metacarpal_{d}" for o in v]))
+                                                    for d, v in sorted(head_owner.items())},
         "seconds_per_image_read_segment_measure": float(np.median(seconds)) if seconds else float("nan"),
     }
 
