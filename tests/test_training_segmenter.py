@@ -207,6 +207,13 @@ def test_keypoint_lengths_parse(tmp_path: Path) -> None:
     assert lengths == {1: {"proximal_phalanx_2": 30.0, "middle_phalanx_2": 20.0}}
 
 
+def test_model_card_reports_whom_the_metacarpal_heads_went_to() -> None:
+    real = {"rel_error_median_by_bone": {}, "metacarpal_head_as_phalanx_by_finger": {2: 0.34, 3: 0.0, 4: 0.49}}
+    card = segmenter.model_card({"synthetic": {}, "real_keypoints": real})
+    assert "share of films by finger: 2 34%, 3 0%, 4 49%." in card
+    assert "Metacarpal heads" not in segmenter.model_card({"synthetic": {}, "real_keypoints": {"n_images": 1}})
+
+
 def test_read_keypoints_keeps_visible_points_of_annotated_films(tmp_path: Path) -> None:
     csv = tmp_path / "kp.csv"
     csv.write_text("id,keypoint,x,y,visible\n1,wrist,5,90,2\n1,thumb1,7,8,0\n1707,wrist,0,0,0\n")

@@ -1202,6 +1202,11 @@ def model_card(metrics: dict[str, Any]) -> str:
             f"{k} {v:.1%}" for k, v in real.get("rel_error_median_by_split", {}).items())
             + f"; signed median error {real.get('signed_rel_error_median', float('nan')):+.1%} (joint-to-joint "
             "distances include half of each joint space, so bone lengths are expected slightly shorter)."]
+        heads = real.get("metacarpal_head_as_phalanx_by_finger")
+        if heads:
+            lines += ["", "Metacarpal heads given to the proximal phalanx (the label just proximal of each keypointed "
+                      "metacarpophalangeal joint, `metacarpal_head_owners`), share of films by finger: "
+                      + ", ".join(f"{d} {v:.0%}" for d, v in heads.items()) + "."]
     lines += ["", "## Limitations", ""] + [f"* {x}" for x in metrics.get("limitations", [])]
     return "\n".join(lines) + "\n"
 
