@@ -198,6 +198,20 @@ def real_mix_weights(truth: np.ndarray, female: np.ndarray, real_ages: np.ndarra
     return weights / weights.mean()
 
 
+def real_mix_reference() -> tuple[np.ndarray, np.ndarray] | None:
+    """The real training-split films' bone ages and girls (for :func:`real_mix_weights`), or ``None`` (said why)
+    when the rsna-dev labels are not on this machine: part (a) then prints no "real mix" column."""
+    from boneage import datasets
+
+    try:
+        dev = datasets.rsna_dev()
+    except datasets.DataUnavailableError as exc:
+        print(f"part (a) without its real-mix column: {exc}")
+        return None
+    train = dev[dev["split"] == "train"]  # training-split labels only
+    return train["bone_age_months"].to_numpy(float), (train["sex"] == "F").to_numpy()
+
+
 def print_readings(size: int, readings: dict[str, np.ndarray], weights: np.ndarray | None = None) -> None:
     """Part (a)'s table; with ``weights`` (:func:`real_mix_weights`) also each method's MAE at the real films' mix."""
     truth = readings["truth"]
@@ -1249,16 +1263,10 @@ def main(argv: list[str] | None = None) -> int:
     runtime.set_threads(1)
     start = time.perf_counter()
     estimator = BoneAgeEstimator.load()
-    train = None
-    if args.n > 0:
-        from boneage import datasets
-
-        dev = datasets.rsna_dev()
-        train = dev[dev["split"] == "train"]  # the real mix of ages and sexes: training-split labels only
+    reference = real_mix_reference() if args.n > 0 else None
     for size in args.sizes if args.n > 0 else []:
         readings = synthetic_readings(estimator, args.seed, args.n, size)
-        weights = real_mix_weights(readings["truth"], readings["female"], train["bone_age_months"].to_numpy(),
-                                   (train["sex"] == "F").to_numpy())
+        weights = real_mix_weights(readings["truth"], readings["female"], *reference) if reference else None
         print_readings(size, readings, weights)
     print_examples(estimator)
     if not args.skip_classifier:

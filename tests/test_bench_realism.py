@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -364,6 +365,23 @@ def test_real_mix_weights_give_the_mae_of_the_real_films_mix():
     assert boys.tolist() == [0.0, 0.0, 0.0, 5.0, 0.0]
     with pytest.raises(ValueError, match="no real film"):
         bench_realism.real_mix_weights(truth, female, np.array([150.0]), np.ones(1, bool))
+
+
+def test_real_mix_reference_reads_the_training_split_or_says_why_not(monkeypatch, capsys, tmp_path):
+    from boneage import datasets
+
+    table = pd.DataFrame({"bone_age_months": [100.0, 50.0, 150.0], "sex": ["F", "M", "F"],
+                                   "split": ["train", "train", "val"]})
+    monkeypatch.setattr(datasets, "rsna_dev", lambda: table)
+    ages, female = bench_realism.real_mix_reference()
+    assert ages.tolist() == [100.0, 50.0] and female.tolist() == [True, False]  # never the validation split
+
+    def absent():
+        raise datasets.DataUnavailableError(f"{tmp_path / 'labels.csv'} not found")
+
+    monkeypatch.setattr(datasets, "rsna_dev", absent)
+    assert bench_realism.real_mix_reference() is None
+    assert "without its real-mix column" in capsys.readouterr().out
 
 
 def test_print_readings_adds_each_methods_mae_at_the_real_mix(capsys):
