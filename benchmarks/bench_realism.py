@@ -15,7 +15,7 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     used (default 20261210), at each of ``--sizes`` px, estimated with their sex through the whole
     pipeline (``BoneAgeEstimator.estimate``); each method's MAE, overall and by bone-age band, and how
     often it gave an age. The hands' bone ages are uniform to each sex's maximum, where real films crowd
-    at 8-15 y: a last column ("real mix") weights each hand so that sexes and 12-month bands count as
+    at 8-15 y: a last column ("real mix") weights each hand so that sexes and 24-month bands count as
     among the real training-split films (:func:`real_mix_weights`). Also each built-in example case
     (``data/examples``): its truth, every method's reading and the spread between the methods.
 (b) **Real vs synthetic classifier**: ``--n-classifier`` real development films (``rsna-dev``
@@ -153,19 +153,21 @@ def sex_band_bias(readings: dict[str, np.ndarray]) -> dict[str, dict[str, list[f
     return out
 
 
-#: Bone-age bins (months) in which :func:`real_mix_weights` matches the real films' mix of ages.
-REAL_MIX_BIN_MONTHS = 12.0
+#: Bone-age bands (months) in which :func:`real_mix_weights` matches the real films' mix: 24 leaves about 19 groups of
+#: sex and band, so that part (a)'s 40 hands reach most of them (with 12, 37 groups held only 56% of the real films).
+REAL_MIX_BIN_MONTHS = 24.0
 
 
 def real_mix_weights(truth: np.ndarray, female: np.ndarray, real_ages: np.ndarray, real_female: np.ndarray,
-                     bin_months: float = REAL_MIX_BIN_MONTHS) -> np.ndarray:
-    """Importance weights that give fresh synthetic hands the real films' mix of bone ages and sexes.
+                     bin_months: float = REAL_MIX_BIN_MONTHS) -> tuple[np.ndarray, float]:
+    """Weights that give fresh synthetic hands the real films' mix of sexes and bone ages (post-stratification).
 
-    Synthetic hands are drawn half boys, half girls, with bone ages uniform from 0 to each sex's maximum
-    (:data:`boneage.synth.MAX_BONE_AGE_MONTHS_BY_SEX`); real films crowd at 8-15 y. A hand's weight is the
-    real films' share of its sex and ``bin_months`` band over the synthetic draw's share of it, so a
-    weighted mean error is the one a reader would meet on films of the real mix (where the shipped
-    models, trained on few real films past 16 y, read every fused hand alike).
+    Synthetic hands are drawn half boys, half girls, with bone ages uniform up to each sex's maximum
+    (:data:`boneage.synth.MAX_BONE_AGE_MONTHS_BY_SEX`); real films crowd at 8-15 y. Hands and films are grouped by
+    sex and ``bin_months`` band (a real film past its sex's maximum joins the last band); each group of hands then
+    weighs as much as its share of the real films, split evenly among its hands. A weighted mean error is the one a
+    reader would meet on real films of the groups the hands reach; the real films of groups no hand reached are left
+    out, and the share they leave is returned with the weights.
 
     Args:
         truth: the synthetic hands' bone ages (months).
@@ -175,27 +177,23 @@ def real_mix_weights(truth: np.ndarray, female: np.ndarray, real_ages: np.ndarra
         bin_months: band width.
 
     Returns:
-        ``(len(truth),)`` weights with mean 1 (0 for a hand whose band holds no real film of its sex).
-
-    Raises:
-        ValueError: no real film shares a band and sex with any hand.
+        ``(weights, covered)``: ``(len(truth),)`` weights with mean 1 (all 0 when no hand shares a group with a real
+        film), and the share of the real films in groups that hold at least one hand.
     """
     from boneage.synth import MAX_BONE_AGE_MONTHS_BY_SEX
 
-    truth, female = np.asarray(truth, np.float64), np.asarray(female, bool)
-    real_ages, real_female = np.asarray(real_ages, np.float64), np.asarray(real_female, bool)
-    weights = np.zeros(len(truth))
-    for sex, of_sex, real_of_sex in (("F", female, real_female), ("M", ~female, ~real_female)):
-        top = MAX_BONE_AGE_MONTHS_BY_SEX[sex]
-        band = np.floor(np.clip(truth[of_sex], 0, top - 1e-9) / bin_months)
-        real_band = np.floor(np.clip(real_ages[real_of_sex], 0, top - 1e-9) / bin_months)
-        real_share = np.array([np.sum(real_band == b) for b in band]) / len(real_ages)
-        # The synthetic draw: each sex half the hands, its ages uniform on [0, top); the last band may be short.
-        band_width = np.minimum((band + 1) * bin_months, top) - band * bin_months
-        weights[of_sex] = real_share / (0.5 * band_width / top)
-    if not weights.any():
-        raise ValueError("no real film shares a bone-age band and sex with any synthetic hand")
-    return weights / weights.mean()
+    def groups(ages: np.ndarray, girls: np.ndarray) -> np.ndarray:
+        top = np.where(girls, MAX_BONE_AGE_MONTHS_BY_SEX["F"], MAX_BONE_AGE_MONTHS_BY_SEX["M"])
+        band = np.floor(np.clip(ages, 0, top - 1e-9) / bin_months).astype(int)
+        return band * 2 + girls.astype(int)
+
+    hand_group = groups(np.asarray(truth, np.float64), np.asarray(female, bool))
+    real_group = groups(np.asarray(real_ages, np.float64), np.asarray(real_female, bool))
+    hands_in = {g: np.sum(hand_group == g) for g in np.unique(hand_group)}
+    films_in = {g: np.sum(real_group == g) for g in np.unique(real_group)}
+    weights = np.array([films_in.get(g, 0) / hands_in[g] for g in hand_group], dtype=np.float64)
+    covered = sum(films_in.get(g, 0) for g in hands_in) / max(len(real_group), 1)
+    return (weights / weights.mean() if weights.any() else weights), float(covered)
 
 
 def real_mix_reference() -> tuple[np.ndarray, np.ndarray] | None:
@@ -212,8 +210,9 @@ def real_mix_reference() -> tuple[np.ndarray, np.ndarray] | None:
     return train["bone_age_months"].to_numpy(float), (train["sex"] == "F").to_numpy()
 
 
-def print_readings(size: int, readings: dict[str, np.ndarray], weights: np.ndarray | None = None) -> None:
-    """Part (a)'s table; with ``weights`` (:func:`real_mix_weights`) also each method's MAE at the real films' mix."""
+def print_readings(size: int, readings: dict[str, np.ndarray], real_mix: tuple[np.ndarray, float] | None = None) -> None:
+    """Part (a)'s table; with ``real_mix`` (:func:`real_mix_weights`) also each method's MAE at the real films' mix."""
+    weights, covered = real_mix if real_mix is not None else (None, 0.0)
     truth = readings["truth"]
     print(f"\nshipped models on {len(truth)} fresh synthetic hands at {size} px (MAE in months; bias in brackets):")
     print(f"  {'method':<10} {'read':>5} {'MAE':>6}   " + "   ".join(f"{name:>12}" for name, _ in BANDS)
@@ -231,9 +230,10 @@ def print_readings(size: int, readings: dict[str, np.ndarray], weights: np.ndarr
             cells.append(f"{np.sum(w * np.abs(err)) / w.sum():12.1f}" if w.sum() > 0 else f"{'-':>12}")
         print(f"  {m:<10} {ok.mean():>5.0%} {mae}   " + "   ".join(cells))
     if weights is not None:
+        worth = np.sum(weights) ** 2 / np.sum(weights ** 2) if weights.any() else 0.0
         print(f"  (real mix: MAE with each hand weighted so that sexes and {REAL_MIX_BIN_MONTHS:.0f}-month bone-age bands "
-              f"count as among the real training-split films; {np.sum(weights) ** 2 / np.sum(weights ** 2):.0f} "
-              "hands' worth of evidence)")
+              f"count as among the real training-split films; the hands' groups hold {covered:.0%} of those films; "
+              f"{worth:.0f} hands' worth of evidence)")
     if "female" in readings:
         n_girls = int(readings["female"].sum())
         print(f"  bias by sex, boys / girls ({len(truth) - n_girls} / {n_girls} hands): "
@@ -1266,8 +1266,8 @@ def main(argv: list[str] | None = None) -> int:
     reference = real_mix_reference() if args.n > 0 else None
     for size in args.sizes if args.n > 0 else []:
         readings = synthetic_readings(estimator, args.seed, args.n, size)
-        weights = real_mix_weights(readings["truth"], readings["female"], *reference) if reference else None
-        print_readings(size, readings, weights)
+        real_mix = real_mix_weights(readings["truth"], readings["female"], *reference) if reference else None
+        print_readings(size, readings, real_mix)
     print_examples(estimator)
     if not args.skip_classifier:
         aucs = classifier_auc(args.n_classifier, args.seed)

@@ -341,30 +341,34 @@ def test_sex_band_bias_splits_each_methods_error_by_sex_and_band():
     assert bias[first]["girls"][:2] == [-10.0, -10.0] and np.isnan(bias[first]["girls"][2])
 
 
-@pytest.mark.parametrize("bin_months", [12.0, 24.0])  # 24: the boys' last band (216-228) is half a band wide
-def test_real_mix_weights_are_one_when_the_real_films_share_the_synthetic_draw(bin_months):
-    # Real films drawn as the synthetic hands are (half girls, ages uniform to each sex's maximum): no reweighting.
-    real_ages = np.r_[(np.arange(3420) + 0.5) * 216 / 3420, (np.arange(3420) + 0.5) * 228 / 3420]
-    real_female = np.r_[np.ones(3420, bool), np.zeros(3420, bool)]
-    truth = np.array([5.0, 100.0, 210.0, 5.0, 100.0, 225.0])  # 225: boys' last band (216-228) is theirs alone
-    female = np.array([True, True, True, False, False, False])
-    weights = bench_realism.real_mix_weights(truth, female, real_ages, real_female, bin_months)
-    np.testing.assert_allclose(weights, 1.0, atol=1e-9)
+def test_real_mix_weights_give_each_group_its_share_of_the_real_films():
+    # 24-month bands: girls at 10 and 20 months share a group (band 0), as do the boys at 50 and 60 (band 2).
+    truth = np.array([10.0, 20.0, 100.0, 50.0, 60.0])
+    female = np.array([True, True, True, False, False])
+    errors = np.array([10.0, 20.0, 40.0, 5.0, 5.0])
+    # real: 3 girls in band 0, 1 girl in band 4, 2 boys in band 2 and 1 boy of 200 months (band 8: no hand there)
+    real_ages = np.array([5.0, 6.0, 7.0, 100.0, 60.0, 61.0, 200.0])
+    real_female = np.array([True, True, True, True, False, False, False])
+    weights, covered = bench_realism.real_mix_weights(truth, female, real_ages, real_female)
+    assert covered == pytest.approx(6 / 7) and weights.mean() == pytest.approx(1.0)
+    # the real films' mix over the groups the hands reach: (3 x 15 + 1 x 40 + 2 x 5) / 6
+    assert np.sum(weights * errors) / np.sum(weights) == pytest.approx(95 / 6)
+    np.testing.assert_allclose(weights[:2], weights[0])  # a group's weight is split evenly among its hands
 
 
-def test_real_mix_weights_give_the_mae_of_the_real_films_mix():
-    truth = np.array([30.0, 101.0, 105.0, 101.0, 200.0])
-    female = np.array([True, True, True, False, True])
-    errors = np.array([50.0, 4.0, 6.0, 50.0, 50.0])
-    # every real film a girl of 96-108 months: only the two girls in that band count, alike
-    weights = bench_realism.real_mix_weights(truth, female, np.array([98.0, 100.0, 107.0]), np.ones(3, bool))
-    assert np.sum(weights * errors) / np.sum(weights) == pytest.approx(5.0)
-    assert weights.mean() == pytest.approx(1.0) and weights[3] == 0.0
-    # a real mix of boys only gives no girl any weight
-    boys = bench_realism.real_mix_weights(truth, female, np.array([100.0]), np.zeros(1, bool))
-    assert boys.tolist() == [0.0, 0.0, 0.0, 5.0, 0.0]
-    with pytest.raises(ValueError, match="no real film"):
-        bench_realism.real_mix_weights(truth, female, np.array([150.0]), np.ones(1, bool))
+def test_real_mix_weights_follow_the_real_films_sex_ratio_and_last_band():
+    # Three real boys to one real girl in the same band: the boy weighs three times the girl.
+    weights, _ = bench_realism.real_mix_weights(np.array([100.0, 100.0]), np.array([False, True]),
+                                                np.array([100.0, 101.0, 102.0, 103.0]), np.array([False, False, False, True]))
+    assert weights[0] == pytest.approx(3 * weights[1])
+    # A real girl at 216 months (the girls' maximum, which the draw never reaches) joins their last band (192-216).
+    weights, covered = bench_realism.real_mix_weights(np.array([210.0]), np.array([True]), np.array([216.0]),
+                                                      np.array([True]))
+    assert covered == 1.0 and weights.tolist() == [1.0]
+    # No group shared: no weight, nothing covered (part (a) then prints "-" for the column).
+    weights, covered = bench_realism.real_mix_weights(np.array([20.0]), np.array([True]), np.array([150.0]),
+                                                      np.array([True]))
+    assert covered == 0.0 and weights.tolist() == [0.0]
 
 
 def test_real_mix_reference_reads_the_training_split_or_says_why_not(monkeypatch, capsys, tmp_path):
@@ -389,9 +393,9 @@ def test_print_readings_adds_each_methods_mae_at_the_real_mix(capsys):
     readings = {"truth": truth, "female": np.array([True, False, True, False])}
     for m in bench_realism.METHODS:
         readings[m] = truth + np.array([2.0, -4.0, 30.0, 30.0])
-    bench_realism.print_readings(512, readings, np.array([1.0, 3.0, 0.0, 0.0]))
+    bench_realism.print_readings(512, readings, (np.array([1.0, 3.0, 0.0, 0.0]), 0.75))
     out = capsys.readouterr().out
-    assert "real mix" in out and "2 hands' worth" in out
+    assert "real mix" in out and "hold 75% of those films; 2 hands' worth" in out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] == [bench_realism.METHODS[0]]]
     assert rows[0][2] == "16.5" and rows[0][-1] == "3.5"  # plain MAE, then (1 x 2 + 3 x 4) / 4
 
