@@ -44,7 +44,9 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     The network is rotation-robust on real films (it was trained with tilts); a reading that swings
     with the tilt of a synthetic hand says the hand lies off the films the network knows, even where
     its average looks right. Mean change against the upright reading, and the mean of each image's
-    largest swing.
+    largest swing. Then the synthetic hands' reading at +15 minus at -15 degrees as drawn, with their
+    bones blurred away, and with their soft tissue (:func:`soft_tissue_mask`) set to its median grey:
+    where the swing lives.
 
 (f) **The CNN's own feature space**: the shipped end-to-end CNN's pooled backbone features (the input of
     its age head; the untilted view of the film as given) of ``--n-embed`` real training-split films and as
@@ -480,6 +482,54 @@ def turn_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray,
     return np.array([read(rotate_film(pixels, a)[0]) - upright for a in angles])
 
 
+def turn_swing(read: Callable[[np.ndarray], float], pixels: np.ndarray, degrees: float = 15.0) -> float:
+    """A film's reading turned ``degrees`` counter-clockwise minus its reading turned as far clockwise (months)."""
+    from boneage.preprocess import rotate_film
+
+    return read(rotate_film(pixels, degrees)[0]) - read(rotate_film(pixels, -degrees)[0])
+
+
+def soft_tissue_mask(seed: int, index: int, size: int, bone_age_months: float, sex: str,
+                     hand=None) -> np.ndarray:
+    """Where a synthetic hand shows soft tissue alone: what changes when it is drawn again without soft tissue,
+    less its bones (dilated 4 px) and with the holes between them filled.
+
+    Args:
+        seed, index, size, bone_age_months, sex: the hand, as :func:`boneage.synth.generate_hand` draws it.
+        hand: the hand as drawn, when the caller has it already.
+
+    Returns:
+        ``(rows, cols)`` boolean mask.
+    """
+    from scipy import ndimage
+
+    from boneage import synth
+
+    hand = hand or synth.generate_hand(seed, index, size=size, bone_age_months=bone_age_months, sex=sex)
+    kept = synth._SOFT_TISSUE_MU_SCALE
+    synth._SOFT_TISSUE_MU_SCALE = 0.0
+    try:
+        bare = synth.generate_hand(seed, index, size=size, bone_age_months=bone_age_months, sex=sex)
+    finally:
+        synth._SOFT_TISSUE_MU_SCALE = kept
+    bones = ndimage.binary_dilation(hand.label_map > 0, iterations=4)
+    changed = np.abs(ndimage.gaussian_filter(hand.image - bare.image, 3)) > 0.02
+    tissue = ndimage.binary_fill_holes(ndimage.binary_opening(changed, iterations=2) | bones)
+    return tissue & ~bones
+
+
+def flatten(pixels: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The film with ``region`` set to its own median grey (float32; unchanged where ``region`` is empty)."""
+    out = np.asarray(pixels, dtype=np.float32).copy()
+    if region.any():
+        out[region] = np.median(out[region])
+    return out
+
+
+#: Synthetic hands of (e) read again with part of them taken away: where the CNN's turn swing lives.
+TURN_REMOVALS = ("as drawn", "bones blurred away", "soft tissue flattened")
+
+
 def turned_films(n: int, seed: int) -> None:
     """(e): the end-to-end CNN's reading change with tilt, real 6-12 y films against synthetic hands."""
     from tqdm import tqdm
@@ -494,11 +544,21 @@ def turned_films(n: int, seed: int) -> None:
     pool = dev[(dev["split"] == "train") & dev["bone_age_months"].between(*TURN_AGES)]
     train = pool.sample(n=min(n, len(pool)), random_state=seed)
     changes = {"real": [], "synthetic": []}
+    swings = {name: [] for name in TURN_REMOVALS}  # reading at +15 degrees minus at -15, synthetic hands
+    ends = [TURN_ANGLES_DEG.index(-15.0), TURN_ANGLES_DEG.index(15.0)]
     for i, (path, age, sex) in enumerate(tqdm(list(zip(train["path"], train["bone_age_months"], train["sex"])),
                                               desc="turned films", unit="film", mininterval=10)):
-        changes["real"].append(turn_changes(lambda x: cnn.predict(x, sex).age_months, load_radiograph(path).pixels))
+        def read(x: np.ndarray) -> float:
+            return cnn.predict(x, sex).age_months
+
+        changes["real"].append(turn_changes(read, load_radiograph(path).pixels))
         hand = generate_hand(seed, i, size=512, bone_age_months=float(age), sex=sex)
-        changes["synthetic"].append(turn_changes(lambda x: cnn.predict(x, sex).age_months, hand.image))
+        changes["synthetic"].append(turn_changes(read, hand.image))
+        drawn, bones_blurred, soft_flattened = TURN_REMOVALS
+        swings[drawn].append(changes["synthetic"][-1][ends[1]] - changes["synthetic"][-1][ends[0]])
+        swings[bones_blurred].append(turn_swing(read, blur_away(hand.image, hand.label_map > 0)))
+        soft = soft_tissue_mask(seed, i, 512, float(age), sex, hand)
+        swings[soft_flattened].append(turn_swing(read, flatten(hand.image, soft)))
     print(f"\nturned films: the end-to-end CNN's reading change (months) against upright, {len(train)} real "
           f"training-split films of {TURN_AGES[0]:.0f}-{TURN_AGES[1]:.0f} months / as many synthetic hands of "
           "the same bone ages and sexes (512 px):")
@@ -509,6 +569,10 @@ def turned_films(n: int, seed: int) -> None:
     swing = [np.mean(np.abs(c).max(axis=1)) for c in (real, synthetic)]
     print(f"  {'mean change, real / synthetic':<32}" + "".join(f"{c:>16}" for c in cells)
           + f"{f'{swing[0]:.1f} / {swing[1]:.1f}':>16}")
+    real_swing = np.mean(real[:, ends[1]] - real[:, ends[0]])
+    print(f"  synthetic hands' reading at +15 minus at -15 degrees (real films {real_swing:+.1f}): "
+          + ", ".join(f"{name} {np.mean(v):+.1f}" for name, v in swings.items())
+          + " (soft tissue: what changes when the hand is drawn without it, set to its median grey)")
 
 
 #: Real films whose bone ages are averaged for each synthetic hand in (f).
@@ -949,22 +1013,39 @@ def occlusion_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray, l
     from scipy import ndimage
 
     pixels = np.asarray(pixels, dtype=np.float32)
-    # Sizes about as the CNN sees the film (it crops to the hand first, so a little finer). A large, packed
-    # region such as the carpus leaves a bright smudge under this blur rather than vanishing: compare one
-    # region between real and synthetic films, not regions with each other.
-    scale = max(pixels.shape) / 256
-    blurred = ndimage.gaussian_filter(pixels, 6 * scale)
+    blurred = ndimage.gaussian_filter(pixels, 6 * max(pixels.shape) / 256)
     base = read(pixels) if base is None else base
     changes = {}
     for name, ids in regions.items():
         region = np.isin(labels, ids)
-        if not region.any():
-            changes[name] = 0.0
-            continue
-        region = ndimage.binary_dilation(region, iterations=max(int(2 * scale), 1))
-        weight = ndimage.gaussian_filter(region.astype(np.float32), scale)
-        changes[name] = read(pixels * (1 - weight) + blurred * weight) - base
+        changes[name] = read(blur_away(pixels, region, blurred)) - base if region.any() else 0.0
     return changes
+
+
+def blur_away(pixels: np.ndarray, region: np.ndarray, blurred: np.ndarray | None = None) -> np.ndarray:
+    """The film with ``region`` (dilated a little, soft-edged) replaced by a heavy blur of the film there.
+
+    Sizes are about as the CNN sees the film (it crops to the hand first, so a little finer). A large, packed
+    region such as the carpus leaves a bright smudge under this blur rather than vanishing: compare one region
+    between real and synthetic films, not regions with each other.
+
+    Args:
+        pixels: ``(rows, cols)`` film.
+        region: boolean mask, same shape.
+        blurred: the film's heavy blur, when the caller has it already.
+
+    Returns:
+        float32 film.
+    """
+    from scipy import ndimage
+
+    pixels = np.asarray(pixels, dtype=np.float32)
+    scale = max(pixels.shape) / 256
+    if blurred is None:
+        blurred = ndimage.gaussian_filter(pixels, 6 * scale)
+    region = ndimage.binary_dilation(region, iterations=max(int(2 * scale), 1))
+    weight = ndimage.gaussian_filter(region.astype(np.float32), scale)
+    return pixels * (1 - weight) + blurred * weight
 
 
 def cnn_occlusion(n: int, seed: int, ages: tuple[float, float] = OCCLUSION_AGES) -> None:

@@ -56,6 +56,51 @@ def test_turn_changes_is_zero_for_a_turn_blind_reader_and_follows_a_turn_aware_o
     assert changes[0] > 10 and changes[1] < -10
 
 
+def test_turn_swing_is_the_counter_clockwise_reading_minus_the_clockwise_one():
+    film = np.zeros((120, 90), np.float32)
+    film[20:100, 40:50] = 1.0
+
+    def lean(x):  # as above: how far the bright mass leans to the right at the top
+        rows, cols = np.nonzero(x > 0.5)
+        return float(np.polyfit(rows, cols, 1)[0] * -100)
+
+    changes = bench_realism.turn_changes(lean, film, angles=(-15.0, 15.0))
+    assert bench_realism.turn_swing(lean, film) == pytest.approx(changes[1] - changes[0]) and changes[1] < changes[0]
+    assert bench_realism.turn_swing(lambda x: 100.0, film) == 0.0
+
+
+def test_flatten_and_blur_away_change_only_their_region():
+    rng = np.random.default_rng(0)
+    film = rng.random((256, 256)).astype(np.float32)
+    region = np.zeros(film.shape, bool)
+    region[100:140, 100:140] = True
+    flat = bench_realism.flatten(film, region)
+    assert np.all(flat[region] == np.median(film[region])) and np.array_equal(flat[~region], film[~region])
+    assert np.array_equal(bench_realism.flatten(film, np.zeros_like(region)), film)
+    blurred = bench_realism.blur_away(film, region)
+    assert blurred[region].std() < 0.2 * film[region].std()  # the region's detail is gone
+    assert np.array_equal(blurred[:60], film[:60])  # far from it nothing moves
+
+
+def test_soft_tissue_mask_finds_the_soft_tissue_and_restores_the_renderer(monkeypatch):
+    hand = synth.generate_hand(5, 0, size=512, bone_age_months=100.0, sex="F")  # part (e)'s size
+    mask = bench_realism.soft_tissue_mask(5, 0, 512, 100.0, "F", hand)
+    assert synth._SOFT_TISSUE_MU_SCALE == 1.0
+    assert 0.05 < mask.mean() < 0.6 and not (mask & (hand.label_map > 0)).any()
+    # soft tissue is brighter than the film around the hand
+    assert np.median(hand.image[mask]) > np.median(hand.image[~mask & (hand.label_map == 0)]) + 0.1
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(synth._SOFT_TISSUE_MU_SCALE)
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(synth, "generate_hand", failing)
+    with pytest.raises(RuntimeError):
+        bench_realism.soft_tissue_mask(5, 0, 512, 100.0, "F", hand)
+    assert calls == [0.0] and synth._SOFT_TISSUE_MU_SCALE == 1.0  # drawn without soft tissue, then put back
+
+
 def test_nearest_real_films_finds_copies_and_their_ages():
     rng = np.random.default_rng(0)
     real = rng.normal(size=(6, 4))
