@@ -1010,16 +1010,21 @@ def occlusion_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray, l
     Returns:
         Region name -> reading change against the untouched film (0 where the region is absent).
     """
-    from scipy import ndimage
-
     pixels = np.asarray(pixels, dtype=np.float32)
-    blurred = ndimage.gaussian_filter(pixels, 6 * max(pixels.shape) / 256)
+    blurred = heavy_blur(pixels)
     base = read(pixels) if base is None else base
     changes = {}
     for name, ids in regions.items():
         region = np.isin(labels, ids)
         changes[name] = read(blur_away(pixels, region, blurred)) - base if region.any() else 0.0
     return changes
+
+
+def heavy_blur(pixels: np.ndarray) -> np.ndarray:
+    """:func:`blur_away`'s blur of a whole film: sigma 6 px of the 256 px the CNN reads it at."""
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(np.asarray(pixels, dtype=np.float32), 6 * max(np.shape(pixels)) / 256)
 
 
 def blur_away(pixels: np.ndarray, region: np.ndarray, blurred: np.ndarray | None = None) -> np.ndarray:
@@ -1042,7 +1047,7 @@ def blur_away(pixels: np.ndarray, region: np.ndarray, blurred: np.ndarray | None
     pixels = np.asarray(pixels, dtype=np.float32)
     scale = max(pixels.shape) / 256
     if blurred is None:
-        blurred = ndimage.gaussian_filter(pixels, 6 * scale)
+        blurred = heavy_blur(pixels)
     region = ndimage.binary_dilation(region, iterations=max(int(2 * scale), 1))
     weight = ndimage.gaussian_filter(region.astype(np.float32), scale)
     return pixels * (1 - weight) + blurred * weight
