@@ -930,8 +930,13 @@ def keypoint_lengths(keypoints_csv: str | Path) -> dict[int, dict[str, float]]:
         ``{image id: {bone: length_px}}`` for proximal and middle phalanges of fingers 2-5,
         skipping blank ids and points not visible.
     """
+    return phalanx_lengths(read_keypoints(keypoints_csv))
+
+
+def phalanx_lengths(points: dict[int, dict[str, tuple[float, float]]]) -> dict[int, dict[str, float]]:
+    """:func:`keypoint_lengths` of keypoints already read (:func:`read_keypoints`)."""
     out: dict[int, dict[str, float]] = {}
-    for image_id, pts in read_keypoints(keypoints_csv).items():
+    for image_id, pts in points.items():
         lengths: dict[str, float] = {}
         for d, finger in KEYPOINT_FINGERS.items():
             mcp, pip, dip = (pts.get(f"{finger}{k}") for k in (1, 2, 3))
@@ -966,8 +971,8 @@ def evaluate_keypoints(segmenter: Segmenter, folder: str | Path | None = None) -
     from boneage.paths import rsna_dev_dir
 
     folder = Path(folder) if folder else rsna_dev_dir()
-    truth = keypoint_lengths(folder / "hand_keypoints.csv")
     points = read_keypoints(folder / "hand_keypoints.csv")
+    truth = phalanx_lengths(points)
     head_owner: dict[int, list[str | None]] = {}
     rel: list[float] = []
     signed: list[float] = []
