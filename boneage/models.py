@@ -193,7 +193,7 @@ register(
         kind="segmenter",
         folder=MODELS_DIR / "segmenter",
         weights_file="segmenter.pt",
-        version="segmenter-4",
+        version="segmenter-4.1",
         loader="boneage.segment:Segmenter.load",
         description="MONAI UNet: radiograph -> label map of every bone (shafts, epiphyses, carpals)",
     )

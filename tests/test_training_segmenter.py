@@ -211,7 +211,7 @@ def test_model_card_reports_whom_the_metacarpal_heads_went_to() -> None:
     real = {"rel_error_median_by_bone": {}, "metacarpal_head_as_phalanx_by_finger": {2: 0.34, 3: 0.0, 4: 0.49}}
     card = segmenter.model_card({"synthetic": {}, "real_keypoints": real})
     assert "share of films by finger: 2 34%, 3 0%, 4 49%." in card
-    assert "Metacarpal heads" not in segmenter.model_card({"synthetic": {}, "real_keypoints": {"n_images": 1}})
+    assert "Metacarpal heads given" not in segmenter.model_card({"synthetic": {}, "real_keypoints": {"n_images": 1}})
 
 
 def test_read_keypoints_keeps_visible_points_of_annotated_films(tmp_path: Path) -> None:

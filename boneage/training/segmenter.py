@@ -38,12 +38,16 @@ from boneage.models import cpu_has_fast_bf16
 from boneage.paths import cache_dir
 from boneage.preprocess import MARKER_ROBUST_WINDOW, CropTransform, prepare_model_input
 from boneage.segment import (
+    HEAD_MISSING_SHARE,
+    HEAD_REACH,
+    JOINT_SPACE,
     MIRROR_MARGIN,
     QUARTER_TURN_MARGIN,
     QUARTER_TURN_TRIGGER,
     SEGMENTER_DIR,
     VERSION,
     WEIGHTS_FILE,
+    WEIGHTS_VERSION,
     NetworkConfig,
     Segmenter,
     build_network,
@@ -449,7 +453,7 @@ def save_weights(network: Any, config: NetworkConfig, path: str | Path, meta: di
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in network.state_dict().items()}
     tmp = path.with_suffix(".tmp")
-    torch.save({"network": asdict(config), "state_dict": state, "meta": meta or {}, "version": VERSION}, tmp)
+    torch.save({"network": asdict(config), "state_dict": state, "meta": meta or {}, "version": WEIGHTS_VERSION}, tmp)
     tmp.replace(path)
     return path
 
@@ -1085,7 +1089,7 @@ def model_card(metrics: dict[str, Any]) -> str:
     lines = [
         "# Bone segmentation network (`segmenter`)",
         "",
-        f"Version `{VERSION}`; weights `segmenter.pt` (fp16 state dict + config); code `boneage/segment.py` (inference),"
+        f"Version `{VERSION}`; weights `segmenter.pt` (`{WEIGHTS_VERSION}`, fp16 state dict + config); code `boneage/segment.py` (inference),"
         " `boneage/training/segmenter.py` (training).",
         "",
         "## What it does",
@@ -1097,6 +1101,14 @@ def model_card(metrics: dict[str, Any]) -> str:
         "`boneage.preprocess.prepare_model_input`;",
         "the prediction is closed per structure, cleaned (per bone, fragments < 25 % of its largest component are",
         "dropped) and mapped back to the input's own pixels.",
+        "",
+        "**Metacarpal heads** (since `segmenter-4.1`; the weights are those of `segmenter-4`). On real films the network",
+        "often carries the proximal phalanx's label of fingers 2, 4 and 5 over the joint and the metacarpal's head, down",
+        "to the metacarpal's physis. `boneage.segment.reclaim_metacarpal_heads` gives such a head back: where the third",
+        "metacarpal has its head, a finger's metacarpal lacks most of the head the third's predicts for it",
+        f"(< {HEAD_MISSING_SHARE:.0%} of the area scaled by the two metacarpals' lengths) and its phalanx reaches back to",
+        f"the shaft, the phalanx's pixels up to {HEAD_REACH} x the predicted head length past the shaft's end become the",
+        f"metacarpal's epiphysis and the next {JOINT_SPACE} x that length (the joint space) background.",
         "",
         "**Orientation.** The network is trained on upright-ish left hands only, so digit identity never hinges on",
         "telling a left hand from a right one. At inference `Segmenter.segment_with_info` reads the film as given and",
@@ -1210,7 +1222,8 @@ def model_card(metrics: dict[str, Any]) -> str:
         heads = real.get("metacarpal_head_as_phalanx_by_finger")
         if heads:
             lines += ["", "Metacarpal heads given to the proximal phalanx (the label just proximal of each keypointed "
-                      "metacarpophalangeal joint, `metacarpal_head_owners`), share of films by finger: "
+                      "metacarpophalangeal joint, `metacarpal_head_owners`, after `reclaim_metacarpal_heads`), share of "
+                      "films by finger: "
                       + ", ".join(f"{d} {v:.0%}" for d, v in heads.items()) + "."]
     lines += ["", "## Limitations", ""] + [f"* {x}" for x in metrics.get("limitations", [])]
     return "\n".join(lines) + "\n"
