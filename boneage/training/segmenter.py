@@ -1092,6 +1092,11 @@ def model_card(metrics: dict[str, Any]) -> str:
         f"Version `{VERSION}`; weights `segmenter.pt` (`{WEIGHTS_VERSION}`, fp16 state dict + config); code `boneage/segment.py` (inference),"
         " `boneage/training/segmenter.py` (training).",
         "",
+        "ONNX copy for inference: `segmenter.onnx` (the same fp16 weights, run by ONNX Runtime; records the SHA-256 of"
+        " `segmenter.pt` and the rest of its contents, so inference imports neither torch nor MONAI). After new weights run"
+        " `python -m boneage.training.export`; a stale copy is ignored (the network is then built from `segmenter.pt` and"
+        " run in torch).",
+        "",
         "## What it does",
         "",
         "Labels every structure of `boneage.anatomy` (51 classes incl. background: radius/ulna and the 19 tubular",
