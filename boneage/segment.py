@@ -36,6 +36,7 @@ from PIL import Image
 
 from boneage import anatomy
 from boneage.paths import MODELS_DIR
+from boneage.postprocess import long_axis_of, reclaim_metacarpal_heads
 from boneage.preprocess import MARKER_ROBUST_WINDOW, CropTransform, prepare_model_input
 
 #: Folder of the shipped segmenter (weights, model card, metrics).
@@ -46,7 +47,7 @@ ONNX_FILE = "segmenter.onnx"
 #: Version of the network weights (written into the weights file by training).
 WEIGHTS_VERSION = "segmenter-4"
 #: Version of what a reading gives: the weights plus the post-processing after them (since 4.1:
-#: :func:`reclaim_metacarpal_heads`). Everything measured from a reading is cached under it.
+#: :func:`boneage.postprocess.reclaim_metacarpal_heads`). Everything measured from a reading is cached under it.
 VERSION = "segmenter-4.1"
 #: Image file suffixes accepted when a folder is given to :func:`segment_paths`.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
@@ -131,7 +132,8 @@ class GridReading:
     """One segmentation of a model input, as chosen by the orientation search.
 
     Attributes:
-        label_map: cleaned uint8 label map (model grid, the input's own orientation).
+        label_map: cleaned uint8 label map (model grid, the input's own orientation), mended by
+            :mod:`boneage.postprocess` (so not always the arg-max of ``probabilities``).
         probabilities: ``(NUM_CLASSES, size, size)`` softmax probabilities behind it.
         mirrored: the mirrored image gave this reading.
         turns: quarter turns (``np.rot90``) applied before segmenting.
@@ -422,7 +424,7 @@ class Segmenter:
 
     @staticmethod
     def _tilted_back(reading: FilmReading, angles: list[float], raw: np.ndarray) -> Iterator[np.ndarray]:
-        """Tilted-view labels on the model grid -> cleaned label maps on the film grid, one at a time."""
+        """Tilted-view labels on the model grid -> cleaned, mended label maps on the film grid, one at a time."""
         from scipy import ndimage
 
         grid = reading.grid
@@ -534,113 +536,6 @@ def clean_label_map(label_map: np.ndarray, min_fraction: float = 0.25) -> np.nda
     return out
 
 
-#: A finger's metacarpal head is taken as missing when its epiphysis label covers less than this share
-#: of the area the third metacarpal's head predicts for it (scaled by the two metacarpals' lengths).
-HEAD_MISSING_SHARE = 0.35
-#: How far past its shaft's distal end a reclaimed head reaches, as a share of the length predicted
-#: from the third metacarpal's head; the joint space beyond it, as the same share, goes to background.
-#: Chosen on the training split's keypoint films (heads given back, phalanx 2/4/5-to-3 ratios against
-#: the keypoints'): 1.0-1.4 and 0-0.4 differ by little.
-HEAD_REACH = 1.2
-JOINT_SPACE = 0.25
-#: A reclaimed head takes the third metacarpal's physis: open (its head touches its shaft over less than
-#: this share of its width, as ``boneage.measure.FUSED_CONTACT``) leaves this many model pixels of
-#: background between shaft and head, so a child's head is not read as fused.
-HEAD_FUSED_CONTACT = 0.5
-PHYSIS_PX = 1.5
-
-
-def reclaim_metacarpal_heads(label_map: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
-    """Give back to fingers 2, 4 and 5 the metacarpal heads the network labelled as proximal phalanx.
-
-    Why: on real films of children over 6 y the network often carries a proximal phalanx's label
-    down over the joint and the metacarpal's head to the metacarpal's physis (on the training
-    split's keypoint films: half the heads of the ring and little fingers, over a third of the
-    index finger's), which makes the phalanx some 12% too long and leaves the metacarpal without
-    its epiphysis. It never does so for the third finger, nor on synthetic hands. A finger is
-    mended when (a) the third metacarpal has its head, (b) the finger's metacarpal head label holds
-    less than :data:`HEAD_MISSING_SHARE` of the area the third's predicts for it, and (c) its proximal
-    phalanx reaches back to the metacarpal shaft's distal end (a child's unossified head leaves a
-    gap, and is left alone). The phalanx's pixels up to :data:`HEAD_REACH` x the predicted head
-    length past the shaft's end become the metacarpal's epiphysis, the next :data:`JOINT_SPACE` x
-    that length background. Where the third metacarpal's physis is open, the first
-    :data:`PHYSIS_PX` pixels past the shaft's end stay background: the heads of one hand fuse
-    together, and a head laid flush on its shaft would read as fused.
-
-    Args:
-        label_map: integer label map (:mod:`boneage.anatomy` ids), any orientation.
-        spacing: ``(row, col)`` pixel size, so squashed model grids give true lengths.
-
-    Returns:
-        Mended copy (the input when nothing needs mending).
-    """
-    def points(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rr, cc = np.nonzero(mask)
-        return rr, cc, np.stack([rr * spacing[0], cc * spacing[1]], 1)
-
-    def distal_axis(metacarpal: np.ndarray, phalanx: np.ndarray) -> np.ndarray:
-        axis = _long_axis_of(metacarpal)
-        toward = phalanx.mean(0) - metacarpal.mean(0)
-        return axis if axis @ toward >= 0 else -axis
-
-    def extent(values: np.ndarray) -> float:
-        return float(np.percentile(values, 99.5) - np.percentile(values, 0.5))
-
-    out = label_map
-    head3 = label_map == anatomy.epiphysis_label("metacarpal_3")
-    mc3 = np.isin(label_map, anatomy.bone_labels("metacarpal_3"))
-    pp3 = np.isin(label_map, anatomy.bone_labels("proximal_phalanx_3"))
-    if head3.sum() < 8 or mc3.sum() < 50 or pp3.sum() < 10:
-        return out
-    _, _, mc3_pts = points(mc3)
-    axis3 = distal_axis(mc3_pts, points(pp3)[2])
-    mc3_length, head3_length = extent(mc3_pts @ axis3), extent(points(head3)[2] @ axis3)
-    head3_area = float(head3.sum())
-    physis = PHYSIS_PX * float(np.sqrt(spacing[0] * spacing[1])) if _physis_open(label_map, axis3, spacing) else 0.0
-    for d in (2, 4, 5):
-        shaft = label_map == anatomy.shaft_label(f"metacarpal_{d}")
-        head = label_map == anatomy.epiphysis_label(f"metacarpal_{d}")
-        phalanx = np.isin(label_map, anatomy.bone_labels(f"proximal_phalanx_{d}"))
-        if shaft.sum() < 50 or phalanx.sum() < 50:
-            continue
-        _, _, mc_pts = points(shaft | head)
-        pr, pc, pp_pts = points(phalanx)
-        axis = distal_axis(mc_pts, pp_pts)
-        scale = extent(mc_pts @ axis) / mc3_length
-        if head.sum() >= HEAD_MISSING_SHARE * head3_area * scale ** 2:
-            continue
-        head_length = head3_length * scale
-        shaft_end = float(np.percentile(points(shaft)[2] @ axis, 99.5))
-        along = pp_pts @ axis
-        if np.percentile(along, 0.5) > shaft_end + 0.5 * head_length:
-            continue  # the phalanx stops short of the shaft: an unossified head, not a mislabelled one
-        if out is label_map:
-            out = label_map.copy()
-        reach = shaft_end + HEAD_REACH * head_length
-        taken = (along < reach) & (along >= shaft_end + physis)
-        out[pr[taken], pc[taken]] = anatomy.epiphysis_label(f"metacarpal_{d}")
-        space = ~taken & (along < reach + JOINT_SPACE * head_length)
-        out[pr[space], pc[space]] = anatomy.BACKGROUND
-    return out
-
-
-def _physis_open(label_map: np.ndarray, axis: np.ndarray, spacing: tuple[float, float]) -> bool:
-    """The third metacarpal's head touches its shaft over less than :data:`HEAD_FUSED_CONTACT` of its width."""
-    from scipy import ndimage
-
-    head = label_map == anatomy.epiphysis_label("metacarpal_3")
-    shaft = label_map == anatomy.shaft_label("metacarpal_3")
-    touching = head & ndimage.binary_dilation(shaft, structure=ndimage.generate_binary_structure(2, 1))
-    across = np.array([-axis[1], axis[0]])
-
-    def width(mask: np.ndarray) -> float:
-        rr, cc = np.nonzero(mask)
-        s = np.stack([rr * spacing[0], cc * spacing[1]], 1) @ across
-        return float(s.max() - s.min()) + float(np.sqrt(spacing[0] * spacing[1])) if s.size else 0.0
-
-    return width(touching) < HEAD_FUSED_CONTACT * width(head)
-
-
 def hand_orientation(label_map: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> tuple[bool | None, float | None]:
     """Finger direction and handedness from a label map.
 
@@ -692,13 +587,7 @@ def _long_axis(label_map: np.ndarray, bone: str, spacing: tuple[float, float]) -
     rr, cc = np.nonzero(np.isin(label_map, anatomy.bone_labels(bone)))
     if rr.size < 10:
         return None
-    return _long_axis_of(np.stack([rr * spacing[0], cc * spacing[1]], 1))
-
-
-def _long_axis_of(points: np.ndarray) -> np.ndarray:
-    """Unit principal axis (either sign) of ``(n, 2)`` points."""
-    centred = points - points.mean(0)
-    return np.linalg.eigh(centred.T @ centred)[1][:, 1]
+    return long_axis_of(np.stack([rr * spacing[0], cc * spacing[1]], 1))
 
 
 def thumb_divergence_deg(label_map: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> float | None:

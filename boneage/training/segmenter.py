@@ -37,10 +37,8 @@ from boneage import anatomy
 from boneage.models import cpu_has_fast_bf16
 from boneage.paths import cache_dir
 from boneage.preprocess import MARKER_ROBUST_WINDOW, CropTransform, prepare_model_input
+from boneage.postprocess import HEAD_MISSING_SHARE, HEAD_REACH, JOINT_SPACE, PHYSIS_PX
 from boneage.segment import (
-    HEAD_MISSING_SHARE,
-    HEAD_REACH,
-    JOINT_SPACE,
     MIRROR_MARGIN,
     QUARTER_TURN_MARGIN,
     QUARTER_TURN_TRIGGER,
@@ -1107,13 +1105,16 @@ def model_card(metrics: dict[str, Any]) -> str:
         "the prediction is closed per structure, cleaned (per bone, fragments < 25 % of its largest component are",
         "dropped) and mapped back to the input's own pixels.",
         "",
-        "**Metacarpal heads** (since `segmenter-4.1`; the weights are those of `segmenter-4`). On real films the network",
+        f"**Metacarpal heads** (since `segmenter-4.1`; the weights are `{WEIGHTS_VERSION}`'s). On real films the network",
         "often carries the proximal phalanx's label of fingers 2, 4 and 5 over the joint and the metacarpal's head, down",
-        "to the metacarpal's physis. `boneage.segment.reclaim_metacarpal_heads` gives such a head back: where the third",
+        "to the metacarpal's physis. `boneage.postprocess.reclaim_metacarpal_heads` gives such a head back: where the third",
         "metacarpal has its head, a finger's metacarpal lacks most of the head the third's predicts for it",
-        f"(< {HEAD_MISSING_SHARE:.0%} of the area scaled by the two metacarpals' lengths) and its phalanx reaches back to",
-        f"the shaft, the phalanx's pixels up to {HEAD_REACH} x the predicted head length past the shaft's end become the",
-        f"metacarpal's epiphysis and the next {JOINT_SPACE} x that length (the joint space) background.",
+        f"(< {HEAD_MISSING_SHARE:.0%} of its area, scaled by the two shafts' lengths) and its phalanx reaches back to",
+        f"the shaft, the phalanx's pixels up to {HEAD_REACH:g} x the predicted head length past the shaft's end become the",
+        f"metacarpal's epiphysis and the next {JOINT_SPACE:g} x that length (the joint space) background. Where the third",
+        f"metacarpal's physis is open, a band of {PHYSIS_PX:g} px past the shaft's end stays background, so the head does",
+        "not read as fused. The rule changes the label map, not the probabilities; self-training pseudo-labels",
+        "(`make_pseudo_labels`) are made from the mended maps.",
         "",
         "**Orientation.** The network is trained on upright-ish left hands only, so digit identity never hinges on",
         "telling a left hand from a right one. At inference `Segmenter.segment_with_info` reads the film as given and",
