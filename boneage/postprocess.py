@@ -61,7 +61,7 @@ def reclaim_metacarpal_heads(label_map: np.ndarray, spacing: tuple[float, float]
     """
     def points(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rr, cc = np.nonzero(mask)
-        return rr, cc, np.stack([rr * spacing[0], cc * spacing[1]], 1)
+        return rr, cc, _true_coordinates(mask, spacing)
 
     def extent(values: np.ndarray) -> float:
         return float(np.percentile(values, 99.5) - np.percentile(values, 0.5))
@@ -75,8 +75,7 @@ def reclaim_metacarpal_heads(label_map: np.ndarray, spacing: tuple[float, float]
     axis3 = long_axis_of(shaft3_pts)  # either sign: only lengths and widths are read along it
     shaft3_length, head3_length = extent(shaft3_pts @ axis3), extent(points(head3)[2] @ axis3)
     head3_area = float(head3.sum())
-    pixel = float(np.sqrt(spacing[0] * spacing[1]))
-    physis = PHYSIS_PX * pixel if _physis_open(head3, shaft3, axis3, spacing) else None
+    physis = PHYSIS_PX * _pixel_size(spacing) if _physis_open(head3, shaft3, axis3, spacing) else None
     for d in (2, 4, 5):
         shaft = label_map == anatomy.shaft_label(f"metacarpal_{d}")
         head = label_map == anatomy.epiphysis_label(f"metacarpal_{d}")
@@ -117,11 +116,20 @@ def _physis_open(head: np.ndarray, shaft: np.ndarray, axis: np.ndarray, spacing:
     across = np.array([-axis[1], axis[0]])
 
     def width(mask: np.ndarray) -> float:
-        rr, cc = np.nonzero(mask)
-        s = np.stack([rr * spacing[0], cc * spacing[1]], 1) @ across
-        return float(s.max() - s.min()) + float(np.sqrt(spacing[0] * spacing[1])) if s.size else 0.0
+        s = _true_coordinates(mask, spacing) @ across
+        return float(s.max() - s.min()) + _pixel_size(spacing) if s.size else 0.0
 
     return width(touching) < HEAD_FUSED_CONTACT * width(head)
+
+
+def _true_coordinates(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    """``(n, 2)`` row/column coordinates of a mask's pixels in spacing units (true directions on squashed grids)."""
+    rr, cc = np.nonzero(mask)
+    return np.stack([rr * spacing[0], cc * spacing[1]], 1)
+
+
+def _pixel_size(spacing: tuple[float, float]) -> float:
+    return float(np.sqrt(spacing[0] * spacing[1]))
 
 
 def long_axis_of(points: np.ndarray) -> np.ndarray:

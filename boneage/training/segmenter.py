@@ -36,8 +36,8 @@ import numpy as np
 from boneage import anatomy
 from boneage.models import cpu_has_fast_bf16
 from boneage.paths import cache_dir
-from boneage.preprocess import MARKER_ROBUST_WINDOW, CropTransform, prepare_model_input
 from boneage.postprocess import HEAD_MISSING_SHARE, HEAD_REACH, JOINT_SPACE, PHYSIS_PX
+from boneage.preprocess import MARKER_ROBUST_WINDOW, CropTransform, prepare_model_input
 from boneage.segment import (
     MIRROR_MARGIN,
     QUARTER_TURN_MARGIN,
