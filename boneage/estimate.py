@@ -386,7 +386,8 @@ class BoneAgeEstimator:
                     "multistep", True, ms.age_months, ms.lower_90, ms.upper_90,
                     model_version=self.versions.get("multistep"),
                     note=None if result.sex else sex_unknown_note(
-                        "multistep", self.versions.get("multistep"), "both sexes' references averaged"),
+                        "multistep", self.versions.get("multistep"),
+                        "both sexes' references averaged, a regression fitted without the sex"),
                 )
         else:
             missing = [n for n in ("segmenter", "multistep") if n in self.load_errors or getattr(self, n) is None]

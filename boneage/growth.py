@@ -334,12 +334,21 @@ def conformal_half_width(abs_residuals: np.ndarray, coverage: float = 0.90) -> f
 class AgeRegression:
     """Gradient-boosted regression of bone age on scale-free features and sex.
 
+    A hand whose sex is unknown is read by a second model fitted on the same hands without the
+    sex (``sex_agnostic_model``). The main model never saw a missing sex code in training, so
+    scikit-learn would send such a hand down whichever branch of each sex split held more
+    training hands: in effect read as one sex, not as either.
+
     Attributes:
         model: fitted ``HistGradientBoostingRegressor`` (handles missing features natively).
         feature_names: the input columns, in order (sex code appended last).
         half_width_90: conformal half-width of the 90% interval (months), from CV residuals.
         cv_mae: cross-validated MAE on the training hands (months).
         oof: the cross-validated predictions behind ``cv_mae``.
+        sex_agnostic_model: the same regression fitted without the sex column (``None`` in a
+            regression saved before it existed: unknown sexes then reach ``model``).
+        half_width_90_sex_unknown, cv_mae_sex_unknown: its interval half-width and CV MAE.
+        oof_sex_unknown: its cross-validated predictions.
     """
 
     model: object
@@ -348,12 +357,19 @@ class AgeRegression:
     cv_mae: float
     #: Out-of-fold predictions for the training hands, in their order (for :class:`LookupBlend`).
     oof: np.ndarray | None = field(default=None, repr=False, compare=False)
+    sex_agnostic_model: object | None = field(default=None, repr=False, compare=False)
+    half_width_90_sex_unknown: float | None = None
+    cv_mae_sex_unknown: float | None = None
+    oof_sex_unknown: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @staticmethod
-    def _design(features: pd.DataFrame, sex: np.ndarray, names: list[str]) -> np.ndarray:
+    def _sex_code(sex: np.ndarray) -> np.ndarray:
+        return np.array([1.0 if s == "M" else 0.0 if s == "F" else np.nan for s in sex])
+
+    @classmethod
+    def _design(cls, features: pd.DataFrame, sex: np.ndarray, names: list[str]) -> np.ndarray:
         x = features.reindex(columns=names).to_numpy(dtype=float)
-        code = np.array([1.0 if s == "M" else 0.0 if s == "F" else np.nan for s in sex])
-        return np.column_stack([x, code])
+        return np.column_stack([x, cls._sex_code(sex)])
 
     @classmethod
     def fit(
@@ -366,7 +382,7 @@ class AgeRegression:
         folds: int = 5,
         max_iter: int = 400,
     ) -> AgeRegression:
-        """Fit on measured hands; the interval half-width comes from K-fold CV residuals."""
+        """Fit on measured hands, with and without the sex; each interval half-width comes from K-fold CV residuals."""
         from sklearn.ensemble import HistGradientBoostingRegressor
         from sklearn.model_selection import KFold
 
@@ -382,29 +398,43 @@ class AgeRegression:
                 min_samples_leaf=20, l2_regularization=1.0, random_state=seed,
             )
 
-        def fit_rows(rows: np.ndarray):
-            xt = x[rows].copy()
+        def fit_rows(rows: np.ndarray, columns: slice = slice(None)):
+            xt = x[rows][:, columns].copy()
             # A column never seen in these rows would break the binning; as a constant it is
             # simply never split on.
             xt[:, ~np.isfinite(xt).any(axis=0)] = 0.0
             return make().fit(xt, y[rows])
 
-        oof = np.zeros_like(y)
+        without_sex = slice(0, -1)  # the sex code is the last column
+        oof, oof_unknown = np.zeros_like(y), np.zeros_like(y)
         for train, test in KFold(folds, shuffle=True, random_state=seed).split(x):
             oof[test] = fit_rows(train).predict(x[test])
-        residual = np.abs(oof - y)
-        model = fit_rows(np.arange(len(y)))
-        return cls(model, names, conformal_half_width(residual), float(residual.mean()), np.clip(oof, *AGE_RANGE))
+            oof_unknown[test] = fit_rows(train, without_sex).predict(x[test][:, without_sex])
+        residual, residual_unknown = np.abs(oof - y), np.abs(oof_unknown - y)
+        every = np.arange(len(y))
+        return cls(fit_rows(every), names, conformal_half_width(residual), float(residual.mean()), np.clip(oof, *AGE_RANGE),
+                   fit_rows(every, without_sex), conformal_half_width(residual_unknown), float(residual_unknown.mean()),
+                   np.clip(oof_unknown, *AGE_RANGE))
+
+    def _read_without_sex(self, sex: np.ndarray) -> np.ndarray:
+        """Which hands the sex-agnostic model reads: those of unknown sex (none without the model)."""
+        return np.isnan(self._sex_code(sex)) & (self.sex_agnostic_model is not None)
 
     def predict(self, features: pd.DataFrame, sex: np.ndarray) -> np.ndarray:
-        """Predicted bone age (months), clipped to :data:`AGE_RANGE`."""
+        """Predicted bone age (months), clipped to :data:`AGE_RANGE`; an unknown sex (``None``) is read without it."""
         x = self._design(features, np.asarray(sex), self.feature_names)
-        return np.clip(self.model.predict(x), *AGE_RANGE)  # type: ignore[attr-defined]
+        age = self.model.predict(x)  # type: ignore[attr-defined]
+        unknown = self._read_without_sex(np.asarray(sex))
+        if unknown.any():
+            age[unknown] = self.sex_agnostic_model.predict(x[unknown, :-1])  # type: ignore[union-attr]
+        return np.clip(age, *AGE_RANGE)
 
     def predict_interval(self, features: pd.DataFrame, sex: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(age, lower, upper)`` arrays with the conformal 90% interval."""
+        """``(age, lower, upper)`` arrays with the conformal 90% interval (its own width for an unknown sex)."""
         age = self.predict(features, sex)
-        return age, np.clip(age - self.half_width_90, *AGE_RANGE), np.clip(age + self.half_width_90, *AGE_RANGE)
+        half = np.where(self._read_without_sex(np.asarray(sex)), self.half_width_90_sex_unknown or self.half_width_90,
+                        self.half_width_90)
+        return age, np.clip(age - half, *AGE_RANGE), np.clip(age + half, *AGE_RANGE)
 
     def save(self, path: str | Path) -> Path:
         """Pickle with joblib (scikit-learn models have no portable format).
@@ -418,7 +448,7 @@ class AgeRegression:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        joblib.dump(dataclasses.replace(self, oof=None), path, compress=3)
+        joblib.dump(dataclasses.replace(self, oof=None, oof_sex_unknown=None), path, compress=3)
         return path
 
     @staticmethod
@@ -441,6 +471,7 @@ def lookup_out_of_fold(
     folds: int = 5,
     seed: int = 0,
     bandwidth_months: float = 12.0,
+    sex_withheld: bool = False,
 ) -> np.ndarray:
     """Each hand's lookup age from a reference built without its fold (K-fold cross-fitting).
 
@@ -449,6 +480,8 @@ def lookup_out_of_fold(
         tau: likelihood tempering of the lookup.
         folds, seed: the K-fold split.
         bandwidth_months: smoothing of the fold references (as for the shipped one).
+        sex_withheld: read every hand as of unknown sex (the fold references are still built
+            by sex).
 
     Returns:
         Posterior-median ages (months), one per hand, in input order.
@@ -462,7 +495,7 @@ def lookup_out_of_fold(
     for fit_idx, held_idx in KFold(folds, shuffle=True, random_state=seed).split(out):
         table = build_reference(features.iloc[fit_idx], ages[fit_idx], sexes[fit_idx], bandwidth_months=bandwidth_months)
         table.tau = tau
-        out[held_idx] = [table.estimate(rows[i], sexes[i])[0] for i in held_idx]
+        out[held_idx] = [table.estimate(rows[i], None if sex_withheld else sexes[i])[0] for i in held_idx]
     return out
 
 

@@ -181,7 +181,7 @@ register(
         kind="reference-regression",
         folder=MODELS_DIR / "multistep",
         weights_file="maturity_reference.csv",
-        version="multistep-6",
+        version="multistep-7",
         loader="boneage.multistep:MultiStepModel.load",
         description="maturity reference tables + regression on per-bone measurements, blended -> bone age with a 90% interval",
     )

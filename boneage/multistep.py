@@ -9,7 +9,9 @@ and writing its model card are in :mod:`boneage.training.multistep`. The bundle:
 * ``length_reference_mm.csv`` — a **model** of calibrated bone lengths (mm) by age and sex, built
   from the synthetic growth model (no published per-bone norms are available);
 * ``regression.joblib`` — gradient-boosting regression on the scale-free features and sex;
-* ``combination.json`` — how the two are combined (:class:`boneage.growth.LookupBlend`).
+* ``combination.json`` — how the two are combined (:class:`boneage.growth.LookupBlend`);
+  ``combination_sex_unknown.json`` — the same for hands of unknown sex (the regression's
+  sex-agnostic model with the lookup over both sexes' references).
 
 The estimate is ``w * regression + (1 - w) * lookup`` (the scale-free maturity lookup), ``w``
 chosen on out-of-fold predictions of the training hands, with a conformal 90% interval; without
@@ -37,8 +39,9 @@ MATURITY_FILE = "maturity_reference.csv"
 LENGTH_FILE = "length_reference_mm.csv"
 REGRESSION_FILE = "regression.joblib"
 COMBINATION_FILE = "combination.json"
+COMBINATION_SEX_UNKNOWN_FILE = "combination_sex_unknown.json"
 METRICS_FILE = "metrics.json"
-VERSION = "multistep-6"
+VERSION = "multistep-7"
 
 
 @dataclass
@@ -140,6 +143,8 @@ class MultiStepModel:
         blend: how the regression and the maturity lookup combine (optional; without it the
             regression alone gives the age).
         version: version string for results.
+        blend_sex_unknown: the blend for hands of unknown sex (optional; without it ``blend``
+            serves them too).
     """
 
     def __init__(
@@ -149,12 +154,14 @@ class MultiStepModel:
         regression: AgeRegression | None = None,
         blend: LookupBlend | None = None,
         version: str = VERSION,
+        blend_sex_unknown: LookupBlend | None = None,
     ) -> None:
         self.maturity = maturity
         self.lengths_mm = lengths_mm
         self.regression = regression
         self.blend = blend
         self.version = version
+        self.blend_sex_unknown = blend_sex_unknown
 
     @classmethod
     def load(cls, folder: str | Path | None = None) -> MultiStepModel:
@@ -172,11 +179,13 @@ class MultiStepModel:
         lengths = folder / LENGTH_FILE
         regression = folder / REGRESSION_FILE
         blend = folder / COMBINATION_FILE
+        blend_sex_unknown = folder / COMBINATION_SEX_UNKNOWN_FILE
         return cls(
             ReferenceTable.load(maturity_path),
             ReferenceTable.load(lengths) if lengths.is_file() else None,
             AgeRegression.load(regression) if regression.is_file() else None,
             LookupBlend.load(blend) if blend.is_file() else None,
+            blend_sex_unknown=LookupBlend.load(blend_sex_unknown) if blend_sex_unknown.is_file() else None,
         )
 
     def save(self, folder: str | Path) -> Path:
@@ -190,6 +199,8 @@ class MultiStepModel:
             self.regression.save(folder / REGRESSION_FILE)
         if self.blend is not None:
             self.blend.save(folder / COMBINATION_FILE)
+        if self.blend_sex_unknown is not None:
+            self.blend_sex_unknown.save(folder / COMBINATION_SEX_UNKNOWN_FILE)
         return folder
 
     def predict_table(self, features: pd.DataFrame, sex: np.ndarray | list) -> dict[str, np.ndarray]:
@@ -227,6 +238,10 @@ class MultiStepModel:
             age = reg
             if self.blend is not None:
                 age, lo, hi = self.blend.combine(reg, look[:, 0])
+                unknown = np.array([s not in ("M", "F") for s in sexes], dtype=bool)
+                if self.blend_sex_unknown is not None and unknown.any():
+                    age, lo, hi = (np.array(v, dtype=float) for v in (age, lo, hi))
+                    age[unknown], lo[unknown], hi[unknown] = self.blend_sex_unknown.combine(reg[unknown], look[unknown, 0])
         return {"age": age, "lower_90": lo, "upper_90": hi, "lookup": look[:, 0], "regression": reg}
 
     def estimate(self, measurements: Measurements, sex: str | None, bones: bool = True) -> MultiStepEstimate:
@@ -234,8 +249,8 @@ class MultiStepModel:
 
         Args:
             measurements: from :func:`boneage.measure.measure`.
-            sex: ``"M"``, ``"F"`` or ``None`` (unknown: both sexes' references are averaged and
-                the regression sees a missing sex).
+            sex: ``"M"``, ``"F"`` or ``None`` (unknown: both sexes' references are averaged, the
+                regression's sex-agnostic model reads the hand and the sex-unknown blend joins them).
             bones: also make the per-bone table (a test-time-augmentation view needs the age only).
 
         Returns:

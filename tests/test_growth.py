@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from boneage.growth import (
+    AGE_RANGE,
     AgeRegression,
     LookupBlend,
     ReferenceTable,
@@ -101,6 +102,42 @@ def test_regression_learns_and_has_a_conformal_interval(tmp_path):
     np.testing.assert_allclose(again.predict(feats.iloc[:5], sex[:5]), reg.predict(feats.iloc[:5], sex[:5]))
 
 
+def test_regression_reads_an_unknown_sex_with_its_sex_agnostic_model(tmp_path):
+    import dataclasses
+
+    feats, age, sex = _cohort(900, seed=6)
+    reg = AgeRegression.fit(feats.iloc[:600], age[:600], sex[:600], folds=3, max_iter=60)
+    test, truth, true_sex = feats.iloc[600:], age[600:], sex[600:]
+    unknown = np.array([None] * len(truth))
+    pred, lo, hi = reg.predict_interval(test, unknown)
+    bias = {s: float(np.mean((pred - truth)[true_sex == s])) for s in ("M", "F")}
+    # Girls' features run a year ahead: read without the sex, girls read a little old and boys a
+    # little young (about half a year each way), not one sex right and the other a year off.
+    assert bias["F"] > 2 and bias["M"] < -2 and max(abs(bias["M"]), abs(bias["F"])) < 9
+    assert abs(bias["F"] + bias["M"]) < 2
+    # That is the second model's reading, which never had a sex column (the first would route a
+    # missing sex code down whichever branch held more training hands).
+    assert reg.sex_agnostic_model.n_features_in_ == len(reg.feature_names)
+    np.testing.assert_allclose(pred, np.clip(reg.sex_agnostic_model.predict(test[reg.feature_names].to_numpy(float)),
+                                             *AGE_RANGE))
+    assert 0.8 <= np.mean((lo <= truth) & (truth <= hi)) <= 0.99
+    assert reg.half_width_90_sex_unknown > reg.half_width_90 and reg.cv_mae_sex_unknown > reg.cv_mae
+    np.testing.assert_allclose(hi - pred, np.minimum(reg.half_width_90_sex_unknown, AGE_RANGE[1] - pred))
+    assert np.mean(np.abs(reg.oof_sex_unknown - age[:600])) == pytest.approx(reg.cv_mae_sex_unknown)
+    # A known sex is still read by the sex-aware model, hands of both kinds in one call.
+    mixed = np.array([None, "M", "F"], dtype=object)
+    np.testing.assert_allclose(reg.predict(test.iloc[:3], mixed),
+                               [pred[0], *reg.predict(test.iloc[1:3], mixed[1:])])
+    again = AgeRegression.load(reg.save(tmp_path / "reg.joblib"))
+    assert again.oof_sex_unknown is None
+    np.testing.assert_allclose(again.predict_interval(test, unknown), (pred, lo, hi))
+    # A regression saved before the second model existed reads an unknown sex as it did then.
+    legacy = dataclasses.replace(reg, sex_agnostic_model=None, half_width_90_sex_unknown=None)
+    old_pred, old_lo, _ = legacy.predict_interval(test, unknown)
+    np.testing.assert_allclose(old_pred, np.clip(reg.model.predict(reg._design(test, unknown, reg.feature_names)), *AGE_RANGE))
+    np.testing.assert_allclose(old_pred - old_lo, np.minimum(reg.half_width_90, old_pred))
+
+
 def test_a_feature_measured_in_one_sex_only_is_covered_for_that_sex_only():
     feats, age, sex = _cohort()
     feats.loc[sex == "F", "ratio"] = np.nan  # e.g. too few girls' films measured that bone plausibly
@@ -141,6 +178,12 @@ def test_lookup_out_of_fold_never_sees_the_hand_it_estimates():
     again = lookup_out_of_fold(feats, relabelled, sex, tau=2.0, folds=3)
     assert again[0] == oof[0]
     assert not np.allclose(again[1:], oof[1:])
+    # With the sex withheld, a hand's own sex never reaches its estimate either.
+    withheld = lookup_out_of_fold(feats, age, sex, tau=2.0, folds=3, sex_withheld=True)
+    flipped = sex.copy()
+    flipped[0] = "F" if sex[0] == "M" else "M"
+    assert lookup_out_of_fold(feats, age, flipped, tau=2.0, folds=3, sex_withheld=True)[0] == withheld[0]
+    assert lookup_out_of_fold(feats, age, flipped, tau=2.0, folds=3)[0] != oof[0]
 
 
 def test_a_blend_drawn_to_the_middle_is_read_back_through_an_age_map(tmp_path):

@@ -6,6 +6,8 @@ test_training_multistep.py.
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from boneage.multistep import main_feature
@@ -25,8 +27,9 @@ def test_main_feature_follows_maturity():
 def test_bundle_reports_the_blend_of_regression_and_lookup(synth_folder, tmp_path):
     import shutil
 
+    from boneage.growth import lookup_out_of_fold
     from boneage.measure import measure
-    from boneage.multistep import COMBINATION_FILE, MultiStepModel
+    from boneage.multistep import COMBINATION_FILE, COMBINATION_SEX_UNKNOWN_FILE, MultiStepModel
     from boneage.synth import generate_hand
     from boneage.training.multistep import evaluate, fit_bundle, labelled_folder
 
@@ -45,10 +48,37 @@ def test_bundle_reports_the_blend_of_regression_and_lookup(synth_folder, tmp_pat
     metrics = evaluate(loaded, data)
     assert metrics["regression_mae_months"] is not None and metrics["final"]["all"]["n"] == 60
 
+    # A hand of unknown sex: the regression's sex-agnostic model, joined to the lookup by the
+    # sex-unknown blend (fitted on the same films' out-of-fold ages with the sex withheld).
+    assert loaded.blend_sex_unknown == model.blend_sex_unknown is not None
+    withheld = lookup_out_of_fold(data.features, data.bone_age_months, data.sex, model.maturity.tau, seed=0,
+                                  sex_withheld=True)
+    assert model.blend_sex_unknown.lookup_cv_mae == pytest.approx(np.mean(np.abs(withheld - data.bone_age_months)))
+    assert model.blend_sex_unknown.regression_cv_mae == pytest.approx(model.regression.cv_mae_sex_unknown)
+    unknown = loaded.estimate(m, None)
+    assert unknown.regression_age_months == pytest.approx(float(loaded.regression.predict(
+        pd.DataFrame([m.features()]), [None])[0]))
+    expected = loaded.blend_sex_unknown.combine(unknown.regression_age_months, unknown.lookup_age_months)
+    assert (unknown.age_months, unknown.lower_90, unknown.upper_90) == pytest.approx(tuple(float(a) for a in expected))
+    table = loaded.predict_table(pd.DataFrame([m.features()] * 2), [hand.sex, None])  # one call, both kinds
+    assert table["age"] == pytest.approx([est.age_months, unknown.age_months])
+    assert table["lower_90"] == pytest.approx([est.lower_90, unknown.lower_90])
+
+    # A bundle written before the sex-unknown blend existed uses its one blend for every hand.
+    older = tmp_path / "older"
+    shutil.copytree(tmp_path / "bundle", older)
+    (older / COMBINATION_SEX_UNKNOWN_FILE).unlink()
+    one_blend = MultiStepModel.load(older)
+    assert one_blend.blend_sex_unknown is None
+    unknown_then = one_blend.estimate(m, None)
+    assert (unknown_then.age_months, unknown_then.lower_90) == pytest.approx(tuple(float(a) for a in loaded.blend.combine(
+        unknown.regression_age_months, unknown.lookup_age_months)[:2]))
+
     # A bundle written before the blend existed reports the regression's age, as it did then.
     old = tmp_path / "old"
     shutil.copytree(tmp_path / "bundle", old)
     (old / COMBINATION_FILE).unlink()
+    (old / COMBINATION_SEX_UNKNOWN_FILE).unlink()
     legacy = MultiStepModel.load(old)
     assert legacy.blend is None
     assert legacy.estimate(m, hand.sex).age_months == pytest.approx(est.regression_age_months)

@@ -30,6 +30,7 @@ from boneage.growth import (
 from boneage.measure import MEASURE_VERSION, Measurements, feature_names, measure
 from boneage.multistep import (
     COMBINATION_FILE,
+    COMBINATION_SEX_UNKNOWN_FILE,
     LENGTH_FILE,
     MATURITY_FILE,
     METRICS_FILE,
@@ -157,13 +158,18 @@ def fit_bundle(
         np.concatenate([train.sex, regression_extra.sex]), list(train.ids) + list(regression_extra.ids))
     reg = AgeRegression.fit(reg_data.features, reg_data.bone_age_months, reg_data.sex, seed=seed,
                             max_iter=max_iter) if regression else None
-    blend = None
+    blend = blend_sex_unknown = None
     if reg is not None and reg.oof is not None:
         # Both estimators' out-of-fold ages on the same hands (the regression's first rows are
-        # ``train``'s) choose how much of each the final age takes.
+        # ``train``'s) choose how much of each the final age takes; with the sex withheld, its own
+        # weight, age map and interval.
         look_oof = lookup_out_of_fold(train.features, train.bone_age_months, train.sex, tau, seed=seed)
         blend = LookupBlend.fit(reg.oof[:n], look_oof, train.bone_age_months)
-    return MultiStepModel(table, lengths_mm, reg, blend)
+        if reg.oof_sex_unknown is not None:
+            look_oof = lookup_out_of_fold(train.features, train.bone_age_months, train.sex, tau, seed=seed,
+                                          sex_withheld=True)
+            blend_sex_unknown = LookupBlend.fit(reg.oof_sex_unknown[:n], look_oof, train.bone_age_months)
+    return MultiStepModel(table, lengths_mm, reg, blend, blend_sex_unknown=blend_sex_unknown)
 
 
 def evaluate(model: MultiStepModel, data: LabelledMeasurements) -> dict:
@@ -182,7 +188,7 @@ def evaluate_sex_unknown(model: MultiStepModel, data: LabelledMeasurements) -> d
     """Errors of the reported age on the same hands with the sex withheld from the model.
 
     Every PNG/JPEG without a manifest reaches the model with an unknown sex (both sexes'
-    references averaged, the regression sees a missing sex); users need to know what that costs.
+    references averaged, the regression's sex-agnostic model reads them); users need to know what that costs.
 
     Args:
         model: the bundle.
@@ -583,6 +589,10 @@ def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_le
         "regression_cv_mae_months": model.regression.cv_mae if model.regression else None,
         "regression_half_width_90": model.regression.half_width_90 if model.regression else None,
         "blend": {k: v for k, v in asdict(model.blend).items() if k != "age_map"} if model.blend else None,
+        "regression_sex_unknown_cv_mae_months": model.regression.cv_mae_sex_unknown if model.regression else None,
+        "regression_sex_unknown_half_width_90": model.regression.half_width_90_sex_unknown if model.regression else None,
+        "blend_sex_unknown": ({k: v for k, v in asdict(model.blend_sex_unknown).items() if k != "age_map"}
+                              if model.blend_sex_unknown else None),
         "validation": evaluate(model, val),
         "validation_sex_unknown": evaluate_sex_unknown(model, val),
         "fraction_tubular_bones_plausible_val": float(np.mean([
@@ -615,6 +625,14 @@ def _age_map_text(blend: dict) -> str:
             "  half-width is fitted on the mapped scale.")
 
 
+def _blend_text(b: dict) -> str:
+    """Model-card text on a blend (:class:`boneage.growth.LookupBlend`'s fields from ``metrics.json``)."""
+    return (f"{b['regression_weight']:.2f} x regression + {1 - b['regression_weight']:.2f} x lookup,\n"
+            f"  the weight chosen on 5-fold out-of-fold predictions of the training films (out-of-fold MAE:\n"
+            f"  blend {b['cv_mae']:.1f}, regression {b['regression_cv_mae']:.1f}, lookup {b['lookup_cv_mae']:.1f} months); 90% interval =\n"
+            f"  +-{b['half_width_90']:.1f} months (split-conformal from the blend's out-of-fold residuals)." + _age_map_text(b))
+
+
 def write_model_card(folder: str | Path = MULTISTEP_DIR) -> Path:
     """Write ``MODEL_CARD.md`` of the multi-step bundle from its ``metrics.json``."""
     folder = Path(folder)
@@ -634,11 +652,14 @@ def write_model_card(folder: str | Path = MULTISTEP_DIR) -> Path:
     extra = (f", plus {n_299} squashed `rsna-299` films for the regression only (their shape and area features\n"
              "left out: a lost aspect ratio distorts them)") if n_299 else ""
     b = m.get("blend")
-    blend_text = ("the reported age is the regression's alone." if not b else
-                  f"the reported age is {b['regression_weight']:.2f} x regression + {1 - b['regression_weight']:.2f} x lookup,\n"
-                  f"  the weight chosen on 5-fold out-of-fold predictions of the training films (out-of-fold MAE:\n"
-                  f"  blend {b['cv_mae']:.1f}, regression {b['regression_cv_mae']:.1f}, lookup {b['lookup_cv_mae']:.1f} months); 90% interval =\n"
-                  f"  +-{b['half_width_90']:.1f} months (split-conformal from the blend's out-of-fold residuals)." + _age_map_text(b))
+    blend_text = "the reported age is the regression's alone." if not b else "the reported age is " + _blend_text(b)
+    bu = m.get("blend_sex_unknown")
+    sex_unknown_model_text = "" if not m.get("regression_sex_unknown_cv_mae_months") else (
+        "\n- For a hand of unknown sex the regression's second model, fitted on the same films without the sex, reads it\n"
+        f"  (CV MAE {m['regression_sex_unknown_cv_mae_months']:.1f} months, 90% interval +-"
+        f"{m['regression_sex_unknown_half_width_90']:.1f}): the first never saw a missing sex and would read such a hand\n"
+        "  as one sex. The lookup averages both sexes' references"
+        + ("." if not bu else f", and `{COMBINATION_SEX_UNKNOWN_FILE}` joins them: " + _blend_text(bu)))
     reg_mae = m["validation"].get("regression_mae_months")
     u = m.get("validation_sex_unknown")
     sex_unknown_text = sex_unknown_limit = ""
@@ -680,7 +701,7 @@ contact, relative lengths and aspect, carpal areas; all scale-free, no pixel spa
 - `{LENGTH_FILE}`: calibrated length reference in mm -- **a model**, built from the synthetic
   growth model (no published per-bone hand norms were available); used only for images with
   trustworthy pixel spacing.
-- `{COMBINATION_FILE}`: {blend_text}
+- `{COMBINATION_FILE}`: {blend_text}{sex_unknown_model_text}
 The lookup also gives the per-bone implied ages and z-scores.
 
 ## Data
