@@ -218,7 +218,7 @@ register(
         kind="regressor",
         folder=MODELS_DIR / "perbone",
         weights_file="perbone.pt",
-        version="perbone-3",
+        version="perbone-4",
         loader="boneage.perbone:PerBoneEstimator.load",
         description="per-bone maturity: aligned crops of the RUS bones and the carpus -> each bone's age -> "
                     "robust consensus with a calibrated 90% interval",

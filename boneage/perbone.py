@@ -362,7 +362,7 @@ WEIGHTS_FILE = "perbone.pt"
 ONNX_FILE = "perbone.onnx"
 CALIBRATION_FILE = "calibration.json"
 METRICS_FILE = "metrics.json"
-MODEL_VERSION = "perbone-3"
+MODEL_VERSION = "perbone-4"
 
 
 def load_crop_network(path: str | Path | None, folder_name: str, weights_file: str, onnx_file: str, exported: bool,
@@ -461,6 +461,39 @@ def crop_network_inputs(crops: BoneCrops, idx: np.ndarray, intensity: str = "win
         ValueError: for an unknown ``intensity``.
     """
     return crop_intensity_inputs(crops.images[idx], intensity)[:, None]
+
+
+#: Test-time views of every crop, ``(turn in degrees, mirrored)``, read and averaged: turns and the
+#: mirror that training drew. Chosen on the calibration hold-out with `perbone-3` (consensus MAE
+#: 7.25 -> 7.11 months, mean single-bone MAE 10.2 -> 9.8). A calibration records the views it was
+#: fitted with; one without them is read with the first view alone.
+TEST_TIME_VIEWS = ((0.0, False), (0.0, True), (-6.0, False), (-6.0, True), (6.0, False), (6.0, True))
+
+
+def crop_views(inputs: np.ndarray, views=TEST_TIME_VIEWS) -> np.ndarray:
+    """Every crop turned and mirrored as ``views`` say, view after view.
+
+    The map of training's augmentation (``torch.nn.functional.affine_grid`` over normalised
+    coordinates, bilinear, edge values past the border), in NumPy: the ONNX path needs no torch.
+
+    Args:
+        inputs: float32 ``(N, 1, H, W)`` network inputs.
+        views: ``(turn_deg, mirrored)`` pairs.
+
+    Returns:
+        float32 ``(len(views) * N, 1, H, W)``: the N crops of the first view, then of the next.
+    """
+    n, _, h, w = inputs.shape
+    y, x = np.meshgrid((2 * np.arange(h) + 1) / h - 1, (2 * np.arange(w) + 1) / w - 1, indexing="ij")
+    crop = np.broadcast_to(np.arange(n, dtype=float)[:, None, None], (n, h, w))
+    out = []
+    for turn, mirrored in views:
+        cos, sin, sign = np.cos(np.radians(turn)), np.sin(np.radians(turn)), -1.0 if mirrored else 1.0
+        rows = ((sign * sin * x + cos * y + 1) * h - 1) / 2  # output pixel -> input pixel
+        cols = ((sign * cos * x - sin * y + 1) * w - 1) / 2
+        coords = np.stack([crop, np.broadcast_to(rows, (n, h, w)), np.broadcast_to(cols, (n, h, w))])
+        out.append(ndimage.map_coordinates(inputs[:, 0], coords, order=1, mode="nearest")[:, None])
+    return np.concatenate(out).astype(np.float32, copy=False)
 
 
 def crop_intensity_inputs(images: np.ndarray, intensity: str = "window") -> np.ndarray:
@@ -625,6 +658,8 @@ class PerBoneEstimator:
         self.calibration = calibration
         self.device = str(device)
         self.model_version = calibration.get("model_version", MODEL_VERSION)
+        #: The test-time views the calibration was fitted with (:data:`TEST_TIME_VIEWS`).
+        self.views = tuple((float(t), bool(m)) for t, m in calibration.get("test_time_views", TEST_TIME_VIEWS[:1]))
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", exported: bool = True) -> PerBoneEstimator:
@@ -655,11 +690,12 @@ class PerBoneEstimator:
         idx = np.flatnonzero(crops.present)
         if len(idx) == 0:
             return ages, scales
-        code = np.full(len(idx), sex_to_code(sex), dtype=np.float32)
-        inputs = crop_network_inputs(crops, idx, self.calibration.get("crop_intensity", "window"))
-        loc, log_scale = self._forward(inputs, idx.astype(np.int64), code)
-        ages[idx] = loc * AGE_SCALE + AGE_CENTRE
-        scales[idx] = np.exp(log_scale) * AGE_SCALE
+        views = len(self.views)
+        code = np.full(len(idx) * views, sex_to_code(sex), dtype=np.float32)
+        inputs = crop_views(crop_network_inputs(crops, idx, self.calibration.get("crop_intensity", "window")), self.views)
+        loc, log_scale = self._forward(inputs, np.tile(idx, views).astype(np.int64), code)
+        ages[idx] = (np.asarray(loc) * AGE_SCALE + AGE_CENTRE).reshape(views, -1).mean(axis=0)
+        scales[idx] = (np.exp(log_scale) * AGE_SCALE).reshape(views, -1).mean(axis=0)
         return ages, scales
 
     def predict_crops(self, crops: BoneCrops, sex: str | None = None,

@@ -20,10 +20,12 @@ from boneage.perbone import (
     AGE_SCALE,
     CROP_SHAPE,
     MIN_RUS_BONES,
+    TEST_TIME_VIEWS,
     BoneCrops,
     PerBoneEstimator,
     bone_crops,
     crop_network_inputs,
+    crop_views,
     crops_from_reading,
     equalise_crops,
 )
@@ -222,7 +224,7 @@ def test_sex_unknown_uses_its_own_wider_calibration():
 
 def test_registry_entry_loads_the_weights_and_calibration(tmp_path, hand):
     entry = models.get("perbone")
-    assert (entry.version, entry.weights_file, entry.folder.name) == ("perbone-3", "perbone.pt", "perbone")
+    assert (entry.version, entry.weights_file, entry.folder.name) == ("perbone-4", "perbone.pt", "perbone")
     est = tiny_perbone(seed=2)
     state = {k: v.half() for k, v in est.network.state_dict().items()}  # fp16 on disk, as shipped
     torch.save({"state_dict": state, "widths": list(TINY_WIDTHS), "model_version": "perbone-test"}, tmp_path / "perbone.pt")
@@ -567,3 +569,53 @@ def test_the_estimator_feeds_the_grey_levels_its_calibration_names():
     bad["crop_intensity"] = "histogram"
     with pytest.raises(ValueError, match="unknown crop intensity 'histogram'"):
         PerBoneEstimator(FixedBoneNet(), bad).predict_crops(crops, "F")
+
+
+class BrightnessBoneNet(torch.nn.Module):
+    """Per-bone network double: a crop's age is its mean grey level's, its scale the mean of its left half."""
+
+    def forward(self, crops, regions, sex_code):
+        left = crops[..., : crops.shape[-1] // 2].mean(dim=(1, 2, 3))
+        return crops.mean(dim=(1, 2, 3)), torch.log(0.1 + left)
+
+
+def test_crop_views_are_training_augmentations_map():
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(2)
+    x = rng.random((5, 1, *CROP_SHAPE)).astype(np.float32)
+    views = crop_views(x)
+    assert views.shape == (len(TEST_TIME_VIEWS) * 5, 1, *CROP_SHAPE) and views.dtype == np.float32
+    for k, (turn, mirrored) in enumerate(TEST_TIME_VIEWS):
+        # affine_grid's matrix as boneage.training.perbone.augment_crops builds it (zoom 1, aspect 1).
+        a, sign = np.radians(turn), -1.0 if mirrored else 1.0
+        theta = torch.tensor([[np.cos(a) * sign, -np.sin(a), 0.0], [np.sin(a) * sign, np.cos(a), 0.0]],
+                             dtype=torch.float32).expand(5, 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        expected = F.grid_sample(torch.from_numpy(x), grid, padding_mode="border", align_corners=False).numpy()
+        np.testing.assert_allclose(views[5 * k: 5 * k + 5], expected, atol=1e-5)
+    assert np.array_equal(crop_views(x, ((0.0, False),)), x)
+    assert np.array_equal(crop_views(x, ((0.0, True),)), x[..., ::-1])
+    assert not np.allclose(crop_views(x, ((6.0, False),)), x, atol=0.05)
+
+
+def test_the_estimator_averages_the_views_its_calibration_names():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (len(anatomy.MATURITY_REGIONS), *CROP_SHAPE)).astype(np.uint8)
+    images[..., : CROP_SHAPE[1] // 2] //= 4  # the left half dark: mirroring changes the left half's mean
+    crops = all_present(images)
+    plain = PerBoneEstimator(BrightnessBoneNet(), json.loads(json.dumps(CALIBRATION)))
+    viewed_calibration = json.loads(json.dumps(CALIBRATION))
+    viewed_calibration["test_time_views"] = [list(v) for v in TEST_TIME_VIEWS]
+    viewed = PerBoneEstimator(BrightnessBoneNet(), viewed_calibration)
+    assert plain.views == ((0.0, False),) and viewed.views == TEST_TIME_VIEWS  # without the key: as cut
+
+    inputs = crop_network_inputs(crops, np.arange(len(images)))
+    stacked = crop_views(inputs).reshape(len(TEST_TIME_VIEWS), len(images), -1)
+    halves = crop_views(inputs)[..., : CROP_SHAPE[1] // 2].reshape(len(TEST_TIME_VIEWS), len(images), -1)
+    ages, scales = viewed.bone_ages(crops, "F")
+    np.testing.assert_allclose(ages, stacked.mean(axis=2).mean(axis=0) * AGE_SCALE + AGE_CENTRE, rtol=1e-5)
+    np.testing.assert_allclose(scales, (0.1 + halves.mean(axis=2)).mean(axis=0) * AGE_SCALE, rtol=1e-5)
+    plain_ages, plain_scales = plain.bone_ages(crops, "F")
+    np.testing.assert_allclose(plain_ages, inputs.mean(axis=(1, 2, 3)) * AGE_SCALE + AGE_CENTRE, rtol=1e-5)
+    assert not np.allclose(plain_scales, scales)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from boneage import anatomy
-from boneage.perbone import CROP_SHAPE
+from boneage import anatomy, segment
+from boneage.perbone import CROP_SHAPE, TEST_TIME_VIEWS
 from boneage.training import perbone as tp
 
 N_REGIONS = len(anatomy.MATURITY_REGIONS)
@@ -98,6 +98,31 @@ def test_checkpoint_from_before_the_sex_task_resumes_as_an_age_run(tmp_path):
     logs.clear()
     tp.train_network(images, present, ages, codes, _config(tmp_path, task="sex"), tmp_path, log=logs.append)
     assert any("other settings" in line for line in logs)
+
+
+def test_training_reads_the_crops_in_the_views_inference_reads():
+    from boneage.perbone import BoneCrops, PerBoneEstimator
+
+    class LeftHeavyNet(torch.nn.Module):  # age from the whole crop, scale from its left half: views matter
+        def forward(self, crops, regions, sex_code):
+            left = crops[..., : crops.shape[-1] // 2].mean(dim=(1, 2, 3))
+            return crops.mean(dim=(1, 2, 3)) + 0.01 * regions + 0.1 * sex_code, torch.log(0.1 + left)
+
+    rng = np.random.default_rng(4)
+    n_regions = len(anatomy.MATURITY_REGIONS)
+    images = rng.integers(0, 256, (3, n_regions, *CROP_SHAPE)).astype(np.uint8)
+    images[..., : CROP_SHAPE[1] // 3] //= 5
+    present = rng.random((3, n_regions)) < 0.8
+    codes = np.array([1.0, -1.0, 1.0], np.float32)
+    ages, scales = tp.predict_crop_arrays(LeftHeavyNet(), images, present, codes, batch=7, views=TEST_TIME_VIEWS)
+    plain, _ = tp.predict_crop_arrays(LeftHeavyNet(), images, present, codes)
+    calibration = {"sex_known": {}, "sex_unknown": {}, "test_time_views": [list(v) for v in TEST_TIME_VIEWS]}
+    est = PerBoneEstimator(LeftHeavyNet(), json.loads(json.dumps(calibration)))
+    for film, sex in enumerate(("M", "F", "M")):
+        a, s_ = est.bone_ages(BoneCrops(images[film], present[film], np.ones(n_regions, np.float32)), sex)
+        np.testing.assert_allclose(ages[film], a, rtol=1e-5)
+        np.testing.assert_allclose(scales[film], s_, rtol=1e-5)
+    assert np.isnan(ages[~present]).all() and not np.allclose(plain[present], ages[present])
 
 
 def test_calibration_and_evaluation_of_consensus():
@@ -212,6 +237,8 @@ def test_train_command_writes_weights_card_and_metrics_that_load(tmp_path, monke
     est = PerBoneEstimator.load(tmp_path / "m")
     assert set(est.calibration) >= {"sex_known", "sex_unknown"}
     assert est.calibration["crop_intensity"] == "window"  # recorded, so inference feeds what training fed
+    assert est.views == TEST_TIME_VIEWS and f"each crop is read {len(TEST_TIME_VIEWS)} times" in card
+    assert metrics["training"]["segmenter_version"] == segment.VERSION and f"(`{segment.VERSION}`)" in card
 
 
 @pytest.mark.slow

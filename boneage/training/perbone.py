@@ -262,7 +262,7 @@ def _laplace_loss(loc, log_scale, target):
 
 
 def predict_crop_arrays(network, images: np.ndarray, present: np.ndarray, sex_codes: np.ndarray,
-                        batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+                        batch: int = 1024, views=((0.0, False),)) -> tuple[np.ndarray, np.ndarray]:
     """Per-region ages and scales (months) of many films' crops (NaN where no crop).
 
     Args:
@@ -270,25 +270,32 @@ def predict_crop_arrays(network, images: np.ndarray, present: np.ndarray, sex_co
         images: uint8 ``(N, R, H, W)``.
         present: bool ``(N, R)``.
         sex_codes: ``(N,)`` sex codes (+1/-1/0).
+        batch: crops a forward pass (each read in every view).
+        views: test-time views averaged (:func:`boneage.perbone.crop_views`); the default is
+            the crop as cut.
 
     Returns:
         ``(ages, scales)``, each ``(N, R)``.
     """
     import torch
 
-    from boneage.perbone import AGE_CENTRE, AGE_SCALE
+    from boneage.perbone import AGE_CENTRE, AGE_SCALE, crop_views
 
     films, regions = np.nonzero(present)
     ages = np.full(present.shape, np.nan)
     scales = np.full(present.shape, np.nan)
     network.eval()
+    n_views = len(views)
+    batch = max(1, batch // n_views)
     with torch.inference_mode():
         for start in range(0, len(films), batch):
             f, r = films[start:start + batch], regions[start:start + batch]
-            x = torch.from_numpy(images[f, r]).float().div_(255.0).unsqueeze(1).contiguous(memory_format=torch.channels_last)
-            loc, log_scale = network(x, torch.from_numpy(r).long(), torch.from_numpy(sex_codes[f]).float())
-            ages[f, r] = loc.float().numpy() * AGE_SCALE + AGE_CENTRE
-            scales[f, r] = np.exp(log_scale.float().numpy()) * AGE_SCALE
+            x = crop_views(images[f, r][:, None].astype(np.float32) / 255.0, views)
+            x = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+            loc, log_scale = network(x, torch.from_numpy(np.tile(r, n_views)).long(),
+                                     torch.from_numpy(np.tile(sex_codes[f], n_views)).float())
+            ages[f, r] = (loc.float().numpy() * AGE_SCALE + AGE_CENTRE).reshape(n_views, -1).mean(axis=0)
+            scales[f, r] = (np.exp(log_scale.float().numpy()) * AGE_SCALE).reshape(n_views, -1).mean(axis=0)
     return ages, scales
 
 
@@ -629,7 +636,8 @@ def train(config: TrainConfig, log=print) -> dict | None:
     import torch
 
     from boneage.paths import MODELS_DIR
-    from boneage.perbone import CALIBRATION_FILE, MODEL_VERSION, WEIGHTS_FILE
+    from boneage.perbone import CALIBRATION_FILE, MODEL_VERSION, TEST_TIME_VIEWS, WEIGHTS_FILE
+    from boneage.segment import VERSION as segmenter_version
 
     out = Path(config.out) if config.out else MODELS_DIR / "perbone"
     out.mkdir(parents=True, exist_ok=True)
@@ -643,7 +651,8 @@ def train(config: TrainConfig, log=print) -> dict | None:
     targets = {k: v["bone_age_months"].to_numpy(np.float64) for k, v in tables.items()}
 
     def holdout_error(network) -> tuple[float, float]:
-        a, s = predict_crop_arrays(network, data["holdout"]["images"], data["holdout"]["present"], codes["holdout"])
+        a, s = predict_crop_arrays(network, data["holdout"]["images"], data["holdout"]["present"], codes["holdout"],
+                                   views=TEST_TIME_VIEWS)
         age, _, _ = film_consensus(a, s)
         ok = np.isfinite(age)
         error = age[ok] - targets["holdout"][ok]
@@ -677,12 +686,14 @@ def train(config: TrainConfig, log=print) -> dict | None:
     # fp16 storage; everything below is computed with the weights as shipped.
     state = {k: v.half() if v.is_floating_point() else v for k, v in network.state_dict().items()}
     network.load_state_dict({k: v.float() for k, v in state.items()})
-    calibration: dict = {"model_version": MODEL_VERSION, "holdout_n": len(holdout), "crop_intensity": config.crop_intensity}
+    calibration: dict = {"model_version": MODEL_VERSION, "holdout_n": len(holdout), "crop_intensity": config.crop_intensity,
+                         "test_time_views": [list(v) for v in TEST_TIME_VIEWS]}
     outputs = {}
     for mode in ("sex_known", "sex_unknown"):
         for split in ("holdout", "val"):
             c = codes[split] if mode == "sex_known" else np.zeros_like(codes[split])
-            outputs[mode, split] = predict_crop_arrays(network, data[split]["images"], data[split]["present"], c)
+            outputs[mode, split] = predict_crop_arrays(network, data[split]["images"], data[split]["present"], c,
+                                                       views=TEST_TIME_VIEWS)
         calibration[mode] = calibrate(*outputs[mode, "holdout"], targets["holdout"])
     sexes = {k: v["sex"].to_numpy() for k, v in tables.items()}
     metrics = {
@@ -695,7 +706,7 @@ def train(config: TrainConfig, log=print) -> dict | None:
         "training": {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
                      "n_fit_films": len(fit), "n_fit_rsna_dev": int((fit["source"] == "rsna-dev").sum()),
                      "n_fit_rsna_299": int((fit["source"] == "rsna-299").sum()),
-                     "n_fit_crops": int(data["fit"]["present"].sum()),
+                     "n_fit_crops": int(data["fit"]["present"].sum()), "segmenter_version": segmenter_version,
                      "fit_crop_share": round(float(data["fit"]["present"].mean()), 3),
                      "bn_recalibration": bn_choice,
                      "train_minutes": round(train_minutes, 1), "wall_minutes": round((time.time() - wall) / 60, 1),
@@ -760,6 +771,12 @@ def write_model_card(folder: str | Path | None = None) -> Path:
                + (f" --crop-intensity {cfg['crop_intensity']}" if cfg.get("crop_intensity", "window") != "window" else ""))
     weights = folder / "perbone.pt"
     size_mb = weights.stat().st_size / 1e6 if weights.is_file() else float("nan")
+    segmenter = f" (`{t['segmenter_version']}`)" if t.get("segmenter_version") else ""
+    test_views = m["calibration"].get("test_time_views") or []
+    views = "" if len(test_views) < 2 else (
+        f"   **Test-time views**: each crop is read {len(test_views)} times, as cut and turned "
+        f"{' / '.join(sorted({f'{t:+g}' for t, _ in test_views if t}))} degrees, each also mirrored (as training drew them);\n"
+        "   the ages and scales are averaged. Calibration and validation below read them so.\n")
     card = f"""# Model card: per-bone maturity network (`{MODEL_VERSION}`)
 
 **Research and education use only. Not a medical device; not for clinical decisions.** Trained on
@@ -770,7 +787,7 @@ SS et al., *Radiology* 2019;290:498-503).
 The project's third method (the BoneXpert idea: read each bone's appearance, give each bone its own
 age, combine robustly). `boneage.perbone.PerBoneEstimator.load().predict(film, reading, sex)`;
 registered as `boneage.models.get("perbone")`.
-1. **Crops** (`boneage.perbone.bone_crops`, `{CROP_VERSION}`): from the segmenter's label map, the 13
+1. **Crops** (`boneage.perbone.bone_crops`, `{CROP_VERSION}`): from the segmenter's label map{segmenter}, the 13
    RUS bones (radius, ulna, metacarpals 1/3/5, proximal phalanges 1/3/5, middle phalanges 3/5,
    distal phalanges 1/3/5) and the carpal region are cut from the film at its native resolution,
    {CROP_SHAPE[0]} x {CROP_SHAPE[1]} px, aligned to the bone: long axis vertical, epiphysis end up,
@@ -781,7 +798,7 @@ registered as `boneage.models.get("perbone")`.
    {'-'.join(str(w) for w in cfg['widths'])}) shared by every region, its pooled features joined with a
    learnt region embedding and the sex code (+1 M / -1 F / 0 unknown) in an MLP head giving each crop an
    age and a Laplace scale. fp16 weights, {size_mb:.1f} MB.
-3. **Consensus** (`boneage.perbone.consensus`): weighted median, bones more than 3 of their own scales
+{views}3. **Consensus** (`boneage.perbone.consensus`): weighted median, bones more than 3 of their own scales
    from it dropped (and said), the rest averaged with weights 1/scale^2. Fewer than 7 RUS bones: the
    method is withheld. The RUS bones alone and the carpal region alone are reported too.
 4. **Interval**: split-conformal factors on the {m['calibration']['holdout_n']}-film calibration hold-out of the
