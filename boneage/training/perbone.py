@@ -775,7 +775,7 @@ def write_model_card(folder: str | Path | None = None) -> Path:
     test_views = m["calibration"].get("test_time_views") or []
     views = "" if len(test_views) < 2 else (
         f"   **Test-time views**: each crop is read {len(test_views)} times, as cut and turned "
-        f"{' / '.join(sorted({f'{t:+g}' for t, _ in test_views if t}))} degrees, each also mirrored (as training drew them);\n"
+        f"{' / '.join(f'{t:+g}' for t in sorted({t for t, _ in test_views if t}))} degrees, each also mirrored (as training drew them);\n"
         "   the ages and scales are averaged. Calibration and validation below read them so.\n")
     card = f"""# Model card: per-bone maturity network (`{MODEL_VERSION}`)
 
