@@ -243,7 +243,7 @@ register(
         kind="stacking",
         folder=MODELS_DIR / "combined",
         weights_file="stacking.json",
-        version="combined-6",
+        version="combined-7",
         loader="boneage.combine:Combiner.load",
         description="stacking of the multi-step, per-bone and end-to-end ages (weights per available subset) "
                     "-> the combined estimate with a calibrated 90% interval",
