@@ -330,6 +330,11 @@ def conformal_half_width(abs_residuals: np.ndarray, coverage: float = 0.90) -> f
     return float(np.quantile(abs_residuals, q))
 
 
+def sex_unknown(sex: np.ndarray | list) -> np.ndarray:
+    """Which hands have no usable sex (anything but ``"M"`` or ``"F"``, e.g. ``None``)."""
+    return np.array([s not in ("M", "F") for s in sex], dtype=bool)
+
+
 @dataclass
 class AgeRegression:
     """Gradient-boosted regression of bone age on scale-free features and sex.
@@ -363,13 +368,10 @@ class AgeRegression:
     oof_sex_unknown: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @staticmethod
-    def _sex_code(sex: np.ndarray) -> np.ndarray:
-        return np.array([1.0 if s == "M" else 0.0 if s == "F" else np.nan for s in sex])
-
-    @classmethod
-    def _design(cls, features: pd.DataFrame, sex: np.ndarray, names: list[str]) -> np.ndarray:
+    def _design(features: pd.DataFrame, sex: np.ndarray, names: list[str]) -> np.ndarray:
         x = features.reindex(columns=names).to_numpy(dtype=float)
-        return np.column_stack([x, cls._sex_code(sex)])
+        code = np.where(sex_unknown(sex), np.nan, np.array([s == "M" for s in sex], dtype=float))
+        return np.column_stack([x, code])
 
     @classmethod
     def fit(
@@ -418,7 +420,7 @@ class AgeRegression:
 
     def _read_without_sex(self, sex: np.ndarray) -> np.ndarray:
         """Which hands the sex-agnostic model reads: those of unknown sex (none without the model)."""
-        return np.isnan(self._sex_code(sex)) & (self.sex_agnostic_model is not None)
+        return sex_unknown(sex) & (self.sex_agnostic_model is not None)
 
     def predict(self, features: pd.DataFrame, sex: np.ndarray) -> np.ndarray:
         """Predicted bone age (months), clipped to :data:`AGE_RANGE`; an unknown sex (``None``) is read without it."""

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from boneage import anatomy
-from boneage.growth import AgeRegression, LookupBlend, ReferenceTable
+from boneage.growth import AgeRegression, LookupBlend, ReferenceTable, sex_unknown
 from boneage.measure import Measurements
 from boneage.paths import MODELS_DIR
 
@@ -238,7 +238,7 @@ class MultiStepModel:
             age = reg
             if self.blend is not None:
                 age, lo, hi = self.blend.combine(reg, look[:, 0])
-                unknown = np.array([s not in ("M", "F") for s in sexes], dtype=bool)
+                unknown = sex_unknown(sexes)
                 if self.blend_sex_unknown is not None and unknown.any():
                     age, lo, hi = (np.array(v, dtype=float) for v in (age, lo, hi))
                     age[unknown], lo[unknown], hi[unknown] = self.blend_sex_unknown.combine(reg[unknown], look[unknown, 0])

@@ -15,6 +15,7 @@ Data flow: ``FilmReading`` (segmenter) + film pixels -> :func:`bone_crops` -> :c
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -465,12 +466,12 @@ def crop_network_inputs(crops: BoneCrops, idx: np.ndarray, intensity: str = "win
 
 #: Test-time views of every crop, ``(turn in degrees, mirrored)``, read and averaged: turns and the
 #: mirror that training drew. Chosen on the calibration hold-out with `perbone-3` (consensus MAE
-#: 7.25 -> 7.11 months, mean single-bone MAE 10.2 -> 9.8). A calibration records the views it was
-#: fitted with; one without them is read with the first view alone.
+#: 7.25 -> 7.11 months, mean single-bone MAE 10.2 -> 9.8); `perbone-4` 7.12 -> 7.07. A calibration
+#: records the views it was fitted with; one without them is read with the first view alone.
 TEST_TIME_VIEWS = ((0.0, False), (0.0, True), (-6.0, False), (-6.0, True), (6.0, False), (6.0, True))
 
 
-def crop_views(inputs: np.ndarray, views=TEST_TIME_VIEWS) -> np.ndarray:
+def crop_views(inputs: np.ndarray, views: Sequence[tuple[float, bool]] = TEST_TIME_VIEWS) -> np.ndarray:
     """Every crop turned and mirrored as ``views`` say, view after view.
 
     The map of training's augmentation (``torch.nn.functional.affine_grid`` over normalised

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -262,7 +263,8 @@ def _laplace_loss(loc, log_scale, target):
 
 
 def predict_crop_arrays(network, images: np.ndarray, present: np.ndarray, sex_codes: np.ndarray,
-                        batch: int = 1024, views=((0.0, False),)) -> tuple[np.ndarray, np.ndarray]:
+                        batch: int = 1024, views: Sequence[tuple[float, bool]] = ((0.0, False),)
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Per-region ages and scales (months) of many films' crops (NaN where no crop).
 
     Args:
