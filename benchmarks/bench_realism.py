@@ -4,7 +4,7 @@ Usage:
     .venv/bin/python benchmarks/bench_realism.py [--seed 20261210] [--n 40] [--sizes 512 768]
         [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60] [--look-min-age 0] [--n-turn 40]
         [--n-embed 300] [--n-layout 42] [--n-occlude 16] [--occlude-ages 84 132] [--n-physis 40] [--n-transplant 16]
-        [--transplant-region carpals] [--transplant-ages 108 204] [--n-joints 80]
+        [--transplant-region carpals] [--transplant-ages 108 204] [--n-joints 80] [--n-capitate 24] [--n-regions 48]
         [--set NAME=VALUE ...]
 
 Prints measures of the gap between synthetic and real films (another, side-by-side sheets of
@@ -93,6 +93,13 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     the drawn capitate the segmenter labels as the third metacarpal (:func:`label_share`) and the third metacarpal's
     segmented length against its drawn one; medians by bone-age band. The third metacarpal is the multi-step method's
     scale bone: where the segmenter runs it into the capitate, every relative length and carpal area shrinks with it.
+
+(m) **The per-bone network region by region**: ``--n-regions`` real training-split films of 2-18 y and as many
+    synthetic hands of the same bone ages and sexes (512 px, seed ``--seed + 11``), each region read on its own by the
+    shipped per-bone network (:func:`perbone_regions`): the mean bias of every region on the synthetic hands against
+    that on the real films, by bone-age band and sex, and the mean over regions of the distance between the two
+    (:func:`region_gaps`). The network's consensus is a weighted median, so regions read too old and too young can
+    cancel in it; region by region they cannot.
 
 ``--set NAME=VALUE`` (repeatable) changes one of the renderer's numeric constants in
 :mod:`boneage.synth` for this run only (e.g. ``--set _CARPAL_SCALE=1.4``), so that probes of the
@@ -1256,6 +1263,83 @@ def capitate_part(n: int, seed: int) -> None:
     line("synthetic MC3 length, segmented / drawn", [(a, ratio) for a, _, _, ratio in rows])
 
 
+#: Bone-age bands (months) of (m).
+REGION_BANDS = ((24, 84), (84, 144), (144, 216))
+
+
+def region_gaps(real: np.ndarray, synthetic: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each region's mean bias on real films and on synthetic hands, and how far apart they lie.
+
+    Args:
+        real: ``(films, regions)`` per-region reading minus bone age on real films (NaN where a region was not read).
+        synthetic: the same on the synthetic hands paired with them.
+
+    Returns:
+        ``(real_mean, synthetic_mean, gap)``: the mean bias of each region (NaN where no film gave one) and the mean
+        over regions read on both of ``|synthetic_mean - real_mean|`` (NaN where none was).
+    """
+    real, synthetic = np.atleast_2d(np.asarray(real, float)), np.atleast_2d(np.asarray(synthetic, float))
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        counts = np.isfinite(values).sum(axis=0)
+        return np.where(counts > 0, np.nansum(values, axis=0) / np.maximum(counts, 1), np.nan)
+
+    real_mean, synthetic_mean = mean(real), mean(synthetic)
+    both = np.isfinite(real_mean) & np.isfinite(synthetic_mean)
+    gap = float(np.mean(np.abs(synthetic_mean[both] - real_mean[both]))) if both.any() else float("nan")
+    return real_mean, synthetic_mean, gap
+
+
+def perbone_regions(n: int, seed: int) -> None:
+    """(m): each per-bone region's own reading, real training-split films against synthetic hands of the same bone
+    ages and sexes (512 px, the sex given), by bone-age band and sex.
+
+    The per-bone network reads real films' regions with small biases; a synthetic region read far from the real
+    films' bias for its band and sex is one that does not look real to it, whatever the consensus does (it is a
+    weighted median, so regions read too old and too young can cancel).
+
+    Args:
+        n: real films, drawn (with ``seed``) among the training split's of :data:`REGION_BANDS`' bone ages.
+        seed: the draw's seed and the synthetic hands' seed.
+    """
+    from tqdm import tqdm
+
+    from boneage import anatomy, datasets, models
+    from boneage.io import load_radiograph
+    from boneage.perbone import PerBoneEstimator, crops_from_reading
+    from boneage.synth import generate_hand
+
+    segmenter = models.load("segmenter")
+    perbone = PerBoneEstimator.load()
+    dev = datasets.rsna_dev()
+    ages = dev["bone_age_months"]
+    pool = dev[(dev["split"] == "train") & ages.between(REGION_BANDS[0][0], REGION_BANDS[-1][1], inclusive="left")]
+    films = pool.sample(n=min(n, len(pool)), random_state=seed)
+    biases: dict[tuple[int, str, str], list[np.ndarray]] = {}
+    for i, (path, age, sex) in enumerate(tqdm(list(zip(films["path"], films["bone_age_months"], films["sex"])),
+                                              desc="per-bone regions", unit="film", mininterval=10)):
+        band = next(k for k, (lo, hi) in enumerate(REGION_BANDS) if lo <= age < hi)
+        hand = generate_hand(seed, i, size=512, bone_age_months=float(age), sex=sex)
+        for kind, pixels in (("real", load_radiograph(path).pixels), ("synthetic", hand.image)):
+            bone_ages, _ = perbone.bone_ages(crops_from_reading(pixels, segmenter.read(pixels)), sex)
+            biases.setdefault((band, sex, kind), []).append(bone_ages - float(age))
+    print(f"\nthe per-bone network's regions one by one, {len(films)} real training-split films / as many synthetic "
+          "hands of the same bone ages and sexes (512 px): mean bias in months, synthetic / real, by band and sex; "
+          "last line: the mean over regions of |synthetic - real|")
+    columns = [(band, sex) for band in range(len(REGION_BANDS)) for sex in "MF" if (band, sex, "real") in biases]
+    gaps = {c: region_gaps(np.array(biases[(*c, "real")]), np.array(biases[(*c, "synthetic")])) for c in columns}
+    header = [f"{REGION_BANDS[b][0]}-{REGION_BANDS[b][1]} mo {s} ({len(biases[b, s, 'real'])})" for b, s in columns]
+    print(f"  {'region':<22}" + "".join(f"{h:>22}" for h in header))
+    for r, region in enumerate(anatomy.MATURITY_REGIONS):
+        cells = []
+        for c in columns:
+            real_mean, synthetic_mean, _ = gaps[c]
+            cells.append("-" if not np.isfinite(real_mean[r] + synthetic_mean[r])
+                         else f"{synthetic_mean[r]:+.0f} / {real_mean[r]:+.0f}")
+        print(f"  {region:<22}" + "".join(f"{cell:>22}" for cell in cells))
+    print(f"  {'mean |gap|':<22}" + "".join(f"{gaps[c][2]:>22.1f}" for c in columns))
+
+
 def set_renderer_constants(assignments: list[str]) -> dict[str, float]:
     """Apply ``NAME=VALUE`` assignments to numeric module constants of :mod:`boneage.synth`.
 
@@ -1321,6 +1405,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="real 2-19 y training-split films (and as many synthetic hands) for (k) (0: skip)")
     parser.add_argument("--n-capitate", type=int, default=24,
                         help="real 7-19 y training-split films (and as many synthetic hands) for (l) (0: skip)")
+    parser.add_argument("--n-regions", type=int, default=48,
+                        help="real 2-18 y training-split films (and as many synthetic hands) for (m) (0: skip)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change a numeric renderer constant of boneage.synth for this run (repeatable)")
     args = parser.parse_args(argv)
@@ -1361,7 +1447,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nreal vs synthetic classifier: ROC AUC {auc:.3f} (SD {sd:.3f} over 5 folds; "
               f"{args.n_classifier} real training-split films, as many synthetic hands; 0.5 = indistinguishable)")
         print("  each feature group alone: " + ", ".join(f"{name} {value:.3f}" for name, (value, _) in aucs.items()))
-    # Parts (c)-(l), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
+    # Parts (c)-(m), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
     parts = ((args.n_features, maturity_features), (args.n_look, partial(film_look, min_age=args.look_min_age)),
              (args.n_turn, turned_films),
              (args.n_embed, cnn_feature_space), (args.n_layout, wrist_layout),
@@ -1369,7 +1455,7 @@ def main(argv: list[str] | None = None) -> int:
              (args.n_physis, physes),
              (args.n_transplant, partial(crop_transplant_part, region=args.transplant_region,
                                          ages=tuple(args.transplant_ages))),
-             (args.n_joints, joint_spaces), (args.n_capitate, capitate_part))
+             (args.n_joints, joint_spaces), (args.n_capitate, capitate_part), (args.n_regions, perbone_regions))
     for offset, (n, part) in enumerate(parts, start=1):
         if n:
             part(n, args.seed + offset)

@@ -227,6 +227,21 @@ _EPIPHYSIS_WIDTH = {
     "metacarpal": (0.8, 0.63),
     "radius": (1.1, 0.84),
 }
+#: Probe knobs, neutral (issue #22, nineteenth sitting: docs/synthetic.md, "Region by region"): the radius's
+#: epiphysis width against its metaphysis as it appears and as it caps, and the power of its maturity in that growth
+#: (the table above and _EPIPHYSIS_WIDTH_POWER), and the scaphoid's growth power after it appears (every carpal's:
+#: 0.3). Drawn to match the segmenter's measurements of real films (a radial epiphysis of 0.62 -> 1.05 at power 0.7,
+#: a scaphoid at 0.7), the per-bone network read the synthetic radius and carpus 20-30 months younger than real ones.
+_RADIUS_EPIPHYSIS_START = 0.84
+_RADIUS_EPIPHYSIS_GROW_TO = 1.1
+_RADIUS_EPIPHYSIS_WIDTH_POWER = 0.6
+_SCAPHOID_GROWTH_POWER = 0.3
+#: Boys' middle phalangeal epiphyses widen in proportion to their maturity (power 1; girls' and the distal
+#: phalanges' keep _DIGIT_EPIPHYSIS_WIDTH_POWER). The segmenter measured synthetic boys' middle phalangeal epiphyses
+#: of 7-10 y at 0.91-0.97 of their metaphysis, real boys' at 0.84-0.87 (girls' matched); at power 1, 0.84-0.88. The
+#: multi-step method had read synthetic boys of 7-12 y 26-30 months old, with these epiphyses the widest part of it
+#: (issue #22, nineteenth sitting: docs/synthetic.md, "Region by region").
+_MIDDLE_PHALANX_EPIPHYSIS_WIDTH_POWER_BOYS = 1.0
 _EPIPHYSIS_WIDTH_DEFAULT = (1.05, 0.35)
 #: Epiphysis height as a share of its cartilage zone ``(when it appears, when capped)``; was 0.35 at
 #: appearance.
@@ -408,6 +423,10 @@ _FOREARM_DENSITY = 0.77
 _CARPAL_CLOCK_GIRLS = 1.16
 _CARPAL_CLOCK_BOYS = 1.0
 _FEMALE_AS_MALE_AGE_SCALE = 0.0
+#: Probe knobs, neutral at 1: the features that follow one clock for both sexes (mineral, slenderness, cortex, the
+#: metacarpals' young flare, the adolescent joint spaces) are drawn at this many times a girl's / a boy's bone age.
+_SHARED_CLOCK_GIRLS = 1.0
+_SHARED_CLOCK_BOYS = 1.0
 #: Probe knobs (issue #22, fifteenth sitting; docs/synthetic.md, "Fused ends, boys' shapes and the capitate"), neutral:
 #: every tubular bone of a boy this many times as wide, forearm included, and with them his fingers' soft tissue (real
 #: boys' digits and metacarpals measure 0.93-0.95 x girls' length / width at the same bone age, synthetic ones 1.0 x);
@@ -450,7 +469,7 @@ _METACARPAL_HEAD_DOME = 0.75
 _FOREARM_PHYSIS_GAP = 0.25
 #: Probe knobs, neutral (issue #22; numbers in docs/synthetic.md, "Metacarpal heads and forearm physes"): the
 #: metacarpal heads' width against the calibrated one and the MCP joint's space; each phalanx kind's base flare
-#: and the middle and distal phalanges' mid-shaft width (against the bone model's; the finger's soft tissue
+#: and the middle phalanges' mid-shaft width (against the bone model's; the finger's soft tissue
 #: and the returned width keep the model's), the share of the flare's change that the epiphysis's width
 #: follows, the phalangeal physes' width, and the distal phalangeal epiphyses' height.
 _METACARPAL_HEAD_WIDTH = 1.0
@@ -459,10 +478,15 @@ _PROXIMAL_PHALANX_BASE_FLARE = 1.0
 _MIDDLE_PHALANX_BASE_FLARE = 1.0
 _DISTAL_PHALANX_BASE_FLARE = 1.0
 _MIDDLE_PHALANX_MID_WIDTH = 1.0
-_DISTAL_PHALANX_MID_WIDTH = 1.0
 _PHALANX_EPIPHYSIS_FOLLOWS_FLARE = 1.0
 _PHALANX_PHYSIS_GAP = 1.0
 _DISTAL_PHALANX_EPIPHYSIS_HEIGHT = 1.0
+#: The distal phalanges' mid-shaft width against the bone model's (issue #22, nineteenth sitting: docs/synthetic.md,
+#: "Region by region"). Synthetic distal phalanges of 2-12 y were too slender (length / mid-width 3.3-3.5 on the
+#: segmenter's masks, real 2.5-2.8), and the per-bone network, reading each region on its own, put them 20-75 months
+#: older than their bone age at 2-12 y, where it reads real ones within 18. At 1.15 x the gap to real films' reading
+#: shrinks in every band and sex; 1.25 x (matching the slenderness) overshoots, reading some 10-20 months young.
+_DISTAL_PHALANX_MID_WIDTH = 1.15
 #: Fused joint ends (issue #22, 2026-12-06). Every method read synthetic hands past full maturity as
 #: 14-15 y olds: girls of 192-228 months at about 166, boys at about 185, where real training films of
 #: 204-228 months read about 190 (girls) and 207 (boys). A fused epiphysis stayed a distinct plate: its
@@ -578,7 +602,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     if sex == "F" and _FEMALE_AS_MALE_AGE_SCALE > 0:
         # Probe: a girl's bones drawn as a boy's of this many times her bone age (her size stays a girl's).
         ba, maturity_sex = ba * _FEMALE_AS_MALE_AGE_SCALE, "M"
-    mineral = _NEWBORN_MINERAL + _MINERAL_GAIN * min(ba / 180.0, 1.0)  # young bone is less mineralised (prior)
+    ba_shared = ba * (_SHARED_CLOCK_GIRLS if maturity_sex == "F" else _SHARED_CLOCK_BOYS)
+    mineral = _NEWBORN_MINERAL + _MINERAL_GAIN * min(ba_shared / 180.0, 1.0)  # young bone is less mineralised (prior)
     forearm_density = _FOREARM_DENSITY
 
     def tempo_appear(age: float) -> float:
@@ -609,7 +634,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         if sex == "M":
             width *= _MALE_SHAFT_WIDTH
         if kind in _SLENDERNESS:
-            width *= float(np.interp(ba, _SLENDERNESS_AGES, _SLENDERNESS[kind]))
+            width *= float(np.interp(ba_shared, _SLENDERNESS_AGES, _SLENDERNESS[kind]))
         d = _unit(angle)
         zone = p["epiphysis_fraction"] * a_len
         end = anatomy.epiphysis_end(bone)
@@ -628,7 +653,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         head_ratio = p["head_ratio"] * (1 + (_MATURE_HEAD_WIDTH - 1) * head_maturity)
         mc_head = kind == "metacarpal" and end == "distal"  # metacarpals 2-5; the first's physis is at its base
         if mc_head:
-            head_ratio *= float(np.interp(ba, (132.0, 180.0), (_METACARPAL_YOUNG_FLARE, 1.0)))
+            head_ratio *= float(np.interp(ba_shared, (132.0, 180.0), (_METACARPAL_YOUNG_FLARE, 1.0)))
         flare = {"proximal_phalanx": _PROXIMAL_PHALANX_BASE_FLARE, "middle_phalanx": _MIDDLE_PHALANX_BASE_FLARE,
                  "distal_phalanx": _DISTAL_PHALANX_BASE_FLARE}.get(kind, 1.0)
         base_ratio = p["base_ratio"] * flare
@@ -644,8 +669,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         hw_k = w_k * width * mid_w / 2
         meta_w = (base_ratio if end == "proximal" else head_ratio) * width
         shaft_len = a_len - zone
-        cortex = np.interp(t_k, _CORTEX_T, _CORTEX_F) * (0.65 + 0.35 * min(ba / 150.0, 1.0))
-        cortex = cortex * _adolescent_cortex_factor(kind, ba)
+        cortex = np.interp(t_k, _CORTEX_T, _CORTEX_F) * (0.65 + 0.35 * min(ba_shared / 150.0, 1.0))
+        cortex = cortex * _adolescent_cortex_factor(kind, ba_shared)
         # The epiphyseal end of the shaft is flat (physis); the other end is a rounded joint surface.
         # As the physis closes, metaphysis and epiphysis meet flat: no notch is left at a fused physis.
         flat = 0.12 * width * (1 - phi) * _PHYSIS_ROUNDING  # phi is 0 until the epiphysis has ossified
@@ -669,8 +694,14 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                         else _PHALANX_PHYSIS_GAP if kind.endswith("phalanx") else 1.0)
             reach = gap * (1 - max(narrower, 0.0))
             grow_to, start_at = _EPIPHYSIS_WIDTH.get(bone if kind == "forearm" else kind, _EPIPHYSIS_WIDTH_DEFAULT)
-            power = (_DIGIT_EPIPHYSIS_WIDTH_POWER if kind in ("middle_phalanx", "distal_phalanx")
-                     else _EPIPHYSIS_WIDTH_POWER)
+            power = _EPIPHYSIS_WIDTH_POWER
+            if kind == "middle_phalanx" and maturity_sex == "M":
+                power = _MIDDLE_PHALANX_EPIPHYSIS_WIDTH_POWER_BOYS
+            elif kind in ("middle_phalanx", "distal_phalanx"):
+                power = _DIGIT_EPIPHYSIS_WIDTH_POWER
+            elif bone == "radius":
+                grow_to, start_at, power = (_RADIUS_EPIPHYSIS_GROW_TO, _RADIUS_EPIPHYSIS_START,
+                                            _RADIUS_EPIPHYSIS_WIDTH_POWER)
             e_width = meta_w * (start_at + (grow_to - start_at) * m**power)
             if kind.endswith("phalanx"):  # the flare's narrowing reaches the epiphysis by this share
                 e_width *= (1 / flare) ** (1 - _PHALANX_EPIPHYSIS_FOLLOWS_FLARE)
@@ -798,7 +829,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         mature_at = max(144.0, appear + 48.0)
         ba_c = ba * carpal_clock
         s = float(np.clip((ba_c - appear) / (mature_at - appear), 0, 1))
-        size_frac = 0.96 * (0.2 + 0.8 * s**0.3) * _CARPAL_SIZE.get(bone, 1.0) * _CARPAL_SCALE
+        growth_power = _SCAPHOID_GROWTH_POWER if bone == "scaphoid" else 0.3
+        size_frac = 0.96 * (0.2 + 0.8 * s**growth_power) * _CARPAL_SIZE.get(bone, 1.0) * _CARPAL_SCALE
         size_frac *= 1 + (_CARPAL_YOUNG_SIZE - 1) * float(np.clip((84.0 - ba_c) / 42.0, 0, 1))
         size_frac *= 1 + _CARPAL_ADOLESCENT_GROWTH * float(np.clip((ba_c - 144.0) / 48.0, 0, 1))
         length = p["adult_length_mm"] * scale * size_frac * float(np.exp(rng.normal(0, sm["bone_length_noise_sd"])))
@@ -843,7 +875,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         p = bm[mc]
         start = np.array([p["x_mm"], p["y_mm"]]) * scale + rng.normal(0, 0.5, 2) * scale
         angle = p["angle_deg"] + fore_dev * 0.3 + rng.normal(0, 1.5 if dgt > 1 else 7)
-        joint = (1.2 * _MATURE_JOINT_SCALE * _adolescent_joint_factor(ba)
+        joint = (1.2 * _MATURE_JOINT_SCALE * _adolescent_joint_factor(ba_shared)
                  + 2.0 * _YOUNG_JOINT_SCALE * (1 - frac)) * size
         for k, bone in enumerate(bones):
             if k == 1:

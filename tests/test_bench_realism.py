@@ -493,3 +493,34 @@ def test_capitate_part_prints_each_measurement_by_band(capsys):
         assert name in table, name
     shares = next(line for line in table.splitlines() if "labelled MC3" in line).split("(share)", 1)[1].split()
     assert len(shares) == len(bench_realism.CAPITATE_BANDS) and any(c != "-" for c in shares), shares
+
+
+def test_region_gaps_average_each_region_and_skip_the_unread():
+    nan = np.nan
+    real = np.array([[2.0, 10.0, nan], [4.0, nan, nan]])
+    synthetic = np.array([[12.0, -10.0, 5.0], [nan, -20.0, 7.0]])
+    real_mean, synthetic_mean, gap = bench_realism.region_gaps(real, synthetic)
+    assert real_mean[:2].tolist() == [3.0, 10.0] and np.isnan(real_mean[2])
+    assert synthetic_mean.tolist() == [12.0, -15.0, 6.0]
+    # Regions read on both: |12 - 3| and |-15 - 10|; the third has no real reading and is left out.
+    assert gap == pytest.approx((9.0 + 25.0) / 2)
+    # Regions too old and too young do not cancel, as they can in a consensus.
+    assert bench_realism.region_gaps(np.zeros((1, 2)), np.array([[20.0, -20.0]]))[2] == 20.0
+    assert np.isnan(bench_realism.region_gaps(np.full((1, 2), nan), np.zeros((1, 2)))[2])
+
+
+@pytest.mark.skipif(not (rsna_dev_dir() / "labels.csv").is_file(),
+                    reason="real rsna-dev films not available (../shared/data/rsna-dev absent)")
+def test_perbone_regions_prints_every_region_by_band_and_sex(capsys):
+    from boneage.anatomy import MATURITY_REGIONS
+
+    bench_realism.perbone_regions(2, 5)
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if "regions one by one" in line)
+    table = lines[start + 1:]
+    assert table[0].split()[0] == "region"
+    rows = {line.split()[0]: line for line in table[1:1 + len(MATURITY_REGIONS)]}
+    assert list(rows) == list(MATURITY_REGIONS)
+    assert any(" / " in row for row in rows.values())  # synthetic / real readings
+    gap = table[1 + len(MATURITY_REGIONS)]
+    assert gap.startswith("  mean |gap|") and float(gap.split()[-1]) >= 0

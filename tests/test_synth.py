@@ -885,9 +885,12 @@ def test_shape_probe_knobs_widen_boys_slow_epiphyseal_widening_and_shorten_the_c
     monkeypatch.undo()
 
     # The power of maturity (0 < m < 1 at 110 months) in the epiphysis's widening: higher is narrower until capped.
-    monkeypatch.setattr(synth, "_DIGIT_EPIPHYSIS_WIDTH_POWER", 1.0)
+    # Boys' middle phalanges have their own (below).
+    monkeypatch.setattr(synth, "_DIGIT_EPIPHYSIS_WIDTH_POWER", 2.0)
     digits = parts(110.0, "M")
-    assert epiphysis_width(digits, "middle_phalanx_3") < 0.97 * epiphysis_width(boy, "middle_phalanx_3")
+    assert epiphysis_width(digits, "distal_phalanx_3") < 0.97 * epiphysis_width(boy, "distal_phalanx_3")
+    assert epiphysis_width(digits, "middle_phalanx_3") == epiphysis_width(boy, "middle_phalanx_3")
+    assert epiphysis_width(parts(110.0, "F"), "middle_phalanx_3") < 0.97 * epiphysis_width(girl, "middle_phalanx_3")
     assert epiphysis_width(digits, "proximal_phalanx_3") == epiphysis_width(boy, "proximal_phalanx_3")
     monkeypatch.setattr(synth, "_EPIPHYSIS_WIDTH_POWER", 1.0)
     assert epiphysis_width(parts(110.0, "M"), "proximal_phalanx_3") < 0.97 * epiphysis_width(boy, "proximal_phalanx_3")
@@ -901,3 +904,78 @@ def test_shape_probe_knobs_widen_boys_slow_epiphyseal_widening_and_shorten_the_c
     assert short.length == pytest.approx(0.85 * capitate.length)
     assert np.allclose(short.halfwidth_knots, capitate.halfwidth_knots)
     assert 0.97 * infant[key].length < parts(12.0, "M")[key].length < infant[key].length
+
+
+def test_boys_middle_phalangeal_epiphyses_widen_in_proportion_to_their_maturity(monkeypatch) -> None:
+    # Issue #22, nineteenth sitting: at the shared power (0.6) synthetic boys' middle phalangeal epiphyses of 7-10 y
+    # measured wider against their metaphysis than real boys' (girls' matched); boys' widen linearly.
+    from boneage import synth
+
+    assert synth._MIDDLE_PHALANX_EPIPHYSIS_WIDTH_POWER_BOYS == 1.0
+    assert synth._DIGIT_EPIPHYSIS_WIDTH_POWER == 0.6
+
+    def epiphysis_width(age: float, sex: str, bone: str) -> float:
+        hand = synth._build_hand(np.random.default_rng([31, 4]), age, sex)
+        return float(next(p.halfwidth_knots.max() for p in hand.parts if p.label == anatomy.epiphysis_label(bone)))
+
+    linear = {bone: epiphysis_width(110.0, "M", bone) for bone in ("middle_phalanx_3", "distal_phalanx_3")}
+    girl = epiphysis_width(110.0, "F", "middle_phalanx_3")
+    monkeypatch.setattr(synth, "_MIDDLE_PHALANX_EPIPHYSIS_WIDTH_POWER_BOYS", 0.6)
+    # Linear growth is narrower while the epiphysis is still growing (0 < maturity < 1) ...
+    assert linear["middle_phalanx_3"] < 0.97 * epiphysis_width(110.0, "M", "middle_phalanx_3")
+    # ... and touches neither the distal phalanges nor girls.
+    assert linear["distal_phalanx_3"] == epiphysis_width(110.0, "M", "distal_phalanx_3")
+    assert girl == epiphysis_width(110.0, "F", "middle_phalanx_3")
+
+
+def test_distal_phalanges_are_drawn_stouter_than_the_bone_model(monkeypatch) -> None:
+    # Issue #22, nineteenth sitting: the bone model's distal phalanges read as too slender, and too old, to the
+    # per-bone network; their mid-shaft is drawn 1.15 x as wide, their ends as they were.
+    from boneage import synth
+
+    def shaft(bone: str) -> np.ndarray:
+        hand = synth._build_hand(np.random.default_rng([37, 1]), 100.0, "F")
+        return next(p.halfwidth_knots for p in hand.parts if p.label == anatomy.shaft_label(bone))
+
+    stout = {bone: shaft(bone) for bone in ("distal_phalanx_3", "middle_phalanx_3")}
+    monkeypatch.setattr(synth, "_DISTAL_PHALANX_MID_WIDTH", 1.0)
+    model = {bone: shaft(bone) for bone in stout}
+    assert stout["distal_phalanx_3"].min() == pytest.approx(1.15 * model["distal_phalanx_3"].min(), rel=0.02)
+    assert stout["distal_phalanx_3"][0] == pytest.approx(model["distal_phalanx_3"][0], rel=0.02)
+    assert np.array_equal(stout["middle_phalanx_3"], model["middle_phalanx_3"])
+
+
+def test_radius_scaphoid_and_shared_clock_probe_knobs(monkeypatch) -> None:
+    # Neutral knobs for bench_realism.py --set (issue #22, nineteenth sitting: docs/synthetic.md, "Region by region").
+    from boneage import synth
+
+    def parts(age: float, sex: str) -> dict:
+        hand = synth._build_hand(np.random.default_rng([41, 3]), age, sex)
+        return {(p.bone, p.label): p for p in hand.parts}
+
+    def widest(ps: dict, bone: str, label: int) -> float:
+        return float(ps[(bone, label)].halfwidth_knots.max())
+
+    radius_epiphysis = ("radius", anatomy.epiphysis_label("radius"))
+    scaphoid, capitate = (("scaphoid", anatomy.shaft_label("scaphoid")), ("capitate", anatomy.shaft_label("capitate")))
+    mc3 = ("metacarpal_3", anatomy.shaft_label("metacarpal_3"))
+    boy, girl = parts(100.0, "M"), parts(100.0, "F")
+
+    # A radial epiphysis that starts narrower (0 < maturity < 1 at 100 months): narrower against its metaphysis.
+    monkeypatch.setattr(synth, "_RADIUS_EPIPHYSIS_START", 0.62)
+    assert widest(parts(100.0, "M"), *radius_epiphysis) < 0.95 * widest(boy, *radius_epiphysis)
+    monkeypatch.undo()
+    # A scaphoid growing with a higher power is smaller while it grows; the other carpals stay as they were.
+    monkeypatch.setattr(synth, "_SCAPHOID_GROWTH_POWER", 0.7)
+    slow = parts(100.0, "M")
+    assert slow[scaphoid].length < 0.95 * boy[scaphoid].length
+    assert slow[capitate].length == boy[capitate].length
+    monkeypatch.undo()
+    # The shared clock: a girl's slenderness, cortex and mineral drawn at 1.3 x her bone age; a boy's untouched.
+    monkeypatch.setattr(synth, "_SHARED_CLOCK_GIRLS", 1.3)
+    older = parts(100.0, "F")
+    assert widest(older, *mc3) < 0.97 * widest(girl, *mc3)  # shafts grow more slender with age
+    assert older[mc3].density > girl[mc3].density
+    assert widest(parts(100.0, "M"), *mc3) == widest(boy, *mc3)
+    monkeypatch.setattr(synth, "_SHARED_CLOCK_BOYS", 0.8)
+    assert widest(parts(100.0, "M"), *mc3) > 1.03 * widest(boy, *mc3)
