@@ -216,8 +216,9 @@ _CORTEX_F = np.array([0.06, 0.22, 0.40, 0.40, 0.22, 0.06])
 # rsna-dev training films and on synthetic hands, compared by bone-age band
 # (epiphysis / metaphysis width, carpal area / hand area).
 #: Epiphysis width relative to its metaphysis ``(when capped, when it appears)`` by bone kind (the
-#: radius and ulna by name): distal and middle phalangeal epiphyses outgrow their metaphysis, the
-#: radius's is wide early on, the metacarpal heads stay narrower than the neck's flare.
+#: ulna by name; the radius's is :data:`_RADIUS_EPIPHYSIS_GROW_TO` and :data:`_RADIUS_EPIPHYSIS_START`): distal and
+#: middle phalangeal epiphyses outgrow their metaphysis, the radius's is wide early on, the metacarpal heads stay
+#: narrower than the neck's flare.
 #: The starting widths were then raised x1.4 (0.45 -> 0.63, radius 0.6 -> 0.84, others 0.25 -> 0.35),
 #: with the starting height (:data:`_EPIPHYSIS_HEIGHT`): the shipped per-bone network read synthetic
 #: 2-6 y hands 16 months young, their new centres thin slivers beside real films' discs (issue #22).
@@ -225,13 +226,13 @@ _EPIPHYSIS_WIDTH = {
     "distal_phalanx": (1.2, 0.63),
     "middle_phalanx": (1.2, 0.63),
     "metacarpal": (0.8, 0.63),
-    "radius": (1.1, 0.84),
 }
-#: Probe knobs, neutral (issue #22, nineteenth sitting: docs/synthetic.md, "Region by region"): the radius's
-#: epiphysis width against its metaphysis as it appears and as it caps, and the power of its maturity in that growth
-#: (the table above and _EPIPHYSIS_WIDTH_POWER), and the scaphoid's growth power after it appears (every carpal's:
-#: 0.3). Drawn to match the segmenter's measurements of real films (a radial epiphysis of 0.62 -> 1.05 at power 0.7,
-#: a scaphoid at 0.7), the per-bone network read the synthetic radius and carpus 20-30 months younger than real ones.
+#: The radius's epiphysis width against its metaphysis as it appears and as it caps, and the power of its maturity
+#: in that growth (as _EPIPHYSIS_WIDTH_POWER); and the scaphoid's growth power after it appears (every other carpal's:
+#: 0.3). Module constants, not table entries, so that ``bench_realism.py --set`` reaches them. Drawn to match the
+#: segmenter's measurements of real films (a radial epiphysis of 0.62 -> 1.05 at power 0.7, a scaphoid at 0.7), the
+#: per-bone network read the synthetic radius and carpus 20-30 months younger than real ones, so they stay as they
+#: were (issue #22, nineteenth sitting: docs/synthetic.md, "Region by region").
 _RADIUS_EPIPHYSIS_START = 0.84
 _RADIUS_EPIPHYSIS_GROW_TO = 1.1
 _RADIUS_EPIPHYSIS_WIDTH_POWER = 0.6
