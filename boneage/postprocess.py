@@ -61,7 +61,7 @@ def reclaim_metacarpal_heads(label_map: np.ndarray, spacing: tuple[float, float]
     """
     def points(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rr, cc = np.nonzero(mask)
-        return rr, cc, _true_coordinates(mask, spacing)
+        return rr, cc, _true_coordinates(rr, cc, spacing)
 
     def extent(values: np.ndarray) -> float:
         return float(np.percentile(values, 99.5) - np.percentile(values, 0.5))
@@ -116,15 +116,14 @@ def _physis_open(head: np.ndarray, shaft: np.ndarray, axis: np.ndarray, spacing:
     across = np.array([-axis[1], axis[0]])
 
     def width(mask: np.ndarray) -> float:
-        s = _true_coordinates(mask, spacing) @ across
+        s = _true_coordinates(*np.nonzero(mask), spacing) @ across
         return float(s.max() - s.min()) + _pixel_size(spacing) if s.size else 0.0
 
     return width(touching) < HEAD_FUSED_CONTACT * width(head)
 
 
-def _true_coordinates(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
-    """``(n, 2)`` row/column coordinates of a mask's pixels in spacing units (true directions on squashed grids)."""
-    rr, cc = np.nonzero(mask)
+def _true_coordinates(rr: np.ndarray, cc: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    """``(n, 2)`` coordinates of pixels ``(rr, cc)`` in spacing units (true directions on squashed grids)."""
     return np.stack([rr * spacing[0], cc * spacing[1]], 1)
 
 
