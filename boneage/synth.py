@@ -468,6 +468,11 @@ _METACARPAL_HEAD_DOME = 0.75
 #: its metaphysis over 0.63-0.84 of its width, synthetic hands over 0.00-0.46; a quarter of the gap gives
 #: 0.56-0.71 (issue #22).
 _FOREARM_PHYSIS_GAP = 0.25
+#: Probe knob, neutral (issue #22, twentieth sitting; docs/synthetic.md, "The ulna's physis"): the ulna's open physis
+#: as this share of the radius's (:data:`_FOREARM_PHYSIS_GAP`). At 0 the segmenter finds its epiphysis touching its
+#: shaft over 0.73-0.86 of its width at 10-16 y (real films 0.60-0.85; at 1, 0.48-0.60), yet the multi-step method's
+#: reading of 12-18 y girls moved only 3 months (-23 -> -21) and the per-bone network's ulna region not at all.
+_ULNA_PHYSIS_GAP_SHARE = 1.0
 #: Probe knobs, neutral (issue #22; numbers in docs/synthetic.md, "Metacarpal heads and forearm physes"): the
 #: metacarpal heads' width against the calibrated one and the MCP joint's space; each phalanx kind's base flare
 #: and the middle phalanges' mid-shaft width (against the bone model's; the finger's soft tissue
@@ -691,7 +696,9 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             e_len = min(e_len, zone - gap) if zone > gap else zone * 0.5
             # A thinner physis: the metaphysis reaches further into it, while the epiphysis, the joint and
             # the bone's length stay where they were.
-            narrower = (_METACARPAL_PHYSIS_GAP if mc_head else _FOREARM_PHYSIS_GAP if kind == "forearm"
+            narrower = (_METACARPAL_PHYSIS_GAP if mc_head
+                        else _FOREARM_PHYSIS_GAP * (_ULNA_PHYSIS_GAP_SHARE if bone == "ulna" else 1.0)
+                        if kind == "forearm"
                         else _PHALANX_PHYSIS_GAP if kind.endswith("phalanx") else 1.0)
             reach = gap * (1 - max(narrower, 0.0))
             grow_to, start_at = _EPIPHYSIS_WIDTH.get(bone if kind == "forearm" else kind, _EPIPHYSIS_WIDTH_DEFAULT)

@@ -979,3 +979,26 @@ def test_radius_scaphoid_and_shared_clock_probe_knobs(monkeypatch) -> None:
     assert widest(parts(100.0, "M"), *mc3) == widest(boy, *mc3)
     monkeypatch.setattr(synth, "_SHARED_CLOCK_BOYS", 0.8)
     assert widest(parts(100.0, "M"), *mc3) > 1.03 * widest(boy, *mc3)
+
+
+def test_ulna_physis_probe_knob_closes_the_ulnas_physis_alone(monkeypatch) -> None:
+    # Neutral knob for bench_realism.py --set (issue #22, twentieth sitting: docs/synthetic.md, "The ulna's physis").
+    from boneage import synth
+
+    def physis_gaps(share: float) -> dict[str, float]:
+        monkeypatch.setattr(synth, "_ULNA_PHYSIS_GAP_SHARE", share)
+        hand = synth._build_hand(np.random.default_rng([41, 5]), 150.0, "F")
+        ps: dict = {}
+        for p in hand.parts:  # the first part of a label is the bone's own (a styloid follows its epiphysis)
+            ps.setdefault((p.bone, p.label), p)
+        gaps = {}
+        for bone in ("radius", "ulna"):
+            shaft, epi = ps[(bone, anatomy.shaft_label(bone))], ps[(bone, anatomy.epiphysis_label(bone))]
+            # The forearm's physes are distal: the shaft runs up to the physis and the epiphysis starts past it.
+            gaps[bone] = float(np.dot(epi.start - (shaft.start + shaft.direction * shaft.length), shaft.direction))
+        return gaps
+
+    default, closed = physis_gaps(1.0), physis_gaps(0.0)
+    assert default["ulna"] > 0.2 and default["radius"] > 0.2  # open physes at 150 months (mm)
+    assert abs(closed["ulna"]) < 1e-6
+    assert closed["radius"] == default["radius"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from boneage.training.compare import CompareConfig, agreement, bootstrap_mae, run_compare
+from boneage.training.compare import (CompareConfig, agreement, bootstrap_mae, note_world, notes_to_carry,
+                                      run_compare)
 
 
 def test_bootstrap_ci_contains_the_mae():
@@ -23,6 +24,22 @@ def test_agreement_says_which_method_is_closer():
     d = np.array([100.0, 100, 100, 100])
     a = agreement(y, ms, d, threshold=24)
     assert a["n_disagree"] == 2 and a["multistep_closer_when_disagree"] == 0.0
+
+
+def test_a_merged_file_carries_only_the_notes_on_what_the_report_takes_from_it():
+    notes = [
+        "Synthetic world rerun with the renderer of commit abc (an older synthetic world)",
+        "real world: the end-to-end CNN runs are reused from an earlier run",
+        "results for real n=50, 100 were made by an earlier run",
+        "results for synthetic n=50 come from an earlier run merged in (`boneage compare`)",
+        "Multi-step side: segmenter-4 features",
+    ]
+    assert [note_world(n) for n in notes] == ["synthetic", "real", "real", "synthetic", None]
+    assert note_world("The real-world curve is flat") is None  # only a note's opening words name its world
+    # The real world taken from the file, the synthetic one from a rerun: the old synthetic notes go.
+    assert notes_to_carry(notes, {"real"}) == notes[1:3] + notes[4:]
+    assert notes_to_carry(notes, {"real", "synthetic"}) == [notes[0], *notes[1:3], notes[4]]
+    assert notes_to_carry(notes, set()) == [notes[4]]
 
 
 @pytest.mark.slow

@@ -449,6 +449,34 @@ def cnn_settings(config: CompareConfig | dict) -> str:
             f"({c['direct_min_epochs']}-{c['direct_max_epochs']} epochs)")
 
 
+def note_world(note: str) -> str | None:
+    """The world a report note speaks of, by its opening words ("synthetic world ...", "results for real n=...").
+
+    Returns:
+        ``"synthetic"``, ``"real"``, or ``None`` for a note on the whole comparison.
+    """
+    words = note.strip().lower()
+    for world in ("synthetic", "real"):
+        if words.startswith((f"{world} world", f"results for {world} ")):
+            return world
+    return None
+
+
+def notes_to_carry(notes: list[str], taken_worlds: set[str]) -> list[str]:
+    """The notes of a merged file that still hold in the merged report.
+
+    Args:
+        notes: the merged file's notes.
+        taken_worlds: the worlds whose results this report takes from that file.
+
+    Returns:
+        Its notes on the whole comparison and on the worlds taken from it, in order. Notes on a world that
+        another run supplies (e.g. an earlier synthetic world, replaced by a rerun) would describe results the
+        report no longer shows, and "merged in" lines are rewritten by the merge itself.
+    """
+    return [n for n in notes if "merged in" not in n and note_world(n) in (None, *taken_worlds)]
+
+
 def load_results(path: str | Path) -> tuple[list[RunResult], dict[str, WorldSummary], list[str], float, str]:
     """Results saved by :func:`write_report` (to merge a run of one world into a report of both).
 
@@ -607,7 +635,7 @@ def run_compare(config: CompareConfig, command: str = "boneage compare", real: b
         results += [r for r in old_results if r.world in new_worlds]
         worlds.update(new_worlds)
         earlier_minutes += minutes
-        config.notes += [n for n in old_notes if n not in config.notes and "merged in" not in n]
+        config.notes += [n for n in notes_to_carry(old_notes, set(new_worlds)) if n not in config.notes]
         merged = ", ".join(f"{w} n={', '.join(str(n) for n in sorted({r.size for r in old_results if r.world == w}))}"
                            for w in new_worlds)
         made_by = f" ({provenance}, {minutes:.0f} min)" if provenance else f" ({minutes:.0f} min)"
