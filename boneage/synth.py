@@ -473,6 +473,13 @@ _FOREARM_PHYSIS_GAP = 0.25
 #: shaft over 0.73-0.86 of its width at 10-16 y (real films 0.60-0.85; at 1, 0.48-0.60), yet the multi-step method's
 #: reading of 12-18 y girls moved only 3 months (-23 -> -21) and the per-bone network's ulna region not at all.
 _ULNA_PHYSIS_GAP_SHARE = 1.0
+#: Probe knobs, neutral (issue #22, twentieth sitting; docs/synthetic.md, "The ulna's physis, texture and cortex"): the
+#: trabecular texture's amplitude and every tubular bone's cortex thickness, as multiples of the drawn ones. Without
+#: texture the per-bone network read synthetic hands 0.6 months better, though real shafts show more fine texture
+#: against their contrast than synthetic ones already; a cortex 0.7 x as thick helped it 1 month and cost the CNN 0.7
+#: (1.4 x cost both).
+_TRABECULAR_TEXTURE_SCALE = 1.0
+_CORTEX_SCALE = 1.0
 #: Probe knobs, neutral (issue #22; numbers in docs/synthetic.md, "Metacarpal heads and forearm physes"): the
 #: metacarpal heads' width against the calibrated one and the MCP joint's space; each phalanx kind's base flare
 #: and the middle phalanges' mid-shaft width (against the bone model's; the finger's soft tissue
@@ -675,7 +682,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         hw_k = w_k * width * mid_w / 2
         meta_w = (base_ratio if end == "proximal" else head_ratio) * width
         shaft_len = a_len - zone
-        cortex = np.interp(t_k, _CORTEX_T, _CORTEX_F) * (0.65 + 0.35 * min(ba_shared / 150.0, 1.0))
+        cortex = np.interp(t_k, _CORTEX_T, _CORTEX_F) * (0.65 + 0.35 * min(ba_shared / 150.0, 1.0)) * _CORTEX_SCALE
         cortex = cortex * _adolescent_cortex_factor(kind, ba_shared)
         # The epiphyseal end of the shaft is flat (physis); the other end is a rounded joint surface.
         # As the physis closes, metaphysis and epiphysis meet flat: no notch is left at a fused physis.
@@ -1047,7 +1054,7 @@ def generate_hand(
     to_px = lin / spacing
 
     canvas = Canvas.empty(rows, cols)
-    trab_amp = rng.uniform(0.12, 0.28)
+    trab_amp = rng.uniform(0.12, 0.28) * _TRABECULAR_TEXTURE_SCALE
     texture_px = 0.3 / spacing  # one texture pixel ~ 0.3 mm: struts of ~1 mm
     visible: dict[str, list[np.ndarray]] = {}
     forearm_axes: dict[str, tuple[np.ndarray, np.ndarray]] = {}

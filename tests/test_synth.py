@@ -1002,3 +1002,30 @@ def test_ulna_physis_probe_knob_closes_the_ulnas_physis_alone(monkeypatch) -> No
     assert default["ulna"] > 0.2 and default["radius"] > 0.2  # open physes at 150 months (mm)
     assert abs(closed["ulna"]) < 1e-6
     assert closed["radius"] == default["radius"]
+
+
+def test_cortex_and_texture_probe_knobs(monkeypatch) -> None:
+    # Neutral knobs for bench_realism.py --set (issue #22, twentieth sitting: docs/synthetic.md, "The ulna's physis,
+    # texture and cortex").
+    from boneage import synth
+
+    def shafts(scale: float) -> dict:
+        monkeypatch.setattr(synth, "_CORTEX_SCALE", scale)
+        hand = synth._build_hand(np.random.default_rng([41, 7]), 110.0, "M")
+        return {p.bone: p.cortex_knots for p in hand.parts
+                if p.label == anatomy.shaft_label(p.bone) and anatomy.bone_kind(p.bone) != "carpal"}
+
+    base, thin = shafts(1.0), shafts(0.7)
+    assert set(base) == set(thin) and {"metacarpal_3", "radius", "distal_phalanx_5"} <= set(base)
+    for bone in base:
+        np.testing.assert_allclose(thin[bone], 0.7 * base[bone], rtol=1e-9)
+
+    monkeypatch.setattr(synth, "_CORTEX_SCALE", 1.0)
+    textured = synth.generate_hand(20261207, 3, size=128)
+    monkeypatch.setattr(synth, "_TRABECULAR_TEXTURE_SCALE", 0.0)
+    smooth = synth.generate_hand(20261207, 3, size=128)
+    # The texture changes the bones' grey levels only: same labels, same bone age, a different image.
+    np.testing.assert_array_equal(smooth.label_map, textured.label_map)
+    assert smooth.bone_age_months == textured.bone_age_months
+    bone = textured.label_map > 0
+    assert np.abs(smooth.image[bone] - textured.image[bone]).max() > 1e-3
