@@ -475,9 +475,9 @@ _FOREARM_PHYSIS_GAP = 0.25
 _ULNA_PHYSIS_GAP_SHARE = 1.0
 #: Probe knobs, neutral (issue #22, twentieth sitting; docs/synthetic.md, "The ulna's physis, texture and cortex"): the
 #: trabecular texture's amplitude and every tubular bone's cortex thickness, as multiples of the drawn ones. Without
-#: texture the per-bone network read synthetic hands 0.6 months better, though real shafts show more fine texture
-#: against their contrast than synthetic ones already; a cortex 0.7 x as thick helped it 1 month and cost the CNN 0.7
-#: (1.4 x cost both).
+#: texture the per-bone network read synthetic hands 0.6 months better, though under 12 y real shafts show more fine
+#: texture against their contrast than synthetic ones already; a cortex 0.7 x as thick helped it 1 month and cost the
+#: CNN 0.7 (1.4 x cost both).
 _TRABECULAR_TEXTURE_SCALE = 1.0
 _CORTEX_SCALE = 1.0
 #: Probe knobs, neutral (issue #22; numbers in docs/synthetic.md, "Metacarpal heads and forearm physes"): the
