@@ -34,8 +34,9 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     after the percentile window: the soft tissue beside the shaft, the bone's cortex above it, the
     medulla's share of that (centre / cortex, both above soft tissue), the shaft's width / length and
     its cortex fraction (one minus the offset of the brightest point across it, in half-widths; shafts
-    with no canal edge are left out of its means), by bone-age band (the radius leaves the film, so its
-    width / length is not shown). The synthesis's
+    with no canal edge are left out of its means) and its fine texture (the grain inside its inner half at a fifth of
+    its half-width, over its cortex's contrast: trabecular struts and film noise), by bone-age band (the radius leaves
+    the film, so its width / length is not shown). The synthesis's
     attenuations, soft-tissue thicknesses, medullary densities, shaft slenderness and film processing
     were set with these measurements and the bone crops' grey levels, on hands of other seeds.
 (e) **Turned films**: the shipped end-to-end CNN reads ``--n-turn`` real training-split films of 6-12 y
@@ -448,7 +449,8 @@ def film_look(n: int, seed: int, min_age: float = 0.0) -> None:
             profile = shaft_profile(windowed, labels, bone)
             if profile is not None:
                 rows.append((kind, bone, age, astuple(profile)))
-    names = ("soft tissue", "cortex - soft", "medulla share", "width / length", "cortex fraction")  # ShaftProfile's fields
+    # ShaftProfile's fields, in order.
+    names = ("soft tissue", "cortex - soft", "medulla share", "width / length", "cortex fraction", "fine texture")
     print(f"\nfilm look, real training-split films / {len(train)} synthetic hands (768 px), mean by bone-age band "
           "(grey levels after the 0.5-99.5% window):")
     print(f"  {'shaft and measurement':<36}" + "".join(f"{f'{lo}-{hi} mo':>16}" for lo, hi in LOOK_BANDS))

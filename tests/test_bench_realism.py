@@ -336,6 +336,8 @@ def test_film_look_draws_only_films_past_its_minimum_age(capsys):
     cells = metacarpal.split("fraction", 1)[1].split()
     assert cells[:15] == ["nan", "/", "nan"] * 5, metacarpal  # 0-72 ... 180-200 months
     assert cells[15] != "nan" and cells[17] != "nan", metacarpal  # 200-240 months: both read
+    grain = next(line for line in table.splitlines() if "metacarpal_3 fine texture" in line)
+    assert grain.split("texture", 1)[1].split()[:3] == ["nan", "/", "nan"], grain  # a row of its own, 0-72 empty
 
 
 def test_joint_gaps_measure_a_drawn_finger_exactly():

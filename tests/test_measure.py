@@ -196,6 +196,31 @@ def test_shaft_profile_reads_a_drawn_tube() -> None:
     assert shaft_profile(*film(1.0), "metacarpal_2") is None  # no such shaft on the film
 
 
+def test_shaft_profile_reads_the_grain_inside_a_shaft_against_its_contrast() -> None:
+    from boneage.measure import shaft_profile
+    from boneage.synth_render import Canvas, ShapePx, paint_shape
+
+    def fine_texture(texture_amp: float, noise: float = 0.0, contrast: float = 0.02) -> float:
+        canvas = Canvas.empty(80, 120)
+        paint_shape(canvas, ShapePx(anatomy.shaft_label("metacarpal_3"), np.array([20.0, 40.0]),
+                                    np.array([1.0, 0.0]), 80.0, np.array([0.0, 1.0]), np.full(2, 8.0),
+                                    np.full(2, 0.3), 0.0, 0.0, texture_amp=texture_amp, texture_px=0.7))
+        film = 0.2 + contrast * (canvas.cortical + canvas.trabecular)
+        film = film + noise * np.random.default_rng(0).standard_normal(film.shape).astype(np.float32)
+        return shaft_profile(film, canvas.labels, "metacarpal_3").fine_texture
+
+    smooth, struts = fine_texture(0.0), fine_texture(0.8)
+    assert smooth < 0.02 and struts > smooth + 0.05  # a smooth tube has no grain; trabecular struts give it
+    assert fine_texture(0.0, noise=0.03) > smooth + 0.05  # so does film noise
+    # Against the shaft's contrast: the same film at twice the contrast reads the same.
+    assert fine_texture(0.8, contrast=0.04) == pytest.approx(struts, rel=0.02)
+    # A shaft 6 px wide is all blur: no grain is read from it.
+    canvas = Canvas.empty(80, 120)
+    paint_shape(canvas, ShapePx(anatomy.shaft_label("metacarpal_3"), np.array([20.0, 40.0]), np.array([1.0, 0.0]), 80.0,
+                                np.array([0.0, 1.0]), np.full(2, 3.0), np.full(2, 0.3), 0.0, 0.0))
+    assert np.isnan(shaft_profile(0.2 + 0.02 * canvas.cortical, canvas.labels, "metacarpal_3").fine_texture)
+
+
 def test_shaft_profile_reads_the_cortex_share_of_a_hollow_tube() -> None:
     from boneage.measure import shaft_profile
     from boneage.synth_render import Canvas, ShapePx, paint_shape
