@@ -468,16 +468,17 @@ _METACARPAL_HEAD_DOME = 0.75
 #: its metaphysis over 0.63-0.84 of its width, synthetic hands over 0.00-0.46; a quarter of the gap gives
 #: 0.56-0.71 (issue #22).
 _FOREARM_PHYSIS_GAP = 0.25
-#: Probe knob, neutral (issue #22, twentieth sitting; docs/synthetic.md, "The ulna's physis"): the ulna's open physis
-#: as this share of the radius's (:data:`_FOREARM_PHYSIS_GAP`). At 0 the segmenter finds its epiphysis touching its
-#: shaft over 0.73-0.86 of its width at 10-16 y (real films 0.60-0.85; at 1, 0.48-0.60), yet the multi-step method's
-#: reading of 12-18 y girls moved only 3 months (-23 -> -21) and the per-bone network's ulna region not at all.
+#: Probe knob, neutral (issue #22, twentieth sitting; docs/synthetic.md, "The ulna's physis, texture and cortex"): the
+#: ulna's open physis as this share of the radius's (:data:`_FOREARM_PHYSIS_GAP`). At 0 the segmenter finds its
+#: epiphysis touching its shaft over 0.73-0.86 of its width at 10-16 y (real films 0.60-0.85; at 1, 0.48-0.60), yet the
+#: multi-step method's reading of 12-18 y girls moved only 3 months (-23 -> -21) and the per-bone network's ulna region
+#: hardly at all.
 _ULNA_PHYSIS_GAP_SHARE = 1.0
 #: Probe knobs, neutral (issue #22, twentieth sitting; docs/synthetic.md, "The ulna's physis, texture and cortex"): the
 #: trabecular texture's amplitude and every tubular bone's cortex thickness, as multiples of the drawn ones. Without
-#: texture the per-bone network read synthetic hands 0.6 months better, though under 12 y real shafts show more fine
-#: texture against their contrast than synthetic ones already; a cortex 0.7 x as thick helped it 1 month and cost the
-#: CNN 0.7 (1.4 x cost both).
+#: texture the per-bone network read synthetic hands 0.6 months better, yet part (d)'s fine texture finds real and
+#: synthetic shafts alike and the drawn texture hardly moves it (film noise dominates); a cortex 0.7 x as thick helped
+#: the per-bone network 1 month and cost the CNN 0.7 (1.4 x cost both).
 _TRABECULAR_TEXTURE_SCALE = 1.0
 _CORTEX_SCALE = 1.0
 #: Probe knobs, neutral (issue #22; numbers in docs/synthetic.md, "Metacarpal heads and forearm physes"): the
