@@ -982,7 +982,8 @@ def test_radius_scaphoid_and_shared_clock_probe_knobs(monkeypatch) -> None:
 
 
 def test_ulna_physis_probe_knob_closes_the_ulnas_physis_alone(monkeypatch) -> None:
-    # Neutral knob for bench_realism.py --set (issue #22, twentieth sitting: docs/synthetic.md, "The ulna's physis").
+    # Neutral knob for bench_realism.py --set (issue #22, twentieth sitting: docs/synthetic.md, "The ulna's physis,
+    # texture and cortex").
     from boneage import synth
 
     def physis_gaps(share: float) -> dict[str, float]:
