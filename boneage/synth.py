@@ -216,9 +216,9 @@ _CORTEX_F = np.array([0.06, 0.22, 0.40, 0.40, 0.22, 0.06])
 # rsna-dev training films and on synthetic hands, compared by bone-age band
 # (epiphysis / metaphysis width, carpal area / hand area).
 #: Epiphysis width relative to its metaphysis ``(when capped, when it appears)`` by bone kind (the
-#: ulna by name; the radius's is :data:`_RADIUS_EPIPHYSIS_GROW_TO` and :data:`_RADIUS_EPIPHYSIS_START`): distal and
-#: middle phalangeal epiphyses outgrow their metaphysis, the radius's is wide early on, the metacarpal heads stay
-#: narrower than the neck's flare.
+#: forearm's bones by name, the ulna taking the default; the radius's is :data:`_RADIUS_EPIPHYSIS_GROW_TO` and
+#: :data:`_RADIUS_EPIPHYSIS_START`): distal and middle phalangeal epiphyses outgrow their metaphysis, the radius's is
+#: wide early on, the metacarpal heads stay narrower than the neck's flare.
 #: The starting widths were then raised x1.4 (0.45 -> 0.63, radius 0.6 -> 0.84, others 0.25 -> 0.35),
 #: with the starting height (:data:`_EPIPHYSIS_HEIGHT`): the shipped per-bone network read synthetic
 #: 2-6 y hands 16 months young, their new centres thin slivers beside real films' discs (issue #22).
@@ -229,14 +229,17 @@ _EPIPHYSIS_WIDTH = {
 }
 #: The radius's epiphysis width against its metaphysis as it appears and as it caps, and the power of its maturity
 #: in that growth (as _EPIPHYSIS_WIDTH_POWER); and the scaphoid's growth power after it appears (every other carpal's:
-#: 0.3). Module constants, not table entries, so that ``bench_realism.py --set`` reaches them. Drawn to match the
-#: segmenter's measurements of real films (a radial epiphysis of 0.62 -> 1.05 at power 0.7, a scaphoid at 0.7), the
-#: per-bone network read the synthetic radius and carpus 20-30 months younger than real ones, so they stay as they
-#: were (issue #22, nineteenth sitting: docs/synthetic.md, "Region by region").
+#: :data:`_CARPAL_GROWTH_POWER`). Module constants, not table entries, so that ``bench_realism.py --set`` reaches
+#: them. Drawn to match the segmenter's measurements of real films (a radial epiphysis of 0.62 -> 1.05 at power 0.7, a
+#: scaphoid at 0.7), the per-bone network read the synthetic radius and carpus 20-30 months younger than real ones, so
+#: they stay as they were (issue #22, nineteenth sitting: docs/synthetic.md, "Region by region").
 _RADIUS_EPIPHYSIS_START = 0.84
 _RADIUS_EPIPHYSIS_GROW_TO = 1.1
 _RADIUS_EPIPHYSIS_WIDTH_POWER = 0.6
 _SCAPHOID_GROWTH_POWER = 0.3
+#: A carpal's growth towards its mature size after it appears: ``0.2 + 0.8 s**power`` of that size, ``s`` its clock's
+#: progress from appearance to maturity.
+_CARPAL_GROWTH_POWER = 0.3
 #: Boys' middle phalangeal epiphyses widen in proportion to their maturity (power 1; girls' and the distal
 #: phalanges' keep _DIGIT_EPIPHYSIS_WIDTH_POWER). The segmenter measured synthetic boys' middle phalangeal epiphyses
 #: of 7-10 y at 0.91-0.97 of their metaphysis, real boys' at 0.84-0.87 (girls' matched); at power 1, 0.84-0.88. The
@@ -704,10 +707,12 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             e_len = min(e_len, zone - gap) if zone > gap else zone * 0.5
             # A thinner physis: the metaphysis reaches further into it, while the epiphysis, the joint and
             # the bone's length stay where they were.
-            narrower = (_METACARPAL_PHYSIS_GAP if mc_head
-                        else _FOREARM_PHYSIS_GAP * (_ULNA_PHYSIS_GAP_SHARE if bone == "ulna" else 1.0)
-                        if kind == "forearm"
-                        else _PHALANX_PHYSIS_GAP if kind.endswith("phalanx") else 1.0)
+            if mc_head:
+                narrower = _METACARPAL_PHYSIS_GAP
+            elif kind == "forearm":
+                narrower = _FOREARM_PHYSIS_GAP * (_ULNA_PHYSIS_GAP_SHARE if bone == "ulna" else 1.0)
+            else:
+                narrower = _PHALANX_PHYSIS_GAP if kind.endswith("phalanx") else 1.0
             reach = gap * (1 - max(narrower, 0.0))
             grow_to, start_at = _EPIPHYSIS_WIDTH.get(bone if kind == "forearm" else kind, _EPIPHYSIS_WIDTH_DEFAULT)
             power = _EPIPHYSIS_WIDTH_POWER
@@ -845,7 +850,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         mature_at = max(144.0, appear + 48.0)
         ba_c = ba * carpal_clock
         s = float(np.clip((ba_c - appear) / (mature_at - appear), 0, 1))
-        growth_power = _SCAPHOID_GROWTH_POWER if bone == "scaphoid" else 0.3
+        growth_power = _SCAPHOID_GROWTH_POWER if bone == "scaphoid" else _CARPAL_GROWTH_POWER
         size_frac = 0.96 * (0.2 + 0.8 * s**growth_power) * _CARPAL_SIZE.get(bone, 1.0) * _CARPAL_SCALE
         size_frac *= 1 + (_CARPAL_YOUNG_SIZE - 1) * float(np.clip((84.0 - ba_c) / 42.0, 0, 1))
         size_frac *= 1 + _CARPAL_ADOLESCENT_GROWTH * float(np.clip((ba_c - 144.0) / 48.0, 0, 1))
