@@ -78,7 +78,7 @@ def test_estimate_on_a_synthetic_hand(estimator):
     assert ms.lower_90 <= ms.age_months <= ms.upper_90
     assert abs(ms.age_months - hand.bone_age_months) < 40
     assert result.difference_months == pytest.approx(120.0 - ms.age_months)
-    assert result.agreement in ("agree", "disagree")
+    assert result.agreement in ("agree", "inconclusive", "disagree")  # computed (not "n/a"); tiny test models
     assert result.multistep.sds is not None and result.direct.sds is not None
     assert len(result.bones) == 29 and result.carpal_count >= 1
     row = next(b for b in result.bones if b["bone"] == "metacarpal_3")

@@ -1030,3 +1030,26 @@ def test_cortex_and_texture_probe_knobs(monkeypatch) -> None:
     assert smooth.bone_age_months == textured.bone_age_months
     bone = textured.label_map > 0
     assert np.abs(smooth.image[bone] - textured.image[bone]).max() > 1e-3
+
+
+def test_middle_and_distal_phalangeal_epiphyses_are_drawn_in_a_longer_zone_until_they_fuse(monkeypatch) -> None:
+    # Issue #22, twenty-first sitting (docs/synthetic.md, "A learned film look, and taller phalangeal epiphyses"):
+    # synthetic middle and distal phalangeal epiphyses measured flatter than real ones and too far from their shaft;
+    # their zone is 1.4 / 1.3 x the bone model's while the physis is open and returns to it as the physis fuses.
+    from boneage import synth
+
+    assert (synth._MIDDLE_PHALANX_EPIPHYSIS_ZONE, synth._DISTAL_PHALANX_EPIPHYSIS_ZONE) == (1.4, 1.3)
+    bones = ("middle_phalanx_3", "distal_phalanx_3", "proximal_phalanx_3")
+
+    def epiphysis_lengths(age: float) -> dict[str, float]:
+        hand = synth._build_hand(np.random.default_rng([43, 2]), age, "M")
+        return {p.bone: p.length for p in hand.parts if p.bone in bones and p.label == anatomy.epiphysis_label(p.bone)}
+
+    drawn = {age: epiphysis_lengths(age) for age in (110.0, 228.0)}
+    monkeypatch.setattr(synth, "_MIDDLE_PHALANX_EPIPHYSIS_ZONE", 1.0)
+    monkeypatch.setattr(synth, "_DISTAL_PHALANX_EPIPHYSIS_ZONE", 1.0)
+    model = {age: epiphysis_lengths(age) for age in drawn}
+    assert drawn[110.0]["middle_phalanx_3"] > 1.3 * model[110.0]["middle_phalanx_3"]  # open physes: taller
+    assert drawn[110.0]["distal_phalanx_3"] > 1.2 * model[110.0]["distal_phalanx_3"]
+    assert drawn[110.0]["proximal_phalanx_3"] == model[110.0]["proximal_phalanx_3"]
+    assert drawn[228.0] == pytest.approx(model[228.0])  # fused: the bone model's zone again
