@@ -696,7 +696,7 @@ contact, relative lengths and aspect, carpal areas; all scale-free, no pixel spa
   months), lookup = tempered likelihood over age (tau = {m['tau']:.1f}, calibrated for 90% coverage on
   training films the table was not built from);
 - `{REGRESSION_FILE}`: gradient-boosting regression (scikit-learn `HistGradientBoostingRegressor`,
-  absolute loss) on the same features and sex; 90% interval = +-{m['regression_half_width_90'] or float('nan'):.1f} months
+  squared loss) on the same features and sex; 90% interval = +-{m['regression_half_width_90'] or float('nan'):.1f} months
   (split-conformal from 5-fold CV residuals; CV MAE {m['regression_cv_mae_months'] or float('nan'):.1f} months);
 - `{LENGTH_FILE}`: calibrated length reference in mm -- **a model**, built from the synthetic
   growth model (no published per-bone hand norms were available); used only for images with
