@@ -284,6 +284,15 @@ _TRABECULAR_DENSITY_DEFAULT = 0.87
 #: physis (concave, not domed) and phalangeal heads and tufts are broad, squarish condyles.
 #: Epiphysis width / metaphysis width once the physis has fused (reached in proportion to fusion).
 _FUSED_EPIPHYSIS_WIDTH = 1.2
+#: A middle phalanx's fused epiphysis width / metaphysis width (its metaphysis still flares to meet
+#: :data:`_FUSED_EPIPHYSIS_WIDTH`, so the epiphysis overhangs its shaft). The segmenter measures real middle
+#: phalangeal epiphyses of 13-19 y at 1.06-1.36 of their metaphysis and widening to the end, synthetic ones
+#: (at 1.2) at 1.02-1.07, flat; the multi-step regression leans on these ratios more than on any other
+#: measurement. At 1.5 synthetic third middle phalanges of 15-19 y measure 0.02-0.04 above real ones, the
+#: fourth 0.04-0.11 below, and on two exploratory seeds the multi-step method read hands over 12 y 1.2-1.6
+#: months closer, no method worse (issue #22, twenty-second sitting: docs/synthetic.md, "The multi-step
+#: method's regression, and wider fused middle phalangeal epiphyses").
+_MIDDLE_PHALANX_FUSED_EPIPHYSIS_WIDTH = 1.5
 #: Share of the epiphysis's joint-side dome flattened once fused.
 _FUSED_JOINT_FLATTENING = 0.8
 #: Probe knobs, left neutral (issue #22, eleventh sitting; docs/synthetic.md, "Adolescent cortex"): the share by
@@ -745,7 +754,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             if kind == "forearm":
                 e_width *= _FOREARM_YOUNG_EPIPHYSIS_WIDTH + (1 - _FOREARM_YOUNG_EPIPHYSIS_WIDTH) * m
             # Fusing, the epiphysis grows to overhang its metaphysis a little: a broad, flat joint end.
-            e_width = e_width * (1 - phi) + meta_w * _FUSED_EPIPHYSIS_WIDTH * phi
+            fused_width = _MIDDLE_PHALANX_FUSED_EPIPHYSIS_WIDTH if kind == "middle_phalanx" else _FUSED_EPIPHYSIS_WIDTH
+            e_width = e_width * (1 - phi) + meta_w * fused_width * phi
         else:
             e_len = gap = e_width = reach = 0.0
 

@@ -1053,3 +1053,26 @@ def test_middle_and_distal_phalangeal_epiphyses_are_drawn_in_a_longer_zone_until
     assert drawn[110.0]["distal_phalanx_3"] > 1.2 * model[110.0]["distal_phalanx_3"]
     assert drawn[110.0]["proximal_phalanx_3"] == model[110.0]["proximal_phalanx_3"]
     assert drawn[228.0] == pytest.approx(model[228.0])  # fused: the bone model's zone again
+
+
+def test_fused_middle_phalangeal_epiphyses_overhang_their_shaft(monkeypatch) -> None:
+    # Issue #22, twenty-second sitting (docs/synthetic.md, "The multi-step method's regression, and wider fused middle
+    # phalangeal epiphyses"): real fused middle phalangeal epiphyses measure wider against their metaphysis than the
+    # synthetic ones did; a fused one is now drawn 1.5 x its metaphysis's width, every other bone as before.
+    from boneage import synth
+
+    assert synth._MIDDLE_PHALANX_FUSED_EPIPHYSIS_WIDTH == 1.5 and synth._FUSED_EPIPHYSIS_WIDTH == 1.2
+    bones = ("middle_phalanx_3", "proximal_phalanx_3", "distal_phalanx_3")
+
+    def epiphysis_widths(age: float) -> dict[str, float]:
+        hand = synth._build_hand(np.random.default_rng([43, 2]), age, "F")
+        return {p.bone: 2 * float(p.halfwidth_knots.max()) for p in hand.parts
+                if p.bone in bones and p.label == anatomy.epiphysis_label(p.bone)}
+
+    drawn = {age: epiphysis_widths(age) for age in (110.0, 228.0)}
+    monkeypatch.setattr(synth, "_MIDDLE_PHALANX_FUSED_EPIPHYSIS_WIDTH", synth._FUSED_EPIPHYSIS_WIDTH)
+    before = {age: epiphysis_widths(age) for age in drawn}
+    assert drawn[228.0]["middle_phalanx_3"] == pytest.approx(before[228.0]["middle_phalanx_3"] * 1.5 / 1.2)  # fused
+    assert drawn[228.0]["proximal_phalanx_3"] == before[228.0]["proximal_phalanx_3"]
+    assert drawn[228.0]["distal_phalanx_3"] == before[228.0]["distal_phalanx_3"]
+    assert drawn[110.0] == before[110.0]  # an open physis: unchanged
