@@ -287,7 +287,7 @@ _FUSED_EPIPHYSIS_WIDTH = 1.2
 #: A middle phalanx's fused epiphysis width / metaphysis width (its metaphysis still flares to meet
 #: :data:`_FUSED_EPIPHYSIS_WIDTH`, so the epiphysis overhangs its shaft). The segmenter measures real middle
 #: phalangeal epiphyses of 13-19 y at 1.06-1.36 of their metaphysis and widening to the end, synthetic ones
-#: (at 1.2) at 1.02-1.07, flat; the multi-step regression leans on these ratios more than on any other
+#: (at 1.2) at 1.02-1.10, flat; the multi-step regression leans on these ratios more than on any other
 #: measurement. At 1.5 synthetic third middle phalanges of 15-19 y measure 0.02-0.04 above real ones, the
 #: fourth 0.04-0.11 below, and on two exploratory seeds the multi-step method read hands over 12 y 1.2-1.6
 #: months closer, no method worse (issue #22, twenty-second sitting: docs/synthetic.md, "The multi-step
