@@ -510,6 +510,8 @@ def test_metacarpal_cortex_thickens_through_adolescence() -> None:
 def test_mature_joint_ends_are_broad_and_flat() -> None:
     # The shipped per-bone network read fused synthetic epiphyses as a 7-8 y old's while they were
     # trapezoids narrowing towards the joint with small round heads (issue #22).
+    from boneage import synth
+
     _, young = _tubular_parts(90.0)
     hand, mature = _tubular_parts(216.0)
     for bone in ("proximal_phalanx_3", "middle_phalanx_3", "distal_phalanx_3"):
@@ -520,7 +522,9 @@ def test_mature_joint_ends_are_broad_and_flat() -> None:
         # (no step at a fused end): broader than the shaft's end would be unflared. A fused middle phalangeal
         # epiphysis overhangs its flared shaft by 1.5 / 1.2, as real ones measure (twenty-second sitting).
         assert epiphysis.halfwidth_knots[0] == pytest.approx(epiphysis.halfwidth_knots[-1])
-        overhang = 1.5 / 1.2 if bone == "middle_phalanx_3" else 1.0
+        overhang = 1.0
+        if bone == "middle_phalanx_3":
+            overhang = synth._MIDDLE_PHALANX_FUSED_EPIPHYSIS_WIDTH / synth._FUSED_EPIPHYSIS_WIDTH
         assert epiphysis.halfwidth_knots.min() == pytest.approx(overhang * shaft.halfwidth_knots[0]), bone
         assert shaft.halfwidth_knots[0] >= 1.15 * young[(bone, anatomy.shaft_label(bone), True)].halfwidth_knots[0] * (
             shaft.halfwidth_knots[3] / young[(bone, anatomy.shaft_label(bone), True)].halfwidth_knots[3]), bone
