@@ -5,6 +5,7 @@ Usage:
         [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60] [--look-min-age 0] [--n-turn 40]
         [--n-embed 300] [--n-layout 42] [--n-occlude 16] [--occlude-ages 84 132] [--n-physis 40] [--n-transplant 16]
         [--transplant-region carpals] [--transplant-ages 108 204] [--n-joints 80] [--n-capitate 24] [--n-regions 48]
+        [--n-operations 24]
         [--set NAME=VALUE ...]
 
 Prints measures of the gap between synthetic and real films (another, side-by-side sheets of
@@ -101,6 +102,12 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     that on the real films, by bone-age band and sex, and the mean over regions of the distance between the two
     (:func:`region_gaps`). The network's consensus is a weighted median, so regions read too old and too young can
     cancel in it; region by region they cannot.
+(n) **Film operations**: ``--n-operations`` real training-split films of 4-17 y and as many synthetic hands of the
+    same bone ages and sexes (512 px, seed ``--seed + 12``), each read by the shipped end-to-end CNN upright as the
+    pipeline reads it, then again after each of :func:`film_operations` (grey-level curves, a blur, edge enhancement,
+    a wider and a narrower frame): the mean size of each change, real / synthetic. The network hardly moves on real
+    films; how much more it moves on synthetic hands measures how far they lie from real films without using their
+    bone ages.
 
 ``--set NAME=VALUE`` (repeatable) changes one of the renderer's numeric constants in
 :mod:`boneage.synth` for this run only (e.g. ``--set _CARPAL_SCALE=1.4``), so that probes of the
@@ -1342,6 +1349,109 @@ def perbone_regions(n: int, seed: int) -> None:
     print(f"  {'mean |gap|':<22}" + "".join(f"{gaps[c][2]:>22.1f}" for c in columns))
 
 
+#: Bone ages (months) of (n)'s films: every band but the youngest, where a film's framing is mostly its background.
+FILM_OPERATION_AGES = (48.0, 204.0)
+#: The film size (pixels along its rows) at which (n)'s blur and edge kernels have the sizes named; they scale with it.
+FILM_OPERATION_SCALE_PX = 512
+
+
+def _pad_with_background(pixels: np.ndarray, top: int, side: int) -> np.ndarray:
+    """The film on a larger canvas: ``top`` rows above, ``side`` columns either side, filled with its background grey
+    and a grain as fine and strong as its frame's (a fixed draw, so that a reading of it can be repeated)."""
+    from boneage.preprocess import film_background
+
+    k = max(1, min(pixels.shape) // 50)
+    frame = np.concatenate([pixels[:k].ravel(), pixels[:, :k].ravel(), pixels[:, -k:].ravel()])
+    out = np.pad(pixels, ((top, 0), (side, side)), constant_values=film_background(pixels))
+    added = np.ones(out.shape, bool)
+    added[top:, side:side + pixels.shape[1]] = False
+    grain = np.random.default_rng(0).normal(0.0, float(frame.std()), int(added.sum()))
+    out[added] = np.clip(out[added] + grain, 0.0, 1.0)
+    return out
+
+
+def film_operations() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """(n)'s film operations: what another scanner's processing or another technologist's framing does to a film.
+
+    Each takes a film windowed to [0, 1] (bone bright) and returns a float32 film in [0, 1]: two grey-level curves, a
+    blur, an unsharp mask (the edge enhancement of computed radiography) and a frame widened or narrowed. Kernel sizes
+    are in pixels of a :data:`FILM_OPERATION_SCALE_PX` px film and scale with the film's rows, so that a 2,000 px real
+    film and a 512 px synthetic hand get the same operation.
+    """
+    from scipy import ndimage
+
+    def px(pixels: np.ndarray, size: float) -> float:
+        return size * pixels.shape[0] / FILM_OPERATION_SCALE_PX
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+    return {
+        "gamma 0.7 (brighter)": lambda x: unit(x ** 0.7),
+        "gamma 1.4 (darker)": lambda x: unit(x ** 1.4),
+        "blur (1 px)": lambda x: unit(ndimage.gaussian_filter(x, px(x, 1.0))),
+        "edge enhancement (x1, 2 px)": lambda x: unit(x + (x - ndimage.gaussian_filter(x, px(x, 2.0)))),
+        "wider frame (+1/8 a side)": lambda x: unit(_pad_with_background(x, x.shape[0] // 8, x.shape[1] // 8)),
+        "narrower frame (-1/12 a side)": lambda x: unit(x[:, x.shape[1] // 12: x.shape[1] - x.shape[1] // 12]),
+    }
+
+
+def operation_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray,
+                      operations: dict[str, Callable[[np.ndarray], np.ndarray]]) -> np.ndarray:
+    """A reader's change (its reading of each operated film minus that of the film as given), in ``operations``' order."""
+    base = read(pixels)
+    return np.array([read(op(pixels)) - base for op in operations.values()])
+
+
+def film_operations_part(n: int, seed: int) -> None:
+    """(n): how far film operations move the end-to-end CNN's reading, real training-split films against synthetic
+    hands of the same bone ages and sexes (512 px, the sex given).
+
+    Each film is read as the pipeline reads it: turned upright (:meth:`boneage.estimate.BoneAgeEstimator.view`) and
+    windowed; then once after each of :func:`film_operations`. The network was trained on real films with grey-level,
+    zoom and resolution jitter, so their readings hardly move; a synthetic hand whose reading moves several times
+    more lies off the films the network knows, wherever its average reading lands. Unlike part (a), this needs no
+    bone age: a renderer change that brings it towards the real films' is a change towards real-looking films, not
+    one fitted to the readers' errors.
+
+    Args:
+        n: real films, drawn (with ``seed``) among the training split's of :data:`FILM_OPERATION_AGES`.
+        seed: the draw's seed and the synthetic hands' seed.
+    """
+    from tqdm import tqdm
+
+    from boneage import datasets
+    from boneage.estimate import BoneAgeEstimator
+    from boneage.io import load_radiograph
+    from boneage.preprocess import normalise_intensity
+    from boneage.synth import generate_hand
+
+    estimator = BoneAgeEstimator.load()
+    dev = datasets.rsna_dev()
+    pool = dev[(dev["split"] == "train") & dev["bone_age_months"].between(*FILM_OPERATION_AGES)]
+    films = pool.sample(n=min(n, len(pool)), random_state=seed)
+    operations = film_operations()
+    changes: dict[str, list[np.ndarray]] = {"real": [], "synthetic": []}
+    for i, (path, age, sex) in enumerate(tqdm(list(zip(films["path"], films["bone_age_months"], films["sex"])),
+                                              desc="film operations", unit="film", mininterval=10)):
+        def read(x: np.ndarray) -> float:
+            return estimator.direct.predict(x, sex).age_months
+
+        hand = generate_hand(seed, i, size=512, bone_age_months=float(age), sex=sex)
+        for kind, pixels in (("real", load_radiograph(path).pixels), ("synthetic", hand.image)):
+            upright = normalise_intensity(np.asarray(estimator.view(pixels).pixels, dtype=np.float32))
+            changes[kind].append(operation_changes(read, upright, operations))
+    real, synthetic = (np.array(changes[k]) for k in ("real", "synthetic"))
+    print(f"\nfilm operations: the end-to-end CNN's reading change (months; mean size, mean in brackets), {len(films)} "
+          f"real training-split films of {FILM_OPERATION_AGES[0]:.0f}-{FILM_OPERATION_AGES[1]:.0f} months / as many "
+          "synthetic hands of the same bone ages and sexes (512 px), each read upright as the pipeline reads it:")
+    for j, name in enumerate(operations):
+        cells = [f"{np.abs(c[:, j]).mean():.1f} ({c[:, j].mean():+.1f})" for c in (real, synthetic)]
+        print(f"  {name:<32}{cells[0]:>16} / {cells[1]}")
+    sizes = [float(np.abs(c).mean()) for c in (real, synthetic)]
+    print(f"  {'every operation':<32}{sizes[0]:>16.1f} / {sizes[1]:.1f} (synthetic {sizes[1] / max(sizes[0], 1e-9):.1f} x real)")
+
+
 def set_renderer_constants(assignments: list[str]) -> dict[str, float]:
     """Apply ``NAME=VALUE`` assignments to numeric module constants of :mod:`boneage.synth`.
 
@@ -1409,6 +1519,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="real 7-19 y training-split films (and as many synthetic hands) for (l) (0: skip)")
     parser.add_argument("--n-regions", type=int, default=48,
                         help="real 2-18 y training-split films (and as many synthetic hands) for (m) (0: skip)")
+    parser.add_argument("--n-operations", type=int, default=24,
+                        help="real 4-17 y training-split films (and as many synthetic hands) for (n) (0: skip)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change a numeric renderer constant of boneage.synth for this run (repeatable)")
     args = parser.parse_args(argv)
@@ -1449,7 +1561,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nreal vs synthetic classifier: ROC AUC {auc:.3f} (SD {sd:.3f} over 5 folds; "
               f"{args.n_classifier} real training-split films, as many synthetic hands; 0.5 = indistinguishable)")
         print("  each feature group alone: " + ", ".join(f"{name} {value:.3f}" for name, (value, _) in aucs.items()))
-    # Parts (c)-(m), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
+    # Parts (c)-(n), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
     parts = ((args.n_features, maturity_features), (args.n_look, partial(film_look, min_age=args.look_min_age)),
              (args.n_turn, turned_films),
              (args.n_embed, cnn_feature_space), (args.n_layout, wrist_layout),
@@ -1457,7 +1569,8 @@ def main(argv: list[str] | None = None) -> int:
              (args.n_physis, physes),
              (args.n_transplant, partial(crop_transplant_part, region=args.transplant_region,
                                          ages=tuple(args.transplant_ages))),
-             (args.n_joints, joint_spaces), (args.n_capitate, capitate_part), (args.n_regions, perbone_regions))
+             (args.n_joints, joint_spaces), (args.n_capitate, capitate_part), (args.n_regions, perbone_regions),
+             (args.n_operations, film_operations_part))
     for offset, (n, part) in enumerate(parts, start=1):
         if n:
             part(n, args.seed + offset)

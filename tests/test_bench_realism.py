@@ -305,7 +305,8 @@ def test_group_aucs_find_the_group_that_tells_the_classes_apart():
 ])
 def test_main_rejects_a_bad_age_band_or_region(argv, message, capsys):
     quiet = ["--n", "0", "--skip-classifier"] + [x for part in ("features", "look", "turn", "embed", "layout",
-                                                               "occlude", "physis", "transplant", "joints")
+                                                               "occlude", "physis", "transplant", "joints",
+                                                               "operations")
                                                   for x in (f"--n-{part}", "0")]
     with pytest.raises(SystemExit):
         bench_realism.main(argv + quiet)
@@ -526,3 +527,66 @@ def test_perbone_regions_prints_every_region_by_band_and_sex(capsys):
     assert any(" / " in row for row in rows.values())  # synthetic / real readings
     gap = table[1 + len(MATURITY_REGIONS)]
     assert gap.startswith("  mean |gap|") and float(gap.split()[-1]) >= 0
+
+
+def _test_film() -> np.ndarray:
+    """A dark film with grain and a bright bar (a shaft), as (n)'s operations receive it: windowed to [0, 1]."""
+    film = np.clip(np.random.default_rng(3).normal(0.1, 0.02, (256, 200)), 0, 1).astype(np.float32)
+    film[60:200, 90:110] = 0.8
+    return film
+
+
+def test_film_operations_keep_a_film_in_range_and_frame_it_as_named():
+    film = _test_film()
+    operated = {name: op(film) for name, op in bench_realism.film_operations().items()}
+    for name, out in operated.items():
+        assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1, name
+    assert operated["gamma 0.7 (brighter)"].mean() > film.mean() > operated["gamma 1.4 (darker)"].mean()
+    assert operated["blur (1 px)"].shape == film.shape and operated["blur (1 px)"].std() < film.std()
+    edge = operated["edge enhancement (x1, 2 px)"]
+    assert edge[130, 91] > film[130, 91] and edge[130, 88] < film[130, 88]  # brighter inside the bar's edge, darker out
+    wider, narrower = operated["wider frame (+1/8 a side)"], operated["narrower frame (-1/12 a side)"]
+    assert wider.shape == (256 + 32, 200 + 2 * 25) and narrower.shape == (256, 200 - 2 * 16)
+    np.testing.assert_array_equal(wider[32:, 25:225], film)  # the film itself is untouched
+    added = np.concatenate([wider[:32].ravel(), wider[32:, :25].ravel()])
+    assert abs(np.median(added) - 0.1) < 0.01 and 0.01 < added.std() < 0.03  # the frame's grey and grain
+    np.testing.assert_array_equal(narrower, film[:, 16:184])
+
+
+def test_film_operations_scale_their_kernels_with_the_film():
+    small = np.full((256, 200), 0.1, np.float32)
+    small[60:200, 90:110] = 0.8  # a bright bar on a dark film
+    large = np.kron(small, np.ones((4, 4), np.float32))  # the same film at 4 x the pixels
+    operations = bench_realism.film_operations()
+
+    def blurred_edge_px(film: np.ndarray, scale: int) -> float:  # across the bar's two edges, in small-film pixels
+        row = operations["blur (1 px)"](film)[film.shape[0] // 2]
+        return float(((row > 0.15) & (row < 0.75)).sum()) / scale
+
+    def halo_px(film: np.ndarray, scale: int) -> float:  # the dark undershoot beside the bar
+        row = operations["edge enhancement (x1, 2 px)"](film)[film.shape[0] // 2]
+        return float((row < 0.08).sum()) / scale
+
+    for measure in (blurred_edge_px, halo_px):
+        assert measure(small, 1) >= 2, measure.__name__
+        assert abs(measure(small, 1) - measure(large, 4)) <= 1.5, measure.__name__
+
+
+def test_operation_changes_are_zero_for_a_blind_reader_and_follow_a_brightness_reader():
+    film = _test_film()
+    operations = bench_realism.film_operations()
+    assert np.all(bench_realism.operation_changes(lambda x: 100.0, film, operations) == 0)
+    changes = bench_realism.operation_changes(lambda x: float(x.mean()) * 100, film, operations)
+    assert changes.shape == (len(operations),)
+    names = list(operations)
+    assert changes[names.index("gamma 0.7 (brighter)")] > 0 > changes[names.index("gamma 1.4 (darker)")]
+
+
+@pytest.mark.skipif(not (rsna_dev_dir() / "labels.csv").is_file(),
+                    reason="real rsna-dev films not available (../shared/data/rsna-dev absent)")
+def test_film_operations_part_prints_every_operation_real_against_synthetic(capsys):
+    bench_realism.film_operations_part(2, 20261590)
+    out = capsys.readouterr().out
+    for name in bench_realism.film_operations():
+        assert name in out
+    assert "2 real training-split films" in out and "synthetic" in out and "x real)" in out
