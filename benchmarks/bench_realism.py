@@ -1398,7 +1398,8 @@ def film_operations() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
 
 def operation_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray,
                       operations: dict[str, Callable[[np.ndarray], np.ndarray]]) -> np.ndarray:
-    """A reader's change (its reading of each operated film minus that of the film as given), in ``operations``' order."""
+    """A reader's change (its reading of each operated film minus that of the film as given), in ``operations``'
+    order."""
     base = read(pixels)
     return np.array([read(op(pixels)) - base for op in operations.values()])
 
@@ -1449,7 +1450,8 @@ def film_operations_part(n: int, seed: int) -> None:
         cells = [f"{np.abs(c[:, j]).mean():.1f} ({c[:, j].mean():+.1f})" for c in (real, synthetic)]
         print(f"  {name:<32}{cells[0]:>16} / {cells[1]}")
     sizes = [float(np.abs(c).mean()) for c in (real, synthetic)]
-    print(f"  {'every operation':<32}{sizes[0]:>16.1f} / {sizes[1]:.1f} (synthetic {sizes[1] / max(sizes[0], 1e-9):.1f} x real)")
+    ratio = sizes[1] / max(sizes[0], 1e-9)
+    print(f"  {'every operation':<32}{sizes[0]:>16.1f} / {sizes[1]:.1f} (synthetic {ratio:.1f} x real)")
 
 
 def set_renderer_constants(assignments: list[str]) -> dict[str, float]:
