@@ -412,6 +412,11 @@ _PHYSIS_GAP_SCALE = 1.0
 _PALM_WEB_FRACTION = 0.3
 _SOFT_TISSUE_MU_SCALE = 1.0
 _PALM_THICKNESS_MM = 51.0
+#: A finger's soft-tissue cylinder, as a share of its drawn radius (its bone's half base width plus the chubby margin):
+#: 0.88 until the twenty-third sitting (issue #22; docs/synthetic.md, "Slimmer fingers and film operations"). Across
+#: the middle of the second proximal and third middle phalanges, real training-split films' fingers measure 2.2-2.6 x
+#: their shaft's width, synthetic ones measured 2.6-2.8; with 0.77, 2.3-2.6.
+_FINGER_SOFT_TISSUE_WIDTH = 0.77
 _FOREARM_TO_PALM_THICKNESS = 1.64
 _DETECTOR_SATURATION = 0.88
 #: Bone's X-ray attenuation against the calibrated one (cortex and medulla alike; a neutral probe knob, issue #22,
@@ -985,7 +990,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
     soft.append((forearm, thick_palm * _FOREARM_TO_PALM_THICKNESS))
     soft.append((thumb[ConvexHull(thumb).vertices], 22.0 * scale))
     for p0, p1, r in finger_points:
-        soft.append((np.stack([p0, p1]), -0.88 * r))  # negative thickness: a finger cylinder of radius 0.88 r
+        # Negative thickness: a finger cylinder of radius _FINGER_SOFT_TISSUE_WIDTH x r.
+        soft.append((np.stack([p0, p1]), -_FINGER_SOFT_TISSUE_WIDTH * r))
     return _Hand(parts, lengths, full, states, soft)
 
 

@@ -1082,3 +1082,23 @@ def test_fused_middle_phalangeal_epiphyses_overhang_their_shaft(monkeypatch) -> 
     assert drawn[228.0]["proximal_phalanx_3"] == before[228.0]["proximal_phalanx_3"]
     assert drawn[228.0]["distal_phalanx_3"] == before[228.0]["distal_phalanx_3"]
     assert drawn[110.0] == before[110.0]  # an open physis: unchanged
+
+
+def test_finger_soft_tissue_is_as_slim_as_on_real_films(monkeypatch) -> None:
+    # Issue #22, twenty-third sitting (docs/synthetic.md, "Slimmer fingers and film operations"): synthetic fingers
+    # measured 2.6-2.8 x their shaft's width where real ones measure 2.2-2.6; their cylinders are now 0.77 of the drawn
+    # radius (was 0.88). Only the fingers' soft tissue changes: the palm, thumb and forearm slabs and every bone stay.
+    from boneage import synth
+
+    assert synth._FINGER_SOFT_TISSUE_WIDTH == 0.77
+    slim = synth._build_hand(np.random.default_rng([47, 1]), 120.0, "M")
+    monkeypatch.setattr(synth, "_FINGER_SOFT_TISSUE_WIDTH", 0.88)
+    before = synth._build_hand(np.random.default_rng([47, 1]), 120.0, "M")
+    fingers = [(a[1], b[1]) for a, b in zip(slim.soft_polys, before.soft_polys) if a[1] < 0]
+    assert len(fingers) == 14  # one cylinder per phalanx
+    for now, then in fingers:
+        assert now == pytest.approx(then * 0.77 / 0.88)
+    slabs = [(a, b) for a, b in zip(slim.soft_polys, before.soft_polys) if a[1] > 0]
+    assert len(slabs) == 3 and all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in slabs)
+    assert [(p.bone, p.label) for p in slim.parts] == [(p.bone, p.label) for p in before.parts]
+    assert all(np.array_equal(a.start, b.start) and a.length == b.length for a, b in zip(slim.parts, before.parts))
