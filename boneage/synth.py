@@ -320,6 +320,13 @@ _FUSED_METAPHYSIS_FLARE = 1.0
 #: measure is not comparable (the synthetic radius's medulla is as bright as its cortex).
 _METACARPAL_ADOLESCENT_CORTEX_GAIN = 0.4
 _PHALANX_ADOLESCENT_CORTEX_GAIN = 0.0
+#: A probe knob, neutral at 1 (issue #22, twenty-third sitting; docs/synthetic.md, "Slimmer fingers and film
+#: operations"): the share of the phalanges' cortical ramp with age (0.65 x at birth to 1 x at 150 months) that is
+#: drawn; at 0 their cortex stays at ``_PHALANX_CORTEX_FLAT`` x at every age, as real third proximal phalanges
+#: measure (cortex fraction 0.20-0.26 in every band, synthetic 0.21 rising to 0.30). Probed at 0, the look matched and
+#: part (n) of the benchmark moved towards real films, but the CNN and the multi-step method read worse.
+_PHALANX_CORTEX_FLAT = 0.8
+_PHALANX_CORTEX_AGE_GAIN = 1.0
 _FOREARM_ADOLESCENT_CORTEX_GAIN = 0.0
 _ADOLESCENT_CORTEX_START = 160.0
 _ADOLESCENT_CORTEX_END = 195.0
@@ -714,7 +721,10 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
         hw_k = w_k * width * mid_w / 2
         meta_w = (base_ratio if end == "proximal" else head_ratio) * width
         shaft_len = a_len - zone
-        cortex = np.interp(t_k, _CORTEX_T, _CORTEX_F) * (0.65 + 0.35 * min(ba_shared / 150.0, 1.0)) * _CORTEX_SCALE
+        cortex_ramp = 0.65 + 0.35 * min(ba_shared / 150.0, 1.0)
+        if kind.endswith("phalanx") and _PHALANX_CORTEX_AGE_GAIN != 1.0:
+            cortex_ramp = _PHALANX_CORTEX_FLAT + (cortex_ramp - _PHALANX_CORTEX_FLAT) * _PHALANX_CORTEX_AGE_GAIN
+        cortex = np.interp(t_k, _CORTEX_T, _CORTEX_F) * cortex_ramp * _CORTEX_SCALE
         cortex = cortex * _adolescent_cortex_factor(kind, ba_shared)
         # The epiphyseal end of the shaft is flat (physis); the other end is a rounded joint surface.
         # As the physis closes, metaphysis and epiphysis meet flat: no notch is left at a fused physis.

@@ -1102,3 +1102,25 @@ def test_finger_soft_tissue_is_as_slim_as_on_real_films(monkeypatch) -> None:
     assert len(slabs) == 3 and all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in slabs)
     assert [(p.bone, p.label) for p in slim.parts] == [(p.bone, p.label) for p in before.parts]
     assert all(np.array_equal(a.start, b.start) and a.length == b.length for a, b in zip(slim.parts, before.parts))
+
+
+def test_phalangeal_cortex_probe_flattens_only_the_phalanges_age_ramp(monkeypatch) -> None:
+    # Issue #22, twenty-third sitting: a probe knob, neutral at 1; at 0 the phalanges' cortex is the same share of
+    # their width at every age, the other bones' still thicken with age.
+    from boneage import synth
+
+    assert synth._PHALANX_CORTEX_AGE_GAIN == 1.0
+
+    def cortex(age: float, bone: str) -> float:
+        hand = synth._build_hand(np.random.default_rng([53, 1]), age, "F")
+        return next(float(p.cortex_knots.max()) for p in hand.parts
+                    if p.bone == bone and p.label == anatomy.shaft_label(bone))
+
+    bones = ("proximal_phalanx_3", "metacarpal_3")
+    shipped = {(age, bone): cortex(age, bone) for age in (30.0, 180.0) for bone in bones}
+    assert shipped[180.0, "proximal_phalanx_3"] > 1.2 * shipped[30.0, "proximal_phalanx_3"]
+    monkeypatch.setattr(synth, "_PHALANX_CORTEX_AGE_GAIN", 0.0)
+    flat = {key: cortex(*key) for key in shipped}
+    assert flat[30.0, "proximal_phalanx_3"] == pytest.approx(flat[180.0, "proximal_phalanx_3"])
+    assert flat[180.0, "metacarpal_3"] == shipped[180.0, "metacarpal_3"]
+    assert flat[30.0, "metacarpal_3"] == shipped[30.0, "metacarpal_3"]
