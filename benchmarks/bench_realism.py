@@ -105,9 +105,10 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
 (n) **Film operations**: ``--n-operations`` real training-split films of 4-17 y and as many synthetic hands of the
     same bone ages and sexes (512 px, seed ``--seed + 12``), each read by the shipped end-to-end CNN upright as the
     pipeline reads it, then again after each of :func:`film_operations` (grey-level curves, a blur, edge enhancement,
-    a wider and a narrower frame): the mean size of each change, real / synthetic. The network hardly moves on real
-    films; how much more it moves on synthetic hands measures how far they lie from real films without using their
-    bone ages.
+    a wider and a narrower frame): the mean size of each change, real / synthetic; then edge enhancement within one
+    region's bones at a time (:func:`sharpening_changes`, the regions of (h)). The network hardly moves on real films;
+    how much more it moves on synthetic hands measures how far they lie from real films without using their bone ages,
+    and the regions say where.
 
 ``--set NAME=VALUE`` (repeatable) changes one of the renderer's numeric constants in
 :mod:`boneage.synth` for this run only (e.g. ``--set _CARPAL_SCALE=1.4``), so that probes of the
@@ -1404,6 +1405,44 @@ def operation_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray,
     return np.array([read(op(pixels)) - base for op in operations.values()])
 
 
+#: (n)'s operation that is also applied region by region (each of :data:`OCCLUSION_REGIONS`).
+REGIONAL_OPERATION = "edge enhancement (x1, 2 px)"
+
+
+def sharpening_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray, labels: np.ndarray,
+                       regions: dict[str, list[int]], base: float | None = None) -> dict[str, float]:
+    """A reader's change when :data:`REGIONAL_OPERATION` is applied within one region's bones only.
+
+    Each region is its bones' labels grown edge-wise by 3 pixels of a :data:`FILM_OPERATION_SCALE_PX` px film (scaled
+    with the film's rows, rounded up), so that the edges the operation sharpens are inside it.
+
+    Args:
+        read: film -> reading (months).
+        pixels: ``(rows, cols)`` film in [0, 1].
+        labels: its label map, same shape.
+        regions: region name -> label ids.
+        base: the untouched film's reading, when the caller has it already.
+
+    Returns:
+        Region name -> reading change against the untouched film (0 where the region is absent).
+    """
+    from scipy import ndimage
+
+    pixels = np.asarray(pixels, dtype=np.float32)
+    operated = film_operations()[REGIONAL_OPERATION](pixels)
+    base = read(pixels) if base is None else base
+    grow = max(1, int(np.ceil(3 * pixels.shape[0] / FILM_OPERATION_SCALE_PX)))
+    changes = {}
+    for name, ids in regions.items():
+        region = np.isin(labels, ids)
+        if not region.any():
+            changes[name] = 0.0
+            continue
+        region = ndimage.binary_dilation(region, iterations=grow)
+        changes[name] = read(np.where(region, operated, pixels)) - base
+    return changes
+
+
 def film_operations_part(n: int, seed: int) -> None:
     """(n): how far film operations move the end-to-end CNN's reading, real training-split films against synthetic
     hands of the same bone ages and sexes (512 px, the sex given).
@@ -1432,7 +1471,9 @@ def film_operations_part(n: int, seed: int) -> None:
     pool = dev[(dev["split"] == "train") & dev["bone_age_months"].between(*FILM_OPERATION_AGES)]
     films = pool.sample(n=min(n, len(pool)), random_state=seed)
     operations = film_operations()
+    regions = {name: region_labels(name) for name in OCCLUSION_REGIONS}
     changes: dict[str, list[np.ndarray]] = {"real": [], "synthetic": []}
+    regional: dict[str, list[list[float]]] = {"real": [], "synthetic": []}
     for i, (path, age, sex) in enumerate(tqdm(list(zip(films["path"], films["bone_age_months"], films["sex"])),
                                               desc="film operations", unit="film", mininterval=10)):
         def read(x: np.ndarray) -> float:
@@ -1440,8 +1481,11 @@ def film_operations_part(n: int, seed: int) -> None:
 
         hand = generate_hand(seed, i, size=512, bone_age_months=float(age), sex=sex)
         for kind, pixels in (("real", load_radiograph(path).pixels), ("synthetic", hand.image)):
-            upright = normalise_intensity(np.asarray(estimator.view(pixels).pixels, dtype=np.float32))
+            view = estimator.view(pixels)
+            upright = normalise_intensity(np.asarray(view.pixels, dtype=np.float32))
             changes[kind].append(operation_changes(read, upright, operations))
+            by_region = sharpening_changes(read, upright, np.asarray(view.label_map), regions)
+            regional[kind].append([by_region[name] for name in regions])
     real, synthetic = (np.array(changes[k]) for k in ("real", "synthetic"))
     print(f"\nfilm operations: the end-to-end CNN's reading change (months; mean size, mean in brackets), {len(films)} "
           f"real training-split films of {FILM_OPERATION_AGES[0]:.0f}-{FILM_OPERATION_AGES[1]:.0f} months / as many "
@@ -1452,6 +1496,11 @@ def film_operations_part(n: int, seed: int) -> None:
     sizes = [float(np.abs(c).mean()) for c in (real, synthetic)]
     ratio = sizes[1] / max(sizes[0], 1e-9)
     print(f"  {'every operation':<32}{sizes[0]:>16.1f} / {sizes[1]:.1f} (synthetic {ratio:.1f} x real)")
+    print(f"  {REGIONAL_OPERATION} within one region's bones only (as the shipped segmenter finds them):")
+    real, synthetic = (np.array(regional[k]) for k in ("real", "synthetic"))
+    for j, name in enumerate(regions):
+        cells = [f"{np.abs(c[:, j]).mean():.1f} ({c[:, j].mean():+.1f})" for c in (real, synthetic)]
+        print(f"    {name:<30}{cells[0]:>16} / {cells[1]}")
 
 
 def set_renderer_constants(assignments: list[str]) -> dict[str, float]:

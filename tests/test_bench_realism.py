@@ -590,3 +590,26 @@ def test_film_operations_part_prints_every_operation_real_against_synthetic(caps
     for name in bench_realism.film_operations():
         assert name in out
     assert "2 real training-split films" in out and "synthetic" in out and "x real)" in out
+
+
+def test_sharpening_changes_touch_only_the_grown_region():
+    film = _test_film()
+    labels = np.zeros(film.shape, np.uint8)
+    labels[60:200, 90:110] = 7  # the bar is "bone" 7
+    sharpened = bench_realism.film_operations()[bench_realism.REGIONAL_OPERATION](film)
+    seen = {}
+
+    def read(x: np.ndarray) -> float:
+        seen["film"] = x
+        return float(x[130, 88:112].mean() * 100)  # a reader that looks at the bar's edges
+
+    changes = bench_realism.sharpening_changes(read, film, labels, {"bar": [7], "absent": [9], "background": [0]})
+    assert changes["absent"] == 0.0 and changes["bar"] != 0.0
+    # The last region read is the background grown by 2 pixels: the bar's inside is left as it was.
+    np.testing.assert_array_equal(seen["film"][100:160, 92:108], film[100:160, 92:108])
+    bench_realism.sharpening_changes(read, film, labels, {"bar": [7]})
+    grown = np.zeros(film.shape, bool)
+    for k in range(3):  # 3 px at 512 rows is 1.5 at 256, rounded up: grown edge-wise by 2
+        grown[58 + k:202 - k, 90 - k:110 + k] = True
+    np.testing.assert_array_equal(seen["film"][grown], sharpened[grown])
+    np.testing.assert_array_equal(seen["film"][~grown], film[~grown])
