@@ -1029,11 +1029,19 @@ def occlusion_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray, l
     """
     pixels = np.asarray(pixels, dtype=np.float32)
     blurred = heavy_blur(pixels)
+    return region_changes(read, pixels, labels, regions, lambda region: blur_away(pixels, region, blurred), base)
+
+
+def region_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray, labels: np.ndarray,
+                   regions: dict[str, list[int]], redraw: Callable[[np.ndarray], np.ndarray],
+                   base: float | None = None) -> dict[str, float]:
+    """A reader's change when each region (its labels' pixels) is redrawn by ``redraw(region mask) -> film``;
+    0 where a region is absent. The other arguments are :func:`occlusion_changes`'."""
     base = read(pixels) if base is None else base
     changes = {}
     for name, ids in regions.items():
         region = np.isin(labels, ids)
-        changes[name] = read(blur_away(pixels, region, blurred)) - base if region.any() else 0.0
+        changes[name] = read(redraw(region)) - base if region.any() else 0.0
     return changes
 
 
@@ -1411,36 +1419,22 @@ REGIONAL_OPERATION = "edge enhancement (x1, 2 px)"
 
 def sharpening_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray, labels: np.ndarray,
                        regions: dict[str, list[int]], base: float | None = None) -> dict[str, float]:
-    """A reader's change when :data:`REGIONAL_OPERATION` is applied within one region's bones only.
+    """A reader's change when :data:`REGIONAL_OPERATION` is applied within one region's bones only; arguments and
+    result as :func:`occlusion_changes`'.
 
     Each region is its bones' labels grown edge-wise by 3 pixels of a :data:`FILM_OPERATION_SCALE_PX` px film (scaled
     with the film's rows, rounded up), so that the edges the operation sharpens are inside it.
-
-    Args:
-        read: film -> reading (months).
-        pixels: ``(rows, cols)`` film in [0, 1].
-        labels: its label map, same shape.
-        regions: region name -> label ids.
-        base: the untouched film's reading, when the caller has it already.
-
-    Returns:
-        Region name -> reading change against the untouched film (0 where the region is absent).
     """
     from scipy import ndimage
 
     pixels = np.asarray(pixels, dtype=np.float32)
     operated = film_operations()[REGIONAL_OPERATION](pixels)
-    base = read(pixels) if base is None else base
     grow = max(1, int(np.ceil(3 * pixels.shape[0] / FILM_OPERATION_SCALE_PX)))
-    changes = {}
-    for name, ids in regions.items():
-        region = np.isin(labels, ids)
-        if not region.any():
-            changes[name] = 0.0
-            continue
-        region = ndimage.binary_dilation(region, iterations=grow)
-        changes[name] = read(np.where(region, operated, pixels)) - base
-    return changes
+
+    def sharpen_within(region: np.ndarray) -> np.ndarray:
+        return np.where(ndimage.binary_dilation(region, iterations=grow), operated, pixels)
+
+    return region_changes(read, pixels, labels, regions, sharpen_within, base)
 
 
 def film_operations_part(n: int, seed: int) -> None:
