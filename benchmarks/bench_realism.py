@@ -1358,7 +1358,7 @@ def perbone_regions(n: int, seed: int) -> None:
     print(f"  {'mean |gap|':<22}" + "".join(f"{gaps[c][2]:>22.1f}" for c in columns))
 
 
-#: Bone ages (months) of (n)'s films: every band but the youngest, where a film's framing is mostly its background.
+#: Bone ages (months) of (n)'s films: 4-17 y, where most real films are.
 FILM_OPERATION_AGES = (48.0, 204.0)
 #: The film size (pixels along its rows) at which (n)'s blur and edge kernels have the sizes named; they scale with it.
 FILM_OPERATION_SCALE_PX = 512
@@ -1383,7 +1383,8 @@ def film_operations() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """(n)'s film operations: what another scanner's processing or another technologist's framing does to a film.
 
     Each takes a film windowed to [0, 1] (bone bright) and returns a float32 film in [0, 1]: two grey-level curves, a
-    blur, an unsharp mask (the edge enhancement of computed radiography) and a frame widened or narrowed. Kernel sizes
+    blur, an unsharp mask (the edge enhancement of computed radiography) and a frame widened (above and either side;
+    not below, where the forearm leaves the film) or narrowed (either side). Kernel sizes
     are in pixels of a :data:`FILM_OPERATION_SCALE_PX` px film and scale with the film's rows, so that a 2,000 px real
     film and a 512 px synthetic hand get the same operation.
     """

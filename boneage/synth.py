@@ -320,6 +320,9 @@ _FUSED_METAPHYSIS_FLARE = 1.0
 #: measure is not comparable (the synthetic radius's medulla is as bright as its cortex).
 _METACARPAL_ADOLESCENT_CORTEX_GAIN = 0.4
 _PHALANX_ADOLESCENT_CORTEX_GAIN = 0.0
+_FOREARM_ADOLESCENT_CORTEX_GAIN = 0.0
+_ADOLESCENT_CORTEX_START = 160.0
+_ADOLESCENT_CORTEX_END = 195.0
 #: A probe knob, neutral at 1 (issue #22, twenty-third sitting; docs/synthetic.md, "Slimmer fingers and film
 #: operations"): the share of the phalanges' cortical ramp with age (0.65 x at birth to 1 x at 150 months) that is
 #: drawn; at 0 their cortex stays at ``_PHALANX_CORTEX_FLAT`` x at every age, as real third proximal phalanges
@@ -327,9 +330,6 @@ _PHALANX_ADOLESCENT_CORTEX_GAIN = 0.0
 #: part (n) of the benchmark moved towards real films, but the CNN and the multi-step method read worse.
 _PHALANX_CORTEX_FLAT = 0.8
 _PHALANX_CORTEX_AGE_GAIN = 1.0
-_FOREARM_ADOLESCENT_CORTEX_GAIN = 0.0
-_ADOLESCENT_CORTEX_START = 160.0
-_ADOLESCENT_CORTEX_END = 195.0
 #: Joint spaces of the digits (issue #22, twelfth sitting): a ray's bones are ``(1.2 x mature + 2.0 x young x (1 -
 #: growth fraction)) x size`` mm apart, the mature term narrowing from x1 to ``_ADOLESCENT_JOINT_SCALE`` between bone
 #: ages ``_ADOLESCENT_JOINT_AGES`` (months). Measured as the gap between the shipped segmenter's masks of neighbouring
