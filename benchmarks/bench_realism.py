@@ -481,6 +481,14 @@ TURN_ANGLES_DEG = (-15.0, -8.0, 8.0, 15.0)
 TURN_AGES = (72.0, 144.0)
 
 
+def operation_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray,
+                      operations: dict[str, Callable[[np.ndarray], np.ndarray]]) -> np.ndarray:
+    """A reader's change (its reading of each operated film minus that of the film as given), in ``operations``'
+    order."""
+    base = read(pixels)
+    return np.array([read(op(pixels)) - base for op in operations.values()])
+
+
 def turn_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray,
                  angles: tuple[float, ...] = TURN_ANGLES_DEG) -> np.ndarray:
     """How one film's reading moves when it is turned.
@@ -495,8 +503,7 @@ def turn_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray,
     """
     from boneage.preprocess import rotate_film
 
-    upright = read(pixels)
-    return np.array([read(rotate_film(pixels, a)[0]) - upright for a in angles])
+    return operation_changes(read, pixels, {a: (lambda x, a=a: rotate_film(x, a)[0]) for a in angles})
 
 
 def turn_swing(read: Callable[[np.ndarray], float], pixels: np.ndarray, degrees: float = 15.0) -> float:
@@ -1404,14 +1411,6 @@ def film_operations() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         "wider frame (+1/8 a side)": lambda x: unit(_pad_with_background(x, x.shape[0] // 8, x.shape[1] // 8)),
         "narrower frame (-1/12 a side)": lambda x: unit(x[:, x.shape[1] // 12: x.shape[1] - x.shape[1] // 12]),
     }
-
-
-def operation_changes(read: Callable[[np.ndarray], float], pixels: np.ndarray,
-                      operations: dict[str, Callable[[np.ndarray], np.ndarray]]) -> np.ndarray:
-    """A reader's change (its reading of each operated film minus that of the film as given), in ``operations``'
-    order."""
-    base = read(pixels)
-    return np.array([read(op(pixels)) - base for op in operations.values()])
 
 
 #: (n)'s operation that is also applied region by region (each of :data:`OCCLUSION_REGIONS`).
