@@ -1498,34 +1498,47 @@ def film_operations_part(n: int, seed: int) -> None:
 
 
 def set_renderer_constants(assignments: list[str]) -> dict[str, float]:
-    """Apply ``NAME=VALUE`` assignments to numeric module constants of :mod:`boneage.synth`.
+    """Apply ``NAME=VALUE`` or ``NAME[KEY]=VALUE`` assignments to numeric constants of :mod:`boneage.synth`.
 
     Args:
-        assignments: strings such as ``"_CARPAL_SCALE=1.4"``.
+        assignments: strings such as ``"_CARPAL_SCALE=1.4"`` or, for an entry of a table of numbers,
+            ``"_TRABECULAR_DENSITY[metacarpal]=0.45"``.
 
     Returns:
-        The constants changed, with their new values.
+        The constants changed (a table's entry as ``NAME[KEY]``), with their new values.
 
     Raises:
-        ValueError: an assignment is malformed, names no numeric constant of the renderer, or its
-            value is not a number.
+        ValueError: an assignment is malformed, names no numeric constant (or no numeric entry of a table) of the
+            renderer, or its value is not a number.
     """
     from boneage import synth
 
-    changed = {}
+    changed: dict[str, float] = {}
+    targets: dict[str, tuple[str, str | None]] = {}
     for item in assignments:
-        name, sep, value = item.partition("=")
-        name = name.strip()
+        target, sep, value = item.partition("=")
+        target = target.strip()
+        name, bracket, key = target.partition("[")
+        key = key[:-1] if bracket and key.endswith("]") else None
         current = getattr(synth, name, None)
-        if not sep or not name.isupper() or isinstance(current, bool) or not isinstance(current, (int, float)):
+        if bracket and key is not None:
+            current = current.get(key) if isinstance(current, dict) else None
+        if (not sep or not name.isupper() or (bracket and not key) or isinstance(current, bool)
+                or not isinstance(current, (int, float))):
             raise ValueError(f"--set {item!r}: expected NAME=VALUE with NAME a numeric constant of boneage.synth "
-                             "(e.g. _CARPAL_SCALE=1.4)")
+                             "(e.g. _CARPAL_SCALE=1.4), or NAME[KEY]=VALUE for a numeric entry of one of its tables "
+                             "(e.g. _TRABECULAR_DENSITY[metacarpal]=0.45)")
         try:
-            changed[name] = float(value)
+            changed[target] = float(value)
         except ValueError:
             raise ValueError(f"--set {item!r}: {value!r} is not a number") from None
-    for name, value in changed.items():
-        setattr(synth, name, value)
+        targets[target] = (name, key)
+    for target, value in changed.items():
+        name, key = targets[target]
+        if key is None:
+            setattr(synth, name, value)
+        else:
+            getattr(synth, name)[key] = value
     return changed
 
 
@@ -1567,7 +1580,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-operations", type=int, default=24,
                         help="real 4-17 y training-split films (and as many synthetic hands) for (n) (0: skip)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="change a numeric renderer constant of boneage.synth for this run (repeatable)")
+                        help="change a numeric renderer constant of boneage.synth for this run (repeatable); "
+                             "NAME[KEY]=VALUE changes one entry of a table, e.g. _TRABECULAR_DENSITY[metacarpal]=0.45")
     args = parser.parse_args(argv)
     from boneage.anatomy import CARPAL_REGION, MATURITY_REGIONS
 

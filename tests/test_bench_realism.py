@@ -25,11 +25,22 @@ def test_set_renderer_constants_changes_only_numeric_constants(monkeypatch):
     assert synth._CARPAL_SCALE == 1.4 and synth._DRC_AMOUNT == 0.2
 
 
+def test_set_renderer_constants_reaches_one_entry_of_a_table(monkeypatch):
+    monkeypatch.setattr(synth, "_TRABECULAR_DENSITY", dict(synth._TRABECULAR_DENSITY))  # a copy, restored after
+    forearm = synth._TRABECULAR_DENSITY["forearm"]
+    changed = bench_realism.set_renderer_constants(["_TRABECULAR_DENSITY[metacarpal]=0.45"])
+    assert changed == {"_TRABECULAR_DENSITY[metacarpal]": 0.45}
+    assert synth._TRABECULAR_DENSITY == {"metacarpal": 0.45, "forearm": forearm}
+
+
 @pytest.mark.parametrize("bad, reason", [
     ("_NO_SUCH_CONSTANT=1", "numeric constant"),
     ("_CARPAL_SCALE", "NAME=VALUE"),
     ("_CARPAL_SCALE=wide", "not a number"),
     ("_EPIPHYSIS_WIDTH=1", "numeric constant"),  # a table, not a number
+    ("_TRABECULAR_DENSITY[phalanx]=0.5", "numeric entry"),  # no such entry
+    ("_TRABECULAR_DENSITY[]=0.5", "numeric entry"),
+    ("_CARPAL_SCALE[x]=0.5", "numeric entry"),  # a number, not a table
     ("generate_hand=1", "numeric constant"),
 ])
 def test_set_renderer_constants_rejects_what_it_cannot_set(bad, reason, monkeypatch):
