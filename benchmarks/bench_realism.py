@@ -101,7 +101,8 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     shipped per-bone network (:func:`perbone_regions`): the mean bias of every region on the synthetic hands against
     that on the real films, by bone-age band and sex, and the mean over regions of the distance between the two
     (:func:`region_gaps`). The network's consensus is a weighted median, so regions read too old and too young can
-    cancel in it; region by region they cannot.
+    cancel in it; region by region they cannot. Last, how far one film's regions disagree with one another
+    (:func:`region_spread`), which needs no bone age: a real hand's bones tell one age.
 (n) **Film operations**: ``--n-operations`` real training-split films of 4-17 y and as many synthetic hands of the
     same bone ages and sexes (512 px, seed ``--seed + 12``), each read by the shipped end-to-end CNN upright as the
     pipeline reads it, then again after each of :func:`film_operations` (grey-level curves, a blur, edge enhancement,
@@ -1315,6 +1316,23 @@ def region_gaps(real: np.ndarray, synthetic: np.ndarray) -> tuple[np.ndarray, np
     return real_mean, synthetic_mean, gap
 
 
+def region_spread(readings: np.ndarray) -> float:
+    """How far one film's regions disagree: the SD across regions of each film's readings, averaged over the films.
+
+    Args:
+        readings: ``(films, regions)`` per-region readings (or readings minus the film's bone age: the same spread);
+            NaN where a region was not read. Films with fewer than two regions read are left out.
+
+    Returns:
+        The mean SD in months (NaN when no film has two regions read).
+    """
+    readings = np.atleast_2d(np.asarray(readings, float))
+    read = np.isfinite(readings).sum(axis=1) >= 2
+    if not read.any():
+        return float("nan")
+    return float(np.mean(np.nanstd(readings[read], axis=1)))
+
+
 def perbone_regions(n: int, seed: int) -> None:
     """(m): each per-bone region's own reading, real training-split films against synthetic hands of the same bone
     ages and sexes (512 px, the sex given), by bone-age band and sex.
@@ -1363,6 +1381,10 @@ def perbone_regions(n: int, seed: int) -> None:
                          else f"{synthetic_mean[r]:+.0f} / {real_mean[r]:+.0f}")
         print(f"  {region:<22}" + "".join(f"{cell:>22}" for cell in cells))
     print(f"  {'mean |gap|':<22}" + "".join(f"{gaps[c][2]:>22.1f}" for c in columns))
+    spreads = [region_spread(np.concatenate([np.array(biases[(*c, kind)]) for c in columns])) for kind in
+               ("real", "synthetic")]
+    print(f"  one film's regions disagree by (SD across its regions, mean over films): real {spreads[0]:.1f}, "
+          f"synthetic {spreads[1]:.1f} months")
 
 
 #: Bone ages (months) of (n)'s films: 4-17 y, where most real films are.

@@ -538,6 +538,18 @@ def test_perbone_regions_prints_every_region_by_band_and_sex(capsys):
     assert any(" / " in row for row in rows.values())  # synthetic / real readings
     gap = table[1 + len(MATURITY_REGIONS)]
     assert gap.startswith("  mean |gap|") and float(gap.split()[-1]) >= 0
+    spread = table[2 + len(MATURITY_REGIONS)]
+    assert "regions disagree" in spread and float(spread.split("synthetic ")[1].split()[0]) >= 0
+
+
+def test_region_spread_is_the_mean_sd_across_one_films_regions():
+    nan = float("nan")
+    agreeing = np.array([[10.0, 10.0, 10.0], [-5.0, -5.0, -5.0]])  # each film's regions tell one age
+    assert bench_realism.region_spread(agreeing) == 0.0
+    # SD of (0, 20) is 10, of (4, 4, nan) 0; the film with one region read is left out.
+    films = np.array([[0.0, 20.0, nan], [4.0, 4.0, nan], [7.0, nan, nan]])
+    assert bench_realism.region_spread(films) == pytest.approx(5.0)
+    assert np.isnan(bench_realism.region_spread(np.array([[1.0, nan]])))
 
 
 def _test_film() -> np.ndarray:
