@@ -112,9 +112,9 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     and the regions say where.
 
 ``--set NAME=VALUE`` (repeatable) changes one of the renderer's numeric constants in
-:mod:`boneage.synth` for this run only (e.g. ``--set _CARPAL_SCALE=1.4``), so that probes of the
-rendering can be rerun from the repository; use them with an exploratory ``--seed``, never the
-default one.
+:mod:`boneage.synth` for this run only (e.g. ``--set _CARPAL_SCALE=1.4``; one entry of a table of numbers as
+``--set "_TRABECULAR_DENSITY[metacarpal]=0.45"``), so that probes of the rendering can be rerun from the repository;
+use them with an exploratory ``--seed``, never the default one.
 
 Research data are read in place from ``../shared``.
 """
