@@ -1535,8 +1535,7 @@ def set_renderer_constants(assignments: list[str]) -> dict[str, float]:
     """
     from boneage import synth
 
-    changed: dict[str, float] = {}
-    targets: dict[str, tuple[str, str | None]] = {}
+    parsed: list[tuple[str, str, str | None, float]] = []  # (as written, constant, table key or None, value)
     for item in assignments:
         target, sep, value = item.partition("=")
         target = target.strip()
@@ -1551,17 +1550,16 @@ def set_renderer_constants(assignments: list[str]) -> dict[str, float]:
                              "(e.g. _CARPAL_SCALE=1.4), or NAME[KEY]=VALUE for a numeric entry of one of its tables "
                              "(e.g. _TRABECULAR_DENSITY[metacarpal]=0.45)")
         try:
-            changed[target] = float(value)
+            parsed.append((target, name, key, float(value)))
         except ValueError:
             raise ValueError(f"--set {item!r}: {value!r} is not a number") from None
-        targets[target] = (name, key)
-    for target, value in changed.items():
-        name, key = targets[target]
+    # Applied only once every assignment has parsed, so that a bad one leaves the renderer as it was.
+    for _, name, key, value in parsed:
         if key is None:
             setattr(synth, name, value)
         else:
             getattr(synth, name)[key] = value
-    return changed
+    return {target: value for target, _, _, value in parsed}
 
 
 def main(argv: list[str] | None = None) -> int:
