@@ -5,7 +5,7 @@ Usage:
         [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60] [--look-min-age 0] [--n-turn 40]
         [--n-embed 300] [--n-layout 42] [--n-occlude 16] [--occlude-ages 84 132] [--n-physis 40] [--n-transplant 16]
         [--transplant-region carpals] [--transplant-ages 108 204] [--n-joints 80] [--n-capitate 24] [--n-regions 48]
-        [--n-operations 24]
+        [--n-operations 24] [--n-ossicles 48]
         [--set NAME=VALUE ...]
 
 Prints measures of the gap between synthetic and real films (another, side-by-side sheets of
@@ -110,6 +110,12 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     region's bones at a time (:func:`sharpening_changes`, the regions of (h)). The network hardly moves on real films;
     how much more it moves on synthetic hands measures how far they lie from real films without using their bone ages,
     and the regions say where.
+
+(o) **Carpal ossicles**: ``--n-ossicles`` real training-split films of 3-18 y and as many synthetic hands of the same
+    bone ages and sexes (768 px, seed ``--seed + 13``): the capitate's and the hamate's bright ossicle, found by a local
+    threshold around the shipped segmenter's label (:func:`ossicle_area`), in area against the third metacarpal, with
+    the label's own area beside it; medians by bone-age band. On young real films the segmenter's carpal labels run into
+    the cartilage around the ossicle (and it labels carpals not yet ossified), so its areas overstate young real carpi.
 
 ``--set NAME=VALUE`` (repeatable) changes one of the renderer's numeric constants in
 :mod:`boneage.synth` for this run only (e.g. ``--set _CARPAL_SCALE=1.4``; one entry of a table of numbers as
@@ -784,9 +790,9 @@ def carpal_layout(labels: np.ndarray) -> dict[str, float] | None:
     return dict(zip(LAYOUT_NAMES, (float(v) for v in values)))
 
 
-def paired_label_maps(n: int, seed: int, bands: tuple[tuple[int, int], ...],
-                      desc: str, drawn: bool = False) -> Iterator[tuple[str, float, np.ndarray]]:
-    """The shipped segmenter's label maps of real films and of synthetic hands like them.
+def paired_films(n: int, seed: int, bands: tuple[tuple[int, int], ...],
+                 desc: str, drawn: bool = False) -> Iterator[tuple[str, float, np.ndarray, np.ndarray]]:
+    """Real films and synthetic hands like them, each with the shipped segmenter's label map.
 
     Args:
         n: real training-split films, drawn (with ``seed``) among those of bone age from the first band's
@@ -797,8 +803,8 @@ def paired_label_maps(n: int, seed: int, bands: tuple[tuple[int, int], ...],
         drawn: also yield each synthetic hand's own label map (the truth), after its segmented one.
 
     Yields:
-        ``("real" or "synthetic", bone age in months, label map)``: each real film, then a synthetic hand of
-        its bone age and sex (768 px); with ``drawn``, then ``("drawn", age, the hand's label map)``.
+        ``("real" or "synthetic", bone age in months, pixels, label map)``: each real film, then a synthetic hand of
+        its bone age and sex (768 px); with ``drawn``, then ``("drawn", age, the hand's pixels, its label map)``.
     """
     from tqdm import tqdm
 
@@ -815,9 +821,21 @@ def paired_label_maps(n: int, seed: int, bands: tuple[tuple[int, int], ...],
                                               desc=desc, unit="film", mininterval=10)):
         hand = generate_hand(seed, i, size=768, bone_age_months=float(age), sex=sex)
         for kind, pixels in (("real", load_radiograph(path).pixels), ("synthetic", hand.image)):
-            yield kind, float(age), segmenter.segment(pixels)
+            yield kind, float(age), pixels, segmenter.segment(pixels)
         if drawn:
-            yield "drawn", float(age), hand.label_map
+            yield "drawn", float(age), hand.image, hand.label_map
+
+
+def paired_label_maps(n: int, seed: int, bands: tuple[tuple[int, int], ...],
+                      desc: str, drawn: bool = False) -> Iterator[tuple[str, float, np.ndarray]]:
+    """The shipped segmenter's label maps of real films and of synthetic hands like them: :func:`paired_films`
+    (the same arguments) without the pixels.
+
+    Yields:
+        ``(kind, bone age in months, label map)``, ``kind`` being ``"real"``, ``"synthetic"`` or ``"drawn"``.
+    """
+    for kind, age, _, labels in paired_films(n, seed, bands, desc, drawn):
+        yield kind, age, labels
 
 
 def wrist_layout(n: int, seed: int) -> None:
@@ -1289,6 +1307,90 @@ def capitate_part(n: int, seed: int) -> None:
     line("synthetic MC3 length, segmented / drawn", [(a, ratio) for a, _, _, ratio in rows])
 
 
+#: Bone-age bands (months) and carpals of (o).
+OSSICLE_BANDS = ((36, 84), (84, 120), (120, 156), (156, 216))
+OSSICLE_BONES = ("capitate", "hamate")
+
+
+def ossicle_area(pixels: np.ndarray, labels: np.ndarray, bone: str) -> float:
+    """A carpal's bright ossicle, found by a local threshold around its label, in area over the third metacarpal's
+    length squared (x 100).
+
+    The segmenter's labels of young real carpals run past the ossicle into the cartilage around it, where on synthetic
+    hands they hug the drawn bone; so the label locates the bone and the film's own grey levels size it. Around the
+    label (grown by half its equivalent radius) the pixels, lightly smoothed, are split by Otsu's threshold; the bright
+    piece that overlaps the label most is the ossicle.
+
+    Args:
+        pixels: the film, ``labels``'s shape (bone bright).
+        labels: label map (:mod:`boneage.anatomy` ids).
+        bone: a carpal's canonical name.
+
+    Returns:
+        The area share (x 100), or NaN where the bone or the third metacarpal is missing.
+    """
+    from scipy import ndimage as ndi
+    from skimage.filters import gaussian, threshold_otsu
+
+    from boneage import anatomy
+
+    if pixels.shape != labels.shape:
+        raise ValueError(f"pixels {pixels.shape} and labels {labels.shape} differ in shape")
+    carpal = np.isin(labels, anatomy.bone_labels(bone))
+    metacarpal = np.nonzero(np.isin(labels, anatomy.bone_labels("metacarpal_3")))
+    if carpal.sum() < 10 or len(metacarpal[0]) < 20:
+        return float("nan")
+    length = float(np.hypot(np.ptp(metacarpal[0]), np.ptp(metacarpal[1])))
+    grow = max(2, int(0.5 * np.sqrt(carpal.sum() / np.pi)))
+    around = ndi.binary_dilation(carpal, iterations=grow)
+    smooth = gaussian(np.asarray(pixels, np.float64), 1.0)
+    values = smooth[around]
+    if np.ptp(values) <= 0:
+        return float("nan")
+    pieces, count = ndi.label(around & (smooth > threshold_otsu(values)))
+    if count == 0:
+        return float("nan")
+    overlap = ndi.sum(carpal, pieces, range(1, count + 1))
+    return 100.0 * float((pieces == int(np.argmax(overlap)) + 1).sum()) / length**2
+
+
+def carpal_ossicles(n: int, seed: int) -> None:
+    """(o): the capitate's and hamate's ossicles (:func:`ossicle_area`), real training-split films of 3-18 y against
+    synthetic hands of the same ages and sexes (:func:`paired_films`); medians by bone-age band, with the segmenter's
+    own label areas beside them.
+
+    Args:
+        n: real films, drawn (with ``seed``) among the training split's of :data:`OSSICLE_BANDS`' bone ages.
+        seed: the draw's seed and the synthetic hands' seed.
+    """
+    from boneage import anatomy
+
+    rows = []
+    for kind, age, pixels, labels in paired_films(n, seed, OSSICLE_BANDS, "carpal ossicles"):
+        metacarpal = np.nonzero(np.isin(labels, anatomy.bone_labels("metacarpal_3")))
+        length = float(np.hypot(np.ptp(metacarpal[0]), np.ptp(metacarpal[1]))) if len(metacarpal[0]) else 0.0
+        for bone in OSSICLE_BONES:
+            label_area = np.isin(labels, anatomy.bone_labels(bone)).sum()
+            rows.append((kind, age, bone, ossicle_area(pixels, labels, bone),
+                         100.0 * label_area / length**2 if length and label_area else float("nan")))
+    films = sum(1 for r in rows if r[0] == "real") // len(OSSICLE_BONES)
+    print(f"\ncarpal ossicles, {films} real training-split films / as many synthetic hands of the same bone ages and "
+          "sexes (768 px): area over the third metacarpal's length squared (x 100), the bright ossicle by a local "
+          "threshold (the segmenter's label area in brackets); medians by bone-age band, real / synthetic")
+    print(f"  {'bone':<12}" + "".join(f"{f'{lo}-{hi} mo':>26}" for lo, hi in OSSICLE_BANDS))
+    for bone in OSSICLE_BONES:
+        cells = []
+        for lo, hi in OSSICLE_BANDS:
+            cell = []
+            for kind in ("real", "synthetic"):
+                found = [(o, a) for k, age, b, o, a in rows if k == kind and b == bone and lo <= age < hi]
+                ossicle = [o for o, _ in found if np.isfinite(o)]
+                label = [a for _, a in found if np.isfinite(a)]
+                cell.append(f"{np.median(ossicle):.1f} ({np.median(label):.1f})" if ossicle else "-")
+            cells.append(" / ".join(cell))
+        print(f"  {bone:<12}" + "".join(f"{c:>26}" for c in cells))
+
+
 #: Bone-age bands (months) of (m).
 REGION_BANDS = ((24, 84), (84, 144), (144, 216))
 
@@ -1599,6 +1701,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="real 2-18 y training-split films (and as many synthetic hands) for (m) (0: skip)")
     parser.add_argument("--n-operations", type=int, default=24,
                         help="real 4-17 y training-split films (and as many synthetic hands) for (n) (0: skip)")
+    parser.add_argument("--n-ossicles", type=int, default=48,
+                        help="real 3-18 y training-split films (and as many synthetic hands) for (o) (0: skip)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change a numeric renderer constant of boneage.synth for this run (repeatable); "
                              "NAME[KEY]=VALUE changes one entry of a table, e.g. _TRABECULAR_DENSITY[metacarpal]=0.45")
@@ -1640,7 +1744,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nreal vs synthetic classifier: ROC AUC {auc:.3f} (SD {sd:.3f} over 5 folds; "
               f"{args.n_classifier} real training-split films, as many synthetic hands; 0.5 = indistinguishable)")
         print("  each feature group alone: " + ", ".join(f"{name} {value:.3f}" for name, (value, _) in aucs.items()))
-    # Parts (c)-(n), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
+    # Parts (c)-(o), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
     parts = ((args.n_features, maturity_features), (args.n_look, partial(film_look, min_age=args.look_min_age)),
              (args.n_turn, turned_films),
              (args.n_embed, cnn_feature_space), (args.n_layout, wrist_layout),
@@ -1649,7 +1753,7 @@ def main(argv: list[str] | None = None) -> int:
              (args.n_transplant, partial(crop_transplant_part, region=args.transplant_region,
                                          ages=tuple(args.transplant_ages))),
              (args.n_joints, joint_spaces), (args.n_capitate, capitate_part), (args.n_regions, perbone_regions),
-             (args.n_operations, film_operations_part))
+             (args.n_operations, film_operations_part), (args.n_ossicles, carpal_ossicles))
     for offset, (n, part) in enumerate(parts, start=1):
         if n:
             part(n, args.seed + offset)

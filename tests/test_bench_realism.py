@@ -636,3 +636,40 @@ def test_sharpening_changes_touch_only_the_grown_region():
         grown[58 + k:202 - k, 90 - k:110 + k] = True
     np.testing.assert_array_equal(seen["film"][grown], sharpened[grown])
     np.testing.assert_array_equal(seen["film"][~grown], film[~grown])
+
+
+def test_ossicle_area_sizes_the_bright_bone_not_its_label():
+    # Issue #22, "Young carpals grow sooner": on young real films the segmenter's carpal label runs into the cartilage
+    # around the ossicle; the ossicle's own size must not follow the label.
+    from boneage import anatomy
+
+    def film(label_radius: float) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = np.mgrid[:200, :200]
+        labels = np.zeros((200, 200), np.uint8)
+        labels[20:120, 95:105] = anatomy.shaft_label("metacarpal_3")  # 100 px long (99 from end to end)
+        from_centre = np.hypot(rows - 160, cols - 100)
+        labels[from_centre <= label_radius] = anatomy.shaft_label("capitate")
+        pixels = np.full((200, 200), 0.3) + 0.6 * (from_centre <= 10)
+        return pixels, labels
+
+    expected = 100 * np.pi * 10**2 / 99**2
+    for label_radius in (11.0, 16.0):
+        assert bench_realism.ossicle_area(*film(label_radius), "capitate") == pytest.approx(expected, rel=0.08)
+    pixels, labels = film(11.0)
+    assert np.isnan(bench_realism.ossicle_area(pixels, labels, "hamate"))
+    assert np.isnan(bench_realism.ossicle_area(pixels, np.where(labels == anatomy.shaft_label("metacarpal_3"), 0,
+                                                                 labels), "capitate"))
+    with pytest.raises(ValueError, match="differ in shape"):
+        bench_realism.ossicle_area(pixels[:100], labels, "capitate")
+
+
+@pytest.mark.skipif(not (rsna_dev_dir() / "labels.csv").is_file(),
+                    reason="real rsna-dev films not available (../shared/data/rsna-dev absent)")
+def test_carpal_ossicles_part_prints_both_carpals_by_band(capsys):
+    bench_realism.carpal_ossicles(3, 5)
+    table = capsys.readouterr().out
+    assert "carpal ossicles, 3 real training-split films" in table
+    for bone in bench_realism.OSSICLE_BONES:
+        cells = next(line for line in table.splitlines() if line.strip().startswith(bone)).split(bone, 1)[1]
+        assert cells.count("/") == len(bench_realism.OSSICLE_BANDS), cells
+        assert any(c[0].isdigit() for c in cells.split()), cells
