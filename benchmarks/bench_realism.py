@@ -1,7 +1,7 @@
 """How real do the synthetic hands look to the shipped models and to a classifier (issue #22)?
 
 Usage:
-    .venv/bin/python benchmarks/bench_realism.py [--seed 20261210] [--n 40] [--sizes 512 768]
+    .venv/bin/python benchmarks/bench_realism.py [--seed 20261210] [--n 40] [--sizes 512 768] [--real-reference]
         [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60] [--look-min-age 0] [--n-turn 40]
         [--n-embed 300] [--n-layout 42] [--n-occlude 16] [--occlude-ages 84 132] [--n-physis 40] [--n-transplant 16]
         [--transplant-region carpals] [--transplant-ages 108 204] [--n-joints 80] [--n-capitate 24] [--n-regions 48]
@@ -18,7 +18,9 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     often it gave an age. The hands' bone ages are uniform to each sex's maximum, where real films crowd
     at 8-15 y: a last column ("real mix") weights each hand so that sexes and 24-month bands count as
     among the real training-split films (:func:`real_mix_weights`). Also each built-in example case
-    (``data/examples``): its truth, every method's reading and the spread between the methods.
+    (``data/examples``): its truth, every method's reading and the spread between the methods. With
+    ``--real-reference``, the same table on the real training-split films nearest each hand in bone age, of its sex
+    (:func:`real_readings`): the readers' own error at those ages, a floor since they were trained on those films.
 (b) **Real vs synthetic classifier**: ``--n-classifier`` real development films (``rsna-dev``
     *training* split only, never the validation split) and as many synthetic hands (512 px), each
     prepared as the CNN sees it (crop, squash, window, 256 px) and described by intensity and
@@ -157,6 +159,65 @@ def synthetic_readings(estimator, seed: int, n: int, size: int) -> dict[str, np.
     return {"truth": truth, "female": female, **ages}
 
 
+
+def age_matched_films(truth: np.ndarray, female: np.ndarray, real_ages: np.ndarray,
+                      real_female: np.ndarray) -> np.ndarray:
+    """For each synthetic hand, the real film of its sex nearest in bone age (films may repeat).
+
+    Args:
+        truth: the synthetic hands' bone ages (months).
+        female: True for girls.
+        real_ages: the real films' bone ages (months).
+        real_female: True for the real girls.
+
+    Returns:
+        ``(len(truth),)`` indices into the real films (the first of equally near ones).
+
+    Raises:
+        ValueError: when a hand's sex has no real film.
+    """
+    real_ages, real_female = np.asarray(real_ages, np.float64), np.asarray(real_female, bool)
+    out = np.empty(len(truth), dtype=np.int64)
+    for i, (age, girl) in enumerate(zip(np.asarray(truth, np.float64), np.asarray(female, bool))):
+        of_sex = np.flatnonzero(real_female == girl)
+        if not len(of_sex):
+            raise ValueError(f"no real film of the {'girls' if girl else 'boys'} to match a synthetic hand to")
+        out[i] = of_sex[int(np.argmin(np.abs(real_ages[of_sex] - age)))]
+    return out
+
+
+def real_readings(estimator, truth: np.ndarray, female: np.ndarray) -> dict[str, np.ndarray]:
+    """Every method's age for the real training-split films matched to synthetic hands (:func:`age_matched_films`),
+    each read with its sex through the whole pipeline: :func:`synthetic_readings`'s table on real films of the same
+    bone ages and sexes, whose truth is each film's own bone age. The shipped models were trained on these films, so
+    the figures are a floor: what the readers do at these ages where the films are real.
+
+    Args:
+        estimator: :class:`boneage.estimate.BoneAgeEstimator`.
+        truth: the synthetic hands' bone ages (months).
+        female: True for girls.
+
+    Returns:
+        ``{"truth", "female", method: ages}`` for the matched films (NaN where a method gave no age).
+    """
+    from tqdm import tqdm
+
+    from boneage import datasets
+
+    dev = datasets.rsna_dev()
+    train = dev[dev["split"] == "train"].reset_index(drop=True)  # never the validation split
+    films = train.iloc[age_matched_films(truth, female, train["bone_age_months"].to_numpy(float),
+                                         (train["sex"] == "F").to_numpy())]
+    ages = {m: np.full(len(films), np.nan) for m in METHODS}
+    for i, (path, sex) in enumerate(tqdm(list(zip(films["path"], films["sex"])), desc="real films, same ages",
+                                         unit="film", mininterval=10)):
+        result = estimator.estimate(path, sex=sex)
+        for m in METHODS:
+            est = getattr(result, m)
+            if est.available:
+                ages[m][i] = est.age_months
+    return {"truth": films["bone_age_months"].to_numpy(float), "female": (films["sex"] == "F").to_numpy(), **ages}
+
 def sex_band_bias(readings: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
     """Each method's mean error (months) by sex and bone-age band: where the synthetic hands' sexes differ.
 
@@ -235,11 +296,14 @@ def real_mix_reference() -> tuple[np.ndarray, np.ndarray] | None:
     return train["bone_age_months"].to_numpy(float), (train["sex"] == "F").to_numpy()
 
 
-def print_readings(size: int, readings: dict[str, np.ndarray], real_mix: tuple[np.ndarray, float] | None = None) -> None:
-    """Part (a)'s table; with ``real_mix`` (:func:`real_mix_weights`) also each method's MAE at the real films' mix."""
+def print_readings(size: int, readings: dict[str, np.ndarray], real_mix: tuple[np.ndarray, float] | None = None,
+                   title: str | None = None) -> None:
+    """Part (a)'s table; with ``real_mix`` (:func:`real_mix_weights`) also each method's MAE at the real films' mix.
+    ``title`` replaces the heading's "fresh synthetic hands at ``size`` px" (for :func:`real_readings`)."""
     weights, covered = real_mix if real_mix is not None else (None, 0.0)
     truth = readings["truth"]
-    print(f"\nshipped models on {len(truth)} fresh synthetic hands at {size} px (MAE in months; bias in brackets):")
+    what = title or f"fresh synthetic hands at {size} px"
+    print(f"\nshipped models on {len(truth)} {what} (MAE in months; bias in brackets):")
     print(f"  {'method':<10} {'read':>5} {'MAE':>6}   " + "   ".join(f"{name:>12}" for name, _ in BANDS)
           + (f"   {'real mix':>12}" if weights is not None else ""))
     for m in METHODS:
@@ -1669,6 +1733,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20261210, help="synthetic seed no model or choice used")
     parser.add_argument("--n", type=int, default=40, help="synthetic hands per size for (a) (default 40; 0: skip)")
     parser.add_argument("--sizes", type=int, nargs="*", default=[512, 768], help="synthetic image sizes for (a)")
+    parser.add_argument("--real-reference", action="store_true",
+                        help="(a) also reads, for each synthetic hand of the first size, the training-split film of its "
+                             "sex nearest in bone age: the same table on real films (a floor: the models trained on them)")
     parser.add_argument("--n-classifier", type=int, default=300, help="real films (and as many synthetic hands) for (b)")
     parser.add_argument("--skip-classifier", action="store_true", help="skip (b)")
     parser.add_argument("--n-features", type=int, default=48, help="synthetic hands measured for (c) (0: skip)")
@@ -1737,6 +1804,10 @@ def main(argv: list[str] | None = None) -> int:
         readings = synthetic_readings(estimator, args.seed, args.n, size)
         real_mix = real_mix_weights(readings["truth"], readings["female"], *reference) if reference else None
         print_readings(size, readings, real_mix)
+        if args.real_reference and size == args.sizes[0]:
+            real = real_readings(estimator, readings["truth"], readings["female"])
+            print_readings(size, real, title="real training-split films, each of a synthetic hand's sex and nearest its "
+                                             "bone age (the models were trained on them: a floor)")
     print_examples(estimator)
     if not args.skip_classifier:
         aucs = classifier_auc(args.n_classifier, args.seed)

@@ -673,3 +673,45 @@ def test_carpal_ossicles_part_prints_both_carpals_by_band(capsys):
         cells = next(line for line in table.splitlines() if line.strip().startswith(bone)).split(bone, 1)[1]
         assert cells.count("/") == len(bench_realism.OSSICLE_BANDS), cells
         assert any(c[0].isdigit() for c in cells.split()), cells
+
+
+def test_age_matched_films_take_the_nearest_film_of_the_hands_sex():
+    real_ages = np.array([50.0, 60.0, 100.0, 190.0, 200.0])
+    real_female = np.array([False, True, False, True, False])
+    found = bench_realism.age_matched_films(np.array([58.0, 58.0, 195.0, 180.0]), np.array([False, True, True, False]),
+                                            real_ages, real_female)
+    # A boy of 58 months: the boys are 50, 100 and 200 -> 50; a girl of 58 -> 60; a girl of 195 -> 190; a boy of
+    # 180 -> 200 (nearer than 100).
+    assert found.tolist() == [0, 1, 3, 4]
+    with pytest.raises(ValueError, match="no real film of the girls"):
+        bench_realism.age_matched_films(np.array([50.0]), np.array([True]), real_ages[[0, 2]], real_female[[0, 2]])
+
+
+@pytest.mark.skipif(not (rsna_dev_dir() / "labels.csv").is_file(),
+                    reason="real rsna-dev films not available (../shared/data/rsna-dev absent)")
+def test_real_readings_read_matched_training_films_with_their_sex(capsys):
+    from boneage import datasets
+
+    class Reader:  # records what it is given; every method reads 12 months over the film's own bone age
+        def __init__(self, ages):
+            self.ages, self.calls = ages, []
+
+        def estimate(self, path, sex=None):
+            from types import SimpleNamespace
+
+            self.calls.append((str(path), sex))
+            age = self.ages[str(path)] + 12.0
+            return SimpleNamespace(**{m: SimpleNamespace(available=True, age_months=age) for m in bench_realism.METHODS})
+
+    dev = datasets.rsna_dev()
+    train = dev[dev["split"] == "train"]
+    reader = Reader(dict(zip(train["path"].astype(str), train["bone_age_months"].astype(float))))
+    readings = bench_realism.real_readings(reader, np.array([30.0, 150.0]), np.array([False, True]))
+    assert [sex for _, sex in reader.calls] == ["M", "F"]
+    val = set(dev.loc[dev["split"] == "val", "path"].astype(str))
+    assert not val & {p for p, _ in reader.calls}  # never a validation film
+    assert readings["female"].tolist() == [False, True] and abs(readings["truth"][1] - 150.0) <= 3
+    for m in bench_realism.METHODS:
+        assert np.allclose(readings[m] - readings["truth"], 12.0)
+    bench_realism.print_readings(512, readings, title="real films")
+    assert "shipped models on 2 real films (MAE" in capsys.readouterr().out
