@@ -159,7 +159,6 @@ def synthetic_readings(estimator, seed: int, n: int, size: int) -> dict[str, np.
     return {"truth": truth, "female": female, **ages}
 
 
-
 def age_matched_films(truth: np.ndarray, female: np.ndarray, real_ages: np.ndarray,
                       real_female: np.ndarray) -> np.ndarray:
     """For each synthetic hand, the real film of its sex nearest in bone age (films may repeat).
@@ -217,6 +216,7 @@ def real_readings(estimator, truth: np.ndarray, female: np.ndarray) -> dict[str,
             if est.available:
                 ages[m][i] = est.age_months
     return {"truth": films["bone_age_months"].to_numpy(float), "female": (films["sex"] == "F").to_numpy(), **ages}
+
 
 def sex_band_bias(readings: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
     """Each method's mean error (months) by sex and bone-age band: where the synthetic hands' sexes differ.
@@ -1734,8 +1734,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=40, help="synthetic hands per size for (a) (default 40; 0: skip)")
     parser.add_argument("--sizes", type=int, nargs="*", default=[512, 768], help="synthetic image sizes for (a)")
     parser.add_argument("--real-reference", action="store_true",
-                        help="(a) also reads, for each synthetic hand of the first size, the training-split film of its "
-                             "sex nearest in bone age: the same table on real films (a floor: the models trained on them)")
+                        help="(a) also reads, for each synthetic hand of the first size, the training-split film "
+                             "of its sex nearest in bone age: the same table on real films (a floor: the models "
+                             "trained on them)")
     parser.add_argument("--n-classifier", type=int, default=300, help="real films (and as many synthetic hands) for (b)")
     parser.add_argument("--skip-classifier", action="store_true", help="skip (b)")
     parser.add_argument("--n-features", type=int, default=48, help="synthetic hands measured for (c) (0: skip)")
@@ -1804,10 +1805,12 @@ def main(argv: list[str] | None = None) -> int:
         readings = synthetic_readings(estimator, args.seed, args.n, size)
         real_mix = real_mix_weights(readings["truth"], readings["female"], *reference) if reference else None
         print_readings(size, readings, real_mix)
-        if args.real_reference and size == args.sizes[0]:
+        if args.real_reference and size == args.sizes[0] and reference is None:
+            print("part (a) without its real films of the same ages (--real-reference): no rsna-dev labels here")
+        elif args.real_reference and size == args.sizes[0]:
             real = real_readings(estimator, readings["truth"], readings["female"])
-            print_readings(size, real, title="real training-split films, each of a synthetic hand's sex and nearest its "
-                                             "bone age (the models were trained on them: a floor)")
+            print_readings(size, real, title="real training-split films, each of a synthetic hand's sex and nearest "
+                                             "its bone age (the models were trained on them: a floor)")
     print_examples(estimator)
     if not args.skip_classifier:
         aucs = classifier_auc(args.n_classifier, args.seed)

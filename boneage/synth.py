@@ -260,9 +260,9 @@ _EPIPHYSIS_HEIGHT = (0.5, 0.9)
 _DRC_AMOUNT = 0.12
 _DRC_SIGMA_MM = 12.5
 _EDGE_ENHANCEMENT = 0.45
-#: Carpal size against the bone model's adult length. The hamate's: its bright ossicle (bench_realism.py part o) measured
-#: 1.04-1.13 x a real one's area against the third metacarpal at 7-13 y, and 1.18 x at 3-7 y once young carpals grew
-#: sooner (_CARPAL_GROWTH_POWER 0.2); at 0.93 x in length, 0.93-0.98 x (issue #22, twenty-fifth sitting).
+#: Carpal size against the bone model's adult length. The hamate's: its bright ossicle (bench_realism.py part o)
+#: measured 1.04-1.13 x a real one's area against the third metacarpal at 7-13 y, and 1.18 x at 3-7 y once young carpals
+#: grew sooner (_CARPAL_GROWTH_POWER 0.2); at 0.93 x in length, 0.93-0.98 x (issue #22, twenty-fifth sitting).
 _CARPAL_SIZE = {"lunate": 0.8, "hamate": 0.93}
 #: All carpals against the bone model: real carpi are packed, their bones touching and overlapping in
 #: projection (issue #22: per-bone crops of the carpus compared with development films).

@@ -701,7 +701,8 @@ def test_real_readings_read_matched_training_films_with_their_sex(capsys):
 
             self.calls.append((str(path), sex))
             age = self.ages[str(path)] + 12.0
-            return SimpleNamespace(**{m: SimpleNamespace(available=True, age_months=age) for m in bench_realism.METHODS})
+            reading = SimpleNamespace(available=True, age_months=age)
+            return SimpleNamespace(**{m: reading for m in bench_realism.METHODS})
 
     dev = datasets.rsna_dev()
     train = dev[dev["split"] == "train"]

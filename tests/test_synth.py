@@ -809,7 +809,8 @@ def test_sex_probe_knobs_draw_a_girls_maturity_from_the_boys_model_and_move_her_
     girl_100, boy_100 = hand(100.0, "F"), hand(100.0, "M")
     monkeypatch.setattr(synth, "_CARPAL_CLOCK_GIRLS", 1.0)
     one_clock = hand(100.0, "F")
-    # (the scaphoid: it appears late and grows at its own, steeper power, so its size still tells the clock at 100 months)
+    # (the scaphoid: it appears late and grows at its own, steeper power, so its size still tells the clock at 100
+    # months)
     assert girl_100.lengths_mm["scaphoid"] > 1.03 * one_clock.lengths_mm["scaphoid"]
     assert girl_100.lengths_mm["metacarpal_3"] == one_clock.lengths_mm["metacarpal_3"]
     assert hand(100.0, "M").lengths_mm == boy_100.lengths_mm
