@@ -151,12 +151,14 @@ def synthetic_readings(estimator, seed: int, n: int, size: int) -> dict[str, np.
         hand = generate_hand(seed, i, size=size)
         truth[i] = hand.bone_age_months
         female[i] = hand.sex == "F"
-        result = estimator.estimate(hand.image, sex=hand.sex)
-        for m in METHODS:
-            est = getattr(result, m)
-            if est.available:
-                ages[m][i] = est.age_months
+        for m, age in method_ages(estimator.estimate(hand.image, sex=hand.sex)).items():
+            ages[m][i] = age
     return {"truth": truth, "female": female, **ages}
+
+
+def method_ages(result) -> dict[str, float]:
+    """Each method's age in a :class:`boneage.result.BoneAgeResult` (NaN where it gave none)."""
+    return {m: getattr(result, m).age_months if getattr(result, m).available else float("nan") for m in METHODS}
 
 
 def age_matched_films(truth: np.ndarray, female: np.ndarray, real_ages: np.ndarray,
@@ -210,11 +212,8 @@ def real_readings(estimator, truth: np.ndarray, female: np.ndarray) -> dict[str,
     ages = {m: np.full(len(films), np.nan) for m in METHODS}
     for i, (path, sex) in enumerate(tqdm(list(zip(films["path"], films["sex"])), desc="real films, same ages",
                                          unit="film", mininterval=10)):
-        result = estimator.estimate(path, sex=sex)
-        for m in METHODS:
-            est = getattr(result, m)
-            if est.available:
-                ages[m][i] = est.age_months
+        for m, age in method_ages(estimator.estimate(path, sex=sex)).items():
+            ages[m][i] = age
     return {"truth": films["bone_age_months"].to_numpy(float), "female": (films["sex"] == "F").to_numpy(), **ages}
 
 
@@ -1378,7 +1377,7 @@ OSSICLE_BONES = ("capitate", "hamate")
 
 def ossicle_area(pixels: np.ndarray, labels: np.ndarray, bone: str) -> float:
     """A carpal's bright ossicle, found by a local threshold around its label, in area over the third metacarpal's
-    length squared (x 100).
+    length squared (x 100; the length along its main axis, :func:`mask_length`).
 
     The segmenter's labels of young real carpals run past the ossicle into the cartilage around it, where on synthetic
     hands they hug the drawn bone; so the label locates the bone and the film's own grey levels size it. Around the
@@ -1391,7 +1390,7 @@ def ossicle_area(pixels: np.ndarray, labels: np.ndarray, bone: str) -> float:
         bone: a carpal's canonical name.
 
     Returns:
-        The area share (x 100), or NaN where the bone or the third metacarpal is missing.
+        The area share (x 100), or NaN where the bone or the third metacarpal is missing (under 10 / 20 pixels).
     """
     from scipy import ndimage as ndi
     from skimage.filters import gaussian, threshold_otsu
@@ -1401,10 +1400,9 @@ def ossicle_area(pixels: np.ndarray, labels: np.ndarray, bone: str) -> float:
     if pixels.shape != labels.shape:
         raise ValueError(f"pixels {pixels.shape} and labels {labels.shape} differ in shape")
     carpal = np.isin(labels, anatomy.bone_labels(bone))
-    metacarpal = np.nonzero(np.isin(labels, anatomy.bone_labels("metacarpal_3")))
-    if carpal.sum() < 10 or len(metacarpal[0]) < 20:
+    length = mask_length(bone_mask(labels, "metacarpal_3"))
+    if carpal.sum() < 10 or not length >= 20:
         return float("nan")
-    length = float(np.hypot(np.ptp(metacarpal[0]), np.ptp(metacarpal[1])))
     grow = max(2, int(0.5 * np.sqrt(carpal.sum() / np.pi)))
     around = ndi.binary_dilation(carpal, iterations=grow)
     smooth = gaussian(np.asarray(pixels, np.float64), 1.0)
@@ -1431,12 +1429,11 @@ def carpal_ossicles(n: int, seed: int) -> None:
 
     rows = []
     for kind, age, pixels, labels in paired_films(n, seed, OSSICLE_BANDS, "carpal ossicles"):
-        metacarpal = np.nonzero(np.isin(labels, anatomy.bone_labels("metacarpal_3")))
-        length = float(np.hypot(np.ptp(metacarpal[0]), np.ptp(metacarpal[1]))) if len(metacarpal[0]) else 0.0
+        length = mask_length(bone_mask(labels, "metacarpal_3"))
         for bone in OSSICLE_BONES:
             label_area = np.isin(labels, anatomy.bone_labels(bone)).sum()
             rows.append((kind, age, bone, ossicle_area(pixels, labels, bone),
-                         100.0 * label_area / length**2 if length and label_area else float("nan")))
+                         100.0 * label_area / length**2 if length >= 20 and label_area else float("nan")))
     films = sum(1 for r in rows if r[0] == "real") // len(OSSICLE_BONES)
     print(f"\ncarpal ossicles, {films} real training-split films / as many synthetic hands of the same bone ages and "
           "sexes (768 px): area over the third metacarpal's length squared (x 100), the bright ossicle by a local "

@@ -240,7 +240,7 @@ _SCAPHOID_GROWTH_POWER = 0.3
 #: A carpal's growth towards its mature size after it appears: ``0.2 + 0.8 s**power`` of that size, ``s`` its clock's
 #: progress from appearance to maturity. Real capitates of 3-7 y, their bright ossicles measured by a local threshold
 #: around the segmenter's label (bench_realism.py part o), are about as large against the third metacarpal as at 7-13 y;
-#: at power 0.3 synthetic ones of 3-7 y measured 0.90 x real ones' area, at 0.2 1.0 x (issue #22, twenty-fifth
+#: at power 0.3 synthetic ones of 3-7 y measured 0.89 x real ones' area, at 0.2 1.0 x (issue #22, twenty-fifth
 #: sitting: docs/synthetic.md, "Young carpals grow sooner").
 _CARPAL_GROWTH_POWER = 0.2
 #: Boys' middle phalangeal epiphyses widen in proportion to their maturity (power 1; girls' and the distal
@@ -261,8 +261,8 @@ _DRC_AMOUNT = 0.12
 _DRC_SIGMA_MM = 12.5
 _EDGE_ENHANCEMENT = 0.45
 #: Carpal size against the bone model's adult length. The hamate's: its bright ossicle (bench_realism.py part o)
-#: measured 1.04-1.13 x a real one's area against the third metacarpal at 7-13 y, and 1.18 x at 3-7 y once young carpals
-#: grew sooner (_CARPAL_GROWTH_POWER 0.2); at 0.93 x in length, 0.93-0.98 x (issue #22, twenty-fifth sitting).
+#: measured 1.04-1.11 x a real one's area against the third metacarpal at 7-13 y, and 1.22 x at 3-7 y once young carpals
+#: grew sooner (_CARPAL_GROWTH_POWER 0.2); at 0.93 x in length, 0.94-1.02 x (issue #22, twenty-fifth sitting).
 _CARPAL_SIZE = {"lunate": 0.8, "hamate": 0.93}
 #: All carpals against the bone model: real carpi are packed, their bones touching and overlapping in
 #: projection (issue #22: per-bone crops of the carpus compared with development films).

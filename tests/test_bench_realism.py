@@ -646,13 +646,13 @@ def test_ossicle_area_sizes_the_bright_bone_not_its_label():
     def film(label_radius: float) -> tuple[np.ndarray, np.ndarray]:
         rows, cols = np.mgrid[:200, :200]
         labels = np.zeros((200, 200), np.uint8)
-        labels[20:120, 95:105] = anatomy.shaft_label("metacarpal_3")  # 100 px long (99 from end to end)
+        labels[20:120, 95:105] = anatomy.shaft_label("metacarpal_3")  # 100 px long
         from_centre = np.hypot(rows - 160, cols - 100)
         labels[from_centre <= label_radius] = anatomy.shaft_label("capitate")
         pixels = np.full((200, 200), 0.3) + 0.6 * (from_centre <= 10)
         return pixels, labels
 
-    expected = 100 * np.pi * 10**2 / 99**2
+    expected = 100 * np.pi * 10**2 / 100**2
     for label_radius in (11.0, 16.0):
         assert bench_realism.ossicle_area(*film(label_radius), "capitate") == pytest.approx(expected, rel=0.08)
     pixels, labels = film(11.0)
