@@ -258,6 +258,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     multistep.add_argument("--workers", type=int, default=1, help="segmenting processes (default 1)")
     multistep.add_argument("--rsna-299", type=int, default=0,
                            help="add N squashed rsna-299 films to the regression's training data (-1: all; default 0)")
+    multistep.add_argument("--rsna-299-squash-safe", action="store_true",
+                           help="give the regression only the squashed films' features a lost aspect ratio leaves "
+                                "alone (no shapes or areas)")
     multistep.set_defaults(handler=_train_multistep)
     direct = models.add_parser(
         "direct",
@@ -496,7 +499,8 @@ def _train_multistep(args: argparse.Namespace) -> int:
 
     out = args.out or MULTISTEP_DIR
     metrics = train_multistep(out, seed=args.seed, synthetic_lengths=args.synthetic_lengths,
-                              device=args.device, limit=args.limit, workers=args.workers, rsna_299=args.rsna_299)
+                              device=args.device, limit=args.limit, workers=args.workers, rsna_299=args.rsna_299,
+                              rsna_299_squash_safe=args.rsna_299_squash_safe)
     write_model_card(out)
     print(json.dumps(metrics["validation"], indent=2))
     return EXIT_OK

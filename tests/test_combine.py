@@ -66,7 +66,7 @@ def test_the_combined_interval_stays_in_the_age_range():
 def test_load_from_file_and_registry(tmp_path):
     (tmp_path / "stacking.json").write_text(json.dumps(STACKING))
     entry = models.get("combined")
-    assert (entry.version, entry.weights_file, entry.folder.name) == ("combined-8", "stacking.json", "combined")
+    assert (entry.version, entry.weights_file, entry.folder.name) == ("combined-9", "stacking.json", "combined")
     combiner = entry.resolve_loader()(tmp_path / "stacking.json")
     assert isinstance(combiner, Combiner) and combiner.model_version == "combined-test"
     assert Combiner.load(tmp_path).stacking == STACKING  # a folder works too
@@ -132,7 +132,7 @@ def test_model_card_is_written_from_the_stacking_and_metrics(tmp_path):
     y = rng.uniform(10, 220, 120)
     ages = {"multistep": y + rng.normal(0, 14, 120), "perbone": y + rng.normal(0, 6, 120), "direct": y + rng.normal(0, 9, 120)}
     half = {m: np.full(120, 20.0) for m in ages}
-    stacking = {"model_version": "combined-8", "sex_known": fit_stacking(ages, half, y), "sex_unknown": fit_stacking(ages, half, y)}
+    stacking = {"model_version": "combined-9", "sex_known": fit_stacking(ages, half, y), "sex_unknown": fit_stacking(ages, half, y)}
     (tmp_path / "stacking.json").write_text(json.dumps(stacking))
     group = {"all": {"n": 120, "mae": 5.0, "bias": 0.1, "coverage": 0.9, "width": 30.0}, "available": 1.0}
     metrics = {"command": "boneage train combined --seed 0", "minutes": 3.0, "holdout_n": 120, "validation_n": 50,

@@ -120,6 +120,24 @@ def test_squash_safe_drops_shape_and_area_features_only():
     assert not np.isnan(frame.to_numpy()).any()  # the input is left alone
 
 
+def test_squashed_films_keep_every_feature_unless_asked():
+    import pandas as pd
+
+    from boneage.measure import feature_names
+    from boneage.training.multistep import squashed_measurements
+
+    names = feature_names()
+    table = pd.DataFrame({"id": [7, 9], "bone_age_months": [30.0, 150.0], "sex": ["F", "M"]}, index=[4, 5])
+    features = pd.DataFrame(np.arange(2 * len(names), dtype=float).reshape(2, -1), columns=names, index=[4, 5])
+    every = squashed_measurements(table, features)
+    assert every.ids == ["rsna-299:7", "rsna-299:9"]
+    assert list(every.bone_age_months) == [30.0, 150.0] and list(every.sex) == ["F", "M"]
+    assert np.isfinite(every.features.to_numpy()).all() and list(every.features.index) == [0, 1]
+    safe = squashed_measurements(table, features, squash_safe_only=True)
+    assert np.isnan(safe.features["metacarpal_3.aspect"]).all()
+    assert (safe.features["radius.epiphysis_ratio"].to_numpy() == features["radius.epiphysis_ratio"].to_numpy()).all()
+
+
 def test_regression_extra_trains_the_regression_not_the_reference(synth_folder):
     from boneage.training.multistep import LabelledMeasurements, fit_bundle, labelled_folder
 
@@ -181,3 +199,16 @@ def test_model_card_states_how_many_films_were_measured(tmp_path, films_measured
     assert expected in text
     assert "the whole command took 9.2 min" in text
     assert f"`{metrics['model_version']}`" in text and f"{metrics['n_val']} films" in text
+
+
+def test_rsna_299_films_all_or_a_seeded_sample(monkeypatch):
+    import pandas as pd
+
+    from boneage import datasets
+    from boneage.training.multistep import rsna_299_films
+
+    table = pd.DataFrame({"id": range(10), "bone_age_months": np.linspace(10, 200, 10), "sex": ["F", "M"] * 5})
+    monkeypatch.setattr(datasets, "rsna_299", lambda: table)
+    assert len(rsna_299_films(-1)) == 10 and len(rsna_299_films(10)) == 10 and len(rsna_299_films(25)) == 10
+    sample = rsna_299_films(4, seed=3)
+    assert len(sample) == 4 and list(sample["id"]) == list(rsna_299_films(4, seed=3)["id"])

@@ -29,11 +29,24 @@ from boneage.combine import METHODS, MODEL_VERSION, STACKING_FILE, Combiner, fit
 
 
 def holdout_multistep(seed: int = 0, workers: int = 1):
-    """The multi-step bundle refitted without the calibration hold-out (its ages there are out-of-fold)."""
+    """The multi-step bundle refitted without the calibration hold-out (its ages there are out-of-fold).
+
+    The refit takes the shipped bundle's squashed ``rsna-299`` films (as many, with the same features; its
+    ``metrics.json`` says which) as its regression did, so the hold-out ages are those of the same recipe.
+    """
+    import json
+
     from boneage import datasets, models
-    from boneage.multistep import MultiStepModel
+    from boneage.multistep import METRICS_FILE, MULTISTEP_DIR, MultiStepModel
     from boneage.training.direct import calibration_holdout
-    from boneage.training.multistep import LabelledMeasurements, film_features, fit_bundle, load_segmenter_fn
+    from boneage.training.multistep import (
+        LabelledMeasurements,
+        film_features,
+        fit_bundle,
+        load_segmenter_fn,
+        rsna_299_films,
+        squashed_measurements,
+    )
 
     dev = datasets.rsna_dev()
     dev_train = dev[dev["split"] == "train"].reset_index(drop=True)
@@ -44,8 +57,17 @@ def holdout_multistep(seed: int = 0, workers: int = 1):
                                 [str(i) for i in dev_train["id"]])
     in_holdout = dev_train["id"].isin(holdout["id"]).to_numpy()
     shipped = MultiStepModel.load()
+    recipe = json.loads((MULTISTEP_DIR / METRICS_FILE).read_text())
+    extra = None
+    if recipe.get("n_train_rsna_299"):
+        n_299 = recipe["n_train_rsna_299"]
+        squashed = rsna_299_films(n_299, recipe.get("seed", 0))
+        extra = squashed_measurements(
+            squashed, film_features(squashed, seg_version, None if workers > 1 else load_segmenter_fn("cpu"),
+                                    workers=workers),
+            squash_safe_only=recipe.get("rsna_299_features", "squash-safe") == "squash-safe")
     return fit_bundle(data.subset(~in_holdout), description="multi-step refitted without the calibration hold-out",
-                      seed=seed, lengths_mm=shipped.lengths_mm), holdout
+                      seed=seed, lengths_mm=shipped.lengths_mm, regression_extra=extra), holdout
 
 
 def predict_films(estimator, table: pd.DataFrame, desc: str) -> pd.DataFrame:
