@@ -212,3 +212,19 @@ def test_rsna_299_films_all_or_a_seeded_sample(monkeypatch):
     assert len(rsna_299_films(-1)) == 10 and len(rsna_299_films(10)) == 10 and len(rsna_299_films(25)) == 10
     sample = rsna_299_films(4, seed=3)
     assert len(sample) == 4 and list(sample["id"]) == list(rsna_299_films(4, seed=3)["id"])
+
+
+def test_rsna_299_recipe_read_from_a_bundles_metrics():
+    import json
+
+    from boneage.multistep import METRICS_FILE, MULTISTEP_DIR
+    from boneage.training.multistep import rsna_299_recipe
+
+    assert rsna_299_recipe({"seed": 0}) == (0, 0, True)
+    # Bundles from before the feature choice was recorded gave the squashed films shape-free features only.
+    assert rsna_299_recipe({"n_train_rsna_299": 500, "seed": 3}) == (500, 3, True)
+    assert rsna_299_recipe({"n_train_rsna_299": 11232, "seed": 0, "rsna_299_features": "all"}) == (11232, 0, False)
+    # The shipped bundle (which the combined stacking's hold-out refit copies) says what it was trained on.
+    shipped = json.loads((MULTISTEP_DIR / METRICS_FILE).read_text())
+    n, _, squash_safe_only = rsna_299_recipe(shipped)
+    assert n == shipped["n_train_rsna_299"] and squash_safe_only == (shipped["rsna_299_features"] == "squash-safe")

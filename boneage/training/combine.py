@@ -45,6 +45,7 @@ def holdout_multistep(seed: int = 0, workers: int = 1):
         fit_bundle,
         load_segmenter_fn,
         rsna_299_films,
+        rsna_299_recipe,
         squashed_measurements,
     )
 
@@ -57,15 +58,14 @@ def holdout_multistep(seed: int = 0, workers: int = 1):
                                 [str(i) for i in dev_train["id"]])
     in_holdout = dev_train["id"].isin(holdout["id"]).to_numpy()
     shipped = MultiStepModel.load()
-    recipe = json.loads((MULTISTEP_DIR / METRICS_FILE).read_text())
+    n_299, seed_299, squash_safe_only = rsna_299_recipe(json.loads((MULTISTEP_DIR / METRICS_FILE).read_text()))
     extra = None
-    if recipe.get("n_train_rsna_299"):
-        n_299 = recipe["n_train_rsna_299"]
-        squashed = rsna_299_films(n_299, recipe.get("seed", 0))
+    if n_299:
+        squashed = rsna_299_films(n_299, seed_299)
         extra = squashed_measurements(
             squashed, film_features(squashed, seg_version, None if workers > 1 else load_segmenter_fn("cpu"),
                                     workers=workers),
-            squash_safe_only=recipe.get("rsna_299_features", "squash-safe") == "squash-safe")
+            squash_safe_only=squash_safe_only)
     return fit_bundle(data.subset(~in_holdout), description="multi-step refitted without the calibration hold-out",
                       seed=seed, lengths_mm=shipped.lengths_mm, regression_extra=extra), holdout
 

@@ -532,6 +532,21 @@ def rsna_299_films(n: int, seed: int = 0) -> pd.DataFrame:
     return films if n < 0 or n >= len(films) else films.sample(n=n, random_state=seed)
 
 
+def rsna_299_recipe(metrics: dict) -> tuple[int, int, bool]:
+    """How a trained bundle used the squashed films, from its ``metrics.json``.
+
+    Args:
+        metrics: the bundle's metrics (:func:`train_multistep`'s return value).
+
+    Returns:
+        ``(n, seed, squash_safe_only)``: how many ``rsna-299`` films trained its regression (0: none), the
+        seed of their sample, and whether only their :func:`squash_safe` features were used (bundles trained
+        before ``rsna_299_features`` was recorded used only those).
+    """
+    n = int(metrics.get("n_train_rsna_299") or 0)
+    return n, int(metrics.get("seed", 0)), metrics.get("rsna_299_features", "squash-safe") == "squash-safe"
+
+
 def squashed_measurements(squashed: pd.DataFrame, features: pd.DataFrame, squash_safe_only: bool = False
                           ) -> LabelledMeasurements:
     """Labelled measurements of squashed films (``rsna-299``) for the regression.
@@ -686,7 +701,7 @@ def write_model_card(folder: str | Path = MULTISTEP_DIR) -> Path:
                 f"{m['minutes_measure']:.1f} min; " if n_measured else
                 "Every film's features came from the local feature cache (its measuring time is not included); ")
     n_299 = m.get("n_train_rsna_299", 0)
-    squash_safe_only = m.get("rsna_299_features", "squash-safe") == "squash-safe"
+    squash_safe_only = rsna_299_recipe(m)[2]
     extra = "" if not n_299 else (
         f", plus {n_299} squashed `rsna-299` films for the regression only (their shape and area features\n"
         "left out: a lost aspect ratio distorts them)" if squash_safe_only else
