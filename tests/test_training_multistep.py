@@ -134,7 +134,7 @@ def test_squashed_films_keep_every_feature_unless_asked():
     assert list(every.bone_age_months) == [30.0, 150.0] and list(every.sex) == ["F", "M"]
     assert np.isfinite(every.features.to_numpy()).all() and list(every.features.index) == [0, 1]
     safe = squashed_measurements(table, features, squash_safe_only=True)
-    assert np.isnan(safe.features["metacarpal_3.aspect"]).all()
+    assert np.isnan(safe.features["metacarpal_3.aspect"]).all() and list(safe.features.index) == [0, 1]
     assert (safe.features["radius.epiphysis_ratio"].to_numpy() == features["radius.epiphysis_ratio"].to_numpy()).all()
 
 

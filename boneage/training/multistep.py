@@ -560,7 +560,7 @@ def squashed_measurements(squashed: pd.DataFrame, features: pd.DataFrame, squash
         Measurements whose ids say where they came from (``rsna-299:<id>``).
     """
     return LabelledMeasurements(
-        squash_safe(features) if squash_safe_only else features.reset_index(drop=True),
+        (squash_safe(features) if squash_safe_only else features).reset_index(drop=True),
         squashed["bone_age_months"].to_numpy(float), squashed["sex"].to_numpy(object),
         [f"rsna-299:{i}" for i in squashed["id"]])
 
