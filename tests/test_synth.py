@@ -593,7 +593,6 @@ def test_young_carpals_are_largest_against_the_metacarpal() -> None:
     assert ratios[42.0] > 0.41 and ratios[42.0] > ratios[72.0], ratios
 
 
-
 def test_young_carpals_hold_most_of_their_share_of_the_hand() -> None:
     from boneage.synth import _build_hand
 
@@ -622,6 +621,7 @@ def test_hamate_against_the_capitate_as_on_real_films() -> None:
         area = {b: np.isin(hand.label_map, anatomy.bone_labels(b)).sum() for b in ("hamate", "capitate")}
         ratios.append(area["hamate"] / area["capitate"])
     assert 0.70 < float(np.median(ratios)) < 0.82, ratios
+
 
 def _joints(hand) -> dict[str, np.ndarray]:
     """Joint points of a synthetic hand in mm: each tubular bone's proximal and distal end."""
