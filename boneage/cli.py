@@ -261,6 +261,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     multistep.add_argument("--rsna-299-squash-safe", action="store_true",
                            help="give the regression only the squashed films' features a lost aspect ratio leaves "
                                 "alone (no shapes or areas)")
+    multistep.add_argument("--rsna-299-aspect", choices=("squashed", "widened"), default="squashed",
+                           help="measure the rsna-299 films squashed as stored (default) or widened back to the "
+                                "median true aspect of the development films")
     multistep.set_defaults(handler=_train_multistep)
     direct = models.add_parser(
         "direct",
@@ -500,7 +503,7 @@ def _train_multistep(args: argparse.Namespace) -> int:
     out = args.out or MULTISTEP_DIR
     metrics = train_multistep(out, seed=args.seed, synthetic_lengths=args.synthetic_lengths,
                               device=args.device, limit=args.limit, workers=args.workers, rsna_299=args.rsna_299,
-                              rsna_299_squash_safe=args.rsna_299_squash_safe)
+                              rsna_299_squash_safe=args.rsna_299_squash_safe, rsna_299_aspect=args.rsna_299_aspect)
     write_model_card(out)
     print(json.dumps(metrics["validation"], indent=2))
     return EXIT_OK

@@ -87,6 +87,33 @@ def test_film_features_keep_finished_chunks_when_interrupted(rsna_dev, tmp_path,
     assert len(calls) == 2  # the first chunk of two films was kept
 
 
+def test_widened_films_are_read_at_a_true_aspect_and_cached_apart(rsna_dev, tmp_path, monkeypatch):
+    from boneage import datasets
+    from boneage.io import load_radiograph
+    from boneage.perbone import RSNA_299_WIDTH_TO_HEIGHT
+    from boneage.training.multistep import RSNA_299_WIDENED, film_features, read_film_for_measuring
+
+    monkeypatch.setenv("BONEAGE_CACHE", str(tmp_path))
+    table = datasets.rsna_dev(rsna_dev).head(2)
+    path = table["path"].iloc[0]
+    as_given, widened = read_film_for_measuring(path, "rsna-dev"), read_film_for_measuring(path, RSNA_299_WIDENED)
+    np.testing.assert_array_equal(as_given.pixels, load_radiograph(path).pixels)
+    h = as_given.pixels.shape[0]
+    assert widened.pixels.shape == (h, round(h * RSNA_299_WIDTH_TO_HEIGHT)) and widened.spacing_mm is None
+    assert 0.0 <= widened.pixels.min() and widened.pixels.max() <= 1.0
+    shapes = []
+
+    def fake_segment(pixels):
+        shapes.append(pixels.shape)
+        return np.zeros(pixels.shape, np.uint8)
+
+    film_features(table, "test-seg", fake_segment, progress=False)
+    film_features(table.assign(source=RSNA_299_WIDENED), "test-seg", fake_segment, progress=False)
+    film_features(table.assign(source=RSNA_299_WIDENED), "test-seg", fake_segment, progress=False)  # cached
+    assert len(shapes) == 4  # each film once as given, once widened (a cache entry of its own)
+    assert shapes[2] == widened.pixels.shape and shapes[0] == as_given.pixels.shape
+
+
 def test_film_features_with_worker_processes(rsna_dev, tmp_path, monkeypatch):
     """Two spawned workers (shipped segmenter, one thread each) measure like one process does."""
     from boneage import datasets
@@ -207,11 +234,15 @@ def test_rsna_299_films_all_or_a_seeded_sample(monkeypatch):
     from boneage import datasets
     from boneage.training.multistep import rsna_299_films
 
-    table = pd.DataFrame({"id": range(10), "bone_age_months": np.linspace(10, 200, 10), "sex": ["F", "M"] * 5})
+    table = pd.DataFrame({"id": range(10), "bone_age_months": np.linspace(10, 200, 10), "sex": ["F", "M"] * 5,
+                          "source": "rsna-299"})
     monkeypatch.setattr(datasets, "rsna_299", lambda: table)
     assert len(rsna_299_films(-1)) == 10 and len(rsna_299_films(10)) == 10 and len(rsna_299_films(25)) == 10
     sample = rsna_299_films(4, seed=3)
     assert len(sample) == 4 and list(sample["id"]) == list(rsna_299_films(4, seed=3)["id"])
+    # Widened, the same films under the source their widened features are cached by.
+    wide = rsna_299_films(4, seed=3, widened=True)
+    assert list(wide["id"]) == list(sample["id"]) and set(wide["source"]) == {"rsna-299-widened"}
 
 
 def test_rsna_299_recipe_read_from_a_bundles_metrics():
@@ -220,11 +251,15 @@ def test_rsna_299_recipe_read_from_a_bundles_metrics():
     from boneage.multistep import METRICS_FILE, MULTISTEP_DIR
     from boneage.training.multistep import rsna_299_recipe
 
-    assert rsna_299_recipe({"seed": 0}) == (0, 0, True)
-    # Bundles from before the feature choice was recorded gave the squashed films shape-free features only.
-    assert rsna_299_recipe({"n_train_rsna_299": 500, "seed": 3}) == (500, 3, True)
-    assert rsna_299_recipe({"n_train_rsna_299": 11232, "seed": 0, "rsna_299_features": "all"}) == (11232, 0, False)
+    assert rsna_299_recipe({"seed": 0}) == (0, 0, True, False)
+    # Bundles from before the feature choice was recorded gave the squashed films shape-free features only,
+    # and those from before the aspect was recorded measured them squashed.
+    assert rsna_299_recipe({"n_train_rsna_299": 500, "seed": 3}) == (500, 3, True, False)
+    assert rsna_299_recipe({"n_train_rsna_299": 11232, "seed": 0, "rsna_299_features": "all"}) == (11232, 0, False, False)
+    assert rsna_299_recipe({"n_train_rsna_299": 11232, "seed": 0, "rsna_299_features": "all",
+                            "rsna_299_aspect": "widened"}) == (11232, 0, False, True)
     # The shipped bundle (which the combined stacking's hold-out refit copies) says what it was trained on.
     shipped = json.loads((MULTISTEP_DIR / METRICS_FILE).read_text())
-    n, _, squash_safe_only = rsna_299_recipe(shipped)
+    n, _, squash_safe_only, widened = rsna_299_recipe(shipped)
     assert n == shipped["n_train_rsna_299"] and squash_safe_only == (shipped["rsna_299_features"] == "squash-safe")
+    assert widened == (shipped.get("rsna_299_aspect") == "widened")

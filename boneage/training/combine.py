@@ -31,8 +31,9 @@ from boneage.combine import METHODS, MODEL_VERSION, STACKING_FILE, Combiner, fit
 def holdout_multistep(seed: int = 0, workers: int = 1):
     """The multi-step bundle refitted without the calibration hold-out (its ages there are out-of-fold).
 
-    The refit takes the shipped bundle's squashed ``rsna-299`` films (as many, with the same features; its
-    ``metrics.json`` says which) as its regression did, so the hold-out ages are those of the same recipe.
+    The refit takes the shipped bundle's squashed ``rsna-299`` films (as many, with the same features, read at
+    the same aspect; its ``metrics.json`` says which) as its regression did, so the hold-out ages are those of
+    the same recipe.
     """
     import json
 
@@ -58,10 +59,11 @@ def holdout_multistep(seed: int = 0, workers: int = 1):
                                 [str(i) for i in dev_train["id"]])
     in_holdout = dev_train["id"].isin(holdout["id"]).to_numpy()
     shipped = MultiStepModel.load()
-    n_299, seed_299, squash_safe_only = rsna_299_recipe(json.loads((MULTISTEP_DIR / METRICS_FILE).read_text()))
+    n_299, seed_299, squash_safe_only, widened = rsna_299_recipe(
+        json.loads((MULTISTEP_DIR / METRICS_FILE).read_text()))
     extra = None
     if n_299:
-        squashed = rsna_299_films(n_299, seed_299)
+        squashed = rsna_299_films(n_299, seed_299, widened=widened)
         extra = squashed_measurements(
             squashed, film_features(squashed, seg_version, None if workers > 1 else load_segmenter_fn("cpu"),
                                     workers=workers),
