@@ -551,6 +551,16 @@ _DISTAL_PHALANX_MID_WIDTH = 1.15
 #: docs/synthetic.md, "Fused joint ends").
 _EPIPHYSIS_MEDULLA_FOLLOWS_SHAFT = 1.0
 _DIGIT_PHYSIS_SCAR_DENSITY = 0.0
+#: Probe knob, neutral at 1 (issue #22, twenty-seventh sitting; docs/synthetic.md, "The adolescent ulna's contact is
+#: the segmenter's reading"): the radius's and ulna's scar line as a multiple of the drawn one. Without it the shipped
+#: segmenter finds fused synthetic ulnae touching their shaft over less of their width, not more (0.83 / 0.45 / 0.50
+#: -> 0.61 / 0.37 / 0.27 on three girls whose true masks touch over 0.97-1.0).
+_FOREARM_PHYSIS_SCAR_DENSITY = 1.0
+#: Probe knob, off at 0 (issue #22, twenty-seventh sitting; docs/synthetic.md, "The adolescent ulna's contact is the
+#: segmenter's reading"): above 0, the ulna's epiphysis ends at the joint in a dome this share of its length deep at
+#: least (a rounded head), however mature. At 0.5 the segmenter finds 12-17 y girls' ulnae touching their shaft over
+#: 0.66 of their width (0.56 as drawn, real films 0.86) and the multi-step method reads them 1 month older.
+_ULNA_HEAD_DOME = 0.0
 #: The film's tilt (degrees, counter-clockwise; mean and SD of a normal draw, clipped to +-30). Set so that
 #: the finger angles the shipped segmenter finds, as the pipeline uprights films, match 60 rsna-dev
 #: training films (median -0.5, SD 7.7): with N(0, 10) the deviated wrist left synthetic fingers leaning
@@ -817,6 +827,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             physis_rounding = _PHYSIS_ROUNDING * (_METACARPAL_PHYSIS_ROUNDING if mc_head else 1.0)
             physis_cap = max(cap * (1 - phi) * physis_rounding, 1e-3)
             cap *= 1 - (_FUSED_METACARPAL_HEAD_FLATTENING if mc_head else _FUSED_JOINT_FLATTENING) * phi
+            if bone == "ulna" and _ULNA_HEAD_DOME > 0:
+                cap = max(cap, e_len * _ULNA_HEAD_DOME)
             caps = (max(cap, 1e-3), physis_cap) if end == "proximal" else (physis_cap, max(cap, 1e-3))
             # Fusing, the epiphysis's medulla becomes its shaft's.
             epi_medulla = 1 + (shaft_medulla - 1) * phi * _EPIPHYSIS_MEDULLA_FOLLOWS_SHAFT
@@ -826,7 +838,7 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
                       density * 0.95 * _epiphysis_density(kind), trabecular_density=epi_medulla)
             )
             scar = min(1.0, max(phi - 0.5, 0.0) * 2) * float(np.exp(-max(ba - f1, 0.0) / 36.0))
-            scar *= 1.0 if kind == "forearm" else _DIGIT_PHYSIS_SCAR_DENSITY
+            scar *= _FOREARM_PHYSIS_SCAR_DENSITY if kind == "forearm" else _DIGIT_PHYSIS_SCAR_DENSITY
             if scar > 0.05:
                 # A closing physis of the radius or ulna leaves a thin sclerotic line (the epiphyseal
                 # scar), drawn from half-way through fusion and fading with an e-folding time of 3 years after it:
