@@ -125,7 +125,7 @@ def test_perbone_curves_join_an_earlier_comparison(tmp_path, monkeypatch, rsna_d
     y = val["bone_age_months"].to_numpy(float)
     earlier = [compare.RunResult("real", 20, 0, m, 10.0, 8.0, 12.0, {}, 1.0, (y + off).tolist())
                for m, off in (("multistep", 10.0), ("direct", -10.0), ("average", 0.0))]
-    new = compare.perbone_runs(earlier, seed=0, crop_budget=400, min_epochs=1, max_epochs=1, widths=(4, 8, 8, 8),
+    new = compare.perbone_runs(earlier, seed=0, crop_budget=400, min_epochs=1, max_epochs=1, widths=(8, 8, 8, 8),
                                log=lambda *_: None)
     assert [r.method for r in new] == ["perbone", "average3"]
     pb = np.asarray(new[0].predictions)
