@@ -245,6 +245,32 @@ def test_rsna_299_films_all_or_a_seeded_sample(monkeypatch):
     assert list(wide["id"]) == list(sample["id"]) and set(wide["source"]) == {"rsna-299-widened"}
 
 
+def test_train_multistep_refuses_an_unknown_aspect_before_any_work(tmp_path):
+    from boneage.training.multistep import train_multistep
+
+    with pytest.raises(ValueError, match="rsna_299_aspect must be 'squashed' or 'widened', not 'tall'"):
+        train_multistep(tmp_path / "out", rsna_299=10, rsna_299_aspect="tall", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_multistep_command_passes_the_aspect(tmp_path, monkeypatch):
+    from boneage.training import multistep
+
+    seen = {}
+
+    def fake_train(out, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop here")  # the arguments are what this test reads
+
+    monkeypatch.setattr(multistep, "train_multistep", fake_train)
+    with pytest.raises(RuntimeError, match="stop here"):
+        cli.main(["train", "multistep", "--out", str(tmp_path), "--rsna-299", "-1", "--rsna-299-aspect", "widened"])
+    assert seen["rsna_299"] == -1 and seen["rsna_299_aspect"] == "widened"
+    with pytest.raises(RuntimeError):
+        cli.main(["train", "multistep", "--out", str(tmp_path), "--rsna-299", "-1"])
+    assert seen["rsna_299_aspect"] == "squashed"  # the default
+
+
 def test_rsna_299_recipe_read_from_a_bundles_metrics():
     import json
 

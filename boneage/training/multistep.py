@@ -638,6 +638,8 @@ def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_le
     """
     from boneage import datasets
 
+    if rsna_299_aspect not in ("squashed", "widened"):
+        raise ValueError(f"rsna_299_aspect must be 'squashed' or 'widened', not {rsna_299_aspect!r}")
     t0 = now()
     out = Path(out)
     dev = datasets.rsna_dev()
@@ -647,8 +649,6 @@ def train_multistep(out: str | Path = MULTISTEP_DIR, seed: int = 0, synthetic_le
 
     seg_version = models.get("segmenter").version
     segment_fn = None if workers > 1 else load_segmenter_fn(device)
-    if rsna_299_aspect not in ("widened", "squashed"):
-        raise ValueError(f"rsna_299_aspect must be 'widened' or 'squashed', not {rsna_299_aspect!r}")
     squashed = rsna_299_films(rsna_299, seed, widened=rsna_299_aspect == "widened") if rsna_299 else None
     # The measuring time below covers only films not already in the feature cache.
     to_measure = films_not_cached(dev, seg_version) + (
