@@ -1156,3 +1156,25 @@ def test_phalangeal_cortex_probe_flattens_only_the_phalanges_age_ramp(monkeypatc
     assert flat[30.0, "proximal_phalanx_3"] == pytest.approx(flat[180.0, "proximal_phalanx_3"])
     assert flat[180.0, "metacarpal_3"] == shipped[180.0, "metacarpal_3"]
     assert flat[30.0, "metacarpal_3"] == shipped[30.0, "metacarpal_3"]
+
+
+def test_ulna_probe_knobs_change_its_scar_line_and_head(monkeypatch) -> None:
+    # Neutral knobs for bench_realism.py --set (issue #22, "The adolescent ulna's contact is the segmenter's reading").
+    from boneage import synth
+
+    def ulna_parts() -> tuple[list, object]:
+        hand = synth._build_hand(np.random.default_rng([17, 0]), 200.0, "F")  # a fused ulna, its scar still drawn
+        ulna = [p for p in hand.parts if p.bone == "ulna"]
+        scars = [p for p in ulna if not p.labelled]
+        epiphysis = next(p for p in ulna if p.label == anatomy.epiphysis_label("ulna"))
+        return scars, epiphysis
+
+    scars, epiphysis = ulna_parts()
+    assert len(scars) == 1 and epiphysis.cap_end < 0.3 * epiphysis.length  # a flat, mature joint end
+    monkeypatch.setattr(synth, "_FOREARM_PHYSIS_SCAR_DENSITY", 2.0)
+    assert ulna_parts()[0][0].density == pytest.approx(2 * scars[0].density)
+    monkeypatch.setattr(synth, "_FOREARM_PHYSIS_SCAR_DENSITY", 0.0)
+    assert ulna_parts()[0] == []
+    monkeypatch.setattr(synth, "_ULNA_HEAD_DOME", 0.5)
+    domed = ulna_parts()[1]
+    assert domed.cap_end == pytest.approx(0.5 * domed.length) and domed.length == pytest.approx(epiphysis.length)

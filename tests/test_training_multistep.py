@@ -92,6 +92,7 @@ def test_widened_films_are_read_at_a_true_aspect_and_cached_apart(rsna_dev, tmp_
     from boneage.io import load_radiograph
     from boneage.perbone import RSNA_299_WIDTH_TO_HEIGHT
     from boneage.training.multistep import RSNA_299_WIDENED, film_features, read_film_for_measuring
+    from boneage.training.perbone import read_training_film
 
     monkeypatch.setenv("BONEAGE_CACHE", str(tmp_path))
     table = datasets.rsna_dev(rsna_dev).head(2)
@@ -101,6 +102,8 @@ def test_widened_films_are_read_at_a_true_aspect_and_cached_apart(rsna_dev, tmp_
     h = as_given.pixels.shape[0]
     assert widened.pixels.shape == (h, round(h * RSNA_299_WIDTH_TO_HEIGHT)) and widened.spacing_mm is None
     assert 0.0 <= widened.pixels.min() and widened.pixels.max() <= 1.0
+    # Widened exactly as the per-bone network's training reads a squashed film.
+    np.testing.assert_array_equal(widened.pixels, read_training_film(path, "rsna-299"))
     shapes = []
 
     def fake_segment(pixels):

@@ -269,7 +269,6 @@ def measure_images(
     segment_fn: Callable[[np.ndarray], np.ndarray] | None,
     progress: bool = True,
     workers: int = 1,
-    sources: list[str] | None = None,
 ) -> pd.DataFrame:
     """Segment and measure image files (no spacing: RSNA films carry none).
 
@@ -280,13 +279,12 @@ def measure_images(
         workers: processes, each loading the shipped segmenter once with one torch thread
             (reading, cleaning and measuring are single-threaded, so processes use the cores better
             than torch threads alone).
-        sources: each file's source (:func:`read_film_for_measuring`); default: read as given.
 
     Returns:
         Scale-free features, one row per path in order.
     """
     with _Measurer(segment_fn, workers) as measurer:
-        return measurer(paths, progress, sources)
+        return measurer(paths, progress)
 
 
 #: Cache source of ``rsna-299`` films measured after widening them back to the median true aspect of
@@ -300,25 +298,23 @@ def read_film_for_measuring(path: str | Path, source: str = "") -> Radiograph:
 
     Args:
         path: the image file.
-        source: its source; :data:`RSNA_299_WIDENED` films (squashed to a square) are resized back to
-            :data:`boneage.perbone.RSNA_299_WIDTH_TO_HEIGHT` wide to tall first, others are read as given.
+        source: its source; :data:`RSNA_299_WIDENED` films (squashed to a square) are widened back to
+            :data:`boneage.perbone.RSNA_299_WIDTH_TO_HEIGHT` wide to tall first, exactly as the per-bone
+            network's training reads them (:func:`boneage.training.perbone.read_training_film`); others are
+            read as given.
 
     Returns:
         The radiograph (:func:`boneage.io.load_radiograph`).
     """
-    from skimage.transform import resize
-
     from boneage.io import load_radiograph
-    from boneage.perbone import RSNA_299_WIDTH_TO_HEIGHT
 
     rad = load_radiograph(path)
     if source != RSNA_299_WIDENED:
         return rad
-    h = rad.pixels.shape[0]
-    pixels = resize(rad.pixels, (h, max(1, round(h * RSNA_299_WIDTH_TO_HEIGHT))), order=1, anti_aliasing=True,
-                    preserve_range=True).astype(rad.pixels.dtype)
+    from boneage.training.perbone import read_training_film
+
     # The spacing across the film no longer holds once it is resized (squashed films carry none anyway).
-    return replace(rad, pixels=pixels, spacing_mm=None)
+    return replace(rad, pixels=read_training_film(str(path), "rsna-299"), spacing_mm=None)
 
 
 class _Measurer:
