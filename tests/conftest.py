@@ -117,6 +117,21 @@ def shipped_segmenter() -> segment.Segmenter:
     return segment.Segmenter.load()
 
 
+@pytest.fixture(scope="session")
+def bundle():
+    """A multi-step bundle fitted on the true label maps of 160 synthetic hands (256 px), once per test run: the
+    estimator, sex and app tests share it and none changes it."""
+    from boneage.synth import generate_hand
+    from boneage.training.multistep import LabelledMeasurements, fit_bundle, measure_label_maps
+
+    hands = [generate_hand(11, i, size=256) for i in range(160)]
+    feats, _ = measure_label_maps(((h.label_map, h.spacing_mm) for h in hands), progress=False)
+    data = LabelledMeasurements(
+        feats, np.array([h.bone_age_months for h in hands]), np.array([h.sex for h in hands]), [str(i) for i in range(160)]
+    )
+    return fit_bundle(data, description="test bundle from synthetic hands", regression=True, max_iter=80)
+
+
 @pytest.fixture(scope="module")
 def synth_folder(tmp_path_factory) -> Path:
     """A ``boneage synth`` folder of 60 small synthetic hands (images, masks, labels.csv)."""

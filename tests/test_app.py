@@ -18,7 +18,7 @@ from boneage.estimate import BoneAgeEstimator
 from boneage.io import load_radiograph
 from boneage.synth import generate_hand
 from conftest import write_dicom
-from test_estimate import FakeDirect, Oracle, bundle  # noqa: F401  (fixture)
+from test_estimate import FakeDirect, Oracle
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 

@@ -17,7 +17,7 @@ from boneage.estimate import BoneAgeEstimator, BoneAgeResult
 from boneage.io import Radiograph
 from boneage.multistep import MultiStepModel
 from boneage.synth import generate_hand
-from boneage.training.multistep import LabelledMeasurements, evaluate, fit_bundle, measure_label_maps
+from boneage.training.multistep import LabelledMeasurements, evaluate, measure_label_maps
 from conftest import TESTS_DATA, needs_segmenter_weights
 
 SIZE = 256
@@ -48,16 +48,6 @@ class Oracle:
     def __call__(self, pixels):
         key = np.ascontiguousarray(pixels, dtype=np.float32).tobytes()[:4096]
         return self.truth.get(key, np.zeros(pixels.shape, np.uint8))
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    hands = [generate_hand(11, i, size=SIZE) for i in range(160)]
-    feats, _ = measure_label_maps(((h.label_map, h.spacing_mm) for h in hands), progress=False)
-    data = LabelledMeasurements(
-        feats, np.array([h.bone_age_months for h in hands]), np.array([h.sex for h in hands]), [str(i) for i in range(160)]
-    )
-    return fit_bundle(data, description="test bundle from synthetic hands", regression=True, max_iter=80)
 
 
 @pytest.fixture()

@@ -149,7 +149,6 @@ def test_platt_scaling_refuses_what_it_cannot_calibrate():
 # ------------------------------------------------------------------------------------------------
 # The estimator uses a confident prediction, reports an uncertain one, never overrides a given sex
 # ------------------------------------------------------------------------------------------------
-from test_estimate import bundle  # noqa: E402,F401  (the multi-step bundle fixture of synthetic hands)
 
 
 class FixedSex:
