@@ -5,7 +5,7 @@ Usage:
         [--n-classifier 300] [--skip-classifier] [--n-features 48] [--n-look 60] [--look-min-age 0] [--n-turn 40]
         [--n-embed 300] [--n-layout 42] [--n-occlude 16] [--occlude-ages 84 132] [--n-physis 40] [--n-transplant 16]
         [--transplant-region carpals] [--transplant-ages 108 204] [--n-joints 80] [--n-capitate 24] [--n-regions 48]
-        [--n-operations 24] [--n-ossicles 48]
+        [--n-operations 24] [--n-ossicles 48] [--n-attribution 0] [--attribution-sex F] [--attribution-ages 156 204]
         [--set NAME=VALUE ...]
 
 Prints measures of the gap between synthetic and real films (another, side-by-side sheets of
@@ -118,6 +118,12 @@ synthetic hands and real films of the same sex and bone age, is ``scripts/synth_
     threshold around the shipped segmenter's label (:func:`ossicle_area`), in area against the third metacarpal, with
     the label's own area beside it; medians by bone-age band. On young real films the segmenter's carpal labels run into
     the cartilage around the ossicle (and it labels carpals not yet ossified), so its areas overstate young real carpi.
+(p) **What moves the multi-step reading**: ``--n-attribution`` synthetic hands of one sex and bone-age range
+    (``--attribution-sex``, ``--attribution-ages``; 512 px, seed ``--seed + 14``), read by the shipped segmenter and
+    multi-step model with their sex: the mean bias, then how much it changes when one bone's measurements (then one
+    measurement) are replaced by the median of real training-split films of that sex within 12 months of each
+    hand's bone age (:func:`feature_swaps`; the multi-step feature cache). The largest changes name the measurements
+    in which the synthetic hands, as the segmenter reads them, lie furthest from real films for that method.
 
 ``--set NAME=VALUE`` (repeatable) changes one of the renderer's numeric constants in
 :mod:`boneage.synth` for this run only (e.g. ``--set _CARPAL_SCALE=1.4``; one entry of a table of numbers as
@@ -1725,6 +1731,88 @@ def set_renderer_constants(assignments: list[str]) -> dict[str, float]:
     return {target: value for target, _, _, value in parsed}
 
 
+#: Real films within this many months of a synthetic hand's bone age give its swapped measurements in (p).
+ATTRIBUTION_WINDOW = 12.0
+
+
+def feature_swaps(predict: Callable[[pd.DataFrame], np.ndarray], synthetic: pd.DataFrame, ages: np.ndarray,
+                  real: pd.DataFrame, real_ages: np.ndarray, window: float = ATTRIBUTION_WINDOW,
+                  ) -> tuple[float, list[tuple[str, float]], list[tuple[str, float, float, float]]]:
+    """How a reader's mean bias on synthetic hands changes when their measurements are swapped for real films'.
+
+    Args:
+        predict: measurements table -> ages (months), e.g. the multi-step model's ``predict_table(..)["age"]``.
+        synthetic: the synthetic hands' measurements (one row per hand).
+        ages: their bone ages (months).
+        real: real films' measurements (of the same sex), with the same column names.
+        real_ages: their bone ages (months).
+        window: real films within this many months of a hand's bone age give its swapped value (their median;
+            NaN where none has one).
+
+    Returns:
+        ``(bias, groups, features)``: the mean bias as measured; ``(bone, change)`` with all of a bone's
+        measurements swapped (a bone is the part of a column name before its first dot), largest change first;
+        ``(measurement, change, synthetic median, real median)`` for each measurement alone, largest first.
+    """
+    columns = [c for c in synthetic.columns if c in real.columns]
+    matched = {}
+    for column in columns:
+        values = real[column].to_numpy(float)
+        cells = []
+        for age in ages:
+            near = values[np.abs(real_ages - age) <= window]
+            near = near[np.isfinite(near)]
+            cells.append(float(np.median(near)) if near.size else np.nan)
+        matched[column] = np.array(cells)
+    bias = float(np.mean(predict(synthetic) - ages))
+
+    def swapped_bias(names: list[str]) -> float:
+        table = synthetic.copy()
+        for name in names:
+            table[name] = matched[name]
+        return float(np.mean(predict(table) - ages)) - bias
+
+    bones: dict[str, list[str]] = {}
+    for column in columns:
+        bones.setdefault(column.split(".")[0], []).append(column)
+    groups = sorted(((bone, swapped_bias(names)) for bone, names in bones.items()), key=lambda g: -abs(g[1]))
+    features = sorted(((c, swapped_bias([c]), float(np.nanmedian(synthetic[c].to_numpy(float))),
+                        float(np.nanmedian(matched[c]))) for c in columns), key=lambda f: -abs(f[1]))
+    return bias, groups, features
+
+
+def multistep_attribution(n: int, seed: int, sex: str = "F", ages: tuple[float, float] = (156.0, 204.0),
+                          shown: int = 12) -> None:
+    """(p): which measurements move the shipped multi-step method's reading of synthetic hands (:func:`feature_swaps`)."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from boneage import datasets, models
+    from boneage.measure import measure
+    from boneage.multistep import MultiStepModel
+    from boneage.synth import generate_hand
+    from boneage.training.multistep import film_features, load_segmenter_fn
+
+    dev = datasets.rsna_dev()
+    train = dev[(dev["split"] == "train") & (dev["sex"] == sex)].reset_index(drop=True)
+    real = film_features(train, models.get("segmenter").version, None, workers=2)
+    segment, model = load_segmenter_fn("cpu"), MultiStepModel.load()
+    rng = np.random.default_rng(seed)
+    hand_ages = rng.uniform(ages[0], ages[1], n)
+    rows = [measure(segment(generate_hand(seed, i, size=512, sex=sex, bone_age_months=float(age)).image), None)
+            .features() for i, age in enumerate(tqdm(hand_ages, desc="synthetic measured", unit="hand", mininterval=10))]
+    bias, groups, features = feature_swaps(lambda t: model.predict_table(t, [sex] * len(t))["age"], pd.DataFrame(rows),
+                                           hand_ages, real, train["bone_age_months"].to_numpy(float))
+    who = "girls" if sex == "F" else "boys"
+    print(f"\nwhat moves the multi-step reading: {n} synthetic {who} of {ages[0]:g}-{ages[1]:g} months (512 px), bias "
+          f"{bias:+.1f} months; change in it when measurements are swapped for the median of real training-split "
+          f"{who} within {ATTRIBUTION_WINDOW:g} months of each hand's bone age")
+    print("  one bone's measurements at a time: " + ", ".join(f"{b} {d:+.1f}" for b, d in groups[:shown]))
+    print("  one measurement at a time (change; synthetic / real median):")
+    for name, change, synthetic_median, real_median in features[:shown]:
+        print(f"    {name:<36} {change:+6.1f}   {synthetic_median:.3f} / {real_median:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=20261210, help="synthetic seed no model or choice used")
@@ -1768,6 +1856,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="real 4-17 y training-split films (and as many synthetic hands) for (n) (0: skip)")
     parser.add_argument("--n-ossicles", type=int, default=48,
                         help="real 3-18 y training-split films (and as many synthetic hands) for (o) (0: skip)")
+    parser.add_argument("--n-attribution", type=int, default=0,
+                        help="synthetic hands for (p) (default 0: skipped; about 3 s a hand)")
+    parser.add_argument("--attribution-sex", choices=("F", "M"), default="F", help="(p)'s hands' sex (default F)")
+    parser.add_argument("--attribution-ages", type=float, nargs=2, default=[156.0, 204.0], metavar=("LO", "HI"),
+                        help="bone ages (months) of (p)'s hands (default 156 204)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="change a numeric renderer constant of boneage.synth for this run (repeatable); "
                              "NAME[KEY]=VALUE changes one entry of a table, e.g. _TRABECULAR_DENSITY[metacarpal]=0.45")
@@ -1777,7 +1870,7 @@ def main(argv: list[str] | None = None) -> int:
     args.transplant_region = args.transplant_region or CARPAL_REGION
     if args.transplant_region not in MATURITY_REGIONS:
         parser.error(f"--transplant-region {args.transplant_region!r} is not one of {', '.join(MATURITY_REGIONS)}")
-    for option in ("occlude_ages", "transplant_ages"):
+    for option in ("occlude_ages", "transplant_ages", "attribution_ages"):
         lo, hi = getattr(args, option)
         if not lo <= hi:
             parser.error(f"--{option.replace('_', '-')} {lo:g} {hi:g}: LO must not exceed HI")
@@ -1815,7 +1908,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nreal vs synthetic classifier: ROC AUC {auc:.3f} (SD {sd:.3f} over 5 folds; "
               f"{args.n_classifier} real training-split films, as many synthetic hands; 0.5 = indistinguishable)")
         print("  each feature group alone: " + ", ".join(f"{name} {value:.3f}" for name, (value, _) in aucs.items()))
-    # Parts (c)-(o), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
+    # Parts (c)-(p), each on its own seed (--seed + 1, + 2, ...) so that skipping one leaves the others' draws.
     parts = ((args.n_features, maturity_features), (args.n_look, partial(film_look, min_age=args.look_min_age)),
              (args.n_turn, turned_films),
              (args.n_embed, cnn_feature_space), (args.n_layout, wrist_layout),
@@ -1824,7 +1917,9 @@ def main(argv: list[str] | None = None) -> int:
              (args.n_transplant, partial(crop_transplant_part, region=args.transplant_region,
                                          ages=tuple(args.transplant_ages))),
              (args.n_joints, joint_spaces), (args.n_capitate, capitate_part), (args.n_regions, perbone_regions),
-             (args.n_operations, film_operations_part), (args.n_ossicles, carpal_ossicles))
+             (args.n_operations, film_operations_part), (args.n_ossicles, carpal_ossicles),
+             (args.n_attribution, partial(multistep_attribution, sex=args.attribution_sex,
+                                          ages=tuple(args.attribution_ages))))
     for offset, (n, part) in enumerate(parts, start=1):
         if n:
             part(n, args.seed + offset)

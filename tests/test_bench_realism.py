@@ -716,3 +716,34 @@ def test_real_readings_read_matched_training_films_with_their_sex(capsys):
         assert np.allclose(readings[m] - readings["truth"], 12.0)
     bench_realism.print_readings(512, readings, title="real films")
     assert "shipped models on 2 real films (MAE" in capsys.readouterr().out
+
+
+def test_feature_swaps_credit_the_measurement_the_reader_uses():
+    # A reader that reads age from "a.x" alone (months = 100 x a.x); "b.y" is ignored.
+    synthetic = pd.DataFrame({"a.x": [1.0, 1.2], "a.z": [5.0, 5.0], "b.y": [0.0, 0.0], "only.synthetic": [1.0, 1.0]})
+    ages = np.array([100.0, 140.0])
+    real = pd.DataFrame({"a.x": [0.9, 1.1, 1.5, 3.0], "a.z": [1.0, 1.0, 1.0, 1.0], "b.y": [1.0, 1.0, 1.0, 1.0]})
+    real_ages = np.array([95.0, 105.0, 140.0, 400.0])  # the last is far from both hands
+    bias, groups, features = bench_realism.feature_swaps(lambda t: 100 * t["a.x"].to_numpy(float), synthetic, ages,
+                                                         real, real_ages)
+    assert bias == pytest.approx(-10.0)  # read 100 and 120 for 100 and 140
+    # Swapped to 1.0 and 1.5 (the real films within 12 months): read 100 and 150, a bias of +5, 15 more.
+    assert groups[0] == ("a", pytest.approx(15.0)) and dict(groups)["b"] == 0.0
+    assert [g for g, _ in groups] == ["a", "b"]  # a column real films lack is left out
+    name, change, synthetic_median, real_median = features[0]
+    assert (name, change) == ("a.x", pytest.approx(15.0))
+    assert synthetic_median == pytest.approx(1.1) and real_median == pytest.approx(1.25)
+    assert dict((f[0], f[1]) for f in features)["a.z"] == 0.0
+    # No real film near a hand: its swapped value is NaN, as a measurement the segmenter could not take.
+    _, _, far = bench_realism.feature_swaps(lambda t: np.nan_to_num(t["a.x"].to_numpy(float)), synthetic,
+                                            np.array([1000.0, 1000.0]), real, real_ages)
+    assert far[0][3] != far[0][3]  # NaN median
+
+
+def test_attribution_part_prints_bones_and_measurements(capsys):
+    if not (rsna_dev_dir() / "labels.csv").is_file():
+        pytest.skip(f"shared RSNA data not found at {rsna_dev_dir()} (research-only data, not shipped; CI has it)")
+    bench_realism.multistep_attribution(3, 5, sex="M", ages=(60.0, 90.0), shown=4)
+    out = capsys.readouterr().out
+    assert "3 synthetic boys of 60-90 months" in out and "one bone's measurements at a time:" in out
+    assert out.count("/") >= 4  # four measurements with their synthetic / real medians
