@@ -1776,8 +1776,13 @@ def feature_swaps(predict: Callable[[pd.DataFrame], np.ndarray], synthetic: pd.D
     for column in columns:
         bones.setdefault(column.split(".")[0], []).append(column)
     groups = sorted(((bone, swapped_bias(names)) for bone, names in bones.items()), key=lambda g: -abs(g[1]))
-    features = sorted(((c, swapped_bias([c]), float(np.nanmedian(synthetic[c].to_numpy(float))),
-                        float(np.nanmedian(matched[c]))) for c in columns), key=lambda f: -abs(f[1]))
+
+    def median(values: np.ndarray) -> float:
+        finite = values[np.isfinite(values)]
+        return float(np.median(finite)) if finite.size else float("nan")
+
+    features = sorted(((c, swapped_bias([c]), median(synthetic[c].to_numpy(float)), median(matched[c]))
+                       for c in columns), key=lambda f: -abs(f[1]))
     return bias, groups, features
 
 

@@ -236,6 +236,12 @@ _EPIPHYSIS_WIDTH = {
 _RADIUS_EPIPHYSIS_START = 0.84
 _RADIUS_EPIPHYSIS_GROW_TO = 1.1
 _RADIUS_EPIPHYSIS_WIDTH_POWER = 0.6
+#: The ulna's, as the radius's: probe knobs, neutral at the default's values (:data:`_EPIPHYSIS_WIDTH_DEFAULT`,
+#: :data:`_EPIPHYSIS_WIDTH_POWER`) that it took until the twenty-eighth sitting (docs/synthetic.md, "What moves the
+#: multi-step reading").
+_ULNA_EPIPHYSIS_START = 0.35
+_ULNA_EPIPHYSIS_GROW_TO = 1.05
+_ULNA_EPIPHYSIS_WIDTH_POWER = 0.6
 _SCAPHOID_GROWTH_POWER = 0.3
 #: A carpal's growth towards its mature size after it appears: ``0.2 + 0.8 s**power`` of that size, ``s`` its clock's
 #: progress from appearance to maturity. Real capitates of 3-7 y, their bright ossicles measured by a local threshold
@@ -262,8 +268,10 @@ _DRC_SIGMA_MM = 12.5
 _EDGE_ENHANCEMENT = 0.45
 #: Carpal size against the bone model's adult length. The hamate's: its bright ossicle (bench_realism.py part o)
 #: measured 1.04-1.11 x a real one's area against the third metacarpal at 7-13 y, and 1.22 x at 3-7 y once young carpals
-#: grew sooner (_CARPAL_GROWTH_POWER 0.2); at 0.93 x in length, 0.94-1.02 x (issue #22, twenty-fifth sitting).
-_CARPAL_SIZE = {"lunate": 0.8, "hamate": 0.93}
+#: grew sooner (_CARPAL_GROWTH_POWER 0.2); at 0.93 x in length, 0.94-1.02 x (issue #22, twenty-fifth sitting). The
+#: trapezium's and scaphoid's entries are neutral probe knobs for ``bench_realism.py --set`` (twenty-eighth sitting;
+#: docs/synthetic.md, "What moves the multi-step reading").
+_CARPAL_SIZE = {"lunate": 0.8, "hamate": 0.93, "trapezium": 1.0, "scaphoid": 1.0}
 #: All carpals against the bone model: real carpi are packed, their bones touching and overlapping in
 #: projection (issue #22: per-bone crops of the carpus compared with development films).
 _CARPAL_SCALE = 1.11
@@ -776,6 +784,8 @@ def _build_hand(rng: np.random.Generator, ba: float, sex: str) -> _Hand:
             elif bone == "radius":
                 grow_to, start_at, power = (_RADIUS_EPIPHYSIS_GROW_TO, _RADIUS_EPIPHYSIS_START,
                                             _RADIUS_EPIPHYSIS_WIDTH_POWER)
+            elif bone == "ulna":
+                grow_to, start_at, power = _ULNA_EPIPHYSIS_GROW_TO, _ULNA_EPIPHYSIS_START, _ULNA_EPIPHYSIS_WIDTH_POWER
             e_width = meta_w * (start_at + (grow_to - start_at) * m**power)
             if kind.endswith("phalanx"):  # the flare's narrowing reaches the epiphysis by this share
                 e_width *= (1 / flare) ** (1 - _PHALANX_EPIPHYSIS_FOLLOWS_FLARE)

@@ -1178,3 +1178,24 @@ def test_ulna_probe_knobs_change_its_scar_line_and_head(monkeypatch) -> None:
     monkeypatch.setattr(synth, "_ULNA_HEAD_DOME", 0.5)
     domed = ulna_parts()[1]
     assert domed.cap_end == pytest.approx(0.5 * domed.length) and domed.length == pytest.approx(epiphysis.length)
+
+
+def test_ulna_epiphysis_width_and_carpal_size_probe_knobs(monkeypatch) -> None:
+    # Neutral knobs for bench_realism.py --set (issue #22, "What moves the multi-step reading"): the ulnar epiphysis's
+    # starting width, as the radius's, and the trapezium's and scaphoid's size entries.
+    from boneage import synth
+
+    def parts(bone: str) -> list:
+        hand = synth._build_hand(np.random.default_rng([19, 0]), 120.0, "M")
+        return [p for p in hand.parts if p.bone == bone]
+
+    def ulnar_epiphysis_width() -> float:
+        epiphysis = next(p for p in parts("ulna") if p.label == anatomy.epiphysis_label("ulna"))
+        return 2 * float(np.max(epiphysis.halfwidth_knots))
+
+    trapezium, scaphoid, width = parts("trapezium"), parts("scaphoid"), ulnar_epiphysis_width()
+    monkeypatch.setattr(synth, "_ULNA_EPIPHYSIS_START", 0.6)
+    assert ulnar_epiphysis_width() > 1.1 * width  # a 10 y boy's ulnar epiphysis, not yet capped, starts wider
+    monkeypatch.setattr(synth, "_CARPAL_SIZE", {**synth._CARPAL_SIZE, "trapezium": 0.8})
+    assert parts("trapezium")[0].length == pytest.approx(0.8 * trapezium[0].length)
+    assert parts("scaphoid")[0].length == pytest.approx(scaphoid[0].length)
