@@ -740,10 +740,25 @@ def test_feature_swaps_credit_the_measurement_the_reader_uses():
     assert far[0][3] != far[0][3]  # NaN median
 
 
-def test_attribution_part_prints_bones_and_measurements(capsys):
-    if not (rsna_dev_dir() / "labels.csv").is_file():
-        pytest.skip(f"shared RSNA data not found at {rsna_dev_dir()} (research-only data, not shipped; CI has it)")
+def test_attribution_part_prints_bones_and_measurements(capsys, monkeypatch):
+    # Real films stand in as a small table with fixed measurements: the part's own reading of synthetic hands (the
+    # shipped segmenter and multi-step model) is what is tested, without measuring hundreds of films on a new machine.
+    from boneage import datasets
+    from boneage.measure import feature_names
+    from boneage.training import multistep
+
+    films = pd.DataFrame({"id": range(6), "path": "", "source": "rsna-dev", "split": ["train"] * 5 + ["val"],
+                          "sex": ["M", "M", "M", "F", "M", "M"], "bone_age_months": [60, 70, 80, 70, 90, 75.0]})
+    monkeypatch.setattr(datasets, "rsna_dev", lambda folder=None: films)
+    measured: list[pd.DataFrame] = []
+
+    def fixed_features(table, *args, **kwargs):
+        measured.append(table)
+        return pd.DataFrame(0.5, index=range(len(table)), columns=feature_names())
+
+    monkeypatch.setattr(multistep, "film_features", fixed_features)
     bench_realism.multistep_attribution(3, 5, sex="M", ages=(60.0, 90.0), shown=4)
+    assert list(measured[0]["id"]) == [0, 1, 2, 4]  # the training split's boys only
     out = capsys.readouterr().out
     assert "3 synthetic boys of 60-90 months" in out and "one bone's measurements at a time:" in out
     assert out.count("/") >= 4  # four measurements with their synthetic / real medians
