@@ -116,6 +116,23 @@ def _maturity_model() -> dict[tuple[str, str], tuple[float, float, float]]:
     }
 
 
+def ossification_onset_months(sex: str, centre: str) -> float:
+    """When an ossification centre appears (bone age, months), from the synthetic maturity model
+    (``data/synth_maturity_model.csv``: Greulich-Pyle atlas ages).
+
+    Args:
+        sex: ``"M"`` or ``"F"``.
+        centre: a carpal's or an epiphysis's canonical bone name (e.g. ``"pisiform"``, ``"radius"``).
+
+    Returns:
+        The appearance age in months.
+
+    Raises:
+        KeyError: for a centre or sex the model does not hold.
+    """
+    return _maturity_model()[(sex, centre)][0]
+
+
 @lru_cache(maxsize=1)
 def _subject_model() -> dict[str, float]:
     df = pd.read_csv(SUBJECT_MODEL_FILE, comment="#")

@@ -181,6 +181,40 @@ def test_pseudo_label_target_trusts_good_bones_and_ignores_the_rest() -> None:
     assert (target[:10, :10][labels[:10, :10] == 0] == segmenter.IGNORE).all()
 
 
+def test_carpal_gate_follows_the_appearance_ages() -> None:
+    from boneage.synth import ossification_onset_months
+
+    pisiform = ossification_onset_months("M", "pisiform")
+    unossified, doubtful = segmenter.carpal_gate(pisiform - 13, "M", 12)
+    assert "pisiform" in unossified and "capitate" not in unossified + doubtful
+    unossified, doubtful = segmenter.carpal_gate(pisiform + 6, "M", 12)
+    assert "pisiform" in doubtful and "pisiform" not in unossified
+    assert segmenter.carpal_gate(240, "F", 12) == ([], [])  # every carpal long ossified
+    assert set(segmenter.carpal_gate(0, "F", 0)[0]) == set(anatomy.CARPALS)
+
+
+def test_pseudo_label_target_teaches_unossified_carpals_as_background() -> None:
+    # A 12 y hand's label map read as a young film's: its pisiform and scaphoid are taken as cartilage the network
+    # labelled, the trapezium as in doubt.
+    hand = generate_hand(1000, 5, size=384, bone_age_months=150)
+    labels = hand.label_map
+    probs = np.zeros((anatomy.NUM_CLASSES, *labels.shape), np.float32)
+    np.put_along_axis(probs, labels[None].astype(np.int64), 1.0, axis=0)
+    bounds = segmenter.length_ratio_bounds(n=40)
+    _, trusted = segmenter.pseudo_label_target(labels, probs, (1.0, 1.0), bounds)
+    assert {"pisiform", "scaphoid", "trapezium"} <= set(trusted)
+    target, trusted = segmenter.pseudo_label_target(labels, probs, (1.0, 1.0), bounds,
+                                                    unossified=["pisiform", "scaphoid"], doubtful=["trapezium"])
+    assert not {"pisiform", "scaphoid", "trapezium"} & set(trusted) and "capitate" in trusted
+    for bone in ("pisiform", "scaphoid"):
+        inner = np.isin(labels, anatomy.bone_labels(bone))
+        taught = target[inner]
+        assert (taught == anatomy.BACKGROUND).mean() > 0.5 and not np.isin(taught, anatomy.bone_labels(bone)).any()
+    assert (target[np.isin(labels, anatomy.bone_labels("trapezium"))] == segmenter.IGNORE).all()
+    capitate = np.isin(labels, anatomy.bone_labels("capitate"))
+    assert np.isin(target[capitate], anatomy.bone_labels("capitate")).all()
+
+
 def test_a_stage_starts_from_weights_that_have_an_onnx_copy(tmp_path: Path) -> None:
     # Shipped weights sit beside their ONNX copy; a stage started from them needs the torch network.
     from boneage.training.export import export_segmenter

@@ -26,7 +26,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -643,9 +643,40 @@ def length_ratio_bounds(n: int = 150, seed: int = TRAIN_SEED, slack: float = 0.0
     return bounds
 
 
+def carpal_gate(bone_age_months: float, sex: str, margin_months: float) -> tuple[list[str], list[str]]:
+    """Which carpals a film's bone age says have not ossified, and which it leaves in doubt.
+
+    Why: on young real films the network labels the whole cartilaginous carpus as eight bones around
+    the two or three ossicles (docs/synthetic.md, "What moves the multi-step reading"), and a
+    self-training round that trusts those labels teaches the mistake back. A carpal is taken as not
+    yet ossified when the film's bone age is more than ``margin_months`` before its appearance age in
+    the maturity model (:func:`boneage.synth.ossification_onset_months`), and as in doubt within
+    ``margin_months`` of it.
+
+    Args:
+        bone_age_months: the film's labelled bone age.
+        sex: ``"M"`` or ``"F"``.
+        margin_months: half-width of the doubtful window around each appearance age.
+
+    Returns:
+        ``(unossified, doubtful)`` carpal names.
+    """
+    from boneage.synth import ossification_onset_months
+
+    unossified, doubtful = [], []
+    for bone in anatomy.CARPALS:
+        onset = ossification_onset_months(sex, bone)
+        if bone_age_months < onset - margin_months:
+            unossified.append(bone)
+        elif bone_age_months <= onset + margin_months:
+            doubtful.append(bone)
+    return unossified, doubtful
+
+
 def pseudo_label_target(label_map: np.ndarray, probabilities: np.ndarray, spacing: tuple[float, float],
                         bounds: dict[str, tuple[float, float]], background_confidence: float = 0.9,
-                        margin_px: int = 2) -> tuple[np.ndarray, list[str]]:
+                        margin_px: int = 2, unossified: Iterable[str] = (),
+                        doubtful: Iterable[str] = ()) -> tuple[np.ndarray, list[str]]:
     """Turn one predicted real film into a training target: trusted bones keep their labels, the
     rest is :data:`IGNORE` (the self-training filter, bone by bone).
 
@@ -665,6 +696,9 @@ def pseudo_label_target(label_map: np.ndarray, probabilities: np.ndarray, spacin
         bounds: from :func:`length_ratio_bounds`.
         background_confidence: background probability needed to teach a pixel as background.
         margin_px: ignored band around untrusted bones.
+        unossified: carpals not yet ossified at the film's bone age (:func:`carpal_gate`): whatever the network
+            labelled as them is taught as background (cartilage), never trusted.
+        doubtful: carpals that may or may not have ossified: their labels become :data:`IGNORE`.
 
     Returns:
         ``(target uint8, trusted bone names)``.
@@ -694,21 +728,26 @@ def pseudo_label_target(label_map: np.ndarray, probabilities: np.ndarray, spacin
     for bone in anatomy.FOREARM:
         if m.bones[bone].plausible:
             trusted.append(bone)
+    gated = set(unossified) | set(doubtful)
     if len({anatomy.digit(b) for b in trusted if b in anatomy.TUBULAR_BONES}) >= 3:
-        trusted += [b for b in anatomy.CARPALS if m.bones[b].plausible]
+        trusted += [b for b in anatomy.CARPALS if m.bones[b].plausible and b not in gated]
     trusted_labels = [lab for b in trusted for lab in anatomy.bone_labels(b)]
+    cartilage = np.isin(label_map, [lab for b in unossified for lab in anatomy.bone_labels(b)])
     target = label_map.astype(np.uint8).copy()
-    untrusted = (label_map > 0) & ~np.isin(label_map, trusted_labels)
+    untrusted = (label_map > 0) & ~np.isin(label_map, trusted_labels) & ~cartilage
     if margin_px > 0 and untrusted.any():
         untrusted = ndimage.binary_dilation(untrusted, iterations=margin_px) & ~np.isin(label_map, trusted_labels)
     target[untrusted] = IGNORE
     target[(label_map == 0) & (probabilities[0] < background_confidence)] = IGNORE
+    # Not ossified at this bone age: what the network labelled there is cartilage, taught as background (a band
+    # along an untrusted neighbour stays ignored).
+    target[cartilage & ~untrusted] = anatomy.BACKGROUND
     return target, trusted
 
 
 def make_pseudo_labels(segmenter: Segmenter, out_file: str | Path, limit: int | None = None,
                        min_trusted_tubular: int = 10, length_check: str = "neighbours",
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, carpal_gate_months: float | None = None) -> dict[str, Any]:
     """Pseudo-label rsna-dev **train-split** films, bone by bone (:func:`pseudo_label_target`).
 
     Films read as mirrored or turned are skipped (the network trains on upright left hands), as
@@ -724,10 +763,14 @@ def make_pseudo_labels(segmenter: Segmenter, out_file: str | Path, limit: int | 
         min_trusted_tubular: films with fewer trusted tubular bones are left out.
         length_check: one of :data:`LENGTH_CHECKS` (see :func:`length_ratio_bounds`).
         progress: tqdm bar.
+        carpal_gate_months: when given, each film's carpals are gated by its bone age and sex
+            (:func:`carpal_gate` with this margin): those not yet ossified are taught as background,
+            those in doubt ignored. ``None`` (the shipped segmenter's rounds): carpals are trusted as
+            the network labels them.
 
     Returns:
         ``{"candidates", "kept", "min_trusted_tubular", "trusted_tubular_per_film_median",
-        "trusted_share_by_bone"}``.
+        "trusted_share_by_bone", "carpal_gate_months"}``.
     """
     from tqdm import tqdm
 
@@ -744,15 +787,18 @@ def make_pseudo_labels(segmenter: Segmenter, out_file: str | Path, limit: int | 
     images, labels, ids = [], [], []
     trusted_count: dict[str, int] = {b: 0 for b in anatomy.BONES}
     per_film: list[int] = []
-    for image_id, path in tqdm(list(zip(rows["id"], rows["path"])), disable=not progress, desc="pseudo-labels",
-                               file=sys.stderr):
+    films = list(zip(rows["id"], rows["path"], rows["bone_age_months"], rows["sex"]))
+    for image_id, path, bone_age, sex in tqdm(films, disable=not progress, desc="pseudo-labels", file=sys.stderr):
         x, transform = prepare_model_input(load_radiograph(path).pixels, segmenter.config.size,
                                            window=segmenter.config.window)
         spacing = (transform.row_scale, transform.col_scale)
         reading = segmenter.read_model_grid(x, spacing)
         if reading.mirrored or reading.turns:
             continue
-        target, trusted = pseudo_label_target(reading.label_map, reading.probabilities, spacing, bounds)
+        unossified, doubtful = ([], []) if carpal_gate_months is None else carpal_gate(float(bone_age), sex,
+                                                                                        carpal_gate_months)
+        target, trusted = pseudo_label_target(reading.label_map, reading.probabilities, spacing, bounds,
+                                              unossified=unossified, doubtful=doubtful)
         n_tubular = sum(b in anatomy.TUBULAR_BONES for b in trusted)
         if n_tubular < min_trusted_tubular:
             continue
@@ -772,7 +818,7 @@ def make_pseudo_labels(segmenter: Segmenter, out_file: str | Path, limit: int | 
     tmp.replace(out)  # atomic: a running training picks the file up only when complete
     kept = len(ids)
     return {"candidates": int(len(rows)), "kept": kept, "min_trusted_tubular": min_trusted_tubular,
-            "length_check": length_check,
+            "length_check": length_check, "carpal_gate_months": carpal_gate_months,
             "trusted_tubular_per_film_median": float(np.median(per_film)) if per_film else 0.0,
             "trusted_share_by_bone": {b: (c / kept if kept else 0.0) for b, c in trusted_count.items()}}
 
@@ -1182,7 +1228,9 @@ def model_card(metrics: dict[str, Any]) -> str:
             check = ps.get("length_check", "neighbours")
             lines.append(f"python -m boneage.training.segmenter pseudo --weights {weights} --out {cfg['pseudo_labels']} "
                          f"--min-trusted {ps.get('min_trusted_tubular', 10)}"
-                         + (f" --length-check {check}" if check != "neighbours" else ""))
+                         + (f" --length-check {check}" if check != "neighbours" else "")
+                         + (f" --carpal-gate {ps['carpal_gate_months']:g}" if ps.get("carpal_gate_months") is not None
+                            else ""))
         lines.append(_train_command_line(cfg) + f"   # stage {i}: {st.get('steps_done')} steps, "
                      f"{st.get('wall_minutes', 0):.0f} min")
     lines += [
@@ -1307,12 +1355,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="films with fewer trusted tubular bones are left out (default 10)")
     ps.add_argument("--length-check", choices=LENGTH_CHECKS, default="neighbours",
                     help="how a bone's proportions are checked (default neighbours)")
+    ps.add_argument("--carpal-gate", type=float, default=None, metavar="MONTHS",
+                    help="gate carpals by the film's bone age: taught as background more than MONTHS before their "
+                         "appearance age, ignored within MONTHS of it (default: off, as the shipped rounds)")
     args = parser.parse_args(argv)
     if args.command == "train":
         return train_command(args)
     if args.command == "pseudo":
         stats = make_pseudo_labels(Segmenter.load(args.weights), args.out, limit=args.limit,
-                                   min_trusted_tubular=args.min_trusted, length_check=args.length_check)
+                                   min_trusted_tubular=args.min_trusted, length_check=args.length_check,
+                                   carpal_gate_months=args.carpal_gate)
         stats["weights"] = args.weights
         Path(args.out).with_suffix(".json").write_text(json.dumps(stats))
         print(stats)
