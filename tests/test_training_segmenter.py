@@ -140,12 +140,16 @@ def test_augmentation_keeps_ignore_labels() -> None:
         assert not np.isin(y, anatomy.bone_labels("metacarpal_3")).any()
 
 
-def test_pseudo_label_target_trusts_good_bones_and_ignores_the_rest() -> None:
-    hand = generate_hand(1000, 5, size=384, bone_age_months=150)
-    labels = hand.label_map
+def _a_certain_reading() -> tuple[np.ndarray, np.ndarray, dict]:
+    """A 12 y synthetic hand's true label map read with full confidence, and the length bounds."""
+    labels = generate_hand(1000, 5, size=384, bone_age_months=150).label_map
     probs = np.zeros((anatomy.NUM_CLASSES, *labels.shape), np.float32)
     np.put_along_axis(probs, labels[None].astype(np.int64), 1.0, axis=0)
-    bounds = segmenter.length_ratio_bounds(n=40)
+    return labels, probs, segmenter.length_ratio_bounds(n=40)
+
+
+def test_pseudo_label_target_trusts_good_bones_and_ignores_the_rest() -> None:
+    labels, probs, bounds = _a_certain_reading()
     target, trusted = segmenter.pseudo_label_target(labels, probs, (1.0, 1.0), bounds)
     assert len([b for b in trusted if b in anatomy.TUBULAR_BONES]) >= 17
     assert (target[labels == 0] == 0).all()  # confident background stays background
@@ -196,11 +200,7 @@ def test_carpal_gate_follows_the_appearance_ages() -> None:
 def test_pseudo_label_target_teaches_unossified_carpals_as_background() -> None:
     # A 12 y hand's label map read as a young film's: its pisiform and scaphoid are taken as cartilage the network
     # labelled, the trapezium as in doubt.
-    hand = generate_hand(1000, 5, size=384, bone_age_months=150)
-    labels = hand.label_map
-    probs = np.zeros((anatomy.NUM_CLASSES, *labels.shape), np.float32)
-    np.put_along_axis(probs, labels[None].astype(np.int64), 1.0, axis=0)
-    bounds = segmenter.length_ratio_bounds(n=40)
+    labels, probs, bounds = _a_certain_reading()
     _, trusted = segmenter.pseudo_label_target(labels, probs, (1.0, 1.0), bounds)
     assert {"pisiform", "scaphoid", "trapezium"} <= set(trusted)
     target, trusted = segmenter.pseudo_label_target(labels, probs, (1.0, 1.0), bounds,
