@@ -109,6 +109,26 @@ def test_model_card_describes_each_stage_as_trained() -> None:
     assert "stage(s) 1, 2 in fp32" in mixed and "stage(s) 3 with bf16 autocast" in mixed
 
 
+def test_model_card_and_pseudo_command_carry_the_carpal_gate(tmp_path: Path, monkeypatch) -> None:
+    def card(gate: float | None) -> str:
+        stats = {"weights": "/runs/s1/segmenter.pt", "min_trusted_tubular": 6, "carpal_gate_months": gate}
+        meta = {"train_config": asdict(segmenter.TrainConfig(out="/runs/s2", pseudo_labels="/runs/p.npz")),
+                "steps_done": 10, "wall_minutes": 1.0, "bf16_autocast": False, "pseudo_stats": stats}
+        return segmenter.model_card({"weights_meta": meta, "synthetic": {"n_images": 2, "seed": segmenter.EVAL_SEED}})
+
+    assert "--out /runs/p.npz --min-trusted 6 --carpal-gate 12\n" in card(12.0)
+    assert "--carpal-gate" not in card(None) and "--out /runs/p.npz --min-trusted 6\n" in card(None)
+    # The command line reaches make_pseudo_labels with the gate (and without it, off).
+    calls: list[dict] = []
+    monkeypatch.setattr(segmenter.Segmenter, "load", classmethod(lambda cls, weights=None, **kw: "model"))
+    monkeypatch.setattr(segmenter, "make_pseudo_labels", lambda model, out, **kw: calls.append(kw) or {})
+    out = str(tmp_path / "p.npz")
+    assert segmenter.main(["pseudo", "--out", out, "--carpal-gate", "12"]) == 0
+    assert segmenter.main(["pseudo", "--out", out]) == 0
+    assert [c["carpal_gate_months"] for c in calls] == [12.0, None]
+    assert json.loads((tmp_path / "p.json").read_text())["weights"] is None
+
+
 def test_masked_loss_matches_monai_and_skips_ignored_pixels() -> None:
     from monai.losses import DiceCELoss
 
