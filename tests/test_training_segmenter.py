@@ -88,6 +88,53 @@ def test_reproduce_command_repeats_non_default_settings() -> None:
     assert "--no-bf16" not in segmenter._train_command_line(asdict(segmenter.TrainConfig()))
 
 
+def test_pseudo_draw_weights_give_every_age_band_the_same_share() -> None:
+    ages = np.array([30.0] * 2 + [130.0] * 18 + [150.0] * 30)  # 2 y-bands: 1, 5, 6
+    p = segmenter.pseudo_draw_weights(ages, min_band_films=1)
+    assert p.sum() == pytest.approx(1.0)
+    assert p[:2].sum() == pytest.approx(1 / 3)
+    assert p[2:20].sum() == pytest.approx(1 / 3) and p[20:].sum() == pytest.approx(1 / 3)
+    assert np.allclose(p[20:], p[20])  # uniform within a band
+    # A band of two films counts as one of 10: a fifth of a full band's share, not a full share.
+    small = segmenter.pseudo_draw_weights(ages, min_band_films=10)
+    assert small[:2].sum() / small[2:20].sum() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="no pseudo-labelled films"):
+        segmenter.pseudo_draw_weights(np.array([]))
+
+
+def _pseudo_file(path: Path, ages: list[float] | None) -> str:
+    n = 4 if ages is None else len(ages)
+    # Each film is told by its label: the first film's pixels are 1, the others' 2.
+    labels = np.stack([np.full((32, 32), 1 if k == 0 else 2, np.uint8) for k in range(n)])
+    arrays = {"images": np.full((n, 32, 32), 128, np.uint8), "labels": labels, "ids": np.arange(n)}
+    if ages is not None:
+        arrays["bone_ages"] = np.asarray(ages, np.float32)
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_age_balanced_stream_draws_young_films_as_often_as_the_rest(tmp_path: Path, monkeypatch) -> None:
+    # One film of 2 y among nine of 12 y: balanced, the young film is about half of the real draws.
+    ages = [24.0] + [144.0] * 9
+    pseudo = _pseudo_file(tmp_path / "p.npz", ages)
+    monkeypatch.setattr(segmenter, "PSEUDO_MIN_BAND_FILMS", 1)
+    stream = segmenter._sample_stream(3, 32, 32, 0, 128, None, pseudo, pseudo_fraction=1.0,
+                                      pseudo_age_balance=True)
+    draws = [next(stream) for _ in range(200)][16:]  # the file is looked for every 16 samples
+    young = sum(bool((y == 1).any()) for _, y in draws)
+    assert 0.35 < young / len(draws) < 0.65
+    plain = segmenter._sample_stream(3, 32, 32, 0, 128, None, pseudo, pseudo_fraction=1.0)
+    plain_draws = [next(plain) for _ in range(200)][16:]
+    assert sum(bool((y == 1).any()) for _, y in plain_draws) / len(plain_draws) < 0.25
+    old = _pseudo_file(tmp_path / "old.npz", None)
+    with pytest.raises(ValueError, match="old.npz: no bone_ages"):
+        next(segmenter._sample_stream(3, 32, 32, 0, 128, None, old, pseudo_fraction=1.0, pseudo_age_balance=True))
+    config = asdict(segmenter.TrainConfig(out="/runs/s2", pseudo_labels="/runs/p.npz", pseudo_age_balance=True))
+    assert "--pseudo-labels /runs/p.npz --pseudo-age-balance" in segmenter._train_command_line(config)
+    assert "--pseudo-age-balance" not in segmenter._train_command_line(
+        asdict(segmenter.TrainConfig(pseudo_age_balance=True)))
+
+
 def test_model_card_describes_each_stage_as_trained() -> None:
     def stage(**cfg) -> dict:
         return {"train_config": asdict(segmenter.TrainConfig(**cfg)), "steps_done": 10, "wall_minutes": 1.0,
@@ -112,12 +159,16 @@ def test_model_card_describes_each_stage_as_trained() -> None:
 def test_model_card_and_pseudo_command_carry_the_carpal_gate(tmp_path: Path, monkeypatch) -> None:
     def card(gate: float | None) -> str:
         stats = {"weights": "/runs/s1/segmenter.pt", "min_trusted_tubular": 6, "carpal_gate_months": gate}
-        meta = {"train_config": asdict(segmenter.TrainConfig(out="/runs/s2", pseudo_labels="/runs/p.npz")),
+        config = segmenter.TrainConfig(out="/runs/s2", pseudo_labels="/runs/p.npz", pseudo_age_balance=gate is not None)
+        meta = {"train_config": asdict(config),
                 "steps_done": 10, "wall_minutes": 1.0, "bf16_autocast": False, "pseudo_stats": stats}
         return segmenter.model_card({"weights_meta": meta, "synthetic": {"n_images": 2, "seed": segmenter.EVAL_SEED}})
 
     assert "--out /runs/p.npz --min-trusted 6 --carpal-gate 12\n" in card(12.0)
+    assert "more than 12 months short of its Greulich-Pyle appearance age" in card(12.0)
+    assert "drawn evenly over 2-year age bands" in card(12.0) and "--pseudo-age-balance" in card(12.0)
     assert "--carpal-gate" not in card(None) and "--out /runs/p.npz --min-trusted 6\n" in card(None)
+    assert "appearance age" not in card(None) and "age bands" not in card(None)
     # The command line reaches make_pseudo_labels with the gate (and without it, off).
     calls: list[dict] = []
     monkeypatch.setattr(segmenter.Segmenter, "load", classmethod(lambda cls, weights=None, **kw: "model"))
@@ -215,6 +266,25 @@ def test_carpal_gate_follows_the_appearance_ages() -> None:
     assert "pisiform" in doubtful and "pisiform" not in unossified
     assert segmenter.carpal_gate(240, "F", 12) == ([], [])  # every carpal long ossified
     assert set(segmenter.carpal_gate(0, "F", 0)[0]) == set(anatomy.CARPALS)
+
+
+def test_carpal_presence_scores_count_labels_before_and_after_appearance() -> None:
+    from boneage.synth import ossification_onset_months
+
+    pisiform = ossification_onset_months("F", "pisiform")
+    capitate = ossification_onset_months("F", "capitate")
+    everything = set(anatomy.CARPALS)
+    records = [(capitate + 13, "F", everything),  # every carpal labelled on a young film: the tiling
+               (pisiform + 30, "F", everything), (pisiform + 30, "F", everything - {"pisiform"})]
+    scores = segmenter.carpal_presence_scores(records, margin_months=12)
+    assert scores["labelled_before_appearance"] == 1.0  # the young film's not-yet carpals were all labelled
+    assert scores["labelled_before_appearance_by_carpal"]["pisiform"] == 1.0
+    assert scores["labelled_after_appearance_by_carpal"]["pisiform"] == pytest.approx(0.5)
+    assert scores["labelled_after_appearance_by_carpal"]["capitate"] == 1.0
+    assert scores["pairs_before_appearance"] >= 1 and scores["n_films"] == 3
+    assert np.isnan(segmenter.carpal_presence_scores([(pisiform + 30, "F", set())])["labelled_before_appearance"])
+    card = segmenter.model_card({"synthetic": {}, "real_carpals": scores})
+    assert "a carpal was labelled on 100% of the films more than 12 months younger" in card
 
 
 def test_pseudo_label_target_teaches_unossified_carpals_as_background() -> None:

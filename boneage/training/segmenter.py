@@ -305,13 +305,16 @@ def _random_crop(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, crop: i
 def _sample_stream(seed: int, size: int, crop: int, worker: int, synth_size: int,
                    real_quantiles: np.ndarray | None, pseudo_file: str | None = None,
                    pseudo_fraction: float = 0.0, mirror_p: float = 0.0,
-                   quarter_turn_p: float = 0.0, real_bone_look_p: float = 0.0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                   quarter_turn_p: float = 0.0, real_bone_look_p: float = 0.0,
+                   pseudo_age_balance: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless augmented samples: synthetic hands (indices disjoint between workers), mixed with
-    pseudo-labelled real films (see :func:`make_pseudo_labels`) at ``pseudo_fraction``."""
+    pseudo-labelled real films (see :func:`make_pseudo_labels`) at ``pseudo_fraction``; with
+    ``pseudo_age_balance`` the real films are drawn evenly over age (:func:`pseudo_draw_weights`)."""
     from boneage.synth import generate_hand
 
     rng = np.random.default_rng([seed, worker, 99])
     pseudo_x = pseudo_y = None
+    pseudo_p: np.ndarray | None = None
     index = worker
     drawn = 0
     # Rendering a hand costs twice its augmentation, so each rendered hand is augmented about
@@ -324,12 +327,21 @@ def _sample_stream(seed: int, size: int, crop: int, worker: int, synth_size: int
             try:
                 with np.load(pseudo_file) as data:
                     pseudo_x, pseudo_y = data["images"], data["labels"]
+                    ages = data["bone_ages"] if "bone_ages" in data.files else None
                 print(f"\npseudo-labels loaded: {len(pseudo_x)} real films", file=sys.stderr)
             except (OSError, ValueError, KeyError):  # still being written
                 pseudo_x = pseudo_y = None
+            if pseudo_x is not None and pseudo_age_balance:
+                if ages is None:
+                    raise ValueError(f"{pseudo_file}: no bone_ages array (made before age balancing); "
+                                     "rerun `python -m boneage.training.segmenter pseudo`")
+                pseudo_p = pseudo_draw_weights(ages, min_band_films=PSEUDO_MIN_BAND_FILMS)
         drawn += 1
         if pseudo_x is not None and len(pseudo_x) and rng.random() < pseudo_fraction:
-            k = int(rng.integers(len(pseudo_x)))
+            if pseudo_p is not None:
+                k = int(rng.choice(len(pseudo_x), p=pseudo_p))
+            else:
+                k = int(rng.integers(len(pseudo_x)))
             # Real films already carry real grey levels: no histogram matching for them.
             x, y = augment_hand(rng, pseudo_x[k].astype(np.float32) / 255.0, pseudo_y[k], size, None,
                                 mirror_p, quarter_turn_p)
@@ -348,6 +360,39 @@ def _sample_stream(seed: int, size: int, crop: int, worker: int, synth_size: int
         yield _random_crop(rng, x, y, crop)
 
 
+#: Width of the age bands :func:`pseudo_draw_weights` evens out, months.
+PSEUDO_AGE_BAND = 24.0
+#: A band with fewer films is weighted as if it had this many (a handful of infants' films drawn a
+#: tenth of the time each would be learnt by heart).
+PSEUDO_MIN_BAND_FILMS = 30
+
+
+def pseudo_draw_weights(bone_ages: np.ndarray, band_months: float = PSEUDO_AGE_BAND,
+                        min_band_films: int = PSEUDO_MIN_BAND_FILMS) -> np.ndarray:
+    """Draw probabilities that give every age band of pseudo-labelled films the same share.
+
+    RSNA's films are mostly of 8-15 y children; a stage that draws them as they fall sees a
+    child under 4 y in about one sample of twenty-five. Balanced, each ``band_months`` band with
+    at least ``min_band_films`` films is drawn equally often (a smaller band in proportion to its
+    films), films within a band uniformly.
+
+    Args:
+        bone_ages: bone age of each pseudo-labelled film, months.
+        band_months: band width.
+        min_band_films: bands with fewer films get ``count / min_band_films`` of a full share.
+
+    Returns:
+        Probabilities (one per film, summing to one).
+    """
+    ages = np.asarray(bone_ages, dtype=float)
+    if ages.size == 0:
+        raise ValueError("no pseudo-labelled films to weight")
+    band = np.floor(ages / band_months).astype(int)
+    _, inverse, counts = np.unique(band, return_inverse=True, return_counts=True)
+    weights = 1.0 / np.maximum(counts, min_band_films)[inverse]
+    return weights / weights.sum()
+
+
 def _make_loader(config: TrainConfig, real_quantiles: np.ndarray | None) -> Iterator[tuple[Any, Any]]:
     import torch
     from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -358,7 +403,8 @@ def _make_loader(config: TrainConfig, real_quantiles: np.ndarray | None) -> Iter
             worker = info.id if info else 0
             for x, y in _sample_stream(config.seed, config.size, config.crop, worker, config.synth_size,
                                        real_quantiles, config.pseudo_labels, config.pseudo_fraction,
-                                       config.mirror_p, config.quarter_turn_p, config.real_bone_look_p):
+                                       config.mirror_p, config.quarter_turn_p, config.real_bone_look_p,
+                                       config.pseudo_age_balance):
                 yield torch.from_numpy(x[None].copy()), torch.from_numpy(y[None].astype(np.int64))
 
     loader = DataLoader(Stream(), batch_size=config.batch_size, num_workers=config.workers,
@@ -394,6 +440,8 @@ class TrainConfig:
         init: optional weights file to start from (fine-tuning).
         pseudo_labels: optional ``.npz`` of pseudo-labelled real films (:func:`make_pseudo_labels`).
         pseudo_fraction: share of training samples drawn from ``pseudo_labels``.
+        pseudo_age_balance: draw the pseudo-labelled films evenly over age bands
+            (:func:`pseudo_draw_weights`) rather than as RSNA's ages fall (few young children).
         save_every_minutes: checkpoint interval.
         progress: tqdm progress bar.
         channels: UNet channels per level.
@@ -423,6 +471,7 @@ class TrainConfig:
     init: str | None = None
     pseudo_labels: str | None = None
     pseudo_fraction: float = 0.3
+    pseudo_age_balance: bool = False
     save_every_minutes: float = 5.0
     progress: bool = True
     channels: tuple[int, ...] = field(default_factory=lambda: NetworkConfig().channels)
@@ -758,7 +807,7 @@ def make_pseudo_labels(segmenter: Segmenter, out_file: str | Path, limit: int | 
 
     Args:
         segmenter: the current model.
-        out_file: ``.npz`` to write (``images``, ``labels``, ``ids``).
+        out_file: ``.npz`` to write (``images``, ``labels``, ``ids``, ``bone_ages`` in months).
         limit: only the first N train-split films (quick checks).
         min_trusted_tubular: films with fewer trusted tubular bones are left out.
         length_check: one of :data:`LENGTH_CHECKS` (see :func:`length_ratio_bounds`).
@@ -784,7 +833,7 @@ def make_pseudo_labels(segmenter: Segmenter, out_file: str | Path, limit: int | 
     if limit:
         rows = rows.head(limit)
     bounds = length_ratio_bounds(check=length_check)
-    images, labels, ids = [], [], []
+    images, labels, ids, ages = [], [], [], []
     trusted_count: dict[str, int] = {b: 0 for b in anatomy.BONES}
     per_film: list[int] = []
     films = list(zip(rows["id"], rows["path"], rows["bone_age_months"], rows["sex"]))
@@ -805,6 +854,7 @@ def make_pseudo_labels(segmenter: Segmenter, out_file: str | Path, limit: int | 
         images.append(np.rint(x * 255).astype(np.uint8))
         labels.append(target)
         ids.append(int(image_id))
+        ages.append(float(bone_age))
         per_film.append(n_tubular)
         for b in trusted:
             trusted_count[b] += 1
@@ -814,7 +864,7 @@ def make_pseudo_labels(segmenter: Segmenter, out_file: str | Path, limit: int | 
     size = segmenter.config.size
     np.savez_compressed(tmp, images=np.asarray(images, np.uint8).reshape(-1, size, size),
                         labels=np.asarray(labels, np.uint8).reshape(-1, size, size),
-                        ids=np.asarray(ids, np.int64))
+                        ids=np.asarray(ids, np.int64), bone_ages=np.asarray(ages, np.float32))
     tmp.replace(out)  # atomic: a running training picks the file up only when complete
     kept = len(ids)
     return {"candidates": int(len(rows)), "kept": kept, "min_trusted_tubular": min_trusted_tubular,
@@ -1071,6 +1121,102 @@ def evaluate_keypoints(segmenter: Segmenter, folder: str | Path | None = None) -
     }
 
 
+#: Films per 2-year age band that :func:`evaluate_carpal_presence` reads.
+CARPAL_CHECK_PER_BAND = 40
+#: A carpal counts as labelled when the map gives it at least this many pixels.
+CARPAL_CHECK_MIN_PIXELS = 4
+
+
+def carpal_presence_scores(records: list[tuple[float, str, set[str]]],
+                           margin_months: float = 12.0) -> dict[str, Any]:
+    """Score carpal labels against the films' bone ages (helper of :func:`evaluate_carpal_presence`).
+
+    Args:
+        records: ``(bone_age_months, sex, labelled carpal names)`` per film.
+        margin_months: a carpal is expected absent when the film is more than this many months
+            before its appearance age (:func:`boneage.synth.ossification_onset_months`), present when
+            more than this many months after it; in between it is not scored.
+
+    Returns:
+        ``{"labelled_before_appearance", "labelled_after_appearance"}`` (shares of the scored film-carpal
+        pairs; ``nan`` when none), the same per carpal (``..._by_carpal``), pair counts, and the median
+        carpal count by 2-year band (``carpal_count_median_by_band``, keys like ``"2-4"``).
+    """
+    from boneage.synth import ossification_onset_months
+
+    early: dict[str, list[bool]] = {b: [] for b in anatomy.CARPALS}
+    late: dict[str, list[bool]] = {b: [] for b in anatomy.CARPALS}
+    counts: dict[int, list[int]] = {}
+    for age, sex, labelled in records:
+        for bone in anatomy.CARPALS:
+            onset = ossification_onset_months(sex, bone)
+            if age < onset - margin_months:
+                early[bone].append(bone in labelled)
+            elif age > onset + margin_months:
+                late[bone].append(bone in labelled)
+        counts.setdefault(int(age // 24), []).append(len(labelled))
+
+    def share(groups: dict[str, list[bool]]) -> float:
+        flat = [v for vs in groups.values() for v in vs]
+        return float(np.mean(flat)) if flat else float("nan")
+
+    return {
+        "margin_months": margin_months, "n_films": len(records),
+        "labelled_before_appearance": share(early), "pairs_before_appearance": sum(map(len, early.values())),
+        "labelled_after_appearance": share(late), "pairs_after_appearance": sum(map(len, late.values())),
+        "labelled_before_appearance_by_carpal": {b: float(np.mean(v)) for b, v in early.items() if v},
+        "labelled_after_appearance_by_carpal": {b: float(np.mean(v)) for b, v in late.items() if v},
+        "carpal_count_median_by_band": {f"{2 * k}-{2 * k + 2}": float(np.median(v)) for k, v in sorted(counts.items())},
+    }
+
+
+def evaluate_carpal_presence(segmenter: Segmenter, per_band: int = CARPAL_CHECK_PER_BAND, seed: int = 0,
+                             progress: bool = False) -> dict[str, Any]:
+    """Real-film check of the carpal labels: are carpals labelled only once they have ossified?
+
+    Why: on young real films a segmenter can divide the cartilaginous carpus into eight bones around
+    the two or three ossicles, and the multi-step method then reads a carpal count that says nothing
+    of maturity. The films are ``rsna-299`` films (never pseudo-labelled, so out of the self-training
+    sample), up to ``per_band`` of each 2-year bone-age band; truth is each carpal's Greulich-Pyle
+    appearance age (a population median, so even a perfect reader scores neither 0 nor 1).
+
+    Args:
+        segmenter: loaded model.
+        per_band: films per 2-year band (fewer where the set has fewer).
+        seed: which films are drawn.
+        progress: tqdm bar.
+
+    Returns:
+        :func:`carpal_presence_scores` of the drawn films, plus ``seed``.
+
+    Raises:
+        boneage.datasets.DataUnavailableError: when ``rsna-299`` is absent.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from boneage.datasets import rsna_299
+    from boneage.io import load_radiograph
+
+    table = rsna_299()
+    rng = np.random.default_rng(seed)
+    band = (table["bone_age_months"] // 24).astype(int)
+    rows = []
+    for _, group in table.groupby(band):
+        take = rng.permutation(len(group))[:per_band]
+        rows.append(group.iloc[np.sort(take)])
+    films = pd.concat(rows)
+    carpal_ids = {bone: anatomy.bone_labels(bone)[0] for bone in anatomy.CARPALS}
+    records = []
+    for path, age, sex in tqdm(list(zip(films["path"], films["bone_age_months"], films["sex"])),
+                               disable=not progress, desc="carpal check", file=sys.stderr):
+        label_map = segmenter.segment_with_info(load_radiograph(path)).label_map
+        pixels = np.bincount(label_map.ravel(), minlength=anatomy.NUM_CLASSES)
+        labelled = {bone for bone, i in carpal_ids.items() if pixels[i] >= CARPAL_CHECK_MIN_PIXELS}
+        records.append((float(age), str(sex), labelled))
+    return {**carpal_presence_scores(records), "seed": seed}
+
+
 # ------------------------------------------------------------------------------------------------
 # Model card
 # ------------------------------------------------------------------------------------------------
@@ -1087,9 +1233,13 @@ def _train_command_line(config: dict) -> str:
     defaults = asdict(TrainConfig())
     parts = ["boneage train segmenter"]
     for key in ("out", "steps", "max_minutes", "size", "crop", "batch_size", "lr", "seed", "workers", "init",
-                "pseudo_labels", "pseudo_fraction", "mirror_p", "real_bone_look_p", "stop_at"):
+                "pseudo_labels", "pseudo_fraction", "pseudo_age_balance", "mirror_p", "real_bone_look_p", "stop_at"):
         value = config.get(key)
-        if key == "pseudo_fraction" and not config.get("pseudo_labels"):
+        if key in ("pseudo_fraction", "pseudo_age_balance") and not config.get("pseudo_labels"):
+            continue
+        if key == "pseudo_age_balance":
+            if value:
+                parts.append("--pseudo-age-balance")
             continue
         if value is not None and value != defaults.get(key):
             parts.append(f"--{key.replace('_', '-')} {value}")
@@ -1209,6 +1359,14 @@ def model_card(metrics: dict[str, Any]) -> str:
             f"trusted tubular bones (median {ps.get('trusted_tubular_per_film_median', float('nan')):.0f}) made",
             f"  {fraction:.0%} of the stage's samples. Pseudo-labels live only in the local cache, never in the repository.",
         ]
+        gate = ps.get("carpal_gate_months")
+        if gate is not None:
+            lines.append(f"  Carpals gated by the film's bone age and sex: a carpal more than {gate:g} months short of its "
+                         "Greulich-Pyle appearance age was taught as background, one within that margin ignored "
+                         "(`carpal_gate`).")
+        if st.get("train_config", {}).get("pseudo_age_balance"):
+            lines.append(f"  The films were drawn evenly over {PSEUDO_AGE_BAND / 12:g}-year age bands (a band of fewer "
+                         f"than {PSEUDO_MIN_BAND_FILMS} films in proportion; `pseudo_draw_weights`).")
     if uses_real:
         lines += [
             "",
@@ -1279,6 +1437,15 @@ def model_card(metrics: dict[str, Any]) -> str:
                       "metacarpophalangeal joint, `metacarpal_head_owners`, after `reclaim_metacarpal_heads`), share of "
                       "films by finger: "
                       + ", ".join(f"{d} {v:.0%}" for d, v in heads.items()) + "."]
+    carpals = metrics.get("real_carpals") or {}
+    if carpals:
+        bands = carpals.get("carpal_count_median_by_band", {})
+        lines += ["", f"Carpal labels on {carpals.get('n_films')} `rsna-299` films (never pseudo-labelled; up to "
+                  f"{CARPAL_CHECK_PER_BAND} per 2-year bone-age band; `evaluate_carpal_presence`): a carpal was labelled "
+                  f"on {carpals.get('labelled_before_appearance', float('nan')):.0%} of the films more than "
+                  f"{carpals.get('margin_months', 12):g} months younger than its Greulich-Pyle appearance age, and on "
+                  f"{carpals.get('labelled_after_appearance', float('nan')):.1%} of those more than that past it. "
+                  "Median carpal count by band (years): " + ", ".join(f"{k} {v:g}" for k, v in bands.items()) + "."]
     lines += ["", "## Limitations", ""] + [f"* {x}" for x in metrics.get("limitations", [])]
     return "\n".join(lines) + "\n"
 
@@ -1307,6 +1474,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="npz of pseudo-labelled real films (python -m boneage.training.segmenter pseudo)")
     parser.add_argument("--pseudo-fraction", type=float, default=d.pseudo_fraction,
                         help=f"share of samples from --pseudo-labels (default {d.pseudo_fraction})")
+    parser.add_argument("--pseudo-age-balance", action="store_true",
+                        help="draw the pseudo-labelled films evenly over 2-year age bands (young films more often)")
     parser.add_argument("--mirror-p", type=float, default=d.mirror_p,
                         help=f"probability of mirroring a training sample (default {d.mirror_p})")
     parser.add_argument("--real-bone-look-p", type=float, default=d.real_bone_look_p,
@@ -1323,7 +1492,7 @@ def train_command(args: argparse.Namespace) -> int:
                          workers=args.workers, threads=args.threads, bf16=not args.no_bf16,
                          real_intensity=not args.no_real_intensity, init=args.init,
                          pseudo_labels=args.pseudo_labels, pseudo_fraction=args.pseudo_fraction,
-                         mirror_p=args.mirror_p, real_bone_look_p=args.real_bone_look_p, stop_at=args.stop_at,
+                         pseudo_age_balance=args.pseudo_age_balance, mirror_p=args.mirror_p, real_bone_look_p=args.real_bone_look_p, stop_at=args.stop_at,
                          progress=not args.no_progress)
     weights = train(config)
     print(weights)
@@ -1382,6 +1551,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(metrics["real_keypoints"], indent=1))
         except FileNotFoundError as exc:
             print(f"real keypoint check skipped: {exc}", file=sys.stderr)
+        try:
+            metrics["real_carpals"] = evaluate_carpal_presence(segmenter, progress=True)
+            print(json.dumps(metrics["real_carpals"], indent=1))
+        except FileNotFoundError as exc:  # incl. DataUnavailableError: rsna-299 absent
+            print(f"real carpal check skipped: {exc}", file=sys.stderr)
     if args.pseudo_stats:
         metrics["pseudo"] = json.loads(Path(args.pseudo_stats).read_text())
     if args.limitations:
