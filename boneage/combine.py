@@ -27,7 +27,7 @@ from boneage.agemap import AgeMap, choose_age_map, expected_estimates, read_inte
 #: The stacked methods, in the order of their weights.
 METHODS: tuple[str, ...] = ("multistep", "perbone", "direct")
 STACKING_FILE = "stacking.json"
-MODEL_VERSION = "combined-9"
+MODEL_VERSION = "combined-10"
 AGE_RANGE_MONTHS = (0.0, 240.0)
 
 

@@ -181,7 +181,7 @@ register(
         kind="reference-regression",
         folder=MODELS_DIR / "multistep",
         weights_file="maturity_reference.csv",
-        version="multistep-9",
+        version="multistep-10",
         loader="boneage.multistep:MultiStepModel.load",
         description="maturity reference tables + regression on per-bone measurements, blended -> bone age with a 90% interval",
     )
@@ -193,7 +193,7 @@ register(
         kind="segmenter",
         folder=MODELS_DIR / "segmenter",
         weights_file="segmenter.pt",
-        version="segmenter-4.1",
+        version="segmenter-5",
         loader="boneage.segment:Segmenter.load",
         description="MONAI UNet: radiograph -> label map of every bone (shafts, epiphyses, carpals)",
     )
@@ -243,7 +243,7 @@ register(
         kind="stacking",
         folder=MODELS_DIR / "combined",
         weights_file="stacking.json",
-        version="combined-9",
+        version="combined-10",
         loader="boneage.combine:Combiner.load",
         description="stacking of the multi-step, per-bone and end-to-end ages (weights per available subset) "
                     "-> the combined estimate with a calibrated 90% interval",

@@ -41,7 +41,7 @@ REGRESSION_FILE = "regression.joblib"
 COMBINATION_FILE = "combination.json"
 COMBINATION_SEX_UNKNOWN_FILE = "combination_sex_unknown.json"
 METRICS_FILE = "metrics.json"
-VERSION = "multistep-9"
+VERSION = "multistep-10"
 
 
 @dataclass

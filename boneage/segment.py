@@ -45,10 +45,10 @@ WEIGHTS_FILE = "segmenter.pt"
 #: ONNX copy beside the weights (``python -m boneage.training.export``): runs without torch.
 ONNX_FILE = "segmenter.onnx"
 #: Version of the network weights (written into the weights file by training).
-WEIGHTS_VERSION = "segmenter-4"
+WEIGHTS_VERSION = "segmenter-5"
 #: Version of what a reading gives: the weights plus the post-processing after them (since 4.1:
 #: :func:`boneage.postprocess.reclaim_metacarpal_heads`). Everything measured from a reading is cached under it.
-VERSION = "segmenter-4.1"
+VERSION = "segmenter-5"
 #: Image file suffixes accepted when a folder is given to :func:`segment_paths`.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 

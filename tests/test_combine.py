@@ -66,7 +66,7 @@ def test_the_combined_interval_stays_in_the_age_range():
 def test_load_from_file_and_registry(tmp_path):
     (tmp_path / "stacking.json").write_text(json.dumps(STACKING))
     entry = models.get("combined")
-    assert (entry.version, entry.weights_file, entry.folder.name) == ("combined-9", "stacking.json", "combined")
+    assert (entry.version, entry.weights_file, entry.folder.name) == ("combined-10", "stacking.json", "combined")
     combiner = entry.resolve_loader()(tmp_path / "stacking.json")
     assert isinstance(combiner, Combiner) and combiner.model_version == "combined-test"
     assert Combiner.load(tmp_path).stacking == STACKING  # a folder works too
