@@ -135,6 +135,22 @@ def test_age_balanced_stream_draws_young_films_as_often_as_the_rest(tmp_path: Pa
         asdict(segmenter.TrainConfig(pseudo_age_balance=True)))
 
 
+def test_train_command_passes_the_age_balance_on(monkeypatch) -> None:
+    import argparse
+
+    import boneage.training.export as export
+
+    seen: list = []
+    monkeypatch.setattr(segmenter, "train", lambda config: seen.append(config) or "w.pt")
+    monkeypatch.setattr(export, "export_after_training", lambda name, weights: None)
+    parser = argparse.ArgumentParser()
+    segmenter.add_train_arguments(parser)
+    for extra, balanced in (([], False), (["--pseudo-age-balance"], True)):
+        args = parser.parse_args(["--out", "/runs/s6", "--pseudo-labels", "/runs/p.npz", *extra])
+        assert segmenter.train_command(args) == 0
+        assert seen[-1].pseudo_age_balance is balanced and seen[-1].pseudo_labels == "/runs/p.npz"
+
+
 def test_model_card_describes_each_stage_as_trained() -> None:
     def stage(**cfg) -> dict:
         return {"train_config": asdict(segmenter.TrainConfig(**cfg)), "steps_done": 10, "wall_minutes": 1.0,

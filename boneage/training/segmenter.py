@@ -1492,7 +1492,8 @@ def train_command(args: argparse.Namespace) -> int:
                          workers=args.workers, threads=args.threads, bf16=not args.no_bf16,
                          real_intensity=not args.no_real_intensity, init=args.init,
                          pseudo_labels=args.pseudo_labels, pseudo_fraction=args.pseudo_fraction,
-                         pseudo_age_balance=args.pseudo_age_balance, mirror_p=args.mirror_p, real_bone_look_p=args.real_bone_look_p, stop_at=args.stop_at,
+                         pseudo_age_balance=args.pseudo_age_balance, mirror_p=args.mirror_p,
+                         real_bone_look_p=args.real_bone_look_p, stop_at=args.stop_at,
                          progress=not args.no_progress)
     weights = train(config)
     print(weights)
