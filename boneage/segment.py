@@ -297,7 +297,9 @@ class Segmenter:
         is kept (:func:`orientation_score`); a film whose fingers point sideways or down is turned
         by the nearest quarter turn and segmented again, and one that does not look like a hand at
         all as given (score below ``QUARTER_TURN_TRIGGER``) is read at every quarter turn. A turned
-        reading replaces the film as given only when it scores ``QUARTER_TURN_MARGIN`` more.
+        reading replaces the film as given only when it scores ``QUARTER_TURN_MARGIN`` more, and, from
+        that every-turn search, only when it looks like a hand itself (``QUARTER_TURN_TRIGGER``): a film
+        that is no hand in any orientation is kept as given.
 
         Args:
             model_input: float32 array from :func:`prepare_model_input`.
@@ -353,8 +355,11 @@ class Segmenter:
                 candidates = [(mirror, turns) for turns in (1, 2, 3) for mirror in mirrors]
             else:
                 break
-        if upright is not None and best.turns and best.score < upright.score + QUARTER_TURN_MARGIN:
-            best = upright  # a turned reading must be clearly better than the film as given
+        if upright is not None and best.turns and (best.score < upright.score + QUARTER_TURN_MARGIN
+                                                   or (every_turn_read and best.score < QUARTER_TURN_TRIGGER)):
+            # A turned reading must be clearly better than the film as given and, found by trying every
+            # turn of a film that is no hand as given, look like a hand itself (noise is not turned).
+            best = upright
         best.every_turn_read = every_turn_read
         best.label_map = reclaim_metacarpal_heads(best.label_map, spacing)
         return best
