@@ -303,6 +303,18 @@ def test_carpal_presence_scores_count_labels_before_and_after_appearance() -> No
     assert "a carpal was labelled on 100% of the films more than 12 months younger" in card
 
 
+@needs_segmenter_weights
+def test_carpal_presence_check_reads_real_films_of_every_band(shipped_segmenter: segment.Segmenter) -> None:
+    from boneage.paths import rsna_299_dir
+
+    if not (rsna_299_dir() / "labels.csv").is_file():
+        pytest.skip("rsna-299 not available (../shared/data/rsna-299 absent)")
+    scores = segmenter.evaluate_carpal_presence(shipped_segmenter, per_band=1)  # one film a band: ~10 films
+    assert scores["n_films"] == len(scores["carpal_count_median_by_band"]) >= 8
+    assert scores["pairs_after_appearance"] > 0 and scores["labelled_after_appearance"] >= 0.8
+    assert all(0 <= n <= 8 for n in scores["carpal_count_median_by_band"].values())
+
+
 def test_pseudo_label_target_teaches_unossified_carpals_as_background() -> None:
     # A 12 y hand's label map read as a young film's: its pisiform and scaphoid are taken as cartilage the network
     # labelled, the trapezium as in doubt.

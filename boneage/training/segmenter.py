@@ -1123,8 +1123,6 @@ def evaluate_keypoints(segmenter: Segmenter, folder: str | Path | None = None) -
 
 #: Films per 2-year age band that :func:`evaluate_carpal_presence` reads.
 CARPAL_CHECK_PER_BAND = 40
-#: A carpal counts as labelled when the map gives it at least this many pixels.
-CARPAL_CHECK_MIN_PIXELS = 4
 
 
 def carpal_presence_scores(records: list[tuple[float, str, set[str]]],
@@ -1197,6 +1195,7 @@ def evaluate_carpal_presence(segmenter: Segmenter, per_band: int = CARPAL_CHECK_
 
     from boneage.datasets import rsna_299
     from boneage.io import load_radiograph
+    from boneage.measure import MIN_PIXELS
 
     table = rsna_299()
     rng = np.random.default_rng(seed)
@@ -1212,7 +1211,8 @@ def evaluate_carpal_presence(segmenter: Segmenter, per_band: int = CARPAL_CHECK_
                                disable=not progress, desc="carpal check", file=sys.stderr):
         label_map = segmenter.segment_with_info(load_radiograph(path)).label_map
         pixels = np.bincount(label_map.ravel(), minlength=anatomy.NUM_CLASSES)
-        labelled = {bone for bone, i in carpal_ids.items() if pixels[i] >= CARPAL_CHECK_MIN_PIXELS}
+        # Present as the multi-step measurements count a carpal (``boneage.measure``).
+        labelled = {bone for bone, i in carpal_ids.items() if pixels[i] >= MIN_PIXELS}
         records.append((float(age), str(sex), labelled))
     return {**carpal_presence_scores(records), "seed": seed}
 
